@@ -1,0 +1,3 @@
+//! gRPC control API of the launcher.
+
+pub mod control;

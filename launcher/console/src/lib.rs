@@ -1,0 +1,1 @@
+//! Serial console fan-out.

@@ -1,0 +1,20 @@
+//! Ironvisor launcher: one microVMM process per VM.
+//!
+//! The launcher builds a KVM virtual machine from a validated [`config::LaunchConfig`],
+//! boots a Linux kernel on it, runs its virtio-mmio devices and serves the gRPC control
+//! API on a unix socket. Crates and modules:
+//!
+//! - [`config`]: the one typed configuration and its validation.
+//! - [`host`]: what the host can do (is there a /dev/kvm, can it run hardware-assisted guests).
+//! - [`vmm`]: the KVM VM, vCPU threads, the I/O bus, legacy devices and the run loop.
+//! - `ironvisor-arch`: guest layout, boot protocols, ACPI tables, vCPU register setup.
+//! - `ironvisor-virtio`: virtio-mmio transport and virtio block/net/console devices.
+//! - `ironvisor-console`: serial console fan-out (socket clients, boot-log ring, stdio).
+//! - `ironvisor-launcher-api`: the gRPC control service and the `VmControl` contract.
+
+pub mod config;
+pub mod host;
+pub mod vmm;
+
+/// Guest physical memory as every part of the launcher sees it.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
