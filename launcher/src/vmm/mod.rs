@@ -1,1 +1,202 @@
-//! The KVM virtual machine.
+//! The KVM virtual machine: built from a validated configuration in small named steps,
+//! then run until the guest or a stop request ends it.
+//!
+//! Build order: guest memory → KVM VM (memory slots, irqchip, PIT) → kernel and initrd →
+//! devices → ACPI tables → boot protocol data → vCPUs. Nothing runs until [`PreparedVm::start`].
+
+pub mod bus;
+pub mod devices;
+pub mod events;
+pub mod handle;
+pub mod legacy;
+pub mod run;
+pub mod vcpu;
+pub mod vm;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ironvisor_arch::{acpi, boot, memory};
+use ironvisor_console::{ConsoleHub, ConsoleInput};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+
+use self::bus::lock_device;
+use self::devices::{create_devices, DeviceError, Devices};
+use self::events::EventSender;
+use self::handle::VmHandle;
+use self::legacy::serial::SerialDevice;
+use self::vcpu::{IoBuses, VcpuError, VcpuSet};
+use self::vm::VmError;
+use crate::config::LaunchConfig;
+use crate::GuestMemory;
+
+/// Why the VM could not be built or started. Each variant names the step and the input.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("guest memory of {mib} MiB: {source}")]
+    Memory {
+        mib: u64,
+        source: ironvisor_arch::memory::MemoryError,
+    },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("opening {what} {path}: {source}")]
+    OpenFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading kernel {path}: {source}")]
+    Kernel {
+        path: PathBuf,
+        source: ironvisor_arch::boot::BootError,
+    },
+    #[error("loading initrd {path}: {source}")]
+    Initrd {
+        path: PathBuf,
+        source: ironvisor_arch::boot::BootError,
+    },
+    #[error("writing boot parameters: {0}")]
+    BootParams(ironvisor_arch::boot::BootError),
+    #[error("building ACPI tables: {0}")]
+    Acpi(#[from] ironvisor_arch::acpi::AcpiError),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+}
+
+/// A fully built VM whose vCPUs have not started yet.
+pub struct PreparedVm {
+    name: String,
+    memory_mib: u64,
+    // Field order is drop order: devices and vCPUs go before the VM fd and guest memory.
+    devices: Devices,
+    vcpus: Vec<VcpuFd>,
+    vm: VmFd,
+    _kvm: Kvm,
+    _mem: GuestMemory,
+}
+
+/// Builds the VM described by `config` (already validated) on the KVM device at `kvm_path`.
+#[tracing::instrument(skip_all, fields(vm = %config.name))]
+pub fn build(
+    config: &LaunchConfig,
+    kvm_path: &Path,
+    console: &ConsoleHub,
+    events: &EventSender,
+) -> Result<PreparedVm, VmmError> {
+    let mem = memory::create_guest_memory(config.memory_mib << 20).map_err(|source| {
+        VmmError::Memory {
+            mib: config.memory_mib,
+            source,
+        }
+    })?;
+    let kvm = vm::open_kvm(kvm_path)?;
+    let vm_fd = vm::create_vm(&kvm, &mem)?;
+
+    let kernel_path = &config.kernel.path;
+    let mut kernel_file = open(kernel_path, "kernel")?;
+    let kernel = boot::load_kernel(&mem, &mut kernel_file).map_err(|source| VmmError::Kernel {
+        path: kernel_path.clone(),
+        source,
+    })?;
+    let initrd = match &config.kernel.initrd {
+        Some(path) => {
+            let mut file = open(path, "initrd")?;
+            Some(
+                boot::load_initrd(&mem, &mut file).map_err(|source| VmmError::Initrd {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
+    tracing::info!(entry = ?kernel.entry, "kernel loaded");
+
+    let devices = create_devices(
+        &vm_fd,
+        &mem,
+        config,
+        Box::new(console.output()),
+        events,
+    )?;
+    console.set_input(Arc::new(SerialInput(devices.serial.clone())));
+
+    let rsdp = acpi::create_acpi_tables(&mem, config.vcpus, &devices.virtio_acpi)?;
+    boot::configure_boot(
+        &mem,
+        &kernel,
+        &config.kernel.cmdline,
+        initrd.as_ref(),
+        rsdp,
+    )
+    .map_err(VmmError::BootParams)?;
+
+    let vcpus = vcpu::create_vcpus(&kvm, &vm_fd, &mem, config.vcpus, &kernel.entry)?;
+    Ok(PreparedVm {
+        name: config.name.clone(),
+        memory_mib: config.memory_mib,
+        devices,
+        vcpus,
+        vm: vm_fd,
+        _kvm: kvm,
+        _mem: mem,
+    })
+}
+
+fn open(path: &Path, what: &'static str) -> Result<File, VmmError> {
+    File::open(path).map_err(|source| VmmError::OpenFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A VM whose vCPUs run. Keep it alive until the VM is stopped.
+pub struct RunningVm {
+    pub handle: Arc<VmHandle>,
+    _vm: VmFd,
+    _kvm: Kvm,
+    _mem: GuestMemory,
+}
+
+impl PreparedVm {
+    /// Starts the vCPU threads.
+    pub fn start(self, events: EventSender) -> Result<RunningVm, VmmError> {
+        let Devices {
+            pio,
+            mmio,
+            i8042,
+            status,
+            ..
+        } = self.devices;
+        let buses = Arc::new(IoBuses { pio, mmio });
+        let vcpus = VcpuSet::start(self.vcpus, buses, events.clone())?;
+        let handle = Arc::new(VmHandle::new(
+            self.name,
+            self.memory_mib,
+            status,
+            vcpus,
+            i8042,
+            events,
+        ));
+        Ok(RunningVm {
+            handle,
+            _vm: self.vm,
+            _kvm: self._kvm,
+            _mem: self._mem,
+        })
+    }
+}
+
+/// Console input from attached clients, fed into the UART.
+struct SerialInput(Arc<Mutex<SerialDevice>>);
+
+impl ConsoleInput for SerialInput {
+    fn send(&self, bytes: &[u8]) {
+        lock_device(&self.0).push_input(bytes);
+    }
+}

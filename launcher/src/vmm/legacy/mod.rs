@@ -1,0 +1,8 @@
+//! Legacy PC devices a microVM still needs: the 8250 UART for the console, an i8042
+//! controller for Ctrl+Alt+Del and CPU reset, and the ACPI hardware-reduced power
+//! management ports that the FADT points at.
+
+pub mod acpi_pm;
+pub mod i8042;
+pub mod irq;
+pub mod serial;

@@ -1,0 +1,456 @@
+//! vCPUs: boot-state configuration, one thread each, the KVM_RUN loop, and pause/stop.
+//!
+//! A vCPU thread leaves KVM_RUN when a kick signal interrupts it; the controller keeps
+//! kicking until every thread acknowledges, which closes the race of a signal landing just
+//! before the thread enters KVM_RUN.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ironvisor_arch::boot::KernelEntry;
+use ironvisor_arch::cpu;
+use kvm_bindings::{Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use super::bus::Bus;
+use super::events::{EventSender, VmEvent};
+use crate::GuestMemory;
+
+/// How long a pause or stop waits for every vCPU to acknowledge.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Interval between kicks while waiting for an acknowledgement.
+const KICK_INTERVAL: Duration = Duration::from_millis(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("creating vCPU {index}: {source}")]
+    Create { index: u32, source: kvm_ioctls::Error },
+    #[error("reading the CPUID that KVM supports: {0}")]
+    SupportedCpuid(kvm_ioctls::Error),
+    #[error("configuring vCPU {index}: {step}: {source}")]
+    Configure {
+        index: u32,
+        step: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {index}: KVM accepted only {set} of {wanted} boot MSRs")]
+    PartialMsrs { index: u32, set: usize, wanted: usize },
+    #[error("vCPU {index}: building the boot MSR list: {reason}")]
+    MsrList { index: u32, reason: String },
+    #[error("vCPU {index}: boot segment setup: {source}")]
+    Sregs {
+        index: u32,
+        source: ironvisor_arch::cpu::CpuError,
+    },
+    #[error("installing the vCPU kick signal handler: {0}")]
+    SignalHandler(vmm_sys_util::errno::Error),
+    #[error("starting the thread of vCPU {index}: {source}")]
+    Spawn { index: u32, source: std::io::Error },
+    #[error("only {acknowledged} of {total} vCPUs acknowledged a {what} request within {timeout:?}")]
+    Unresponsive {
+        what: &'static str,
+        acknowledged: u32,
+        total: u32,
+        timeout: Duration,
+    },
+}
+
+/// What the controller wants the vCPU threads to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Run,
+    Pause,
+    Stop,
+}
+
+#[derive(Debug)]
+struct RunState {
+    request: Request,
+    /// How many threads are parked (paused) or gone (stopped) under the current request.
+    acknowledged: u32,
+}
+
+/// State shared by the controller and all vCPU threads.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<RunState>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The I/O buses every vCPU dispatches exits to.
+pub struct IoBuses {
+    pub pio: Bus,
+    pub mmio: Bus,
+}
+
+/// Creates and configures the vCPUs (the boot vCPU gets the kernel entry state).
+pub fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem: &GuestMemory,
+    count: u32,
+    entry: &KernelEntry,
+) -> Result<Vec<VcpuFd>, VcpuError> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(VcpuError::SupportedCpuid)?;
+    (0..count)
+        .map(|index| {
+            let vcpu = vm
+                .create_vcpu(u64::from(index))
+                .map_err(|source| VcpuError::Create { index, source })?;
+            configure_vcpu(&vcpu, mem, index, count, entry, &supported)?;
+            Ok(vcpu)
+        })
+        .collect()
+}
+
+fn configure_vcpu(
+    vcpu: &VcpuFd,
+    mem: &GuestMemory,
+    index: u32,
+    count: u32,
+    entry: &KernelEntry,
+    supported: &kvm_bindings::CpuId,
+) -> Result<(), VcpuError> {
+    let step = |step: &'static str| move |source| VcpuError::Configure { index, step, source };
+    let mut cpuid = supported.clone();
+    cpu::filter_cpuid(&mut cpuid, index, count);
+    vcpu.set_cpuid2(&cpuid).map_err(step("KVM_SET_CPUID2"))?;
+
+    let entries = cpu::boot_msrs();
+    let msrs = Msrs::from_entries(&entries).map_err(|err| VcpuError::MsrList {
+        index,
+        reason: format!("{err:?}"),
+    })?;
+    let set = vcpu.set_msrs(&msrs).map_err(step("KVM_SET_MSRS"))?;
+    if set != entries.len() {
+        return Err(VcpuError::PartialMsrs {
+            index,
+            set,
+            wanted: entries.len(),
+        });
+    }
+    vcpu.set_fpu(&cpu::boot_fpu()).map_err(step("KVM_SET_FPU"))?;
+
+    let mut lapic = vcpu.get_lapic().map_err(step("KVM_GET_LAPIC"))?;
+    cpu::setup_lint(&mut lapic);
+    vcpu.set_lapic(&lapic).map_err(step("KVM_SET_LAPIC"))?;
+
+    // Application processors wait for INIT/SIPI from the boot vCPU; only the boot vCPU
+    // starts at the kernel entry point.
+    if index == 0 {
+        vcpu.set_regs(&cpu::boot_regs(entry))
+            .map_err(step("KVM_SET_REGS"))?;
+        let mut sregs = vcpu.get_sregs().map_err(step("KVM_GET_SREGS"))?;
+        cpu::setup_boot_sregs(mem, entry, &mut sregs)
+            .map_err(|source| VcpuError::Sregs { index, source })?;
+        vcpu.set_sregs(&sregs).map_err(step("KVM_SET_SREGS"))?;
+    }
+    Ok(())
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: delivery alone makes KVM_RUN return EINTR.
+}
+
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// The running vCPU threads and the means to pause, resume and stop them.
+pub struct VcpuSet {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    count: u32,
+}
+
+impl VcpuSet {
+    /// Starts one thread per vCPU, all running.
+    pub fn start(
+        vcpus: Vec<VcpuFd>,
+        buses: Arc<IoBuses>,
+        events: EventSender,
+    ) -> Result<Self, VcpuError> {
+        register_signal_handler(kick_signal(), handle_kick).map_err(VcpuError::SignalHandler)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(RunState {
+                request: Request::Run,
+                acknowledged: 0,
+            }),
+            changed: Condvar::new(),
+        });
+        let count = u32::try_from(vcpus.len()).unwrap_or(u32::MAX);
+        let mut threads = Vec::with_capacity(vcpus.len());
+        for (index, vcpu) in (0u32..).zip(vcpus) {
+            let thread = VcpuThread {
+                index,
+                vcpu,
+                buses: buses.clone(),
+                shared: shared.clone(),
+                events: events.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || thread.run())
+                .map_err(|source| VcpuError::Spawn { index, source })?;
+            threads.push(handle);
+        }
+        Ok(Self {
+            shared,
+            threads: Mutex::new(threads),
+            count,
+        })
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Parks every vCPU outside KVM_RUN; returns when all have acknowledged.
+    pub fn pause(&self) -> Result<(), VcpuError> {
+        self.request_and_wait(Request::Pause, "pause")
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        let mut state = self.shared.lock();
+        if state.request == Request::Pause {
+            state.request = Request::Run;
+            state.acknowledged = 0;
+            self.shared.changed.notify_all();
+        }
+    }
+
+    /// Stops every vCPU thread and joins them. Idempotent.
+    pub fn stop(&self) -> Result<(), VcpuError> {
+        let result = self.request_and_wait(Request::Stop, "stop");
+        let threads = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if result.is_ok() {
+            for handle in threads {
+                if handle.join().is_err() {
+                    tracing::error!("a vCPU thread panicked");
+                }
+            }
+        }
+        result
+    }
+
+    fn request_and_wait(&self, request: Request, what: &'static str) -> Result<(), VcpuError> {
+        {
+            let mut state = self.shared.lock();
+            if state.request == Request::Stop {
+                return Ok(());
+            }
+            if state.request != request {
+                state.request = request;
+                state.acknowledged = 0;
+                self.shared.changed.notify_all();
+            }
+        }
+        let deadline = Instant::now() + ACK_TIMEOUT;
+        loop {
+            let acknowledged = self.shared.lock().acknowledged;
+            if acknowledged >= self.count {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(VcpuError::Unresponsive {
+                    what,
+                    acknowledged,
+                    total: self.count,
+                    timeout: ACK_TIMEOUT,
+                });
+            }
+            self.kick_all();
+            std::thread::sleep(KICK_INTERVAL);
+        }
+    }
+
+    fn kick_all(&self) {
+        let threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for handle in threads.iter() {
+            if let Err(err) = handle.kill(kick_signal()) {
+                tracing::debug!(%err, "kicking a vCPU thread failed (already gone?)");
+            }
+        }
+    }
+}
+
+/// One vCPU and what its thread needs.
+struct VcpuThread {
+    index: u32,
+    vcpu: VcpuFd,
+    buses: Arc<IoBuses>,
+    shared: Arc<Shared>,
+    events: EventSender,
+}
+
+/// What the run loop does after one exit.
+enum Next {
+    Continue,
+    /// The guest is finished on this vCPU (the event was sent).
+    Done,
+}
+
+impl VcpuThread {
+    fn run(mut self) {
+        let span = tracing::info_span!("vcpu", index = self.index);
+        let _guard = span.enter();
+        loop {
+            if !self.wait_until_runnable() {
+                return;
+            }
+            match self.run_once() {
+                Next::Continue => {}
+                Next::Done => {
+                    // Park until the main loop stops everyone.
+                    self.park_until_stopped();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Honours pause/stop requests. Returns false when the thread must exit.
+    fn wait_until_runnable(&self) -> bool {
+        let mut state = self.shared.lock();
+        loop {
+            match state.request {
+                Request::Run => return true,
+                Request::Stop => {
+                    state.acknowledged += 1;
+                    self.shared.changed.notify_all();
+                    return false;
+                }
+                Request::Pause => {
+                    state.acknowledged += 1;
+                    self.shared.changed.notify_all();
+                    while state.request == Request::Pause {
+                        state = self
+                            .shared
+                            .changed
+                            .wait(state)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                }
+            }
+        }
+    }
+
+    fn park_until_stopped(&self) {
+        let mut state = self.shared.lock();
+        loop {
+            match state.request {
+                Request::Stop => {
+                    state.acknowledged += 1;
+                    self.shared.changed.notify_all();
+                    return;
+                }
+                Request::Pause => {
+                    // A parked vCPU counts as paused.
+                    state.acknowledged += 1;
+                    self.shared.changed.notify_all();
+                    while state.request == Request::Pause {
+                        state = self
+                            .shared
+                            .changed
+                            .wait(state)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                }
+                Request::Run => {
+                    state = self
+                        .shared
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            }
+        }
+    }
+
+    fn run_once(&mut self) -> Next {
+        let index = self.index;
+        match self.vcpu.run() {
+            Ok(exit) => match exit {
+                VcpuExit::IoIn(port, data) => {
+                    self.buses.pio.read(u64::from(port), data);
+                    Next::Continue
+                }
+                VcpuExit::IoOut(port, data) => {
+                    self.buses.pio.write(u64::from(port), data);
+                    Next::Continue
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    if !self.buses.mmio.read(addr, data) {
+                        tracing::trace!(addr, "MMIO read of an unmapped address");
+                    }
+                    Next::Continue
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    if !self.buses.mmio.write(addr, data) {
+                        tracing::trace!(addr, "MMIO write to an unmapped address");
+                    }
+                    Next::Continue
+                }
+                VcpuExit::Shutdown => {
+                    tracing::warn!("triple fault (KVM_EXIT_SHUTDOWN)");
+                    self.events.send(VmEvent::TripleFault { vcpu: index });
+                    Next::Done
+                }
+                VcpuExit::Hlt => {
+                    tracing::info!("vCPU halted with interrupts off");
+                    self.events.send(VmEvent::GuestPoweroff);
+                    Next::Done
+                }
+                VcpuExit::Intr => Next::Continue,
+                VcpuExit::FailEntry(reason, cpu) => self.fail(format!(
+                    "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host CPU {cpu}"
+                )),
+                VcpuExit::InternalError => self.fail(
+                    "KVM_EXIT_INTERNAL_ERROR: KVM could not emulate a guest instruction \
+                     (this /dev/kvm may not support hardware-assisted guests)"
+                        .to_string(),
+                ),
+                VcpuExit::SystemEvent(kind, _) => {
+                    tracing::info!(kind, "KVM system event");
+                    self.events.send(VmEvent::GuestPoweroff);
+                    Next::Done
+                }
+                other => self.fail(format!("unexpected vCPU exit {other:?}")),
+            },
+            Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {
+                Next::Continue
+            }
+            Err(err) => self.fail(format!("KVM_RUN failed: {err}")),
+        }
+    }
+
+    fn fail(&self, reason: String) -> Next {
+        tracing::error!(%reason, "vCPU failed");
+        self.events.send(VmEvent::VcpuFailed {
+            vcpu: self.index,
+            reason,
+        });
+        Next::Done
+    }
+}
