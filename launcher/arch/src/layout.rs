@@ -15,9 +15,11 @@ pub const PVH_MEMMAP_START: u64 = 0x6040;
 pub const PVH_MODLIST_START: u64 = 0x6440;
 /// Linux `boot_params` ("zero page") for the 64-bit boot protocol.
 pub const ZERO_PAGE_START: u64 = 0x7000;
-/// Identity-mapped boot page tables: PML4, PDPT, PD.
+/// Identity-mapped boot page tables (64-bit boot protocol): the PML4 page.
 pub const PML4_START: u64 = 0x9000;
+/// The page-directory-pointer table page the first PML4 entry points at.
 pub const PDPTE_START: u64 = 0xa000;
+/// The page directory page (512 entries of 2 MiB pages, identity-mapping 1 GiB).
 pub const PDE_START: u64 = 0xb000;
 /// Initial stack pointer for the boot vCPU.
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
@@ -38,15 +40,20 @@ pub const HIGH_RAM_START: u64 = 0x100000;
 
 /// 32-bit MMIO hole: RAM that would fall in [MMIO_GAP_START, 4 GiB) is placed above 4 GiB.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
+/// End (exclusive) of the 32-bit MMIO hole; RAM resumes here when the guest has more than
+/// [`MMIO_GAP_START`] bytes.
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 /// virtio-mmio device windows: device `i` lives at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE`.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Size of one virtio-mmio device window.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
-/// I/O APIC and local APIC (KVM in-kernel irqchip).
+/// I/O APIC MMIO base (KVM in-kernel irqchip).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// Local APIC MMIO base (KVM in-kernel irqchip).
 pub const APIC_START: u64 = 0xfee0_0000;
-/// KVM's TSS and identity-map pages, inside the MMIO hole.
+/// KVM's TSS pages (KVM_SET_TSS_ADDR, three pages), inside the MMIO hole.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+/// KVM's identity-map page (KVM_SET_IDENTITY_MAP_ADDR), just below the TSS pages.
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 
 /// Number of I/O APIC pins (GSIs) of KVM's in-kernel I/O APIC.
@@ -56,11 +63,13 @@ pub const SERIAL_GSI: u32 = 4;
 /// First GSI handed to virtio-mmio devices; the rest follow in order.
 pub const VIRTIO_FIRST_GSI: u32 = 5;
 
-/// COM1 port base and size.
+/// COM1 port base.
 pub const SERIAL_PORT: u16 = 0x3f8;
+/// Number of I/O ports COM1 occupies.
 pub const SERIAL_PORT_SIZE: u16 = 8;
-/// i8042 keyboard controller data/command ports (Ctrl+Alt+Del and CPU reset).
+/// i8042 keyboard controller data port (Ctrl+Alt+Del and CPU reset).
 pub const I8042_DATA_PORT: u16 = 0x60;
+/// i8042 keyboard controller command/status port.
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 /// ACPI hardware-reduced sleep control register (FADT SLEEP_CONTROL_REG), 1 byte.
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
@@ -68,6 +77,18 @@ pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
 pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
 /// ACPI reset register (FADT RESET_REG), 1 byte; writing [`ACPI_RESET_VALUE`] reboots.
 pub const ACPI_RESET_PORT: u16 = 0x602;
+/// Value the FADT tells the guest to write to [`ACPI_RESET_PORT`] to reset the machine.
 pub const ACPI_RESET_VALUE: u8 = 0x1;
 /// SLP_TYP value that the DSDT's `\_S5` package announces for soft-off.
 pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
+
+/// Size of a guest page.
+pub const PAGE_SIZE: u64 = 0x1000;
+/// Offset of the 64-bit entry point from the start of a bzImage's protected-mode kernel.
+pub const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// GDT selector of the boot code segment.
+pub const BOOT_CODE_SELECTOR: u16 = 0x08;
+/// GDT selector of the boot data segment.
+pub const BOOT_DATA_SELECTOR: u16 = 0x10;
+/// GDT selector of the boot task-state segment.
+pub const BOOT_TSS_SELECTOR: u16 = 0x18;
