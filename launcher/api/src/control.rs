@@ -1,7 +1,7 @@
 //! The contract between the control API and the running VM.
 //!
-//! The gRPC service ([`crate::api`]) only sees a [`VmControl`] trait object, so it can be
-//! tested without KVM, and the VMM ([`crate::vmm`]) implements it.
+//! The gRPC service ([`crate::server`]) only sees a [`VmControl`] trait object, so it can be
+//! tested without KVM, and the VMM (`ironvisor_launcher::vmm`) implements it.
 
 use std::time::Duration;
 

@@ -106,7 +106,7 @@ pub fn build(
         Some(path) => {
             let mut file = open(path, "initrd")?;
             Some(
-                boot::load_initrd(&mem, &mut file).map_err(|source| VmmError::Initrd {
+                boot::load_initrd_for_kernel(&mem, &mut file, &kernel).map_err(|source| VmmError::Initrd {
                     path: path.clone(),
                     source,
                 })?,

@@ -436,7 +436,10 @@ impl VcpuThread {
                     self.events.send(VmEvent::GuestPoweroff);
                     Next::Done
                 }
-                other => self.fail(format!("unexpected vCPU exit {other:?}")),
+                other => {
+                    let reason = format!("unexpected vCPU exit {other:?}");
+                    self.fail(reason)
+                }
             },
             Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {
                 Next::Continue

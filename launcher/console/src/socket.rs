@@ -1,0 +1,473 @@
+//! Console clients over a unix socket (what `virtctl console` attaches to).
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::task::JoinSet;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::hub::{ConsoleHub, Overflow};
+
+/// Permissions of the console socket: only the launcher's user may attach.
+const SOCKET_MODE: u32 = 0o600;
+
+/// Pause after a failed `accept` (for example EMFILE) before trying again.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Why the console socket could not be served. Every variant names the socket path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The directory that should hold the socket does not exist.
+    #[error("console socket {path}: directory {dir} does not exist")]
+    SocketDirMissing {
+        /// The socket path asked for.
+        path: PathBuf,
+        /// Its parent directory, which is missing.
+        dir: PathBuf,
+    },
+    /// Something other than a socket is in the way.
+    #[error("console socket {path}: path exists and is not a socket; refusing to remove it")]
+    NotASocket {
+        /// The socket path asked for.
+        path: PathBuf,
+    },
+    /// A live process is already serving this socket.
+    #[error("console socket {path}: another process is already listening on it")]
+    SocketInUse {
+        /// The socket path asked for.
+        path: PathBuf,
+    },
+    /// The existing path could not be inspected.
+    #[error("console socket {path}: cannot inspect existing path: {source}")]
+    Inspect {
+        /// The socket path asked for.
+        path: PathBuf,
+        /// The `lstat` error.
+        source: io::Error,
+    },
+    /// A stale socket file could not be removed.
+    #[error("console socket {path}: cannot remove stale socket: {source}")]
+    RemoveStale {
+        /// The socket path asked for.
+        path: PathBuf,
+        /// The `unlink` error.
+        source: io::Error,
+    },
+    /// `bind` failed.
+    #[error("console socket {path}: cannot bind: {source}")]
+    Bind {
+        /// The socket path asked for.
+        path: PathBuf,
+        /// The `bind` error.
+        source: io::Error,
+    },
+    /// The socket's permissions could not be restricted.
+    #[error("console socket {path}: cannot set mode {mode:o}: {source}")]
+    Permissions {
+        /// The socket path asked for.
+        path: PathBuf,
+        /// The mode that could not be set.
+        mode: u32,
+        /// The `chmod` error.
+        source: io::Error,
+    },
+}
+
+impl ConsoleHub {
+    /// Serves console clients on a unix socket at `path` until `shutdown` completes.
+    ///
+    /// The socket is created with mode 0600; a stale socket left by a dead process is
+    /// replaced, but a live one (something accepts connections) or a non-socket file is
+    /// an error. Any number of clients may attach and detach at any time: each first
+    /// receives the ring (the boot log so far), then live output, and everything it sends
+    /// goes to the [`crate::ConsoleInput`]. A client detaches by closing the connection
+    /// (or shutting down its sending half); one that falls more than the client queue
+    /// bound behind is disconnected.
+    ///
+    /// When `shutdown` completes all clients are disconnected and the socket file is
+    /// removed before this returns. Must run inside a tokio runtime.
+    pub async fn serve_unix(&self, path: &Path, shutdown: impl Future) -> Result<(), ConsoleError> {
+        let span = info_span!("console_socket", path = %path.display());
+        self.serve_unix_inner(path, shutdown).instrument(span).await
+    }
+
+    async fn serve_unix_inner(
+        &self,
+        path: &Path,
+        shutdown: impl Future,
+    ) -> Result<(), ConsoleError> {
+        let listener = bind_socket(path)?;
+        let _remove = RemoveOnDrop(path.to_path_buf());
+        info!("console socket listening");
+
+        let mut clients = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _addr)) => {
+                        let (reader, writer) = stream.into_split();
+                        let task = self.client_task(Overflow::Disconnect, Some(reader), writer);
+                        clients.spawn(task.in_current_span());
+                    }
+                    Err(err) => {
+                        warn!(error = %err, "console socket: accept failed; retrying");
+                        tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                    }
+                },
+                Some(_ended) = clients.join_next(), if !clients.is_empty() => {}
+            }
+        }
+
+        info!(clients = clients.len(), "console socket shutting down");
+        drop(listener);
+        clients.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Binds the listening socket at `path`, replacing a stale socket, with mode 0600.
+fn bind_socket(path: &Path) -> Result<UnixListener, ConsoleError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(ConsoleError::SocketDirMissing {
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+        });
+    }
+    remove_stale_socket(path)?;
+    let listener = UnixListener::bind(path).map_err(|source| ConsoleError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // The directory's permissions are the real gate; this narrows the file too.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(
+        |source| {
+            // Do not leave a socket with default permissions behind.
+            let _ = std::fs::remove_file(path);
+            ConsoleError::Permissions {
+                path: path.to_path_buf(),
+                mode: SOCKET_MODE,
+                source,
+            }
+        },
+    )?;
+    Ok(listener)
+}
+
+/// Removes a socket file nobody listens on; refuses to touch anything else.
+fn remove_stale_socket(path: &Path) -> Result<(), ConsoleError> {
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ConsoleError::Inspect {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if !metadata.file_type().is_socket() {
+        return Err(ConsoleError::NotASocket {
+            path: path.to_path_buf(),
+        });
+    }
+    // Connecting to a unix socket does not block: it is accepted into the backlog or
+    // refused at once.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ConsoleError::SocketInUse {
+            path: path.to_path_buf(),
+        });
+    }
+    info!(path = %path.display(), "removing stale console socket");
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ConsoleError::RemoveStale {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Removes the socket file when serving ends, however it ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_file(&self.0) {
+            if err.kind() != io::ErrorKind::NotFound {
+                warn!(path = %self.0.display(), error = %err, "cannot remove console socket");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::ConsoleInput;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<u8>>);
+
+    impl ConsoleInput for Collect {
+        fn send(&self, bytes: &[u8]) {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+        }
+    }
+
+    struct Server {
+        hub: ConsoleHub,
+        path: PathBuf,
+        stop: Option<oneshot::Sender<()>>,
+        task: JoinHandle<Result<(), ConsoleError>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Server {
+        async fn start(hub: ConsoleHub) -> Server {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("console.sock");
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = {
+                let hub = hub.clone();
+                let path = path.clone();
+                tokio::spawn(async move {
+                    hub.serve_unix(&path, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                })
+            };
+            wait_until(|| path.exists()).await;
+            Server {
+                hub,
+                path,
+                stop: Some(stop),
+                task,
+                _dir: dir,
+            }
+        }
+
+        async fn connect(&self) -> UnixStream {
+            let before = self.hub.client_count();
+            let stream = UnixStream::connect(&self.path).await.unwrap();
+            wait_until(|| self.hub.client_count() > before).await;
+            stream
+        }
+
+        async fn stop(mut self) -> PathBuf {
+            self.stop.take().unwrap().send(()).unwrap();
+            tokio::time::timeout(TIMEOUT, &mut self.task)
+                .await
+                .expect("serve_unix did not stop")
+                .unwrap()
+                .unwrap();
+            self.path.clone()
+        }
+    }
+
+    async fn wait_until(mut cond: impl FnMut() -> bool) {
+        tokio::time::timeout(TIMEOUT, async {
+            while !cond() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("condition not reached in time");
+    }
+
+    async fn read_n(stream: &mut UnixStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        tokio::time::timeout(TIMEOUT, stream.read_exact(&mut buf))
+            .await
+            .expect("timed out reading console output")
+            .unwrap();
+        buf
+    }
+
+    #[tokio::test]
+    async fn socket_is_private_and_removed_after_shutdown() {
+        let server = Server::start(ConsoleHub::new(1024)).await;
+        let mode = std::fs::metadata(&server.path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut client = server.connect().await;
+        let path = server.stop().await;
+        assert!(!path.exists(), "socket file left behind");
+        // The client was disconnected: it reads EOF.
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(TIMEOUT, client.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn late_attacher_sees_earlier_output_then_live_output() {
+        let hub = ConsoleHub::new(1024);
+        let boot = b"[    0.000000] Linux version 6.1\n";
+        hub.output().write_all(boot).unwrap();
+        let server = Server::start(hub.clone()).await;
+        let mut client = server.connect().await;
+        assert_eq!(read_n(&mut client, boot.len()).await, boot);
+        hub.output().write_all(b"login: ").unwrap();
+        assert_eq!(read_n(&mut client, 7).await, b"login: ");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn two_clients_see_the_same_live_stream() {
+        let hub = ConsoleHub::new(16);
+        let server = Server::start(hub.clone()).await;
+        let mut a = server.connect().await;
+        let mut b = server.connect().await;
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut out = hub.output();
+        for chunk in data.chunks(97) {
+            out.write_all(chunk).unwrap();
+        }
+        let (got_a, got_b) = tokio::join!(read_n(&mut a, data.len()), read_n(&mut b, data.len()));
+        assert_eq!(got_a, data);
+        assert_eq!(got_b, data);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn input_from_clients_reaches_the_console_input() {
+        let hub = ConsoleHub::new(0);
+        let sink = Arc::new(Collect::default());
+        hub.set_input(sink.clone());
+        let server = Server::start(hub.clone()).await;
+        let mut a = server.connect().await;
+        let mut b = server.connect().await;
+        a.write_all(b"root\r").await.unwrap();
+        wait_until(|| sink.0.lock().unwrap().len() == 5).await;
+        b.write_all(b"uname -a\r").await.unwrap();
+        wait_until(|| sink.0.lock().unwrap().len() == 14).await;
+        assert_eq!(*sink.0.lock().unwrap(), b"root\runame -a\r");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn detach_and_reattach() {
+        let hub = ConsoleHub::new(1024);
+        let server = Server::start(hub.clone()).await;
+        let mut first = server.connect().await;
+        hub.output().write_all(b"one ").unwrap();
+        assert_eq!(read_n(&mut first, 4).await, b"one ");
+        drop(first);
+        wait_until(|| hub.client_count() == 0).await;
+
+        hub.output().write_all(b"two ").unwrap();
+        let mut second = server.connect().await;
+        assert_eq!(read_n(&mut second, 8).await, b"one two ");
+        hub.output().write_all(b"three").unwrap();
+        assert_eq!(read_n(&mut second, 5).await, b"three");
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stuck_client_never_blocks_the_writer() {
+        let hub = ConsoleHub::new(64 * 1024);
+        let server = Server::start(hub.clone()).await;
+        // Attached, never reads.
+        let _stuck = server.connect().await;
+        let mut out = hub.output();
+        let total = 10 * 1024 * 1024;
+        let writer = tokio::task::spawn_blocking(move || {
+            let block = [b'x'; 4096];
+            let mut written = 0;
+            while written < total {
+                out.write_all(&block).unwrap();
+                written += block.len();
+            }
+            // The UART writes one byte at a time: exercise that path too.
+            for _ in 0..100_000 {
+                out.write_all(b"y").unwrap();
+            }
+        });
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .expect("console writes blocked on a stuck client")
+            .unwrap();
+        assert_eq!(hub.total_output_bytes(), total as u64 + 100_000);
+        // The stuck client overflowed its queue and was dropped.
+        wait_until(|| hub.client_count() == 0).await;
+        assert_eq!(hub.snapshot().len(), 64 * 1024);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.sock");
+        // A socket file whose listener is gone.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let listener = bind_socket(&path).unwrap();
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn live_socket_is_not_stolen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.sock");
+        let _live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = bind_socket(&path).unwrap_err();
+        assert!(matches!(err, ConsoleError::SocketInUse { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn regular_file_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.sock");
+        std::fs::write(&path, b"data").unwrap();
+        let err = bind_socket(&path).unwrap_err();
+        assert!(matches!(err, ConsoleError::NotASocket { .. }), "{err}");
+        assert!(path.exists());
+    }
+
+    #[tokio::test]
+    async fn missing_directory_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir").join("console.sock");
+        let hub = ConsoleHub::new(0);
+        let err = hub
+            .serve_unix(&path, std::future::pending::<()>())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ConsoleError::SocketDirMissing { .. }),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("no-such-dir") && text.contains("does not exist"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,671 @@
+//! virtio-blk over a raw image file (virtio 1.x §5.2).
+//!
+//! One request queue served synchronously by the worker thread with positioned reads and
+//! writes (`pread64`/`pwrite64`) straight between the image and guest memory.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap, ReadVolatile, VolatileMemoryError,
+    VolatileSlice, WriteVolatile,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::chain::{sub_range, ChainBuffers, ChainError};
+use crate::device::{
+    expect_queue_count, read_config_bytes, ActivateError, DeviceQueue, VirtioDevice,
+    COMMON_FEATURES,
+};
+use crate::interrupt::Interrupt;
+use crate::worker::{drain_event, EpollContext, EventHandler, EventToken, Worker};
+
+/// Bytes per virtio-blk sector.
+pub const SECTOR_SIZE: u64 = 512;
+/// Size of the request queue.
+const QUEUE_SIZE: u16 = 256;
+/// Size of a request header (type, reserved, sector).
+const HEADER_LEN: usize = 16;
+/// Length of the GET_ID answer.
+const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
+/// Bytes of configuration space we expose: capacity, size_max, seg_max, geometry, blk_size.
+const CONFIG_LEN: usize = 24;
+const KIND: &str = "virtio-blk";
+
+/// Why a block device could not be created, or why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The serial is longer than the 20 bytes GET_ID can return.
+    #[error("disk serial {serial:?} is {len} bytes long, at most 20 are allowed")]
+    SerialTooLong {
+        /// The serial.
+        serial: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The image could not be opened.
+    #[error("cannot open disk image {}: {source}", path.display())]
+    Open {
+        /// Image path.
+        path: PathBuf,
+        /// OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The image size could not be determined.
+    #[error("cannot determine the size of disk image {}: {source}", path.display())]
+    Size {
+        /// Image path.
+        path: PathBuf,
+        /// OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The image size is not a whole number of sectors.
+    #[error("disk image {} is {size} bytes, not a multiple of 512", path.display())]
+    SizeNotSectorMultiple {
+        /// Image path.
+        path: PathBuf,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// A request chain has no device-writable byte for the status.
+    #[error("request {head}: no device-writable byte for the status")]
+    MissingStatus {
+        /// Chain head.
+        head: u16,
+    },
+    /// A request's readable part is shorter than the 16-byte header.
+    #[error("request {head}: header is {len} bytes, 16 expected")]
+    HeaderTooShort {
+        /// Chain head.
+        head: u16,
+        /// Readable bytes found.
+        len: usize,
+    },
+    /// The data length of a read or write is not a whole number of sectors.
+    #[error("request {head}: data length {len} is not a multiple of 512")]
+    DataNotSectorMultiple {
+        /// Chain head.
+        head: u16,
+        /// Data length in bytes.
+        len: usize,
+    },
+    /// A read or write goes beyond the end of the disk.
+    #[error(
+        "request {head}: {len} bytes at sector {sector} go past the disk end ({capacity} sectors)"
+    )]
+    OutOfRange {
+        /// Chain head.
+        head: u16,
+        /// First sector.
+        sector: u64,
+        /// Data length in bytes.
+        len: usize,
+        /// Disk capacity in sectors.
+        capacity: u64,
+    },
+    /// A write to a read-only disk.
+    #[error("request {head}: write to a read-only disk")]
+    ReadOnly {
+        /// Chain head.
+        head: u16,
+    },
+    /// A request type this device does not implement.
+    #[error("request {head}: unsupported request type {request_type}")]
+    Unsupported {
+        /// Chain head.
+        head: u16,
+        /// The `type` field.
+        request_type: u32,
+    },
+    /// Moving data between the image and guest memory failed.
+    #[error("request {head}: {op} of {len} bytes at image offset {offset} failed: {source}")]
+    Io {
+        /// Chain head.
+        head: u16,
+        /// "read" or "write".
+        op: &'static str,
+        /// Image byte offset.
+        offset: u64,
+        /// Length of the failed piece.
+        len: usize,
+        /// What failed.
+        #[source]
+        source: GuestMemoryError,
+    },
+    /// fdatasync failed.
+    #[error("request {head}: flushing disk image {} failed: {source}", path.display())]
+    Flush {
+        /// Chain head.
+        head: u16,
+        /// Image path.
+        path: PathBuf,
+        /// OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The descriptor chain is malformed.
+    #[error("malformed request chain: {0}")]
+    Chain(#[from] ChainError),
+}
+
+impl BlockError {
+    /// The virtio-blk status reported to the driver for this failure.
+    fn status(&self) -> u8 {
+        match self {
+            BlockError::Unsupported { .. } => VIRTIO_BLK_S_UNSUPP as u8,
+            _ => VIRTIO_BLK_S_IOERR as u8,
+        }
+    }
+}
+
+/// The backing image, shared by the device and its worker.
+#[derive(Debug)]
+struct DiskImage {
+    file: File,
+    path: PathBuf,
+    read_only: bool,
+    capacity_sectors: u64,
+    serial: [u8; ID_LEN],
+}
+
+impl DiskImage {
+    /// Checks that `len` bytes at `sector` are whole sectors inside the disk; returns the
+    /// byte offset.
+    fn check_range(&self, head: u16, sector: u64, len: usize) -> Result<u64, BlockError> {
+        if !(len as u64).is_multiple_of(SECTOR_SIZE) {
+            return Err(BlockError::DataNotSectorMultiple { head, len });
+        }
+        let out_of_range = || BlockError::OutOfRange {
+            head,
+            sector,
+            len,
+            capacity: self.capacity_sectors,
+        };
+        let offset = sector.checked_mul(SECTOR_SIZE).ok_or_else(out_of_range)?;
+        let end = offset.checked_add(len as u64).ok_or_else(out_of_range)?;
+        if end > self.capacity_sectors * SECTOR_SIZE {
+            return Err(out_of_range());
+        }
+        Ok(offset)
+    }
+}
+
+/// A virtio-blk device over a raw image file.
+pub struct BlockDevice {
+    disk: Arc<DiskImage>,
+    avail_features: u64,
+    acked_features: u64,
+    config: [u8; CONFIG_LEN],
+    queue_sizes: [u16; 1],
+    worker: Option<Worker<BlockWorker>>,
+}
+
+impl std::fmt::Debug for BlockDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockDevice")
+            .field("path", &self.disk.path)
+            .field("read_only", &self.disk.read_only)
+            .field("capacity_sectors", &self.disk.capacity_sectors)
+            .field("active", &self.worker.is_some())
+            .finish()
+    }
+}
+
+impl BlockDevice {
+    /// Opens the raw image at `path` (`O_RDONLY` when `read_only`) whose size must be a
+    /// multiple of 512; `serial` (at most 20 bytes) is what GET_ID returns.
+    pub fn new(path: &Path, read_only: bool, serial: &str) -> Result<Self, BlockError> {
+        if serial.len() > ID_LEN {
+            return Err(BlockError::SerialTooLong {
+                serial: serial.to_string(),
+                len: serial.len(),
+            });
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| BlockError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        // Seeking works for regular files and block devices alike.
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|source| BlockError::Size {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if size % SECTOR_SIZE != 0 {
+            return Err(BlockError::SizeNotSectorMultiple {
+                path: path.to_path_buf(),
+                size,
+            });
+        }
+        let capacity_sectors = size / SECTOR_SIZE;
+        let mut id = [0u8; ID_LEN];
+        id[..serial.len()].copy_from_slice(serial.as_bytes());
+
+        let mut avail_features = COMMON_FEATURES
+            | (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE);
+        if read_only {
+            avail_features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        let mut config = [0u8; CONFIG_LEN];
+        config[0..8].copy_from_slice(&capacity_sectors.to_le_bytes());
+        // seg_max: data segments per request; header and status take two more descriptors.
+        config[12..16].copy_from_slice(&(u32::from(QUEUE_SIZE) - 2).to_le_bytes());
+        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        tracing::info!(
+            path = %path.display(),
+            read_only,
+            capacity_sectors,
+            "virtio-blk image opened"
+        );
+        Ok(Self {
+            disk: Arc::new(DiskImage {
+                file,
+                path: path.to_path_buf(),
+                read_only,
+                capacity_sectors,
+                serial: id,
+            }),
+            avail_features,
+            acked_features: 0,
+            config,
+            queue_sizes: [QUEUE_SIZE],
+            worker: None,
+        })
+    }
+
+    /// Disk size in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.disk.capacity_sectors
+    }
+
+    /// Path of the backing image.
+    pub fn path(&self) -> &Path {
+        &self.disk.path
+    }
+
+    /// Whether the disk is read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.disk.read_only
+    }
+
+    /// Features the driver accepted.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+}
+
+impl VirtioDevice for BlockDevice {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        tracing::warn!(
+            path = %self.disk.path.display(),
+            offset,
+            len = data.len(),
+            "write to the read-only virtio-blk configuration, ignored"
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap<()>,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<DeviceQueue>,
+    ) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive { device: KIND });
+        }
+        expect_queue_count(KIND, &queues, 1)?;
+        let Some(queue) = queues.into_iter().next() else {
+            return Err(ActivateError::QueueCount {
+                device: KIND,
+                expected: 1,
+                actual: 0,
+            });
+        };
+        let handler = BlockWorker {
+            mem,
+            queue: queue.queue,
+            queue_event: queue.event,
+            interrupt,
+            disk: self.disk.clone(),
+        };
+        let worker = Worker::spawn(KIND, handler).map_err(|source| ActivateError::Worker {
+            device: KIND,
+            source,
+        })?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+        self.acked_features = 0;
+    }
+
+    fn is_active(&self) -> bool {
+        self.worker.is_some()
+    }
+}
+
+/// Epoll dispatch ids of the block worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlockToken {
+    Queue,
+}
+
+impl EventToken for BlockToken {
+    fn to_raw(self) -> u64 {
+        match self {
+            BlockToken::Queue => 0,
+        }
+    }
+
+    fn from_raw(raw: u64) -> Option<Self> {
+        (raw == 0).then_some(BlockToken::Queue)
+    }
+}
+
+/// The worker side: the request queue and the image.
+struct BlockWorker {
+    mem: GuestMemoryMmap<()>,
+    queue: Queue,
+    queue_event: EventFd,
+    interrupt: Arc<Interrupt>,
+    disk: Arc<DiskImage>,
+}
+
+impl EventHandler for BlockWorker {
+    type Token = BlockToken;
+
+    fn register(&mut self, ctx: &EpollContext<'_, BlockToken>) -> io::Result<()> {
+        ctx.add(&self.queue_event, BlockToken::Queue, EventSet::IN)
+    }
+
+    fn handle_event(&mut self, _: &EpollContext<'_, BlockToken>, token: BlockToken, _: EventSet) {
+        match token {
+            BlockToken::Queue => {
+                drain_event(&self.queue_event);
+                if self.process_queue() {
+                    if let Err(err) = self.interrupt.signal_used_queue() {
+                        tracing::error!(%err, "cannot raise the used-buffer interrupt");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl BlockWorker {
+    /// Serves every available request; returns whether any was completed.
+    fn process_queue(&mut self) -> bool {
+        let mut used_any = false;
+        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+            let head = chain.head_index();
+            let used_len = match ChainBuffers::parse(chain) {
+                Ok(buffers) => self.serve(&buffers),
+                Err(err) => {
+                    tracing::warn!(path = %self.disk.path.display(), %err, "request dropped");
+                    0
+                }
+            };
+            if let Err(err) = self.queue.add_used(&self.mem, head, used_len) {
+                tracing::error!(head, %err, "cannot return a request to the used ring");
+            }
+            used_any = true;
+        }
+        used_any
+    }
+
+    /// Executes one request and writes its status; returns the bytes written to the
+    /// device-writable part.
+    fn serve(&self, buffers: &ChainBuffers) -> u32 {
+        let head = buffers.head();
+        let span = tracing::trace_span!("virtio_blk_request", head);
+        let _entered = span.enter();
+        let writable = buffers.writable_len();
+        if writable == 0 {
+            tracing::warn!(
+                path = %self.disk.path.display(),
+                err = %BlockError::MissingStatus { head },
+                "request dropped"
+            );
+            return 0;
+        }
+        let (status, data_len) = match execute(&self.disk, &self.mem, buffers) {
+            Ok(len) => (VIRTIO_BLK_S_OK as u8, len),
+            Err(err) => {
+                tracing::warn!(path = %self.disk.path.display(), %err, "request failed");
+                (err.status(), 0)
+            }
+        };
+        if let Err(err) = buffers.scatter(&self.mem, writable - 1, &[status]) {
+            tracing::error!(%err, "cannot write the request status");
+        }
+        u32::try_from(data_len + 1).unwrap_or(u32::MAX)
+    }
+}
+
+/// Executes the request in `buffers`; returns the data bytes written to guest memory.
+fn execute(
+    disk: &DiskImage,
+    mem: &GuestMemoryMmap<()>,
+    buffers: &ChainBuffers,
+) -> Result<usize, BlockError> {
+    let head = buffers.head();
+    let mut header = [0u8; HEADER_LEN];
+    let got = buffers.gather(mem, 0, &mut header)?;
+    if got < HEADER_LEN {
+        return Err(BlockError::HeaderTooShort { head, len: got });
+    }
+    let request_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let mut sector_bytes = [0u8; 8];
+    sector_bytes.copy_from_slice(&header[8..16]);
+    let sector = u64::from_le_bytes(sector_bytes);
+    // The status byte is the last writable byte; data comes before it.
+    let writable_data = buffers.writable_len().saturating_sub(1);
+    match request_type {
+        VIRTIO_BLK_T_IN => {
+            let mut offset = disk.check_range(head, sector, writable_data)?;
+            for (segment, seg_offset, len) in sub_range(buffers.writable(), 0, writable_data) {
+                let addr = GuestAddress(segment.addr.0 + seg_offset as u64);
+                let mut src = FileAt::new(&disk.file, offset);
+                mem.read_exact_volatile_from(addr, &mut src, len)
+                    .map_err(|source| BlockError::Io {
+                        head,
+                        op: "read",
+                        offset,
+                        len,
+                        source,
+                    })?;
+                offset += len as u64;
+            }
+            Ok(writable_data)
+        }
+        VIRTIO_BLK_T_OUT => {
+            if disk.read_only {
+                return Err(BlockError::ReadOnly { head });
+            }
+            let data_len = buffers.readable_len() - HEADER_LEN;
+            let mut offset = disk.check_range(head, sector, data_len)?;
+            for (segment, seg_offset, len) in sub_range(buffers.readable(), HEADER_LEN, data_len) {
+                let addr = GuestAddress(segment.addr.0 + seg_offset as u64);
+                let mut dst = FileAt::new(&disk.file, offset);
+                mem.write_all_volatile_to(addr, &mut dst, len)
+                    .map_err(|source| BlockError::Io {
+                        head,
+                        op: "write",
+                        offset,
+                        len,
+                        source,
+                    })?;
+                offset += len as u64;
+            }
+            Ok(0)
+        }
+        VIRTIO_BLK_T_FLUSH => {
+            if !disk.read_only {
+                disk.file.sync_data().map_err(|source| BlockError::Flush {
+                    head,
+                    path: disk.path.clone(),
+                    source,
+                })?;
+            }
+            Ok(0)
+        }
+        VIRTIO_BLK_T_GET_ID => {
+            let len = writable_data.min(ID_LEN);
+            Ok(buffers.scatter(mem, 0, &disk.serial[..len])?)
+        }
+        request_type => Err(BlockError::Unsupported { head, request_type }),
+    }
+}
+
+/// The image seen as a stream starting at a byte offset, read and written with
+/// `pread64`/`pwrite64` so that no shared file position is involved.
+struct FileAt<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl<'a> FileAt<'a> {
+    fn new(file: &'a File, offset: u64) -> Self {
+        Self { file, offset }
+    }
+
+    fn os_offset(&self) -> Result<libc::off64_t, VolatileMemoryError> {
+        libc::off64_t::try_from(self.offset).map_err(|_| {
+            VolatileMemoryError::IOError(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "image offset does not fit off64_t",
+            ))
+        })
+    }
+}
+
+impl ReadVolatile for FileAt<'_> {
+    fn read_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &mut VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = buf.offset(done)?;
+            let guard = rest.ptr_guard_mut();
+            let offset = self.os_offset()?;
+            // SAFETY: the fd is valid for the lifetime of `self.file`; `guard` points to
+            // `rest.len()` bytes of mapped guest memory that stay mapped while the guard lives,
+            // and pread64 writes at most that many bytes there.
+            let ret = unsafe {
+                libc::pread64(
+                    self.file.as_raw_fd(),
+                    guard.as_ptr().cast::<libc::c_void>(),
+                    rest.len(),
+                    offset,
+                )
+            };
+            if ret < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                buf.bitmap().mark_dirty(done, buf.len() - done);
+                return Err(VolatileMemoryError::IOError(err));
+            }
+            let read = ret as usize;
+            if read == 0 {
+                break;
+            }
+            buf.bitmap().mark_dirty(done, read);
+            done += read;
+            self.offset += read as u64;
+        }
+        Ok(done)
+    }
+}
+
+impl WriteVolatile for FileAt<'_> {
+    fn write_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = buf.offset(done)?;
+            let guard = rest.ptr_guard();
+            let offset = self.os_offset()?;
+            // SAFETY: the fd is valid for the lifetime of `self.file`; `guard` points to
+            // `rest.len()` readable bytes of mapped guest memory while the guard lives.
+            let ret = unsafe {
+                libc::pwrite64(
+                    self.file.as_raw_fd(),
+                    guard.as_ptr().cast::<libc::c_void>(),
+                    rest.len(),
+                    offset,
+                )
+            };
+            if ret < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(VolatileMemoryError::IOError(err));
+            }
+            let written = ret as usize;
+            if written == 0 {
+                break;
+            }
+            done += written;
+            self.offset += written as u64;
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests;
