@@ -19,8 +19,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
-    ACPI_SLEEP_STATUS_PORT, ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, IOAPIC_PINS,
-    IOAPIC_START, RSDP_START,
+    ACPI_SLEEP_STATUS_PORT, ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, I8042_COMMAND_PORT,
+    I8042_DATA_PORT, IOAPIC_PINS, IOAPIC_START, KEYBOARD_GSI, RSDP_START, SERIAL_GSI, SERIAL_PORT,
+    SERIAL_PORT_SIZE,
 };
 
 /// OEM id written in every table.
@@ -239,13 +240,11 @@ fn build_dsdt(virtio: &[MmioDeviceInfo]) -> Result<Vec<u8>, AcpiError> {
     );
     s5.to_aml_bytes(&mut body);
 
-    if !virtio.is_empty() {
-        let mut devices = Vec::new();
-        for (index, device) in virtio.iter().enumerate() {
-            device_aml(index, device)?.to_aml_bytes(&mut devices);
-        }
-        body.extend_from_slice(&aml::Scope::raw(Path::new("\\_SB_"), devices));
+    let mut devices = legacy_devices_aml();
+    for (index, device) in virtio.iter().enumerate() {
+        device_aml(index, device)?.to_aml_bytes(&mut devices);
     }
+    body.extend_from_slice(&aml::Scope::raw(Path::new("\\_SB_"), devices));
 
     let mut dsdt = Sdt::new(
         *b"DSDT",
@@ -257,6 +256,45 @@ fn build_dsdt(virtio: &[MmioDeviceInfo]) -> Result<Vec<u8>, AcpiError> {
     );
     dsdt.append_slice(&body);
     Ok(dsdt.as_slice().to_vec())
+}
+
+/// The legacy PC devices: COM1 (`PNP0501`) and the i8042 keyboard controller
+/// (`PNP0303`). A hardware-reduced ACPI guest has no legacy PIC, so Linux maps ISA
+/// interrupts only for devices the DSDT describes; without these, IRQ 4 and IRQ 1 cannot
+/// be requested and the console tty and the keyboard (Ctrl+Alt+Del) do not work.
+fn legacy_devices_aml() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let com1_io = aml::IO::new(SERIAL_PORT, SERIAL_PORT, 1, SERIAL_PORT_SIZE as u8);
+    // Consumer, edge-triggered, active-high, exclusive.
+    let com1_irq = aml::Interrupt::new(true, true, false, false, SERIAL_GSI);
+    aml::Device::new(
+        Path::new("COM1"),
+        vec![
+            &aml::Name::new(Path::new("_HID"), &aml::EISAName::new("PNP0501")),
+            &aml::Name::new(Path::new("_UID"), &0u8),
+            &aml::Name::new(
+                Path::new("_CRS"),
+                &aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut bytes);
+
+    let kbd_data = aml::IO::new(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1);
+    let kbd_command = aml::IO::new(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 1, 1);
+    let kbd_irq = aml::Interrupt::new(true, true, false, false, KEYBOARD_GSI);
+    aml::Device::new(
+        Path::new("PS2K"),
+        vec![
+            &aml::Name::new(Path::new("_HID"), &aml::EISAName::new("PNP0303")),
+            &aml::Name::new(
+                Path::new("_CRS"),
+                &aml::ResourceTemplate::new(vec![&kbd_data, &kbd_command, &kbd_irq]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut bytes);
+    bytes
 }
 
 /// AML bytes of one virtio-mmio `Device`.

@@ -58,6 +58,8 @@ pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 
 /// Number of I/O APIC pins (GSIs) of KVM's in-kernel I/O APIC.
 pub const IOAPIC_PINS: u32 = 24;
+/// GSI of the i8042 keyboard interrupt.
+pub const KEYBOARD_GSI: u32 = 1;
 /// GSI of the first 8250 UART (COM1).
 pub const SERIAL_GSI: u32 = 4;
 /// First GSI handed to virtio-mmio devices; the rest follow in order.

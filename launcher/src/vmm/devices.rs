@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use ironvisor_arch::acpi::MmioDeviceInfo;
 use ironvisor_arch::layout::{
-    ACPI_SLEEP_CONTROL_PORT, I8042_DATA_PORT, IOAPIC_PINS, SERIAL_GSI, SERIAL_PORT,
+    ACPI_SLEEP_CONTROL_PORT, I8042_DATA_PORT, IOAPIC_PINS, KEYBOARD_GSI, SERIAL_GSI, SERIAL_PORT,
     SERIAL_PORT_SIZE, VIRTIO_FIRST_GSI, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use ironvisor_launcher_api::control::DeviceStatus;
@@ -23,8 +23,6 @@ use super::legacy::serial::SerialDevice;
 use crate::config::LaunchConfig;
 use crate::GuestMemory;
 
-/// GSI of the i8042 keyboard interrupt.
-const KEYBOARD_GSI: u32 = 1;
 /// Offset of the QueueNotify register in a virtio-mmio window.
 const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 /// The i8042 spans ports 0x60..=0x64.
@@ -142,9 +140,12 @@ pub fn create_devices(
         manager.irq_line("i8042", KEYBOARD_GSI)?,
         events.clone(),
     )));
-    manager
-        .pio
-        .insert("i8042", u64::from(I8042_DATA_PORT), I8042_PORTS, i8042.clone())?;
+    manager.pio.insert(
+        "i8042",
+        u64::from(I8042_DATA_PORT),
+        I8042_PORTS,
+        i8042.clone(),
+    )?;
     manager.pio.insert(
         "acpi-pm",
         u64::from(ACPI_SLEEP_CONTROL_PORT),
@@ -154,13 +155,14 @@ pub fn create_devices(
 
     for disk in &config.disks {
         let serial_number = disk.serial.clone().unwrap_or_else(|| disk.id.clone());
-        let device = BlockDevice::new(&disk.path, disk.read_only, &serial_number).map_err(
-            |source| DeviceError::Block {
-                id: disk.id.clone(),
-                path: disk.path.display().to_string(),
-                source,
-            },
-        )?;
+        let device =
+            BlockDevice::new(&disk.path, disk.read_only, &serial_number).map_err(|source| {
+                DeviceError::Block {
+                    id: disk.id.clone(),
+                    path: disk.path.display().to_string(),
+                    source,
+                }
+            })?;
         manager.add_virtio(&format!("disk {}", disk.id), Box::new(device))?;
         manager.status.push(DeviceStatus {
             kind: "virtio-blk".into(),
@@ -280,8 +282,12 @@ impl Manager<'_> {
                     source,
                 })?;
         }
-        self.mmio
-            .insert(what, base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        self.mmio.insert(
+            what,
+            base,
+            VIRTIO_MMIO_SIZE,
+            Arc::new(Mutex::new(transport)),
+        )?;
         self.virtio_acpi.push(MmioDeviceInfo {
             base,
             size: VIRTIO_MMIO_SIZE,

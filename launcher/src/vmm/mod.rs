@@ -106,9 +106,11 @@ pub fn build(
         Some(path) => {
             let mut file = open(path, "initrd")?;
             Some(
-                boot::load_initrd_for_kernel(&mem, &mut file, &kernel).map_err(|source| VmmError::Initrd {
-                    path: path.clone(),
-                    source,
+                boot::load_initrd_for_kernel(&mem, &mut file, &kernel).map_err(|source| {
+                    VmmError::Initrd {
+                        path: path.clone(),
+                        source,
+                    }
                 })?,
             )
         }
@@ -116,24 +118,12 @@ pub fn build(
     };
     tracing::info!(entry = ?kernel.entry, "kernel loaded");
 
-    let devices = create_devices(
-        &vm_fd,
-        &mem,
-        config,
-        Box::new(console.output()),
-        events,
-    )?;
+    let devices = create_devices(&vm_fd, &mem, config, Box::new(console.output()), events)?;
     console.set_input(Arc::new(SerialInput(devices.serial.clone())));
 
     let rsdp = acpi::create_acpi_tables(&mem, config.vcpus, &devices.virtio_acpi)?;
-    boot::configure_boot(
-        &mem,
-        &kernel,
-        &config.kernel.cmdline,
-        initrd.as_ref(),
-        rsdp,
-    )
-    .map_err(VmmError::BootParams)?;
+    boot::configure_boot(&mem, &kernel, &config.kernel.cmdline, initrd.as_ref(), rsdp)
+        .map_err(VmmError::BootParams)?;
 
     let vcpus = vcpu::create_vcpus(&kvm, &vm_fd, &mem, config.vcpus, &kernel.entry)?;
     Ok(PreparedVm {

@@ -65,17 +65,25 @@ pub async fn run_vm(config: LaunchConfig, kvm_path: &Path) -> Result<ExitStatus,
         None
     };
     let api = match &config.api_socket {
-        Some(path) => Some(ironvisor_launcher_api::bind(path).await.map_err(|source| {
-            RunError::Api {
-                path: path.display().to_string(),
-                source,
-            }
-        })?),
+        Some(path) => {
+            Some(
+                ironvisor_launcher_api::bind(path)
+                    .await
+                    .map_err(|source| RunError::Api {
+                        path: path.display().to_string(),
+                        source,
+                    })?,
+            )
+        }
         None => None,
     };
 
     let running = prepared.start(events.clone())?;
-    tracing::info!(vcpus = config.vcpus, memory_mib = config.memory_mib, "VM started");
+    tracing::info!(
+        vcpus = config.vcpus,
+        memory_mib = config.memory_mib,
+        "VM started"
+    );
     if let Some(api) = api {
         let control = running.handle.clone();
         let stop = stopped(stop_rx.clone());
@@ -173,4 +181,3 @@ async fn main_loop(
         }
     }
 }
-

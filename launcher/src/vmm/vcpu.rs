@@ -26,7 +26,10 @@ const KICK_INTERVAL: Duration = Duration::from_millis(1);
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
     #[error("creating vCPU {index}: {source}")]
-    Create { index: u32, source: kvm_ioctls::Error },
+    Create {
+        index: u32,
+        source: kvm_ioctls::Error,
+    },
     #[error("reading the CPUID that KVM supports: {0}")]
     SupportedCpuid(kvm_ioctls::Error),
     #[error("configuring vCPU {index}: {step}: {source}")]
@@ -36,7 +39,11 @@ pub enum VcpuError {
         source: kvm_ioctls::Error,
     },
     #[error("vCPU {index}: KVM accepted only {set} of {wanted} boot MSRs")]
-    PartialMsrs { index: u32, set: usize, wanted: usize },
+    PartialMsrs {
+        index: u32,
+        set: usize,
+        wanted: usize,
+    },
     #[error("vCPU {index}: building the boot MSR list: {reason}")]
     MsrList { index: u32, reason: String },
     #[error("vCPU {index}: boot segment setup: {source}")]
@@ -48,7 +55,9 @@ pub enum VcpuError {
     SignalHandler(vmm_sys_util::errno::Error),
     #[error("starting the thread of vCPU {index}: {source}")]
     Spawn { index: u32, source: std::io::Error },
-    #[error("only {acknowledged} of {total} vCPUs acknowledged a {what} request within {timeout:?}")]
+    #[error(
+        "only {acknowledged} of {total} vCPUs acknowledged a {what} request within {timeout:?}"
+    )]
     Unresponsive {
         what: &'static str,
         acknowledged: u32,
@@ -123,7 +132,13 @@ fn configure_vcpu(
     entry: &KernelEntry,
     supported: &kvm_bindings::CpuId,
 ) -> Result<(), VcpuError> {
-    let step = |step: &'static str| move |source| VcpuError::Configure { index, step, source };
+    let step = |step: &'static str| {
+        move |source| VcpuError::Configure {
+            index,
+            step,
+            source,
+        }
+    };
     let mut cpuid = supported.clone();
     cpu::filter_cpuid(&mut cpuid, index, count);
     vcpu.set_cpuid2(&cpuid).map_err(step("KVM_SET_CPUID2"))?;
@@ -141,7 +156,8 @@ fn configure_vcpu(
             wanted: entries.len(),
         });
     }
-    vcpu.set_fpu(&cpu::boot_fpu()).map_err(step("KVM_SET_FPU"))?;
+    vcpu.set_fpu(&cpu::boot_fpu())
+        .map_err(step("KVM_SET_FPU"))?;
 
     let mut lapic = vcpu.get_lapic().map_err(step("KVM_GET_LAPIC"))?;
     cpu::setup_lint(&mut lapic);

@@ -67,14 +67,14 @@ fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
     for (slot, region) in (0u32..).zip(mem.iter()) {
         let guest_addr = region.start_addr().0;
         let size = region.len();
-        let host_addr = mem
-            .get_host_address(region.start_addr())
-            .map_err(|_| VmError::MemorySlot {
-                slot,
-                guest_addr,
-                size,
-                source: kvm_ioctls::Error::new(libc::EFAULT),
-            })?;
+        let host_addr =
+            mem.get_host_address(region.start_addr())
+                .map_err(|_| VmError::MemorySlot {
+                    slot,
+                    guest_addr,
+                    size,
+                    source: kvm_ioctls::Error::new(libc::EFAULT),
+                })?;
         let slot_desc = kvm_userspace_memory_region {
             slot,
             guest_phys_addr: guest_addr,
@@ -84,13 +84,11 @@ fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
         };
         // SAFETY: the host mapping backs exactly `size` bytes and lives in `mem`, which the
         // VMM keeps alive for as long as the VM exists.
-        unsafe { vm.set_user_memory_region(slot_desc) }.map_err(|source| {
-            VmError::MemorySlot {
-                slot,
-                guest_addr,
-                size,
-                source,
-            }
+        unsafe { vm.set_user_memory_region(slot_desc) }.map_err(|source| VmError::MemorySlot {
+            slot,
+            guest_addr,
+            size,
+            source,
         })?;
     }
     Ok(())

@@ -231,7 +231,11 @@ mod tests {
     ) {
         let evt = EventFd::new(EFD_NONBLOCK).unwrap();
         let (tx, rx) = events::channel();
-        (I8042::new(IrqLine::new(evt.try_clone().unwrap()), tx), evt, rx)
+        (
+            I8042::new(IrqLine::new(evt.try_clone().unwrap()), tx),
+            evt,
+            rx,
+        )
     }
 
     fn read_data(dev: &mut I8042) -> u8 {

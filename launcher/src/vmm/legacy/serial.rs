@@ -46,12 +46,7 @@ impl SerialDevice {
             if room == 0 {
                 break;
             }
-            let chunk: Vec<u8> = self
-                .pending_input
-                .iter()
-                .take(room)
-                .copied()
-                .collect();
+            let chunk: Vec<u8> = self.pending_input.iter().take(room).copied().collect();
             match self.uart.enqueue_raw_bytes(&chunk) {
                 Ok(0) => break,
                 Ok(n) => {
