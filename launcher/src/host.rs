@@ -279,15 +279,13 @@ impl HostCaps {
         open_kvm_device(&self.kvm_device)
     }
 
-    /// What configuration validation may ask of this host.
-    ///
-    /// `max_vcpus` is the number of online host CPUs (KVM's recommended maximum,
-    /// `KVM_CAP_NR_VCPUS`): one VM gets no more vCPUs than there are CPUs to run them.
+    /// The limits a launch configuration is validated against. vCPUs may overcommit the
+    /// host's CPUs, as with Firecracker and KubeVirt, up to the launcher's own maximum.
     /// Unknown available memory does not limit anything (`u64::MAX`).
     pub fn limits(&self) -> HostLimits {
         HostLimits {
             available_memory_bytes: self.available_memory_bytes.unwrap_or(u64::MAX),
-            max_vcpus: self.online_cpus,
+            max_vcpus: crate::config::MAX_VCPUS,
         }
     }
 }
@@ -452,7 +450,7 @@ mod tests {
         caps.check_cpu_virtualization().unwrap();
         let limits = caps.limits();
         assert_eq!(limits.available_memory_bytes, 20_000_000 * 1024);
-        assert_eq!(limits.max_vcpus, 4);
+        assert_eq!(limits.max_vcpus, crate::config::MAX_VCPUS);
     }
 
     #[test]

@@ -4,16 +4,18 @@
 //! boots a Linux kernel on it, runs its virtio-mmio devices and serves the gRPC control
 //! API on a unix socket. Crates and modules:
 //!
-//! - [`config`]: the one typed configuration and its validation.
+//! - `config` (from `ironvisor-launcher-api`): the one typed configuration and its validation.
 //! - [`host`]: what the host can do (is there a /dev/kvm, can it run hardware-assisted guests).
+//! - [`instance`]: what a hypervisor backend provides to the main loop.
 //! - [`vmm`]: the KVM VM, vCPU threads, the I/O bus, legacy devices and the run loop.
 //! - `ironvisor-arch`: guest layout, boot protocols, ACPI tables, vCPU register setup.
 //! - `ironvisor-virtio`: virtio-mmio transport and virtio block/net/console devices.
 //! - `ironvisor-console`: serial console fan-out (socket clients, boot-log ring, stdio).
 //! - `ironvisor-launcher-api`: the gRPC control service and the `VmControl` contract.
 
-pub mod config;
+pub use ironvisor_launcher_api::config;
 pub mod host;
+pub mod instance;
 pub mod vmm;
 
 /// Guest physical memory as every part of the launcher sees it.

@@ -9,6 +9,7 @@ use ironvisor_launcher::config::LaunchArgs;
 use ironvisor_launcher::host::HostCaps;
 use ironvisor_launcher::vmm::events::ExitStatus;
 use ironvisor_launcher::vmm::run::run_vm;
+use ironvisor_launcher::vmm::KvmBackend;
 use ironvisor_launcher_api::control::{ShutdownMode, VmStatus};
 use ironvisor_launcher_api::LauncherClient;
 
@@ -105,7 +106,10 @@ fn run_launch(args: LaunchArgs) -> anyhow::Result<u8> {
     let host = HostCaps::probe();
     config.validate(&host.limits())?;
     host.check_hardware_kvm()?;
-    let status = runtime()?.block_on(run_vm(config, &host.kvm_device))?;
+    let backend = KvmBackend {
+        kvm_path: host.kvm_device.clone(),
+    };
+    let status = runtime()?.block_on(run_vm(config, backend))?;
     Ok(status.code() as u8)
 }
 

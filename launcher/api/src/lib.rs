@@ -1,5 +1,9 @@
-//! gRPC control API of the launcher (package `ironvisor.launcher.v1`, service `Launcher`).
+//! Everything a node agent needs to drive a launcher process: its configuration file
+//! format ([`config`]), its exit codes ([`exit`]), and its gRPC control API (package
+//! `ironvisor.launcher.v1`, service `Launcher`).
 //!
+//! - [`config`]: [`config::LaunchConfig`], its validation and the launcher's CLI flags.
+//! - [`exit`]: [`exit::ExitStatus`], what a launcher's exit code means.
 //! - [`control`]: the [`control::VmControl`] contract between the API and the VMM.
 //! - [`server`]: serves any `Arc<dyn VmControl>` on a unix socket ([`server::serve`],
 //!   or [`server::bind`] then [`server::BoundApi::serve`]).
@@ -10,8 +14,10 @@
 //! - [`proto`]: the generated messages, server trait and client.
 
 pub mod client;
+pub mod config;
 pub mod control;
 pub mod convert;
+pub mod exit;
 pub mod server;
 
 /// Code generated from `proto/launcher.proto` (package `ironvisor.launcher.v1`).

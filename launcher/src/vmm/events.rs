@@ -1,6 +1,8 @@
 //! Events that end or change the life of the VM, sent from vCPU threads, devices, the
 //! control API and signal handlers to the launcher's main loop.
 
+pub use ironvisor_launcher_api::exit::ExitStatus;
+
 use std::fmt;
 
 use ironvisor_launcher_api::control::ShutdownMode;
@@ -45,41 +47,4 @@ impl EventSender {
 pub fn channel() -> (EventSender, mpsc::UnboundedReceiver<VmEvent>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (EventSender(tx), rx)
-}
-
-/// How the launcher process ends; the value is its exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    /// The guest powered itself off.
-    GuestPoweroff = 0,
-    /// The launcher could not build or run the VM (message on stderr).
-    LauncherError = 1,
-    /// The guest rebooted; a microVM does not reset in place, the node agent restarts it.
-    GuestReboot = 3,
-    /// The guest crashed (triple fault or a vCPU failure).
-    GuestCrash = 4,
-    /// A graceful shutdown (SIGTERM or API) completed: the guest went down by itself.
-    GracefulStop = 5,
-    /// The VM was stopped hard: a forced shutdown, or a graceful one that timed out.
-    HardStop = 6,
-}
-
-impl ExitStatus {
-    pub fn code(self) -> i32 {
-        self as i32
-    }
-}
-
-impl fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = match self {
-            ExitStatus::GuestPoweroff => "guest powered off",
-            ExitStatus::LauncherError => "launcher error",
-            ExitStatus::GuestReboot => "guest rebooted",
-            ExitStatus::GuestCrash => "guest crashed",
-            ExitStatus::GracefulStop => "stopped gracefully",
-            ExitStatus::HardStop => "stopped hard",
-        };
-        f.write_str(text)
-    }
 }

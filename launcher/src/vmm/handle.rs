@@ -12,6 +12,14 @@ use super::bus::lock_device;
 use super::events::{EventSender, VmEvent};
 use super::legacy::i8042::I8042;
 use super::vcpu::VcpuSet;
+use crate::instance::VmInstance;
+
+/// What must outlive the vCPU threads: the VM fd, the KVM handle and guest memory.
+pub struct VmResources {
+    pub _vm: kvm_ioctls::VmFd,
+    pub _kvm: kvm_ioctls::Kvm,
+    pub _mem: crate::GuestMemory,
+}
 
 /// Control surface of one running VM.
 pub struct VmHandle {
@@ -23,6 +31,8 @@ pub struct VmHandle {
     events: EventSender,
     state: Mutex<VmState>,
     started: Instant,
+    // Last: dropped after the vCPU threads are gone.
+    _resources: VmResources,
 }
 
 impl VmHandle {
@@ -33,6 +43,7 @@ impl VmHandle {
         vcpus: VcpuSet,
         i8042: Arc<Mutex<I8042>>,
         events: EventSender,
+        resources: VmResources,
     ) -> Self {
         Self {
             name,
@@ -43,15 +54,18 @@ impl VmHandle {
             events,
             state: Mutex::new(VmState::Running),
             started: Instant::now(),
+            _resources: resources,
         }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, VmState> {
         lock_device(&self.state)
     }
+}
 
+impl VmInstance for VmHandle {
     /// Asks the guest to shut down (Ctrl+Alt+Del), resuming it first if it is paused.
-    pub fn request_guest_shutdown(&self) {
+    fn request_guest_shutdown(&self) {
         let mut state = self.state();
         if *state == VmState::Paused {
             self.vcpus.resume();
@@ -62,7 +76,7 @@ impl VmHandle {
     }
 
     /// Stops every vCPU; the VM is gone afterwards.
-    pub fn stop(&self) {
+    fn stop(&self) {
         *self.state() = VmState::Stopped;
         if let Err(err) = self.vcpus.stop() {
             tracing::error!(%err, "stopping vCPUs");

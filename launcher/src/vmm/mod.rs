@@ -24,11 +24,12 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use self::bus::lock_device;
 use self::devices::{create_devices, DeviceError, Devices};
 use self::events::EventSender;
-use self::handle::VmHandle;
+use self::handle::{VmHandle, VmResources};
 use self::legacy::serial::SerialDevice;
 use self::vcpu::{IoBuses, VcpuError, VcpuSet};
 use self::vm::VmError;
 use crate::config::LaunchConfig;
+use crate::instance::{Backend, PreparedInstance};
 use crate::GuestMemory;
 
 /// Why the VM could not be built or started. Each variant names the step and the input.
@@ -145,17 +146,31 @@ fn open(path: &Path, what: &'static str) -> Result<File, VmmError> {
     })
 }
 
-/// A VM whose vCPUs run. Keep it alive until the VM is stopped.
-pub struct RunningVm {
-    pub handle: Arc<VmHandle>,
-    _vm: VmFd,
-    _kvm: Kvm,
-    _mem: GuestMemory,
+/// The KVM microVMM backend, on the KVM device at `kvm_path`.
+pub struct KvmBackend {
+    pub kvm_path: PathBuf,
 }
 
-impl PreparedVm {
+impl Backend for KvmBackend {
+    type Prepared = PreparedVm;
+    type Error = VmmError;
+
+    fn prepare(
+        &self,
+        config: &LaunchConfig,
+        console: &ConsoleHub,
+        events: &EventSender,
+    ) -> Result<PreparedVm, VmmError> {
+        build(config, &self.kvm_path, console, events)
+    }
+}
+
+impl PreparedInstance for PreparedVm {
+    type Instance = VmHandle;
+    type Error = VmmError;
+
     /// Starts the vCPU threads.
-    pub fn start(self, events: EventSender) -> Result<RunningVm, VmmError> {
+    fn start(self, events: EventSender) -> Result<Arc<VmHandle>, VmmError> {
         let Devices {
             pio,
             mmio,
@@ -165,20 +180,19 @@ impl PreparedVm {
         } = self.devices;
         let buses = Arc::new(IoBuses { pio, mmio });
         let vcpus = VcpuSet::start(self.vcpus, buses, events.clone())?;
-        let handle = Arc::new(VmHandle::new(
+        Ok(Arc::new(VmHandle::new(
             self.name,
             self.memory_mib,
             status,
             vcpus,
             i8042,
             events,
-        ));
-        Ok(RunningVm {
-            handle,
-            _vm: self.vm,
-            _kvm: self._kvm,
-            _mem: self._mem,
-        })
+            VmResources {
+                _vm: self.vm,
+                _kvm: self._kvm,
+                _mem: self._mem,
+            },
+        )))
     }
 }
 

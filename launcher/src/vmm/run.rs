@@ -1,24 +1,24 @@
-//! The launcher's main loop: serve the console and the control API, react to VM events
-//! and signals, and turn the way the VM ended into an [`ExitStatus`].
+//! The launcher's main loop, the same for every backend: serve the console and the control
+//! API, react to VM events and signals, and turn the way the VM ended into an
+//! [`ExitStatus`].
 
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ironvisor_console::ConsoleHub;
+use ironvisor_console::{ConsoleHub, StdioGuard};
 use ironvisor_launcher_api::control::ShutdownMode;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::events::{self, ExitStatus, VmEvent};
-use super::handle::VmHandle;
-use super::VmmError;
 use crate::config::LaunchConfig;
+use crate::instance::{Backend, PreparedInstance, VmInstance};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Vmm(#[from] VmmError),
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     #[error("installing the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -29,23 +29,20 @@ pub enum RunError {
         path: String,
         source: ironvisor_launcher_api::ServeError,
     },
+    #[error("console on stdio: {0}")]
+    Stdio(#[from] ironvisor_console::StdioError),
 }
 
-/// Builds and runs the VM of `config` until it ends; returns how it ended.
+/// Builds the VM of `config` with `backend`, runs it until it ends, and returns how it
+/// ended.
 #[tracing::instrument(skip_all, fields(vm = %config.name))]
-pub async fn run_vm(config: LaunchConfig, kvm_path: &Path) -> Result<ExitStatus, RunError> {
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| RunError::Signal {
-        signal: "SIGTERM",
-        source,
-    })?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| RunError::Signal {
-        signal: "SIGINT",
-        source,
-    })?;
-
+pub async fn run_vm<B: Backend>(config: LaunchConfig, backend: B) -> Result<ExitStatus, RunError> {
+    let mut signals = Signals::install()?;
     let console = ConsoleHub::new(config.console.ring_bytes);
     let (events, mut events_rx) = events::channel();
-    let prepared = super::build(&config, kvm_path, &console, &events)?;
+    let prepared = backend
+        .prepare(&config, &console, &events)
+        .map_err(|err| RunError::Backend(Box::new(err)))?;
 
     // Everything outside the VM stops when this flips to true.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -59,8 +56,8 @@ pub async fn run_vm(config: LaunchConfig, kvm_path: &Path) -> Result<ExitStatus,
             }
         });
     }
-    let _stdio = if config.console.stdio {
-        Some(console.spawn_stdio())
+    let stdio = if config.console.stdio {
+        Some(console.spawn_stdio()?)
     } else {
         None
     };
@@ -78,14 +75,16 @@ pub async fn run_vm(config: LaunchConfig, kvm_path: &Path) -> Result<ExitStatus,
         None => None,
     };
 
-    let running = prepared.start(events.clone())?;
+    let instance = prepared
+        .start(events.clone())
+        .map_err(|err| RunError::Backend(Box::new(err)))?;
     tracing::info!(
         vcpus = config.vcpus,
         memory_mib = config.memory_mib,
         "VM started"
     );
     if let Some(api) = api {
-        let control = running.handle.clone();
+        let control: Arc<dyn ironvisor_launcher_api::control::VmControl> = instance.clone();
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
             if let Err(err) = api.serve(control, stop).await {
@@ -96,23 +95,25 @@ pub async fn run_vm(config: LaunchConfig, kvm_path: &Path) -> Result<ExitStatus,
 
     let graceful_timeout = Duration::from_secs(config.shutdown_timeout_secs);
     let status = main_loop(
-        &running.handle,
+        instance.as_ref(),
         &mut events_rx,
-        &mut sigterm,
-        &mut sigint,
+        &mut signals,
+        stdio.as_ref(),
         graceful_timeout,
     )
     .await;
     tracing::info!(%status, code = status.code(), "VM ended");
 
-    let handle = running.handle.clone();
-    if let Err(err) = tokio::task::spawn_blocking(move || handle.stop()).await {
-        tracing::error!(%err, "stopping vCPUs");
+    let stopping = instance.clone();
+    if let Err(err) = tokio::task::spawn_blocking(move || stopping.stop()).await {
+        tracing::error!(%err, "stopping the VM");
     }
+    // Restore the terminal before anything else is printed.
+    drop(stdio);
     // Receivers may all be gone already; that only means nothing is left to stop.
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
-    drop(running);
+    drop(instance);
     Ok(status)
 }
 
@@ -121,14 +122,45 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// SIGTERM and SIGINT both ask for a graceful shutdown.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, RunError> {
+        let install = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| RunError::Signal {
+                signal: name,
+                source,
+            })
+        };
+        Ok(Self {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
 /// Waits for the event that ends the VM, handling graceful shutdown requests on the way.
-async fn main_loop(
-    handle: &VmHandle,
+async fn main_loop<I: VmInstance + ?Sized>(
+    instance: &I,
     events: &mut mpsc::UnboundedReceiver<VmEvent>,
-    sigterm: &mut tokio::signal::unix::Signal,
-    sigint: &mut tokio::signal::unix::Signal,
+    signals: &mut Signals,
+    stdio: Option<&StdioGuard>,
     default_timeout: Duration,
 ) -> ExitStatus {
+    let graceful = ShutdownMode::Graceful {
+        timeout: default_timeout,
+    };
     let mut deadline: Option<Instant> = None;
     loop {
         let timeout = async {
@@ -137,26 +169,33 @@ async fn main_loop(
                 None => std::future::pending().await,
             }
         };
+        let escape = async {
+            match stdio {
+                Some(guard) => guard.escape_pressed().await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             event = events.recv() => event,
-            _ = sigterm.recv() => {
-                tracing::info!("SIGTERM: graceful shutdown");
-                Some(VmEvent::ShutdownRequested(ShutdownMode::Graceful { timeout: default_timeout }))
+            name = signals.recv() => {
+                tracing::info!(signal = name, "graceful shutdown requested");
+                Some(VmEvent::ShutdownRequested(graceful))
             }
-            _ = sigint.recv() => {
-                tracing::info!("SIGINT: graceful shutdown");
-                Some(VmEvent::ShutdownRequested(ShutdownMode::Graceful { timeout: default_timeout }))
+            () = escape => {
+                tracing::info!("console escape (Ctrl+]) pressed: graceful shutdown");
+                Some(VmEvent::ShutdownRequested(graceful))
             }
             () = timeout => {
                 tracing::warn!("guest did not shut down in time; stopping it hard");
                 return ExitStatus::HardStop;
             }
         };
-        let graceful = deadline.is_some();
+        let stopping = deadline.is_some();
         match event {
             None => return ExitStatus::LauncherError,
-            Some(VmEvent::GuestPoweroff) if graceful => return ExitStatus::GracefulStop,
-            Some(VmEvent::GuestReboot) if graceful => return ExitStatus::GracefulStop,
+            Some(VmEvent::GuestPoweroff | VmEvent::GuestReboot) if stopping => {
+                return ExitStatus::GracefulStop
+            }
             Some(VmEvent::GuestPoweroff) => return ExitStatus::GuestPoweroff,
             Some(VmEvent::GuestReboot) => return ExitStatus::GuestReboot,
             Some(VmEvent::TripleFault { vcpu }) => {
@@ -173,8 +212,8 @@ async fn main_loop(
             }
             Some(VmEvent::ShutdownRequested(ShutdownMode::Graceful { timeout })) => {
                 if deadline.is_none() {
-                    tracing::info!(?timeout, "asking the guest to shut down (Ctrl+Alt+Del)");
-                    handle.request_guest_shutdown();
+                    tracing::info!(?timeout, "asking the guest to shut down");
+                    instance.request_guest_shutdown();
                     deadline = Some(Instant::now() + timeout);
                 }
             }

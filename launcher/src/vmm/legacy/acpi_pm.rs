@@ -12,7 +12,7 @@ use ironvisor_arch::layout::{
 use crate::vmm::bus::BusDevice;
 use crate::vmm::events::{EventSender, VmEvent};
 
-const SLEEP_CONTROL_OFFSET: u64 = (ACPI_SLEEP_CONTROL_PORT - ACPI_SLEEP_CONTROL_PORT) as u64;
+const SLEEP_CONTROL_OFFSET: u64 = 0;
 const SLEEP_STATUS_OFFSET: u64 = (ACPI_SLEEP_STATUS_PORT - ACPI_SLEEP_CONTROL_PORT) as u64;
 const RESET_OFFSET: u64 = (ACPI_RESET_PORT - ACPI_SLEEP_CONTROL_PORT) as u64;
 /// Number of ports the device occupies.

@@ -1,0 +1,558 @@
+//! `VirtualMachineInstanceSpec`: the machine itself, shared by `VirtualMachine` templates
+//! and `VirtualMachineInstance` objects. Field names and shapes follow KubeVirt's
+//! `kubevirt.io/v1`, restricted to what the Ironvisor microVM implements. Every struct
+//! refuses unknown fields, so a KubeVirt feature Ironvisor lacks is an error, not a
+//! silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::vmi::VirtualMachineInstanceStatus;
+
+/// Desired state of one virtual machine instance: the spec of a `VirtualMachineInstance`
+/// (`kubectl get vmi`) and of a `VirtualMachine`'s template.
+// The printcolumns repeat `type_ = "string"`, which clippy takes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[kube(
+    group = "ironvisor.io",
+    version = "v1alpha1",
+    kind = "VirtualMachineInstance",
+    namespaced,
+    shortname = "vmi",
+    shortname = "vmis",
+    category = "all",
+    status = "VirtualMachineInstanceStatus",
+    derive = "PartialEq",
+    doc = "A virtual machine instance: one run of a machine on one node.",
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "IP",
+        type_ = "string",
+        json_path = ".status.interfaces[0].ipAddress"
+    ),
+    printcolumn(name = "NodeName", type_ = "string", json_path = ".status.nodeName"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Ready')].status"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualMachineInstanceSpec {
+    /// The virtual hardware: CPU, memory, devices, firmware.
+    pub domain: DomainSpec,
+    /// Networks the interfaces of `domain.devices.interfaces` attach to (matched by name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<Network>,
+    /// Storage that backs the disks of `domain.devices.disks` (matched by name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// Seconds the guest gets to shut down after a stop request before it is killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
+    /// Node labels that a node must carry to run this instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Scheduling constraints, as for pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Taints this instance tolerates, as for pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+/// The virtual hardware of an instance.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DomainSpec {
+    /// CPU topology; vCPUs = cores × sockets × threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    /// Guest memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    /// Resources requested from and limited on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Disks and network interfaces.
+    #[serde(default)]
+    pub devices: Devices,
+    /// Boot configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+    /// Ironvisor features of the machine (hardware isolation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Features>,
+}
+
+/// CPU topology.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cpu {
+    /// Cores per socket (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+    /// Sockets (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sockets: Option<u32>,
+    /// Threads per core (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+}
+
+impl Cpu {
+    /// Number of vCPUs (cores × sockets × threads, unset factors count as 1), saturating.
+    pub fn vcpus(&self) -> u32 {
+        [self.cores, self.sockets, self.threads]
+            .into_iter()
+            .map(|factor| factor.unwrap_or(1))
+            .fold(1u32, u32::saturating_mul)
+    }
+}
+
+/// Guest memory.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Memory {
+    /// Memory visible to the guest ("512Mi", "2Gi").
+    pub guest: Quantity,
+}
+
+/// Resource requests and limits, keyed by resource name ("cpu", "memory").
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceRequirements {
+    /// Amounts the node must have available.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, Quantity>,
+    /// Amounts the instance may never exceed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, Quantity>,
+}
+
+/// Devices of the machine.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Devices {
+    /// Block devices, each backed by the volume of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<Disk>,
+    /// Network interfaces, each attached to the network of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+    /// When false, no pod network and interface are added if none are given (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoattach_pod_interface: Option<bool>,
+}
+
+/// One block device.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Disk {
+    /// Device name; a volume with the same name backs it.
+    pub name: String,
+    /// Expose the volume as a disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskTarget>,
+    /// Expose the volume as a read-only CD-ROM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdrom: Option<CdRomTarget>,
+    /// Serial number reported to the guest (at most 20 characters: letters, digits, `-`, `_`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Boot priority (1 is first); unique among disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_order: Option<u32>,
+}
+
+/// Bus a disk is attached to. Ironvisor's microVM only has virtio.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    /// virtio-blk (the only bus the Ironvisor launcher provides).
+    Virtio,
+    /// SATA (KubeVirt; not available on the microVM).
+    Sata,
+    /// SCSI (KubeVirt; not available on the microVM).
+    Scsi,
+    /// USB (KubeVirt; not available on the microVM).
+    Usb,
+}
+
+impl DiskBus {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Virtio => "virtio",
+            Self::Sata => "sata",
+            Self::Scsi => "scsi",
+            Self::Usb => "usb",
+        }
+    }
+}
+
+/// A disk device.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskTarget {
+    /// Bus (default virtio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<DiskBus>,
+}
+
+/// A CD-ROM device.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CdRomTarget {
+    /// Bus (default virtio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<DiskBus>,
+    /// Read-only (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly: Option<bool>,
+}
+
+/// One network interface.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Interface {
+    /// Interface name; the network with the same name is attached.
+    pub name: String,
+    /// NAT the guest behind the pod's address (pod network only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masquerade: Option<InterfaceMasquerade>,
+    /// Bridge the guest onto the network directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<InterfaceBridge>,
+    /// Guest MAC address ("02:00:00:12:34:56"); generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+}
+
+/// Masquerade (NAT) binding. Takes no settings.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceMasquerade {}
+
+/// Bridge binding. Takes no settings.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceBridge {}
+
+/// Boot firmware settings.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Firmware {
+    /// Direct kernel boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_boot: Option<KernelBoot>,
+}
+
+/// Direct kernel boot: the kernel and initrd come from an image, not from a disk.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KernelBoot {
+    /// Extra kernel command line arguments (requires `container`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_args: Option<String>,
+    /// Where the kernel and initrd come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<KernelBootContainer>,
+}
+
+/// Kernel and initrd inside an image. In standalone mode the node agent resolves the
+/// image name to local files.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KernelBootContainer {
+    /// Image name, e.g. `ironvisor/guest-kernel:debian-6.1`.
+    pub image: String,
+    /// Absolute path of the kernel inside the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_path: Option<String>,
+    /// Absolute path of the initrd inside the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+}
+
+/// Ironvisor extensions of the machine.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Features {
+    /// Whether the instance may fall back to software emulation (default Preferred).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_isolation: Option<HardwareIsolation>,
+}
+
+/// Hardware isolation demand of an instance.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HardwareIsolation {
+    /// Run only with hardware-assisted virtualization (real KVM); never emulate. An instance
+    /// that no node can run with hardware isolation stays unschedulable.
+    Required,
+    /// Use hardware-assisted virtualization when the node has it, else emulate in software.
+    #[default]
+    Preferred,
+}
+
+/// A network an interface attaches to.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Network {
+    /// Network name; the interface with the same name uses it.
+    pub name: String,
+    /// The pod's own network (at most one per instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodNetwork>,
+    /// A secondary network defined by a Multus NetworkAttachmentDefinition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multus: Option<MultusNetwork>,
+}
+
+/// The pod network. Takes no settings.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PodNetwork {}
+
+/// A Multus network.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MultusNetwork {
+    /// Name of the NetworkAttachmentDefinition, `name` or `namespace/name`.
+    pub network_name: String,
+}
+
+/// Storage for one disk. Exactly one source must be set.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Volume {
+    /// Volume name; the disk with the same name uses it.
+    pub name: String,
+    /// An ephemeral copy of a base disk image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_disk: Option<ContainerDiskSource>,
+    /// A PersistentVolumeClaim in the instance's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PersistentVolumeClaimSource>,
+    /// A disk image file on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_disk: Option<HostDisk>,
+    /// A blank, ephemeral disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_disk: Option<EmptyDiskSource>,
+    /// A NoCloud cloud-init data source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init_no_cloud: Option<CloudInitNoCloudSource>,
+}
+
+/// The kinds of volume source, for messages and counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeSourceKind {
+    /// `containerDisk`.
+    ContainerDisk,
+    /// `persistentVolumeClaim`.
+    PersistentVolumeClaim,
+    /// `hostDisk`.
+    HostDisk,
+    /// `emptyDisk`.
+    EmptyDisk,
+    /// `cloudInitNoCloud`.
+    CloudInitNoCloud,
+}
+
+impl VolumeSourceKind {
+    /// The field name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ContainerDisk => "containerDisk",
+            Self::PersistentVolumeClaim => "persistentVolumeClaim",
+            Self::HostDisk => "hostDisk",
+            Self::EmptyDisk => "emptyDisk",
+            Self::CloudInitNoCloud => "cloudInitNoCloud",
+        }
+    }
+}
+
+impl Volume {
+    /// The sources that are set (a valid volume has exactly one).
+    pub fn sources(&self) -> Vec<VolumeSourceKind> {
+        [
+            (
+                self.container_disk.is_some(),
+                VolumeSourceKind::ContainerDisk,
+            ),
+            (
+                self.persistent_volume_claim.is_some(),
+                VolumeSourceKind::PersistentVolumeClaim,
+            ),
+            (self.host_disk.is_some(), VolumeSourceKind::HostDisk),
+            (self.empty_disk.is_some(), VolumeSourceKind::EmptyDisk),
+            (
+                self.cloud_init_no_cloud.is_some(),
+                VolumeSourceKind::CloudInitNoCloud,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(set, kind)| set.then_some(kind))
+        .collect()
+    }
+}
+
+/// A base disk image; the instance writes to a throw-away overlay.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerDiskSource {
+    /// Image name, e.g. `ironvisor/rootfs:busybox`.
+    pub image: String,
+}
+
+/// A PersistentVolumeClaim.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PersistentVolumeClaimSource {
+    /// Name of the claim in the instance's namespace.
+    pub claim_name: String,
+    /// Attach read-only (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+}
+
+/// A disk image file on the node.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostDisk {
+    /// Absolute path of the image file on the node.
+    pub path: String,
+    /// Whether the file must exist (`Disk`) or is created when missing (`DiskOrCreate`).
+    #[serde(rename = "type")]
+    pub type_: HostDiskType,
+    /// Size of the file created by `DiskOrCreate` (required then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Quantity>,
+}
+
+/// How a host disk file is obtained.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HostDiskType {
+    /// The file must already exist.
+    #[default]
+    Disk,
+    /// The file is created with `capacity` bytes when it does not exist.
+    DiskOrCreate,
+}
+
+/// A blank disk that lives as long as the instance.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmptyDiskSource {
+    /// Size of the disk ("1Gi").
+    pub capacity: Quantity,
+}
+
+/// Cloud-init NoCloud data, exposed to the guest as a small `cidata` disk.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CloudInitNoCloudSource {
+    /// User data as text (e.g. a `#cloud-config` document).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// User data encoded in base64 (instead of `userData`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data_base64: Option<String>,
+    /// Network configuration (cloud-init network config v1 or v2) as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data: Option<String>,
+}
+
+/// Metadata of the instances a `VirtualMachine` creates (a subset of `ObjectMeta`).
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateMetadata {
+    /// Labels copied to the instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations copied to the instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Ignored; accepted because generated KubeVirt manifests carry
+    /// `creationTimestamp: null` here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<Time>,
+}
+
+impl VirtualMachineInstanceSpec {
+    /// The effective hardware isolation demand (Preferred when unset).
+    pub fn hardware_isolation(&self) -> HardwareIsolation {
+        self.domain
+            .features
+            .as_ref()
+            .and_then(|features| features.hardware_isolation)
+            .unwrap_or_default()
+    }
+
+    /// Number of vCPUs (1 when no CPU topology is given).
+    pub fn vcpus(&self) -> u32 {
+        self.domain.cpu.as_ref().map_or(1, Cpu::vcpus)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpus_multiplies_topology() {
+        let cpu = Cpu {
+            cores: Some(2),
+            sockets: Some(2),
+            threads: None,
+        };
+        assert_eq!(cpu.vcpus(), 4);
+        assert_eq!(Cpu::default().vcpus(), 1);
+        let huge = Cpu {
+            cores: Some(u32::MAX),
+            sockets: Some(2),
+            threads: Some(2),
+        };
+        assert_eq!(huge.vcpus(), u32::MAX);
+    }
+
+    #[test]
+    fn volume_sources_lists_every_set_source() {
+        let mut volume = Volume {
+            name: "v".into(),
+            ..Default::default()
+        };
+        assert!(volume.sources().is_empty());
+        volume.container_disk = Some(ContainerDiskSource { image: "i".into() });
+        volume.empty_disk = Some(EmptyDiskSource {
+            capacity: Quantity("1Gi".into()),
+        });
+        assert_eq!(
+            volume.sources(),
+            vec![VolumeSourceKind::ContainerDisk, VolumeSourceKind::EmptyDisk]
+        );
+    }
+
+    #[test]
+    fn hardware_isolation_defaults_to_preferred() {
+        let mut spec = VirtualMachineInstanceSpec::default();
+        assert_eq!(spec.hardware_isolation(), HardwareIsolation::Preferred);
+        spec.domain.features = Some(Features {
+            hardware_isolation: Some(HardwareIsolation::Required),
+        });
+        assert_eq!(spec.hardware_isolation(), HardwareIsolation::Required);
+    }
+}

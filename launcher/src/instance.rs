@@ -1,0 +1,43 @@
+//! What a hypervisor backend provides to the launcher's main loop. The KVM microVMM
+//! ([`crate::vmm`]) is one backend; the QEMU/libvirt software-emulation backend is another.
+//! Both serve the same console socket, control API and exit codes.
+
+use std::sync::Arc;
+
+use ironvisor_console::ConsoleHub;
+use ironvisor_launcher_api::control::VmControl;
+
+use crate::config::LaunchConfig;
+use crate::vmm::events::EventSender;
+
+/// A running VM, whichever backend runs it.
+pub trait VmInstance: VmControl {
+    /// Asks the guest to shut down by itself (the graceful-stop path); returns at once.
+    fn request_guest_shutdown(&self);
+    /// Stops the VM for good; called once the main loop has decided how the VM ended.
+    fn stop(&self);
+}
+
+/// A hypervisor backend: builds a VM from a validated configuration (nothing runs yet,
+/// so the console and API sockets can be bound before the guest prints its first byte).
+pub trait Backend {
+    type Prepared: PreparedInstance;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Builds the VM. Guest console output goes to `console`; lifecycle events (poweroff,
+    /// reboot, crash) go to `events`.
+    fn prepare(
+        &self,
+        config: &LaunchConfig,
+        console: &ConsoleHub,
+        events: &EventSender,
+    ) -> Result<Self::Prepared, Self::Error>;
+}
+
+/// A built VM, ready to start.
+pub trait PreparedInstance {
+    type Instance: VmInstance;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    fn start(self, events: EventSender) -> Result<Arc<Self::Instance>, Self::Error>;
+}
