@@ -270,8 +270,12 @@ fn topology_entries(
 // ---------------------------------------------------------------------------------------
 // MSRs, FPU, general registers
 
-/// MSR values for a vCPU at kernel entry: SYSENTER/SYSCALL MSRs and the TSC zeroed, fast
-/// strings enabled, MTRRs enabled with write-back default.
+/// MSR values for a vCPU at kernel entry: SYSENTER/SYSCALL MSRs zeroed, fast strings
+/// enabled, MTRRs enabled with write-back default.
+///
+/// The TSC is deliberately not written: KVM synchronizes the TSCs of a VM's vCPUs when it
+/// creates them, and later host-side writes made one vCPU at a time can leave them out of
+/// step on a slow or loaded host (the guest then marks its TSC unstable).
 pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     let msr = |index: u32, data: u64| kvm_msr_entry {
         index,
@@ -287,7 +291,6 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         msr(MSR_KERNEL_GS_BASE, 0),
         msr(MSR_SYSCALL_MASK, 0),
         msr(MSR_LSTAR, 0),
-        msr(MSR_IA32_TSC, 0),
         msr(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
         msr(MSR_MTRR_DEF_TYPE, MTRR_DEF_TYPE_ENABLED_WB),
     ]
@@ -685,7 +688,6 @@ mod tests {
             MSR_CSTAR,
             MSR_KERNEL_GS_BASE,
             MSR_SYSCALL_MASK,
-            MSR_IA32_TSC,
         ] {
             assert_eq!(value(index), 0, "MSR {index:#x}");
         }

@@ -429,7 +429,7 @@ impl VcpuThread {
                     Next::Continue
                 }
                 VcpuExit::Shutdown => {
-                    tracing::warn!("triple fault (KVM_EXIT_SHUTDOWN)");
+                    tracing::warn!(state = %self.cpu_state(), "triple fault (KVM_EXIT_SHUTDOWN)");
                     self.events.send(VmEvent::TripleFault { vcpu: index });
                     Next::Done
                 }
@@ -464,8 +464,33 @@ impl VcpuThread {
         }
     }
 
+    /// A one-line summary of the vCPU's registers, for crash reports.
+    fn cpu_state(&self) -> String {
+        let (Ok(regs), Ok(sregs)) = (self.vcpu.get_regs(), self.vcpu.get_sregs()) else {
+            return "registers unavailable".to_string();
+        };
+        format!(
+            "rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} \
+             efer={:#x} cs={:#x}/{:#x} idt={:#x}+{:#x} gdt={:#x}+{:#x}",
+            regs.rip,
+            regs.rsp,
+            regs.rflags,
+            sregs.cr0,
+            sregs.cr2,
+            sregs.cr3,
+            sregs.cr4,
+            sregs.efer,
+            sregs.cs.selector,
+            sregs.cs.base,
+            sregs.idt.base,
+            sregs.idt.limit,
+            sregs.gdt.base,
+            sregs.gdt.limit,
+        )
+    }
+
     fn fail(&self, reason: String) -> Next {
-        tracing::error!(%reason, "vCPU failed");
+        tracing::error!(%reason, state = %self.cpu_state(), "vCPU failed");
         self.events.send(VmEvent::VcpuFailed {
             vcpu: self.index,
             reason,

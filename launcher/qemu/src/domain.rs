@@ -1,0 +1,797 @@
+//! The libvirt domain of one VM: a [`DomainPlan`] resolved from the launch configuration
+//! (absolute paths, disk formats, MACs, device names), and its XML.
+//!
+//! The domain is a QEMU TCG guest (`type='qemu'`) on the `pc` machine with direct kernel
+//! boot, virtio-pci disks and NICs, the first UART on a unix socket that the launcher
+//! reads, and lifecycle actions chosen so the launcher can tell how the guest ended:
+//! poweroff and crash destroy the domain, while a reboot resets it in place and raises a
+//! libvirt reboot event, on which the launcher destroys it (libvirt reports a reset under
+//! `on_reboot=destroy` exactly like a poweroff, so that setting would lose the
+//! distinction).
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use ironvisor_launcher::config::{format_mac, LaunchConfig};
+use ironvisor_launcher_api::control::DeviceStatus;
+
+/// Prefix of every domain the launcher creates: the domain of VM `x` is `ironvisor-x`.
+pub const DOMAIN_PREFIX: &str = "ironvisor-";
+/// XML namespace of the launcher's domain metadata.
+pub const METADATA_NAMESPACE: &str = "https://ironvisor.io/libvirt/launcher/v1";
+/// Prefix used for [`METADATA_NAMESPACE`] in the domain XML.
+pub const METADATA_PREFIX: &str = "ironvisor";
+/// QEMU machine type: i440fx, legacy PCI (virtio-pci needs no PCIe root ports there).
+pub const MACHINE_TYPE: &str = "pc";
+/// Name of the virtio-serial port that carries the guest agent's console.
+pub const AGENT_PORT_NAME: &str = "org.ironvisor.agent.0";
+/// First bytes of a qcow2 image ("QFI\xfb").
+pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
+/// Why the domain could not be planned. Each variant names the device and the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// A file the domain refers to could not be resolved to an absolute path.
+    #[error("{what} {path}: cannot resolve the absolute path: {source}")]
+    Resolve {
+        /// "kernel", "initrd", "disks[0]", ...
+        what: String,
+        /// The path from the configuration.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A disk image could not be read to detect its format.
+    #[error("disks[{index}] ({id}): cannot read the header of {path}: {source}")]
+    DiskHeader {
+        /// Index of the disk in the configuration.
+        index: usize,
+        /// Disk id.
+        id: String,
+        /// The image.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The current directory is needed to make a socket path absolute and is unknown.
+    #[error("{what} {path} is relative and the current directory is unknown: {source}")]
+    CurrentDir {
+        /// "agent_socket".
+        what: &'static str,
+        /// The relative path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// On-disk format of a disk image, as QEMU's block driver names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// Plain raw image.
+    Raw,
+    /// QEMU copy-on-write v2/v3.
+    Qcow2,
+}
+
+impl DiskFormat {
+    /// The `type` attribute of the disk's `<driver>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+
+    /// The format of an image whose first bytes are `header` (shorter headers are raw).
+    pub fn from_header(header: &[u8]) -> Self {
+        if header.starts_with(&QCOW2_MAGIC) {
+            DiskFormat::Qcow2
+        } else {
+            DiskFormat::Raw
+        }
+    }
+}
+
+/// Reads the first bytes of `path` and tells its format by magic number. Never trust a
+/// file's name: a raw image named `.qcow2` stays raw.
+pub fn detect_disk_format(path: &Path) -> io::Result<DiskFormat> {
+    let mut header = [0u8; QCOW2_MAGIC.len()];
+    let mut file = File::open(path)?;
+    let mut filled = 0;
+    while filled < header.len() {
+        match file.read(&mut header[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(DiskFormat::from_header(&header[..filled]))
+}
+
+/// The libvirt domain name of VM `vm`.
+pub fn domain_name(vm: &str) -> String {
+    format!("{DOMAIN_PREFIX}{vm}")
+}
+
+/// Guest device name of the `index`-th virtio disk: vda, vdb, ..., vdz, vdaa, vdab, ...
+pub fn disk_target(index: usize) -> String {
+    let mut letters = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        n -= 1;
+        letters.push(b'a' + (n % 26) as u8);
+        n /= 26;
+    }
+    letters.reverse();
+    format!("vd{}", String::from_utf8_lossy(&letters))
+}
+
+/// One disk as the domain sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedDisk {
+    /// Device id from the configuration.
+    pub id: String,
+    /// Absolute path of the image.
+    pub path: PathBuf,
+    /// Detected image format.
+    pub format: DiskFormat,
+    /// Attach read-only.
+    pub read_only: bool,
+    /// Serial reported to the guest (the id when none is configured).
+    pub serial: String,
+    /// Guest device name ("vda").
+    pub target: String,
+}
+
+/// One NIC as the domain sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedNet {
+    /// Device id from the configuration.
+    pub id: String,
+    /// Host tap device.
+    pub tap: String,
+    /// Guest MAC, "52:54:00:12:34:56".
+    pub mac: String,
+}
+
+/// Everything the domain XML needs, resolved from a validated [`LaunchConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainPlan {
+    /// libvirt domain name (`ironvisor-<vm>`).
+    pub domain_name: String,
+    /// VM name from the configuration.
+    pub vm_name: String,
+    /// Process id of the launcher that owns the domain (recorded in the metadata, so a
+    /// later launcher can tell a live owner from a leftover).
+    pub launcher_pid: u32,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Absolute kernel path.
+    pub kernel: PathBuf,
+    /// Absolute initrd path.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Disks in guest order.
+    pub disks: Vec<PlannedDisk>,
+    /// NICs in guest order.
+    pub nets: Vec<PlannedNet>,
+    /// Unix socket QEMU listens on for the first UART (ttyS0).
+    pub serial_socket: PathBuf,
+    /// Unix socket QEMU listens on for the guest agent's virtio-serial port.
+    pub agent_socket: Option<PathBuf>,
+}
+
+impl DomainPlan {
+    /// Resolves `config` (already validated) into a plan: absolute paths, detected disk
+    /// formats, MACs (generated ones included) and guest device names.
+    pub fn from_config(
+        config: &LaunchConfig,
+        serial_socket: PathBuf,
+        launcher_pid: u32,
+    ) -> Result<Self, DomainError> {
+        let kernel = absolute_file("kernel", &config.kernel.path)?;
+        let initrd = config
+            .kernel
+            .initrd
+            .as_deref()
+            .map(|path| absolute_file("initrd", path))
+            .transpose()?;
+        let mut disks = Vec::with_capacity(config.disks.len());
+        for (index, disk) in config.disks.iter().enumerate() {
+            let path = absolute_file(&format!("disks[{index}] ({})", disk.id), &disk.path)?;
+            let format = detect_disk_format(&path).map_err(|source| DomainError::DiskHeader {
+                index,
+                id: disk.id.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            disks.push(PlannedDisk {
+                id: disk.id.clone(),
+                path,
+                format,
+                read_only: disk.read_only,
+                serial: disk.serial.clone().unwrap_or_else(|| disk.id.clone()),
+                target: disk_target(index),
+            });
+        }
+        let nets = config
+            .nets
+            .iter()
+            .map(|net| PlannedNet {
+                id: net.id.clone(),
+                tap: net.tap.clone(),
+                mac: format_mac(&config.mac_for(net)),
+            })
+            .collect();
+        let agent_socket = config
+            .agent_socket
+            .as_deref()
+            .map(|path| absolute_socket("agent_socket", path))
+            .transpose()?;
+        Ok(Self {
+            domain_name: domain_name(&config.name),
+            vm_name: config.name.clone(),
+            launcher_pid,
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            kernel,
+            initrd,
+            cmdline: config.kernel.cmdline.clone(),
+            disks,
+            nets,
+            serial_socket,
+            agent_socket,
+        })
+    }
+
+    /// The devices as the control API reports them (same kinds and ids as the KVM
+    /// launcher; backends are the host files, taps and sockets).
+    pub fn devices(&self, console_socket: Option<&Path>) -> Vec<DeviceStatus> {
+        let mut devices = vec![DeviceStatus {
+            kind: "serial".into(),
+            id: "ttyS0".into(),
+            mac: None,
+            backend: console_socket
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| self.serial_socket.display().to_string()),
+            read_only: false,
+        }];
+        devices.extend(self.disks.iter().map(|disk| DeviceStatus {
+            kind: "virtio-blk".into(),
+            id: disk.id.clone(),
+            mac: None,
+            backend: disk.path.display().to_string(),
+            read_only: disk.read_only,
+        }));
+        devices.extend(self.nets.iter().map(|net| DeviceStatus {
+            kind: "virtio-net".into(),
+            id: net.id.clone(),
+            mac: Some(net.mac.clone()),
+            backend: net.tap.clone(),
+            read_only: false,
+        }));
+        if let Some(path) = &self.agent_socket {
+            devices.push(DeviceStatus {
+                kind: "virtio-console".into(),
+                id: "agent".into(),
+                mac: None,
+                backend: path.display().to_string(),
+                read_only: false,
+            });
+        }
+        devices
+    }
+
+    /// The libvirt domain XML.
+    pub fn to_xml(&self) -> String {
+        let mut xml = String::with_capacity(4096);
+        let x = &mut xml;
+        line(
+            x,
+            0,
+            &format!(
+                "<domain type='qemu' xmlns:{METADATA_PREFIX}='{}'>",
+                escape(METADATA_NAMESPACE)
+            ),
+        );
+        line(x, 1, &format!("<name>{}</name>", escape(&self.domain_name)));
+        line(
+            x,
+            1,
+            &format!(
+                "<title>Ironvisor VM {} (software emulation)</title>",
+                escape(&self.vm_name)
+            ),
+        );
+        line(x, 1, "<metadata>");
+        line(
+            x,
+            2,
+            &format!(
+                "<{METADATA_PREFIX}:launcher vm='{}' pid='{}'/>",
+                escape(&self.vm_name),
+                self.launcher_pid
+            ),
+        );
+        line(x, 1, "</metadata>");
+        line(
+            x,
+            1,
+            &format!("<memory unit='MiB'>{}</memory>", self.memory_mib),
+        );
+        line(
+            x,
+            1,
+            &format!("<currentMemory unit='MiB'>{}</currentMemory>", self.memory_mib),
+        );
+        line(
+            x,
+            1,
+            &format!("<vcpu placement='static'>{}</vcpu>", self.vcpus),
+        );
+        line(x, 1, "<os>");
+        line(
+            x,
+            2,
+            &format!("<type arch='x86_64' machine='{MACHINE_TYPE}'>hvm</type>"),
+        );
+        line(
+            x,
+            2,
+            &format!("<kernel>{}</kernel>", escape_path(&self.kernel)),
+        );
+        if let Some(initrd) = &self.initrd {
+            line(x, 2, &format!("<initrd>{}</initrd>", escape_path(initrd)));
+        }
+        line(
+            x,
+            2,
+            &format!("<cmdline>{}</cmdline>", escape(&self.cmdline)),
+        );
+        line(x, 1, "</os>");
+        line(x, 1, "<features><acpi/><apic/></features>");
+        line(x, 1, "<clock offset='utc'/>");
+        line(x, 1, "<on_poweroff>destroy</on_poweroff>");
+        // Reset in place and report it (reboot event); the launcher then destroys the
+        // domain and exits with the reboot code. See the module documentation.
+        line(x, 1, "<on_reboot>restart</on_reboot>");
+        line(x, 1, "<on_crash>destroy</on_crash>");
+        line(x, 1, "<devices>");
+        for disk in &self.disks {
+            self.disk_xml(x, disk);
+        }
+        for net in &self.nets {
+            line(x, 2, "<interface type='ethernet'>");
+            line(
+                x,
+                3,
+                &format!("<target dev='{}' managed='no'/>", escape(&net.tap)),
+            );
+            line(x, 3, &format!("<mac address='{}'/>", escape(&net.mac)));
+            line(x, 3, "<model type='virtio'/>");
+            line(x, 3, &format!("<alias name='ua-net-{}'/>", escape(&net.id)));
+            line(x, 2, "</interface>");
+        }
+        line(x, 2, "<serial type='unix'>");
+        line(
+            x,
+            3,
+            &format!(
+                "<source mode='bind' path='{}'/>",
+                escape_path(&self.serial_socket)
+            ),
+        );
+        line(x, 3, "<target port='0'/>");
+        line(x, 2, "</serial>");
+        if let Some(agent) = &self.agent_socket {
+            line(x, 2, "<channel type='unix'>");
+            line(
+                x,
+                3,
+                &format!("<source mode='bind' path='{}'/>", escape_path(agent)),
+            );
+            line(
+                x,
+                3,
+                &format!("<target type='virtio' name='{AGENT_PORT_NAME}'/>"),
+            );
+            line(x, 2, "</channel>");
+        }
+        // A guest that loads pvpanic reports kernel panics, which on_crash turns into a
+        // crash; without it, panic=N reboots and the launcher reports a reboot.
+        line(x, 2, "<panic model='isa'/>");
+        line(x, 2, "<controller type='usb' model='none'/>");
+        line(x, 2, "<memballoon model='none'/>");
+        line(x, 2, "<video><model type='none'/></video>");
+        line(x, 1, "</devices>");
+        line(x, 0, "</domain>");
+        xml
+    }
+
+    fn disk_xml(&self, x: &mut String, disk: &PlannedDisk) {
+        line(x, 2, "<disk type='file' device='disk'>");
+        line(
+            x,
+            3,
+            &format!("<driver name='qemu' type='{}'/>", disk.format.as_str()),
+        );
+        line(
+            x,
+            3,
+            &format!("<source file='{}'/>", escape_path(&disk.path)),
+        );
+        line(
+            x,
+            3,
+            &format!("<target dev='{}' bus='virtio'/>", disk.target),
+        );
+        line(x, 3, &format!("<serial>{}</serial>", escape(&disk.serial)));
+        if disk.read_only {
+            line(x, 3, "<readonly/>");
+        }
+        line(
+            x,
+            3,
+            &format!("<alias name='ua-disk-{}'/>", escape(&disk.id)),
+        );
+        line(x, 2, "</disk>");
+    }
+}
+
+/// The launcher pid recorded in a domain's metadata element (as returned by
+/// `virDomainGetMetadata` for [`METADATA_NAMESPACE`], or the whole domain XML).
+pub fn launcher_pid_from_metadata(xml: &str) -> Option<u32> {
+    let start = xml.find("launcher ")?;
+    let element = &xml[start..];
+    let element = &element[..element.find('>')?];
+    let at = element.find("pid=")?;
+    let rest = &element[at + 4..];
+    let quote = rest.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let rest = &rest[1..];
+    let end = rest.find(quote)?;
+    rest[..end].parse().ok()
+}
+
+fn line(xml: &mut String, depth: usize, text: &str) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(xml, "{:indent$}{text}", "", indent = depth * 2);
+}
+
+/// Escapes text for XML element content and single- or double-quoted attributes.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn escape_path(path: &Path) -> String {
+    escape(&path.to_string_lossy())
+}
+
+fn absolute_file(what: &str, path: &Path) -> Result<PathBuf, DomainError> {
+    path.canonicalize().map_err(|source| DomainError::Resolve {
+        what: what.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn absolute_socket(what: &'static str, path: &Path) -> Result<PathBuf, DomainError> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map_err(|source| DomainError::CurrentDir {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(cwd.join(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironvisor_launcher::config::{ConsoleConfig, DiskConfig, KernelConfig, NetConfig};
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        config: LaunchConfig,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("vmlinuz"), b"kernel").unwrap();
+        std::fs::write(p.join("initrd.img"), b"initrd").unwrap();
+        std::fs::write(p.join("root.raw"), vec![0u8; 1024]).unwrap();
+        let mut qcow = QCOW2_MAGIC.to_vec();
+        qcow.resize(1024, 0);
+        std::fs::write(p.join("data.img"), qcow).unwrap();
+        let config = LaunchConfig {
+            name: "web-1".into(),
+            vcpus: 2,
+            memory_mib: 384,
+            kernel: KernelConfig {
+                path: p.join("vmlinuz"),
+                initrd: Some(p.join("initrd.img")),
+                cmdline: "console=ttyS0 reboot=k panic=1 a=<b>&c".into(),
+            },
+            disks: vec![
+                DiskConfig {
+                    id: "root".into(),
+                    path: p.join("root.raw"),
+                    read_only: false,
+                    serial: None,
+                },
+                DiskConfig {
+                    id: "data".into(),
+                    path: p.join("data.img"),
+                    read_only: true,
+                    serial: Some("SN-'7'".into()),
+                },
+            ],
+            nets: vec![
+                NetConfig {
+                    id: "net0".into(),
+                    tap: "tap-web1".into(),
+                    mac: Some("52:54:00:aa:bb:cc".into()),
+                },
+                NetConfig {
+                    id: "net1".into(),
+                    tap: "tap-web1b".into(),
+                    mac: None,
+                },
+            ],
+            console: ConsoleConfig::default(),
+            agent_socket: Some(p.join("agent.sock")),
+            api_socket: None,
+            shutdown_timeout_secs: 30,
+            backend: Default::default(),
+        };
+        Fixture { dir, config }
+    }
+
+    fn plan(fx: &Fixture) -> DomainPlan {
+        DomainPlan::from_config(&fx.config, fx.dir.path().join("serial.sock"), 4242).unwrap()
+    }
+
+    fn child<'a>(node: roxmltree::Node<'a, 'a>, name: &str) -> roxmltree::Node<'a, 'a> {
+        node.children()
+            .find(|n| n.has_tag_name(name))
+            .unwrap_or_else(|| panic!("no <{name}> under <{}>", node.tag_name().name()))
+    }
+
+    fn text<'a>(node: roxmltree::Node<'a, 'a>, name: &str) -> &'a str {
+        child(node, name).text().unwrap_or("")
+    }
+
+    #[test]
+    fn disk_format_is_detected_by_magic_not_name() {
+        assert_eq!(DiskFormat::from_header(b"QFI\xfb\0\0\0\x03"), DiskFormat::Qcow2);
+        assert_eq!(DiskFormat::from_header(b"QFI"), DiskFormat::Raw);
+        assert_eq!(DiskFormat::from_header(b""), DiskFormat::Raw);
+        assert_eq!(DiskFormat::from_header(b"\xeb\x63\x90\x10"), DiskFormat::Raw);
+        let fx = fixture();
+        let p = fx.dir.path();
+        assert_eq!(detect_disk_format(&p.join("data.img")).unwrap(), DiskFormat::Qcow2);
+        assert_eq!(detect_disk_format(&p.join("root.raw")).unwrap(), DiskFormat::Raw);
+        std::fs::write(p.join("tiny"), b"Q").unwrap();
+        assert_eq!(detect_disk_format(&p.join("tiny")).unwrap(), DiskFormat::Raw);
+        assert!(detect_disk_format(&p.join("missing")).is_err());
+    }
+
+    #[test]
+    fn disk_targets_follow_the_linux_naming() {
+        let names: Vec<String> = [0, 1, 25, 26, 27, 51, 52, 701, 702]
+            .into_iter()
+            .map(disk_target)
+            .collect();
+        assert_eq!(
+            names,
+            ["vda", "vdb", "vdz", "vdaa", "vdab", "vdaz", "vdba", "vdzz", "vdaaa"]
+        );
+    }
+
+    #[test]
+    fn plan_resolves_paths_formats_serials_and_macs() {
+        let fx = fixture();
+        let plan = plan(&fx);
+        assert_eq!(plan.domain_name, "ironvisor-web-1");
+        assert!(plan.kernel.is_absolute());
+        assert_eq!(plan.disks[0].format, DiskFormat::Raw);
+        assert_eq!(plan.disks[0].serial, "root");
+        assert_eq!(plan.disks[0].target, "vda");
+        assert_eq!(plan.disks[1].format, DiskFormat::Qcow2);
+        assert_eq!(plan.disks[1].target, "vdb");
+        assert_eq!(plan.nets[0].mac, "52:54:00:aa:bb:cc");
+        // Generated MACs are the same as the KVM launcher's.
+        assert_eq!(
+            plan.nets[1].mac,
+            format_mac(&ironvisor_launcher::config::generated_mac("web-1", "net1"))
+        );
+    }
+
+    #[test]
+    fn plan_names_a_missing_disk() {
+        let mut fx = fixture();
+        fx.config.disks[1].path = fx.dir.path().join("gone.img");
+        let err = DomainPlan::from_config(&fx.config, "/s.sock".into(), 1).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("disks[1] (data)"), "{text}");
+        assert!(text.contains("gone.img"), "{text}");
+    }
+
+    #[test]
+    fn relative_agent_socket_becomes_absolute() {
+        let mut fx = fixture();
+        fx.config.agent_socket = Some("agent.sock".into());
+        let plan = plan(&fx);
+        let agent = plan.agent_socket.unwrap();
+        assert!(agent.is_absolute());
+        assert!(agent.ends_with("agent.sock"));
+    }
+
+    #[test]
+    fn xml_describes_a_tcg_guest_with_direct_kernel_boot() {
+        let fx = fixture();
+        let plan = plan(&fx);
+        let xml = plan.to_xml();
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let domain = doc.root_element();
+        assert_eq!(domain.tag_name().name(), "domain");
+        assert_eq!(domain.attribute("type"), Some("qemu"));
+        assert_eq!(text(domain, "name"), "ironvisor-web-1");
+        let memory = child(domain, "memory");
+        assert_eq!((memory.attribute("unit"), memory.text()), (Some("MiB"), Some("384")));
+        assert_eq!(text(domain, "vcpu"), "2");
+        let os = child(domain, "os");
+        let os_type = child(os, "type");
+        assert_eq!(os_type.attribute("machine"), Some(MACHINE_TYPE));
+        assert_eq!(os_type.text(), Some("hvm"));
+        assert_eq!(text(os, "kernel"), plan.kernel.to_str().unwrap());
+        assert_eq!(text(os, "initrd"), plan.initrd.as_ref().unwrap().to_str().unwrap());
+        // Escaped on the way in, identical on the way out.
+        assert_eq!(text(os, "cmdline"), "console=ttyS0 reboot=k panic=1 a=<b>&c");
+        assert_eq!(text(domain, "on_poweroff"), "destroy");
+        assert_eq!(text(domain, "on_reboot"), "restart");
+        assert_eq!(text(domain, "on_crash"), "destroy");
+        let launcher = child(child(domain, "metadata"), "launcher");
+        assert_eq!(launcher.tag_name().namespace(), Some(METADATA_NAMESPACE));
+        assert_eq!(launcher.attribute("pid"), Some("4242"));
+        assert_eq!(launcher_pid_from_metadata(&xml), Some(4242));
+    }
+
+    #[test]
+    fn xml_has_virtio_pci_disks_nics_and_the_serial_socket() {
+        let fx = fixture();
+        let plan = plan(&fx);
+        let xml = plan.to_xml();
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let devices = child(doc.root_element(), "devices");
+
+        let disks: Vec<_> = devices.children().filter(|n| n.has_tag_name("disk")).collect();
+        assert_eq!(disks.len(), 2);
+        for (disk, planned) in disks.iter().zip(&plan.disks) {
+            assert_eq!(disk.attribute("type"), Some("file"));
+            assert_eq!(child(*disk, "driver").attribute("type"), Some(planned.format.as_str()));
+            assert_eq!(
+                child(*disk, "source").attribute("file"),
+                planned.path.to_str()
+            );
+            let target = child(*disk, "target");
+            assert_eq!(target.attribute("bus"), Some("virtio"));
+            assert_eq!(target.attribute("dev"), Some(planned.target.as_str()));
+            assert_eq!(text(*disk, "serial"), planned.serial);
+            let readonly = disk.children().any(|n| n.has_tag_name("readonly"));
+            assert_eq!(readonly, planned.read_only, "{}", planned.id);
+        }
+        assert_eq!(child(disks[1], "driver").attribute("type"), Some("qcow2"));
+        assert_eq!(text(disks[1], "serial"), "SN-'7'");
+
+        let nics: Vec<_> = devices
+            .children()
+            .filter(|n| n.has_tag_name("interface"))
+            .collect();
+        assert_eq!(nics.len(), 2);
+        assert_eq!(nics[0].attribute("type"), Some("ethernet"));
+        let target = child(nics[0], "target");
+        assert_eq!(target.attribute("dev"), Some("tap-web1"));
+        assert_eq!(target.attribute("managed"), Some("no"));
+        assert_eq!(child(nics[0], "mac").attribute("address"), Some("52:54:00:aa:bb:cc"));
+        assert_eq!(child(nics[0], "model").attribute("type"), Some("virtio"));
+        assert_eq!(child(nics[1], "mac").attribute("address"), Some(plan.nets[1].mac.as_str()));
+
+        let serial = child(devices, "serial");
+        assert_eq!(serial.attribute("type"), Some("unix"));
+        let source = child(serial, "source");
+        assert_eq!(source.attribute("mode"), Some("bind"));
+        assert_eq!(source.attribute("path"), plan.serial_socket.to_str());
+
+        let channel = child(devices, "channel");
+        assert_eq!(child(channel, "source").attribute("path"), plan.agent_socket.as_ref().unwrap().to_str());
+        assert_eq!(child(channel, "target").attribute("type"), Some("virtio"));
+    }
+
+    #[test]
+    fn xml_without_optional_devices() {
+        let mut fx = fixture();
+        fx.config.disks.clear();
+        fx.config.nets.clear();
+        fx.config.agent_socket = None;
+        fx.config.kernel.initrd = None;
+        let xml = plan(&fx).to_xml();
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let domain = doc.root_element();
+        assert!(!child(domain, "os").children().any(|n| n.has_tag_name("initrd")));
+        let devices = child(domain, "devices");
+        for absent in ["disk", "interface", "channel"] {
+            assert!(!devices.children().any(|n| n.has_tag_name(absent)), "{absent}");
+        }
+        assert!(devices.children().any(|n| n.has_tag_name("serial")));
+    }
+
+    #[test]
+    fn devices_match_the_kvm_launcher_kinds() {
+        let fx = fixture();
+        let plan = plan(&fx);
+        let devices = plan.devices(Some(Path::new("/run/console.sock")));
+        let kinds: Vec<(&str, &str)> = devices
+            .iter()
+            .map(|d| (d.kind.as_str(), d.id.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("serial", "ttyS0"),
+                ("virtio-blk", "root"),
+                ("virtio-blk", "data"),
+                ("virtio-net", "net0"),
+                ("virtio-net", "net1"),
+                ("virtio-console", "agent"),
+            ]
+        );
+        assert_eq!(devices[0].backend, "/run/console.sock");
+        assert!(devices[2].read_only);
+        assert_eq!(devices[3].mac.as_deref(), Some("52:54:00:aa:bb:cc"));
+        assert_eq!(devices[3].backend, "tap-web1");
+    }
+
+    #[test]
+    fn metadata_pid_parsing() {
+        assert_eq!(
+            launcher_pid_from_metadata("<launcher vm='a' pid='17'/>"),
+            Some(17)
+        );
+        assert_eq!(
+            launcher_pid_from_metadata(r#"<ironvisor:launcher pid="99" vm="x"/>"#),
+            Some(99)
+        );
+        assert_eq!(launcher_pid_from_metadata("<launcher vm='a'/>"), None);
+        assert_eq!(launcher_pid_from_metadata("<launcher pid='x1'/>"), None);
+        assert_eq!(launcher_pid_from_metadata(""), None);
+    }
+
+    #[test]
+    fn escape_covers_the_five_xml_specials() {
+        assert_eq!(escape(r#"a&b<c>d'e"f"#), "a&amp;b&lt;c&gt;d&apos;e&quot;f");
+    }
+}
