@@ -14,6 +14,7 @@
 #
 # Environment: IRONVISOR_LIBVIRT_WAIT_SECS (default 30) bounds the wait for the socket.
 set -euo pipefail
+shopt -s inherit_errexit
 
 log() { printf 'setup-libvirt: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -80,13 +81,22 @@ cgroup_controllers = [ ]
 $END_MARK
 CONF
 )
-	local keys='user|group|dynamic_ownership|remember_owner|security_driver|namespaces|cgroup_controllers'
+	local keys='^(user|group|dynamic_ownership|remember_owner|security_driver|namespaces|cgroup_controllers)[[:space:]]*='
 	local old="" new
 	[ -f "$QEMU_CONF" ] && old=$(cat "$QEMU_CONF")
-	# Drop our previous block and any active setting of the same keys, then append ours.
-	new=$(printf '%s\n' "$old" | sed "/^$BEGIN_MARK\$/,/^$END_MARK\$/d" |
-		sed -E "s/^(($keys)[[:space:]]*=)/# overridden by ironvisor: \\1/")
-	new=$(printf '%s\n\n%s\n' "$new" "$block" | cat -s)
+	# Drop our previous block and comment out any other active setting of the same keys
+	# (exact string match on the markers: they contain '/' and '(').
+	new=$(printf '%s\n' "$old" | awk -v begin="$BEGIN_MARK" -v end="$END_MARK" -v keys="$keys" '
+		$0 == begin { skip = 1; next }
+		skip && $0 == end { skip = 0; next }
+		skip { next }
+		$0 ~ keys { print "# overridden by ironvisor: " $0; next }
+		{ print }')
+	if [ -n "$(printf '%s' "$new" | tr -d '[:space:]')" ]; then
+		new=$(printf '%s\n\n%s\n' "$new" "$block" | cat -s)
+	else
+		new=$block
+	fi
 	if [ "$new" != "$old" ]; then
 		printf '%s\n' "$new" >"$QEMU_CONF.ironvisor.tmp"
 		mv "$QEMU_CONF.ironvisor.tmp" "$QEMU_CONF"
@@ -115,11 +125,11 @@ start_daemon() {
 }
 
 stop_daemon() {
-	local name=$1 pidfile=$2 pid i
+	local name=$1 pidfile=$2 pid _
 	pid=$(running_pid "$name" "$pidfile") || return 0
 	log "restarting $name (pid $pid) to load the new configuration"
 	kill -TERM "$pid"
-	for i in $(seq 1 50); do
+	for _ in $(seq 1 50); do
 		[ -d "/proc/$pid" ] || return 0
 		sleep 0.1
 	done

@@ -194,7 +194,11 @@ mod tests {
         let mut img = open_as(&ov, DiskFormat::Qcow2, true).unwrap();
         let mut buf = vec![0u8; 7000];
         img.read_at(&mut buf, 65536 - 2234).unwrap();
-        assert_eq!(buf[..1000], before[65536 - 2234..65536 - 1234], "COW kept base bytes");
+        assert_eq!(
+            buf[..1000],
+            before[65536 - 2234..65536 - 1234],
+            "COW kept base bytes"
+        );
         assert!(buf[1000..6000].iter().all(|b| *b == 0xA5));
         assert_eq!(buf[6000..], before[65536 + 3766..65536 + 4766]);
         assert_eq!(fs::read(&base).unwrap(), before, "base never modified");
@@ -224,7 +228,10 @@ mod tests {
         let ov = dir.path().join("vm.qcow2");
         let err = create_overlay(&ov, &dir.path().join("nope.img"), DiskFormat::Raw).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("nope.img") && msg.contains("vm.qcow2"), "{msg}");
+        assert!(
+            msg.contains("nope.img") && msg.contains("vm.qcow2"),
+            "{msg}"
+        );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

@@ -148,6 +148,9 @@ mod tests {
     fn open_missing_file_names_path_and_mode() {
         let err = RawImage::open(Path::new("/nonexistent/x.img"), false).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("/nonexistent/x.img") && msg.contains("read-write"), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/x.img") && msg.contains("read-write"),
+            "{msg}"
+        );
     }
 }

@@ -98,8 +98,14 @@ fn overlay_written_here_passes_qemu_img_check_and_converts_to_expected_bytes() {
     let (ok, info) = qemu_img(&["info", "--output=json", overlay.to_str().unwrap()]);
     assert!(ok, "{info}");
     assert!(info.contains("\"format\": \"qcow2\""), "{info}");
-    assert!(info.contains("\"backing-filename-format\": \"raw\""), "{info}");
-    assert!(info.contains(&format!("\"virtual-size\": {size}")), "{info}");
+    assert!(
+        info.contains("\"backing-filename-format\": \"raw\""),
+        "{info}"
+    );
+    assert!(
+        info.contains(&format!("\"virtual-size\": {size}")),
+        "{info}"
+    );
     assert_check_clean(&overlay);
 
     // Scattered writes of odd sizes, some crossing clusters, some at the very end.
@@ -120,13 +126,19 @@ fn overlay_written_here_passes_qemu_img_check_and_converts_to_expected_bytes() {
     // Read back through the same handle before closing.
     let mut back = vec![0u8; size];
     img.read_at(&mut back, 0).unwrap();
-    assert!(back == model, "read-back through DiskImage differs from the model");
+    assert!(
+        back == model,
+        "read-back through DiskImage differs from the model"
+    );
     img.flush().unwrap();
     drop(img);
 
     assert_check_clean(&overlay);
     let converted = convert_to_raw(&overlay, &dir.path().join("out.raw"));
-    assert!(converted == model, "qemu-img convert output differs from the writes");
+    assert!(
+        converted == model,
+        "qemu-img convert output differs from the writes"
+    );
     assert_eq!(checksum(&base), base_sum, "base image was modified");
 }
 
@@ -157,7 +169,11 @@ fn overlay_made_by_qemu_img_is_read_and_written_here() {
         .arg(&overlay)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     model[1 << 20..(1 << 20) + 65536].fill(0x5a);
 
     let info = inspect(&overlay).unwrap();
@@ -167,7 +183,10 @@ fn overlay_made_by_qemu_img_is_read_and_written_here() {
     let mut img = open_as(&overlay, DiskFormat::Qcow2, false).unwrap();
     let mut back = vec![0u8; size];
     img.read_at(&mut back, 0).unwrap();
-    assert!(back == model, "QEMU's writes or the base do not show through");
+    assert!(
+        back == model,
+        "QEMU's writes or the base do not show through"
+    );
     img.write_at(&[0xc3; 100_000], 2_000_000).unwrap();
     model[2_000_000..2_100_000].fill(0xc3);
     img.flush().unwrap();

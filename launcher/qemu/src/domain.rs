@@ -25,8 +25,6 @@ pub const METADATA_NAMESPACE: &str = "https://ironvisor.io/libvirt/launcher/v1";
 pub const METADATA_PREFIX: &str = "ironvisor";
 /// QEMU machine type: i440fx, legacy PCI (virtio-pci needs no PCIe root ports there).
 pub const MACHINE_TYPE: &str = "pc";
-/// Name of the virtio-serial port that carries the guest agent's console.
-pub const AGENT_PORT_NAME: &str = "org.ironvisor.agent.0";
 /// First bytes of a qcow2 image ("QFI\xfb").
 pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
@@ -332,7 +330,10 @@ impl DomainPlan {
         line(
             x,
             1,
-            &format!("<currentMemory unit='MiB'>{}</currentMemory>", self.memory_mib),
+            &format!(
+                "<currentMemory unit='MiB'>{}</currentMemory>",
+                self.memory_mib
+            ),
         );
         line(
             x,
@@ -394,18 +395,15 @@ impl DomainPlan {
         line(x, 3, "<target port='0'/>");
         line(x, 2, "</serial>");
         if let Some(agent) = &self.agent_socket {
-            line(x, 2, "<channel type='unix'>");
+            // A virtio console port, /dev/hvc0 in the guest, as with the KVM launcher.
+            line(x, 2, "<console type='unix'>");
             line(
                 x,
                 3,
                 &format!("<source mode='bind' path='{}'/>", escape_path(agent)),
             );
-            line(
-                x,
-                3,
-                &format!("<target type='virtio' name='{AGENT_PORT_NAME}'/>"),
-            );
-            line(x, 2, "</channel>");
+            line(x, 3, "<target type='virtio' port='0'/>");
+            line(x, 2, "</console>");
         }
         // A guest that loads pvpanic reports kernel panics, which on_crash turns into a
         // crash; without it, panic=N reboots and the launcher reports a reboot.
@@ -586,16 +584,31 @@ mod tests {
 
     #[test]
     fn disk_format_is_detected_by_magic_not_name() {
-        assert_eq!(DiskFormat::from_header(b"QFI\xfb\0\0\0\x03"), DiskFormat::Qcow2);
+        assert_eq!(
+            DiskFormat::from_header(b"QFI\xfb\0\0\0\x03"),
+            DiskFormat::Qcow2
+        );
         assert_eq!(DiskFormat::from_header(b"QFI"), DiskFormat::Raw);
         assert_eq!(DiskFormat::from_header(b""), DiskFormat::Raw);
-        assert_eq!(DiskFormat::from_header(b"\xeb\x63\x90\x10"), DiskFormat::Raw);
+        assert_eq!(
+            DiskFormat::from_header(b"\xeb\x63\x90\x10"),
+            DiskFormat::Raw
+        );
         let fx = fixture();
         let p = fx.dir.path();
-        assert_eq!(detect_disk_format(&p.join("data.img")).unwrap(), DiskFormat::Qcow2);
-        assert_eq!(detect_disk_format(&p.join("root.raw")).unwrap(), DiskFormat::Raw);
+        assert_eq!(
+            detect_disk_format(&p.join("data.img")).unwrap(),
+            DiskFormat::Qcow2
+        );
+        assert_eq!(
+            detect_disk_format(&p.join("root.raw")).unwrap(),
+            DiskFormat::Raw
+        );
         std::fs::write(p.join("tiny"), b"Q").unwrap();
-        assert_eq!(detect_disk_format(&p.join("tiny")).unwrap(), DiskFormat::Raw);
+        assert_eq!(
+            detect_disk_format(&p.join("tiny")).unwrap(),
+            DiskFormat::Raw
+        );
         assert!(detect_disk_format(&p.join("missing")).is_err());
     }
 
@@ -661,16 +674,25 @@ mod tests {
         assert_eq!(domain.attribute("type"), Some("qemu"));
         assert_eq!(text(domain, "name"), "ironvisor-web-1");
         let memory = child(domain, "memory");
-        assert_eq!((memory.attribute("unit"), memory.text()), (Some("MiB"), Some("384")));
+        assert_eq!(
+            (memory.attribute("unit"), memory.text()),
+            (Some("MiB"), Some("384"))
+        );
         assert_eq!(text(domain, "vcpu"), "2");
         let os = child(domain, "os");
         let os_type = child(os, "type");
         assert_eq!(os_type.attribute("machine"), Some(MACHINE_TYPE));
         assert_eq!(os_type.text(), Some("hvm"));
         assert_eq!(text(os, "kernel"), plan.kernel.to_str().unwrap());
-        assert_eq!(text(os, "initrd"), plan.initrd.as_ref().unwrap().to_str().unwrap());
+        assert_eq!(
+            text(os, "initrd"),
+            plan.initrd.as_ref().unwrap().to_str().unwrap()
+        );
         // Escaped on the way in, identical on the way out.
-        assert_eq!(text(os, "cmdline"), "console=ttyS0 reboot=k panic=1 a=<b>&c");
+        assert_eq!(
+            text(os, "cmdline"),
+            "console=ttyS0 reboot=k panic=1 a=<b>&c"
+        );
         assert_eq!(text(domain, "on_poweroff"), "destroy");
         assert_eq!(text(domain, "on_reboot"), "restart");
         assert_eq!(text(domain, "on_crash"), "destroy");
@@ -688,11 +710,17 @@ mod tests {
         let doc = roxmltree::Document::parse(&xml).unwrap();
         let devices = child(doc.root_element(), "devices");
 
-        let disks: Vec<_> = devices.children().filter(|n| n.has_tag_name("disk")).collect();
+        let disks: Vec<_> = devices
+            .children()
+            .filter(|n| n.has_tag_name("disk"))
+            .collect();
         assert_eq!(disks.len(), 2);
         for (disk, planned) in disks.iter().zip(&plan.disks) {
             assert_eq!(disk.attribute("type"), Some("file"));
-            assert_eq!(child(*disk, "driver").attribute("type"), Some(planned.format.as_str()));
+            assert_eq!(
+                child(*disk, "driver").attribute("type"),
+                Some(planned.format.as_str())
+            );
             assert_eq!(
                 child(*disk, "source").attribute("file"),
                 planned.path.to_str()
@@ -716,9 +744,15 @@ mod tests {
         let target = child(nics[0], "target");
         assert_eq!(target.attribute("dev"), Some("tap-web1"));
         assert_eq!(target.attribute("managed"), Some("no"));
-        assert_eq!(child(nics[0], "mac").attribute("address"), Some("52:54:00:aa:bb:cc"));
+        assert_eq!(
+            child(nics[0], "mac").attribute("address"),
+            Some("52:54:00:aa:bb:cc")
+        );
         assert_eq!(child(nics[0], "model").attribute("type"), Some("virtio"));
-        assert_eq!(child(nics[1], "mac").attribute("address"), Some(plan.nets[1].mac.as_str()));
+        assert_eq!(
+            child(nics[1], "mac").attribute("address"),
+            Some(plan.nets[1].mac.as_str())
+        );
 
         let serial = child(devices, "serial");
         assert_eq!(serial.attribute("type"), Some("unix"));
@@ -726,9 +760,13 @@ mod tests {
         assert_eq!(source.attribute("mode"), Some("bind"));
         assert_eq!(source.attribute("path"), plan.serial_socket.to_str());
 
-        let channel = child(devices, "channel");
-        assert_eq!(child(channel, "source").attribute("path"), plan.agent_socket.as_ref().unwrap().to_str());
-        assert_eq!(child(channel, "target").attribute("type"), Some("virtio"));
+        let console = child(devices, "console");
+        assert_eq!(console.attribute("type"), Some("unix"));
+        assert_eq!(
+            child(console, "source").attribute("path"),
+            plan.agent_socket.as_ref().unwrap().to_str()
+        );
+        assert_eq!(child(console, "target").attribute("type"), Some("virtio"));
     }
 
     #[test]
@@ -741,10 +779,15 @@ mod tests {
         let xml = plan(&fx).to_xml();
         let doc = roxmltree::Document::parse(&xml).unwrap();
         let domain = doc.root_element();
-        assert!(!child(domain, "os").children().any(|n| n.has_tag_name("initrd")));
+        assert!(!child(domain, "os")
+            .children()
+            .any(|n| n.has_tag_name("initrd")));
         let devices = child(domain, "devices");
-        for absent in ["disk", "interface", "channel"] {
-            assert!(!devices.children().any(|n| n.has_tag_name(absent)), "{absent}");
+        for absent in ["disk", "interface", "console"] {
+            assert!(
+                !devices.children().any(|n| n.has_tag_name(absent)),
+                "{absent}"
+            );
         }
         assert!(devices.children().any(|n| n.has_tag_name("serial")));
     }

@@ -208,19 +208,18 @@ pub fn watch_domain(
     // event id (libvirt's VIR_DOMAIN_EVENT_CALLBACK macro does the same cast).
     // SAFETY: both are `extern "C"` function pointers; libvirt calls the lifecycle callback
     // with the lifecycle signature for VIR_DOMAIN_EVENT_ID_LIFECYCLE.
-    let lifecycle: unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void) =
-        unsafe {
-            std::mem::transmute::<
-                unsafe extern "C" fn(
-                    sys::virConnectPtr,
-                    sys::virDomainPtr,
-                    c_int,
-                    c_int,
-                    *mut c_void,
-                ) -> c_int,
-                unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-            >(lifecycle_callback)
-        };
+    let lifecycle: unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void) = unsafe {
+        std::mem::transmute::<
+            unsafe extern "C" fn(
+                sys::virConnectPtr,
+                sys::virDomainPtr,
+                c_int,
+                c_int,
+                *mut c_void,
+            ) -> c_int,
+            unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
+        >(lifecycle_callback)
+    };
     let registrations = [
         ("lifecycle", sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle),
         (

@@ -1,0 +1,733 @@
+//! End-to-end tests: real guests booted by `ironvisor-launcher-qemu` under QEMU TCG
+//! through libvirt, driven over the console socket, the control API (`ctl`) and signals.
+//!
+//! Needs root, libvirtd and the guest images. libvirtd is started with
+//! `setup-libvirt.sh` when it is not answering, and the images are built with
+//! `python3 images/build.py` when missing; a test is skipped (with the reason printed)
+//! only if one of these cannot be had. VMs run one at a time: the machine has two cores.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ironvisor-launcher-qemu");
+const MARKER: &str = "IRONVISOR-GUEST-INIT-REACHED";
+/// Printed by the guest's /init once its Ctrl+Alt+Del trap is installed.
+const READY: &str = "IRONVISOR-GUEST-INFO";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+const URI: &str = "qemu:///system";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Serializes the VMs of all tests in this binary.
+fn vm_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Images {
+    kernel: PathBuf,
+    initrd: PathBuf,
+}
+
+/// The guest images and a running libvirtd, or why the test cannot run.
+fn environment() -> Result<&'static Images, String> {
+    static ENV: OnceLock<Result<Images, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        ensure_libvirt()?;
+        let dir = workspace().join(".cache/images");
+        let kernel = dir.join("vmlinuz");
+        let initrd = dir.join("initrd.cpio.gz");
+        if !kernel.exists() || !initrd.exists() {
+            let status = Command::new("python3")
+                .arg(workspace().join("images/build.py"))
+                .current_dir(workspace())
+                .status()
+                .map_err(|e| format!("running images/build.py: {e}"))?;
+            if !status.success() || !kernel.exists() || !initrd.exists() {
+                return Err(format!(
+                    "images/build.py failed ({status}); no guest images"
+                ));
+            }
+        }
+        Ok(Images { kernel, initrd })
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+fn libvirt_answers() -> bool {
+    Command::new("virsh")
+        .args(["-c", URI, "version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn ensure_libvirt() -> Result<(), String> {
+    if libvirt_answers() {
+        return Ok(());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("setup-libvirt.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if libvirt_answers() {
+        Ok(())
+    } else {
+        Err(format!(
+            "libvirtd cannot be started ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+macro_rules! require_env {
+    () => {
+        match environment() {
+            Ok(images) => images,
+            Err(reason) => {
+                eprintln!("SKIPPED: {reason}");
+                return;
+            }
+        }
+    };
+}
+
+fn domains() -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", URI, "list", "--all", "--name"])
+        .output()
+        .expect("virsh list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn virsh(args: &[&str]) -> Output {
+    Command::new("virsh")
+        .args(["-c", URI])
+        .args(args)
+        .output()
+        .expect("virsh")
+}
+
+/// Bytes read from a stream by a background thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn spawn_reader(mut source: impl Read + Send + 'static) -> Self {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = source.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.0.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        captured
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// One launcher process with a console client attached.
+struct Launcher {
+    name: String,
+    child: Child,
+    started: Instant,
+    dir: tempfile::TempDir,
+    stdout: Captured,
+    stderr: Captured,
+    console: Option<(UnixStream, Captured)>,
+    exit: Option<i32>,
+}
+
+impl Launcher {
+    fn spawn(name: &str, images: &Images, cmdline: &str, extra: &[&str]) -> Self {
+        Self::spawn_with(name, images, cmdline, extra, false)
+    }
+
+    /// Like [`Launcher::spawn`]; `agent` adds `--agent-socket <dir>/agent.sock`.
+    fn spawn_with(name: &str, images: &Images, cmdline: &str, extra: &[&str], agent: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let agent_args: Vec<PathBuf> = if agent {
+            vec!["--agent-socket".into(), dir.path().join("agent.sock")]
+        } else {
+            Vec::new()
+        };
+        let mut child = Command::new(BIN)
+            .args(["--name", name, "--cmdline", cmdline, "--memory-mib", "256"])
+            .arg("--kernel")
+            .arg(&images.kernel)
+            .arg("--initrd")
+            .arg(&images.initrd)
+            .arg("--console-socket")
+            .arg(dir.path().join("console.sock"))
+            .arg("--api-socket")
+            .arg(dir.path().join("api.sock"))
+            .args(extra)
+            .args(&agent_args)
+            .env("IRONVISOR_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn launcher");
+        let stdout = Captured::spawn_reader(child.stdout.take().unwrap());
+        let stderr = Captured::spawn_reader(child.stderr.take().unwrap());
+        let mut launcher = Launcher {
+            name: name.to_string(),
+            child,
+            started: Instant::now(),
+            dir,
+            stdout,
+            stderr,
+            console: None,
+            exit: None,
+        };
+        launcher.attach_console();
+        launcher
+    }
+
+    fn attach_console(&mut self) {
+        let path = self.dir.path().join("console.sock");
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            if let Ok(stream) = UnixStream::connect(&path) {
+                let output = Captured::spawn_reader(stream.try_clone().unwrap());
+                self.console = Some((stream, output));
+                return;
+            }
+            if let Some(code) = self.try_exit() {
+                panic!(
+                    "launcher exited with {code} before its console socket appeared:\n{}",
+                    self.stderr.text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no console socket at {}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn console_text(&self) -> String {
+        self.console
+            .as_ref()
+            .map(|(_, out)| out.text())
+            .unwrap_or_default()
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let (stream, _) = self.console.as_mut().expect("console attached");
+        stream.write_all(line.as_bytes()).unwrap();
+        stream.write_all(b"\r").unwrap();
+    }
+
+    /// Waits until the console shows `needle`; returns the time since the launcher started.
+    fn wait_console(&mut self, needle: &str) -> Duration {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            if self.console_text().contains(needle) {
+                return self.started.elapsed();
+            }
+            if let Some(code) = self.try_exit() {
+                panic!(
+                    "launcher exited with {code} before the console showed {needle:?}\n\
+                     console:\n{}\nlog:\n{}",
+                    self.console_text(),
+                    self.stderr.text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "console never showed {needle:?}:\n{}",
+                self.console_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn try_exit(&mut self) -> Option<i32> {
+        if self.exit.is_none() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.exit = Some(status.code().unwrap_or(-1));
+            }
+        }
+        self.exit
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            if let Some(code) = self.try_exit() {
+                // Let the readers drain what is left.
+                std::thread::sleep(Duration::from_millis(100));
+                return code;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "launcher did not exit; log:\n{}",
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("ctl")
+            .arg("--api-socket")
+            .arg(self.dir.path().join("api.sock"))
+            .args(args)
+            .env("IRONVISOR_LOG", "warn")
+            .output()
+            .expect("run ctl")
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.ctl(&["status"]);
+        assert!(
+            out.status.success(),
+            "ctl status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: plain kill(2) on our own child.
+        let ret = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(ret, 0, "kill({signal})");
+    }
+
+    fn domain(&self) -> String {
+        format!("ironvisor-{}", self.name)
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "console:\n{}\nlog:\n{}",
+            self.console_text(),
+            self.stderr.text()
+        )
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if domains().contains(&self.domain()) {
+            virsh(&["destroy", &self.domain()]);
+        }
+    }
+}
+
+fn assert_no_domain(name: &str) {
+    let domain = format!("ironvisor-{name}");
+    assert!(
+        !domains().contains(&domain),
+        "domain {domain} left behind: {:?}",
+        domains()
+    );
+}
+
+#[test]
+fn bench_guest_boots_to_the_marker_powers_off_and_exits_0() {
+    let images = require_env!();
+    let _vm = vm_lock();
+    let mut vm = Launcher::spawn(
+        "tcg-bench",
+        images,
+        "console=ttyS0 reboot=k panic=1 iv.bench",
+        &["--stdio"],
+    );
+    let boot = vm.wait_console(MARKER);
+    let code = vm.wait_exit();
+    eprintln!(
+        "TCG boot to {MARKER}: {:.2} s (launcher start to marker on the console)",
+        boot.as_secs_f64()
+    );
+    assert_eq!(code, 0, "{}", vm.report());
+    assert!(
+        vm.console_text().contains("Linux version"),
+        "{}",
+        vm.report()
+    );
+    // Foreground mode copies the same console to stdout.
+    let stdout = vm.stdout.text();
+    assert!(stdout.contains("Linux version"), "{stdout}");
+    assert!(stdout.contains(MARKER), "{stdout}");
+    let log = vm.stderr.text();
+    assert!(
+        log.contains("running under software emulation (QEMU TCG): no hardware isolation"),
+        "{log}"
+    );
+    assert!(log.contains("guest powered off"), "{log}");
+    assert_no_domain("tcg-bench");
+    assert!(
+        !vm.dir.path().join("console.sock").exists(),
+        "console socket removed"
+    );
+}
+
+#[test]
+fn api_answers_while_running_and_sigterm_stops_gracefully_with_5() {
+    let images = require_env!();
+    let _vm = vm_lock();
+    let mut vm = Launcher::spawn(
+        "tcg-api",
+        images,
+        "console=ttyS0 reboot=k panic=1",
+        &["--vcpus", "2"],
+    );
+    vm.wait_console(READY);
+
+    let status = vm.status();
+    assert_eq!(status["state"], "Running", "{status}");
+    assert_eq!(status["backend"], "qemu-tcg");
+    assert_eq!(status["vcpus"], 2);
+    assert_eq!(status["memory_mib"], 256);
+    assert_eq!(status["devices"][0]["kind"], "serial");
+    assert_eq!(status["name"], "tcg-api");
+
+    let out = vm.ctl(&["pause"]);
+    assert!(
+        out.status.success(),
+        "pause: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(vm.status()["state"], "Paused");
+    let state = virsh(&["domstate", &vm.domain()]);
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "paused");
+    // Pausing twice is refused with the state in the message.
+    let out = vm.ctl(&["pause"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Paused"),
+        "{out:?}"
+    );
+
+    let out = vm.ctl(&["resume"]);
+    assert!(
+        out.status.success(),
+        "resume: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(vm.status()["state"], "Running");
+
+    // The guest still runs: the shell answers on the console.
+    vm.type_line("echo alive-$((6*7))");
+    vm.wait_console("alive-42");
+
+    vm.signal(libc::SIGTERM);
+    let code = vm.wait_exit();
+    assert_eq!(code, 5, "{}", vm.report());
+    assert!(
+        vm.console_text()
+            .contains("IRONVISOR-GUEST-GRACEFUL-SHUTDOWN"),
+        "{}",
+        vm.report()
+    );
+    assert_no_domain("tcg-api");
+}
+
+#[test]
+fn forced_shutdown_exits_6_and_leaves_no_domain() {
+    let images = require_env!();
+    let _vm = vm_lock();
+    let mut vm = Launcher::spawn("tcg-force", images, "console=ttyS0 reboot=k panic=1", &[]);
+    vm.wait_console(MARKER);
+    let out = vm.ctl(&["shutdown", "--force"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(vm.wait_exit(), 6, "{}", vm.report());
+    assert_no_domain("tcg-force");
+}
+
+#[test]
+fn guest_reboot_exits_3() {
+    let images = require_env!();
+    let _vm = vm_lock();
+    let mut vm = Launcher::spawn("tcg-reboot", images, "console=ttyS0 reboot=k panic=1", &[]);
+    vm.wait_console(READY);
+    vm.type_line("reboot -f");
+    assert_eq!(vm.wait_exit(), 3, "{}", vm.report());
+    assert!(
+        vm.stderr.text().contains("guest rebooted"),
+        "{}",
+        vm.report()
+    );
+    assert_no_domain("tcg-reboot");
+}
+
+#[test]
+fn graceful_timeout_stops_hard_with_6() {
+    let images = require_env!();
+    let _vm = vm_lock();
+    let mut vm = Launcher::spawn(
+        "tcg-timeout",
+        images,
+        "console=ttyS0 reboot=k panic=1",
+        &["--shutdown-timeout-secs", "2"],
+    );
+    vm.wait_console(READY);
+    // Send the guest's Ctrl+Alt+Del signal to a throwaway process instead of /init, so
+    // the guest ignores the graceful request.
+    vm.type_line("sleep 600 & echo $! > /proc/sys/kernel/cad_pid; echo cad-moved-$((1+1))");
+    vm.wait_console("cad-moved-2");
+    vm.signal(libc::SIGTERM);
+    let code = vm.wait_exit();
+    assert_eq!(code, 6, "{}", vm.report());
+    assert!(
+        !vm.console_text()
+            .contains("IRONVISOR-GUEST-GRACEFUL-SHUTDOWN"),
+        "{}",
+        vm.report()
+    );
+    assert!(
+        vm.stderr.text().contains("did not shut down in time"),
+        "{}",
+        vm.report()
+    );
+    assert_no_domain("tcg-timeout");
+}
+
+#[test]
+fn second_launcher_is_refused_and_a_killed_launchers_domain_is_cleaned() {
+    let images = require_env!();
+    let _vm = vm_lock();
+    let mut first = Launcher::spawn("tcg-stale", images, "console=ttyS0 reboot=k panic=1", &[]);
+    first.wait_console(MARKER);
+
+    let out = Command::new(BIN)
+        .args(["--name", "tcg-stale", "--cmdline", "console=ttyS0 iv.bench"])
+        .arg("--kernel")
+        .arg(&images.kernel)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to the running launcher pid"), "{err}");
+    assert!(
+        domains().contains(&first.domain()),
+        "the first VM must survive"
+    );
+
+    // kill -9 leaves the domain behind; the next launcher of the VM cleans it up.
+    first.signal(libc::SIGKILL);
+    first.wait_exit();
+    assert!(domains().contains(&first.domain()));
+    let mut second = Launcher::spawn(
+        "tcg-stale",
+        images,
+        "console=ttyS0 reboot=k panic=1 iv.bench",
+        &[],
+    );
+    assert_eq!(second.wait_exit(), 0, "{}", second.report());
+    assert!(
+        second.stderr.text().contains("stale leftover domain"),
+        "{}",
+        second.report()
+    );
+    assert_no_domain("tcg-stale");
+}
+
+/// An extra initramfs archive: the virtio-pci modules the generic image lacks, a module
+/// list that loads them, and a scenario that prints what the guest sees.
+fn pci_overlay(dir: &Path) -> PathBuf {
+    let version = std::fs::read_to_string(workspace().join(".cache/images/kernel.version"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let root = dir.join("overlay");
+    let moddir = format!("lib/modules/{version}/kernel/drivers/virtio");
+    std::fs::create_dir_all(root.join(&moddir)).unwrap();
+    let src = workspace().join(".cache/images/modules/kernel/drivers/virtio");
+    let mut list = String::from_utf8(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "zcat {} | cpio -i --quiet --to-stdout etc/ironvisor/modules",
+                workspace().join(".cache/images/initrd.cpio.gz").display()
+            ))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for module in [
+        "virtio_pci_legacy_dev",
+        "virtio_pci_modern_dev",
+        "virtio_pci",
+    ] {
+        let file = format!("{module}.ko");
+        std::fs::copy(src.join(&file), root.join(&moddir).join(&file)).unwrap();
+        list.push_str(&format!("/{moddir}/{file}\n"));
+    }
+    std::fs::create_dir_all(root.join("etc/ironvisor")).unwrap();
+    std::fs::write(root.join("etc/ironvisor/modules"), list).unwrap();
+    std::fs::create_dir_all(root.join("scenarios")).unwrap();
+    std::fs::write(
+        root.join("scenarios/devices.sh"),
+        "for d in vda vdb; do\n\
+         \techo \"DEV $d serial=$(cat /sys/block/$d/serial) ro=$(cat /sys/block/$d/ro) \
+         sectors=$(cat /sys/block/$d/size)\"\n\
+         done\n\
+         echo \"DATA $(head -c 13 /dev/vda)\"\n\
+         echo \"MAC $(cat /sys/class/net/eth0/address)\"\n\
+         read -r line < /dev/hvc0\n\
+         echo \"AGENT got $line\"\n",
+    )
+    .unwrap();
+    let archive = dir.join("overlay.cpio.gz");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc --quiet | gzip > {}",
+            root.display(),
+            archive.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let combined = dir.join("initrd-pci.cpio.gz");
+    let mut bytes = std::fs::read(workspace().join(".cache/images/initrd.cpio.gz")).unwrap();
+    bytes.extend(std::fs::read(&archive).unwrap());
+    std::fs::write(&combined, bytes).unwrap();
+    combined
+}
+
+#[test]
+fn disks_and_nic_reach_the_guest_over_virtio_pci() {
+    let images = require_env!();
+    if !Path::new("/usr/bin/qemu-img").exists() {
+        eprintln!("SKIPPED: qemu-img (qemu-utils) is not installed");
+        return;
+    }
+    let _vm = vm_lock();
+    let work = tempfile::tempdir().unwrap();
+    let raw = work.path().join("root.raw");
+    let mut content = b"IRONVISOR-RAW".to_vec();
+    content.resize(4 << 20, 0);
+    std::fs::write(&raw, content).unwrap();
+    let qcow = work.path().join("data.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow)
+        .arg("8M")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The shared config validation wants whole 512-byte sectors, which qcow2 files need
+    // not be; trailing bytes after the last cluster are harmless to QEMU.
+    let file = std::fs::OpenOptions::new().write(true).open(&qcow).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len.div_ceil(512) * 512).unwrap();
+    drop(file);
+    let initrd = pci_overlay(work.path());
+    let overlay = Images {
+        kernel: images.kernel.clone(),
+        initrd,
+    };
+    let tap = format!("ivt{}", std::process::id() % 100_000);
+    let disk0 = format!("id=root,path={},serial=SER-ROOT", raw.display());
+    let disk1 = format!("id=data,path={},ro=on", qcow.display());
+    let net = format!("id=net0,tap={tap},mac=52:54:00:12:34:56");
+    let mut vm = Launcher::spawn_with(
+        "tcg-devices",
+        &overlay,
+        "console=ttyS0 reboot=k panic=1 iv.run=devices",
+        &["--disk", &disk0, "--disk", &disk1, "--net", &net],
+        true,
+    );
+    vm.wait_console(MARKER);
+    let status = vm.status();
+    let devices = status["devices"].as_array().unwrap();
+    let kinds: Vec<&str> = devices
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "serial",
+            "virtio-blk",
+            "virtio-blk",
+            "virtio-net",
+            "virtio-console"
+        ]
+    );
+    assert_eq!(devices[3]["mac"], "52:54:00:12:34:56");
+    assert_eq!(devices[3]["backend"], tap.as_str());
+    assert_eq!(devices[2]["read_only"], true);
+    assert!(
+        Path::new("/sys/class/net").join(&tap).exists(),
+        "the launcher creates a missing tap"
+    );
+
+    // The guest reads one line from its agent console (/dev/hvc0) and echoes it.
+    let agent_path = vm.dir.path().join("agent.sock");
+    let mut agent = UnixStream::connect(&agent_path).expect("agent socket");
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while !vm.console_text().contains("AGENT got ping") {
+        assert!(
+            Instant::now() < deadline,
+            "agent line never arrived: {}",
+            vm.report()
+        );
+        let _ = agent.write_all(b"ping\n");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(devices[4]["kind"], "virtio-console");
+
+    assert_eq!(vm.wait_exit(), 0, "{}", vm.report());
+    assert!(!agent_path.exists(), "agent socket removed on exit");
+    let console = vm.console_text();
+    assert!(
+        console.contains("IRONVISOR-SCENARIO-EXIT=0"),
+        "{}",
+        vm.report()
+    );
+    assert!(
+        console.contains("DEV vda serial=SER-ROOT ro=0 sectors=8192"),
+        "{console}"
+    );
+    assert!(
+        console.contains("DEV vdb serial=data ro=1 sectors=16384"),
+        "{console}"
+    );
+    assert!(console.contains("DATA IRONVISOR-RAW"), "{console}");
+    assert!(console.contains("MAC 52:54:00:12:34:56"), "{console}");
+    assert!(
+        !Path::new("/sys/class/net").join(&tap).exists(),
+        "the tap the launcher created is removed on exit"
+    );
+    assert_no_domain("tcg-devices");
+}
