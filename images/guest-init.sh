@@ -1,0 +1,90 @@
+#!/bin/sh
+# /init of the Ironvisor test guest (installed by images/build.py).
+#
+# Kernel command line switches:
+#   iv.bench      print the init marker and power off at once (boot-time benchmarks)
+#   iv.run=NAME   run /scenarios/NAME.sh (added by tests as a second cpio archive), print
+#                 IRONVISOR-SCENARIO-EXIT=<rc> and power off
+#   (neither)     interactive shell on the console
+# Ctrl+Alt+Del (SIGINT to pid 1) prints IRONVISOR-GUEST-GRACEFUL-SHUTDOWN and powers off.
+
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root TERM=linux
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo IRONVISOR-GUEST-INIT-REACHED
+
+cmdline=$(cat /proc/cmdline)
+for word in $cmdline; do
+	case "$word" in
+	iv.bench) poweroff -f ;;
+	esac
+done
+
+graceful_shutdown() {
+	echo IRONVISOR-GUEST-GRACEFUL-SHUTDOWN
+	kill -TERM -1 2>/dev/null
+	sync
+	umount -a -r 2>/dev/null
+	poweroff -f
+}
+trap graceful_shutdown INT TERM
+# 0: the kernel sends SIGINT to pid 1 on Ctrl+Alt+Del instead of rebooting at once.
+echo 0 >/proc/sys/kernel/ctrl-alt-del
+
+mkdir -p /tmp /run /dev/pts /dev/shm
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=0755 tmpfs /run
+mount -t devpts devpts /dev/pts
+
+if [ -f /etc/ironvisor/modules ]; then
+	while read -r ko; do
+		[ -n "$ko" ] || continue
+		insmod "$ko" || echo "IRONVISOR-GUEST-WARNING: insmod $ko failed"
+	done </etc/ironvisor/modules
+fi
+
+mem_kb=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
+echo "IRONVISOR-GUEST-INFO cpus=$(nproc) mem_kb=$mem_kb"
+
+# Run a command in the background and wait for it, so that a trapped signal is handled
+# at once (a shell only runs traps between foreground commands). Returns its status.
+run_and_wait() {
+	"$@" &
+	child=$!
+	while :; do
+		wait "$child"
+		status=$?
+		kill -0 "$child" 2>/dev/null || return "$status"
+	done
+}
+
+scenario=
+for word in $cmdline; do
+	case "$word" in
+	iv.run=*) scenario=${word#iv.run=} ;;
+	esac
+done
+
+if [ -n "$scenario" ]; then
+	script="/scenarios/$scenario.sh"
+	if [ -f "$script" ]; then
+		run_and_wait sh "$script"
+		rc=$?
+	else
+		echo "IRONVISOR-GUEST-ERROR: no scenario $script in the initramfs"
+		rc=127
+	fi
+	echo "IRONVISOR-SCENARIO-EXIT=$rc"
+	sync
+	poweroff -f
+fi
+
+while :; do
+	cat /etc/ironvisor-banner 2>/dev/null
+	echo "Ironvisor test guest, kernel $(uname -r), $(nproc) vCPU(s), $mem_kb KiB."
+	echo "Interactive shell on the console; 'poweroff -f' stops the VM."
+	run_and_wait setsid cttyhack sh
+done

@@ -1,0 +1,1 @@
+"""Ironvisor's Python test suites and harnesses (run pytest from the repository root)."""

@@ -1,0 +1,112 @@
+//! `ironvisor-bootbench`: start a VMM, time its guest's "init reached" console line, and
+//! measure its memory overhead; one JSON line per run on stdout.
+//!
+//! ```text
+//! ironvisor-bootbench --label qemu --guest-mem-mib 256 [--runs N] -- qemu-system-x86_64 ...
+//! ```
+//!
+//! Memory overhead is the process's total Rss minus the Rss of its guest-RAM mapping (the
+//! anonymous mapping of exactly the guest memory size), read from /proc/PID/smaps the
+//! moment the marker arrives; `maxrss_kib` is ru_maxrss from wait4 after the kill.
+
+mod run;
+mod smaps;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Serialize;
+
+use crate::run::{run_once, Measurement, RunConfig};
+
+/// Command-line arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ironvisor-bootbench",
+    about = "Time a VMM's guest boot and its memory overhead"
+)]
+struct Args {
+    /// Name of the VMM in the output.
+    #[arg(long)]
+    label: String,
+    /// Guest memory size in MiB (identifies the guest-RAM mapping).
+    #[arg(long)]
+    guest_mem_mib: u64,
+    /// Console text that marks "guest init reached".
+    #[arg(long, default_value = "IRONVISOR-GUEST-INIT-REACHED")]
+    marker: String,
+    /// Number of runs.
+    #[arg(long, default_value_t = 1)]
+    runs: u32,
+    /// Index printed for the first run (runs are numbered from here).
+    #[arg(long, default_value_t = 1)]
+    first_run: u32,
+    /// Seconds to wait for the marker before killing the VMM.
+    #[arg(long, default_value_t = 120)]
+    timeout_s: u64,
+    /// The VMM command line.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// One output line.
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    label: &'a str,
+    run: u32,
+    #[serde(flatten)]
+    measurement: Option<Measurement>,
+    error: Option<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let cfg = RunConfig {
+        command: args.command.clone(),
+        marker: args.marker.clone(),
+        guest_mem_mib: args.guest_mem_mib,
+        timeout: Duration::from_secs(args.timeout_s),
+    };
+    let mut failed = false;
+    let stdout = std::io::stdout();
+    for run in args.first_run..args.first_run.saturating_add(args.runs) {
+        let (measurement, error) = match run_once(&cfg) {
+            Ok(m) => (Some(m), None),
+            Err(e) => {
+                failed = true;
+                (None, Some(e.to_string()))
+            }
+        };
+        let report = Report {
+            label: &args.label,
+            run,
+            measurement,
+            error,
+        };
+        let line = match serde_json::to_string(&report) {
+            Ok(line) => line,
+            Err(e) => {
+                eprintln!("ironvisor-bootbench: cannot encode the report: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut out = stdout.lock();
+        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,345 @@
+//! One measured VMM run: spawn, time the console marker, sample smaps, kill, reap.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{info, info_span, warn};
+
+use crate::smaps::{self, SmapsError};
+
+/// How a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The VMM could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    /// The VMM exited before printing the marker.
+    #[error("{program} exited ({status}) before printing {marker:?}; stderr: {stderr}")]
+    ExitedEarly {
+        program: String,
+        status: String,
+        marker: String,
+        stderr: String,
+    },
+    /// The marker did not appear in time.
+    #[error("{marker:?} not seen within {timeout:?}; stderr: {stderr}")]
+    Timeout {
+        marker: String,
+        timeout: Duration,
+        stderr: String,
+    },
+    /// smaps could not be read at marker time.
+    #[error("reading the memory map at marker time: {0}")]
+    Smaps(#[from] SmapsError),
+    /// Reaping the killed VMM failed.
+    #[error("wait4({pid}) failed: {source}")]
+    Wait { pid: u32, source: std::io::Error },
+    /// No command was given.
+    #[error("no VMM command given")]
+    EmptyCommand,
+}
+
+/// What to run and what to look for.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The VMM command line (program first).
+    pub command: Vec<String>,
+    /// Console text that marks "guest init reached".
+    pub marker: String,
+    /// Guest memory size, to recognise the guest-RAM mapping.
+    pub guest_mem_mib: u64,
+    /// Limit for reaching the marker.
+    pub timeout: Duration,
+}
+
+/// The numbers of one successful run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Measurement {
+    /// Milliseconds from just before spawning to reading the marker.
+    pub marker_ms: f64,
+    /// Total Rss at marker time, KiB.
+    pub rss_kib: u64,
+    /// Rss of the guest-RAM mapping at marker time, KiB.
+    pub guest_ram_rss_kib: u64,
+    /// Size of the mapping taken for guest RAM, KiB (see [`smaps::memory_use`]).
+    pub guest_mapping_kib: u64,
+    /// Rss minus guest-RAM Rss, KiB.
+    pub overhead_kib: u64,
+    /// `ru_maxrss` from wait4 after the kill, KiB.
+    pub maxrss_kib: u64,
+}
+
+enum Event {
+    Stdout(Vec<u8>),
+    Eof,
+}
+
+/// Finds `marker` in a stream that arrives in chunks (it may straddle two of them).
+#[derive(Debug)]
+pub struct MarkerScanner {
+    marker: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl MarkerScanner {
+    /// A scanner for `marker` (non-empty).
+    pub fn new(marker: &str) -> Self {
+        Self {
+            marker: marker.as_bytes().to_vec(),
+            tail: Vec::new(),
+        }
+    }
+
+    /// Feeds the next chunk; true once the marker has been seen.
+    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+        self.tail.extend_from_slice(chunk);
+        let found = self
+            .tail
+            .windows(self.marker.len().max(1))
+            .any(|w| w == self.marker.as_slice());
+        let keep = self.marker.len().saturating_sub(1);
+        if self.tail.len() > keep {
+            self.tail.drain(..self.tail.len() - keep);
+        }
+        found
+    }
+}
+
+/// Keeps the last `limit` bytes of a stream for error messages.
+fn spawn_tail_collector<R: Read + Send + 'static>(
+    mut reader: R,
+    limit: usize,
+) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > limit {
+                kept.drain(..kept.len() - limit);
+            }
+        }
+        kept
+    })
+}
+
+fn text_of(handle: Option<thread::JoinHandle<Vec<u8>>>) -> String {
+    let bytes = handle.and_then(|h| h.join().ok()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
+/// Kills and reaps `pid`, returning ru_maxrss in KiB and the wait status.
+fn kill_and_reap(pid: u32) -> Result<(u64, i32), RunError> {
+    let raw_pid = pid as libc::pid_t;
+    // SAFETY: sending a signal to our own child, which we have not reaped yet, so the pid
+    // cannot have been reused.
+    unsafe {
+        libc::kill(raw_pid, libc::SIGKILL);
+    }
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: both pointers are to live, writable locals of the right types.
+        let rc = unsafe { libc::wait4(raw_pid, &mut status, 0, &mut usage) };
+        if rc == raw_pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(RunError::Wait { pid, source: err });
+        }
+    }
+    Ok((u64::try_from(usage.ru_maxrss).unwrap_or(0), status))
+}
+
+/// Runs the VMM once and measures it.
+pub fn run_once(cfg: &RunConfig) -> Result<Measurement, RunError> {
+    let (program, args) = cfg.command.split_first().ok_or(RunError::EmptyCommand)?;
+    let span = info_span!("run", program = %program);
+    let _guard = span.enter();
+    let started = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| RunError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    let pid = child.id();
+    let stderr = child.stderr.take().map(|e| spawn_tail_collector(e, 2048));
+    let (tx, rx) = mpsc::channel();
+    if let Some(mut stdout) = child.stdout.take() {
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(Event::Eof);
+                        break;
+                    }
+                    Ok(n) => {
+                        if tx.send(Event::Stdout(buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let mut scanner = MarkerScanner::new(&cfg.marker);
+    let deadline = started + cfg.timeout;
+    let outcome = loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(remaining) {
+            Ok(Event::Stdout(chunk)) => {
+                if scanner.feed(&chunk) {
+                    let marker_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    // Sample the memory map before anything else can change it.
+                    let usage = smaps::read(pid)
+                        .and_then(|maps| smaps::memory_use(&maps, cfg.guest_mem_mib * 1024));
+                    break Ok((marker_ms, usage));
+                }
+            }
+            Ok(Event::Eof) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let (_, status) = kill_and_reap(pid)?;
+                let status = std::process::ExitStatus::from_raw(status);
+                return Err(RunError::ExitedEarly {
+                    program: program.clone(),
+                    status: status.to_string(),
+                    marker: cfg.marker.clone(),
+                    stderr: text_of(stderr),
+                });
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break Err(()),
+        }
+    };
+    let (maxrss_kib, _) = kill_and_reap(pid)?;
+    drop(child);
+    match outcome {
+        Ok((marker_ms, usage)) => {
+            let usage = usage?;
+            let m = Measurement {
+                marker_ms,
+                rss_kib: usage.total_rss_kib,
+                guest_ram_rss_kib: usage.guest_rss_kib,
+                guest_mapping_kib: usage.guest_size_kib,
+                overhead_kib: usage.overhead_kib(),
+                maxrss_kib,
+            };
+            info!(?m, "measured");
+            Ok(m)
+        }
+        Err(()) => {
+            warn!("marker timeout");
+            Err(RunError::Timeout {
+                marker: cfg.marker.clone(),
+                timeout: cfg.timeout,
+                stderr: text_of(stderr),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(script: &str, timeout_ms: u64) -> RunConfig {
+        RunConfig {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            marker: "MARK-REACHED".into(),
+            // No mapping of sh is anywhere near 1 TiB.
+            guest_mem_mib: 1 << 20,
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    #[test]
+    fn scanner_finds_a_marker_split_across_chunks() {
+        let mut s = MarkerScanner::new("MARK-REACHED");
+        assert!(!s.feed(b"boot noise MARK-"));
+        assert!(s.feed(b"REACHED\n"));
+        let mut s = MarkerScanner::new("MARK");
+        assert!(!s.feed(b"MA"));
+        assert!(!s.feed(b"xRK"));
+        assert!(s.feed(b"..MARK"));
+    }
+
+    #[test]
+    fn marker_is_timed_and_the_process_is_killed() {
+        // sh has no guest-RAM-sized mapping: the smaps error is reported,
+        // after the process was killed and reaped.
+        let started = Instant::now();
+        let err =
+            run_once(&cfg("sleep 0.2; echo MARK-REACHED; exec sleep 30", 10_000)).unwrap_err();
+        assert!(
+            matches!(err, RunError::Smaps(SmapsError::NoGuestMapping { .. })),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn guest_mapping_rss_is_separated_from_overhead() {
+        // A stand-in "VMM": 8 MiB of private anonymous "guest RAM", 2 MiB of it touched.
+        let script = "import mmap, sys, time\n\
+                      m = mmap.mmap(-1, 8 << 20, flags=mmap.MAP_PRIVATE)\n\
+                      m.write(b'x' * (2 << 20))\n\
+                      print('MARK-REACHED', flush=True)\n\
+                      time.sleep(30)\n";
+        let c = RunConfig {
+            command: vec!["python3".into(), "-c".into(), script.into()],
+            marker: "MARK-REACHED".into(),
+            guest_mem_mib: 8,
+            timeout: Duration::from_secs(30),
+        };
+        let m = run_once(&c).unwrap();
+        assert!(m.marker_ms > 0.0 && m.marker_ms < 30_000.0, "{m:?}");
+        assert!((2048..=2048 + 64).contains(&m.guest_ram_rss_kib), "{m:?}");
+        assert_eq!(m.overhead_kib, m.rss_kib - m.guest_ram_rss_kib);
+        assert_eq!(m.guest_mapping_kib, 8 * 1024);
+        assert!(m.overhead_kib > 1024, "python itself is resident: {m:?}");
+        assert!(m.maxrss_kib >= m.rss_kib, "{m:?}");
+    }
+
+    #[test]
+    fn early_exit_is_reported_with_stderr() {
+        let err = run_once(&cfg("echo boom >&2; exit 3", 10_000)).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, RunError::ExitedEarly { .. }), "{text}");
+        assert!(
+            text.contains("boom") && text.contains("exit status: 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn timeout_is_reported() {
+        let err = run_once(&cfg("echo nothing; exec sleep 30", 300)).unwrap_err();
+        assert!(matches!(err, RunError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn missing_program_is_a_spawn_error() {
+        let mut c = cfg("", 100);
+        c.command = vec!["/nonexistent/vmm".into()];
+        assert!(matches!(run_once(&c), Err(RunError::Spawn { .. })));
+        c.command.clear();
+        assert!(matches!(run_once(&c), Err(RunError::EmptyCommand)));
+    }
+}

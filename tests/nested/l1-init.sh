@@ -1,0 +1,40 @@
+#!/bin/sh
+# /init of the nested-KVM harness's L1 VM (installed by tests/nested/l1.py).
+# Loads KVM, checks /dev/kvm, runs /scenario.sh, prints NESTED-L1-EXIT=<rc>, powers off.
+
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root TERM=dumb
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm /tmp /run
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o mode=0755 tmpfs /run
+echo "NESTED-L1-INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+while read -r ko; do
+	[ -n "$ko" ] || continue
+	insmod "$ko" || echo "NESTED-L1-WARNING: insmod $ko failed"
+done </etc/nested/modules
+
+finish() {
+	echo "NESTED-L1-EXIT=$1"
+	sync
+	poweroff -f
+}
+
+if [ ! -c /dev/kvm ]; then
+	echo "NESTED-L1-ERROR: /dev/kvm is missing after loading kvm_amd: the L1 CPU has no usable SVM."
+	echo "NESTED-L1-ERROR: boot L1 with '-cpu EPYC,+svm,+npt'. Kernel messages:"
+	dmesg | grep -i -E 'kvm|svm' | tail -n 20
+	finish 125
+fi
+
+ip link set lo up
+cd /tmp || finish 126
+echo "NESTED-L1-SCENARIO-START uptime=$(cut -d' ' -f1 /proc/uptime) cpus=$(nproc)"
+sh /scenario.sh </dev/null
+finish $?

@@ -1,0 +1,127 @@
+"""tests/nested: L1 image assembly and console/exit-code handling (no L1 boot here)."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from images.build import Images
+from images.elf import runtime_files
+from tests.nested import l1
+from tests.nested.run import _file_arg
+
+
+def _listing(archive: Path) -> list[str]:
+    data = archive.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return subprocess.run(["cpio", "-it", "--quiet"], input=data, capture_output=True,
+                          check=True).stdout.decode().split()
+
+
+def _spec(tmp_path: Path, script: str, timeout_s: float = 10.0) -> l1.L1Spec:
+    path = tmp_path / "s.sh"
+    path.write_text(script)
+    return l1.L1Spec(script=path, timeout_s=timeout_s, echo=io.StringIO(),
+                     log_path=tmp_path / "console.log")
+
+
+def test_exit_marker_gives_the_scenario_rc(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "")
+    cmd = ["sh", "-c", "echo NESTED-L1-INIT; echo NESTED-L1-SCENARIO-START; "
+           "printf 'x\\r\\nNESTED-L1-EXIT=7\\r\\n'"]
+    result = l1._boot(cmd, spec, spec.log_path or tmp_path / "x")
+    assert result.rc == 7 and result.marker_seen and not result.timed_out
+    assert result.failure == "the L1 scenario exited with 7"
+    assert "\r" not in result.output
+    assert result.init_s is not None and result.scenario_start_s is not None
+    log = (tmp_path / "console.log").read_text()
+    assert "NESTED-L1-EXIT=7" in log and "# L1 l1: rc=7" in log
+    assert spec.echo is not None and "NESTED-L1-EXIT=7" in spec.echo.getvalue()  # type: ignore[attr-defined]
+
+
+def test_timeout_kills_qemu_and_reports(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "", timeout_s=1.0)
+    result = l1._boot(["sh", "-c", "echo NESTED-L1-INIT; exec sleep 30"], spec, tmp_path / "c.log")
+    assert result.timed_out and result.rc == l1.NO_MARKER_RC
+    assert result.wall_s < 10
+    assert result.failure is not None and "timed out after 1 s" in result.failure
+
+
+def test_missing_marker_is_a_failure(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "")
+    result = l1._boot(["sh", "-c", "echo kernel panic; exit 1"], spec, tmp_path / "c.log")
+    assert result.rc == l1.NO_MARKER_RC and not result.timed_out
+    assert result.failure == "L1 never reached its /init (QEMU exit code 1)"
+    result = l1._boot(["sh", "-c", "echo NESTED-L1-INIT"], spec, tmp_path / "c.log")
+    assert result.failure == "L1 stopped without printing NESTED-L1-EXIT (QEMU exit code 0)"
+
+
+def test_overlay_has_programs_libraries_files_and_script(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    (data_dir / "sub").mkdir(parents=True)
+    (data_dir / "sub" / "f.txt").write_text("f")
+    spec = _spec(tmp_path, "echo hi\n")
+    spec.bins = [Path("/usr/sbin/ip")]
+    spec.files = [(data_dir, "/srv/data"), (spec.script, "/etc/copy.sh")]
+    out = tmp_path / "overlay.cpio"
+    l1.build_overlay(spec, out)
+    names = set(_listing(out))
+    assert {"scenario.sh", "usr/sbin/ip", "usr/local/bin/ip", "srv/data/sub/f.txt",
+            "etc/copy.sh"} <= names
+    for lib in runtime_files(Path("/usr/sbin/ip")):
+        assert lib.lstrip("/") in names
+
+
+def test_overlay_errors_name_the_problem(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "")
+    spec.files = [(tmp_path / "nope", "/x")]
+    with pytest.raises(l1.HarnessError, match="nope does not exist"):
+        l1.build_overlay(spec, tmp_path / "o.cpio")
+    spec.files = [(spec.script, "relative")]
+    with pytest.raises(l1.HarnessError, match="absolute path"):
+        l1.build_overlay(spec, tmp_path / "o.cpio")
+    spec.files = []
+    spec.bins = [tmp_path / "missing-bin"]
+    with pytest.raises(l1.HarnessError, match="no such file"):
+        l1.build_overlay(spec, tmp_path / "o.cpio")
+    spec.bins = []
+    spec.script = tmp_path / "missing.sh"
+    with pytest.raises(l1.HarnessError, match="does not exist"):
+        l1.build_overlay(spec, tmp_path / "o.cpio")
+
+
+def test_base_image_has_kvm_modules_in_order(images: Images, tmp_path: Path) -> None:
+    base = l1.prepare_base(images, cache_dir=tmp_path)
+    names = _listing(base.initrd)
+    assert "init" in names and "bin/busybox" in names and "dev/console" in names
+    order = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", "etc/nested/modules"],
+                           input=gzip.decompress(base.initrd.read_bytes()),
+                           capture_output=True, check=True).stdout.decode().split()
+    stems = [Path(p).stem.replace("-", "_") for p in order]
+    assert stems.index("irqbypass") < stems.index("kvm") < stems.index("kvm_amd")
+    assert "tun" in stems
+    assert stems.index("llc") < stems.index("stp") < stems.index("bridge")
+    mtime = base.initrd.stat().st_mtime_ns
+    assert l1.prepare_base(images, cache_dir=tmp_path).initrd.stat().st_mtime_ns == mtime
+
+
+def test_qemu_command_uses_svm_and_npt(images: Images, tmp_path: Path) -> None:
+    base = l1.L1Base(images.vmlinuz, tmp_path / "i", images.kernel_version)
+    cmd = l1.qemu_command(base, tmp_path / "i", 2048, 2)
+    assert cmd[cmd.index("-cpu") + 1] == "EPYC,+svm,+npt"
+    assert cmd[cmd.index("-accel") + 1] == "tcg"
+    assert cmd[cmd.index("-m") + 1] == "2048" and cmd[cmd.index("-smp") + 1] == "2"
+    assert "-no-reboot" in cmd and "console=ttyS0" in cmd[cmd.index("-append") + 1]
+
+
+def test_file_argument_parsing() -> None:
+    assert _file_arg("a/b:/c/d") == (Path("a/b"), "/c/d")
+    for bad in ("nocolon", "a:relative", ":/x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _file_arg(bad)
