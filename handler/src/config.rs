@@ -1,0 +1,186 @@
+//! Settings of the node agent (`ironvisor-handler serve` flags) and the file layout they
+//! imply.
+//!
+//! ```text
+//! <data-dir>/state.redb                       the database (see store)
+//! <data-dir>/vms/<ns>/<name>/launcher.json    the launcher configuration of the last start
+//! <data-dir>/vms/<ns>/<name>/launcher.log     the launcher's output (current or last run)
+//! <data-dir>/vms/<ns>/<name>/disks/           overlays, emptyDisks, cloud-init seeds
+//! <data-dir>/net/                             CNI IPAM leases and per-VM network state
+//! <data-dir>/volumes/<claim>.img              standalone PersistentVolumeClaims
+//! <run-dir>/vmi/<uid>/                        per-instance sockets, pid and status files
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::backend::BackendMode;
+use crate::records::VmKey;
+
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/ironvisor";
+/// Default API socket.
+pub const DEFAULT_SOCKET: &str = "/run/ironvisor/handler.sock";
+/// Default runtime directory.
+pub const DEFAULT_RUN_DIR: &str = "/run/ironvisor";
+/// Name of the KVM launcher binary.
+pub const LAUNCHER_BINARY: &str = "ironvisor-launcher";
+/// Name of the software-emulation launcher binary.
+pub const LAUNCHER_QEMU_BINARY: &str = "ironvisor-launcher-qemu";
+
+/// Restart back-off after failures (KubeVirt-like: exponential, capped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    /// Delay before the second restart in a row; doubled for each further failure (the
+    /// first failure restarts at once).
+    pub base: Duration,
+    /// Longest delay.
+    pub max: Duration,
+    /// A run this long resets the failure count.
+    pub stable_after: Duration,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+            stable_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl BackoffPolicy {
+    /// The delay before restarting after `failures` failures in a row.
+    pub fn delay(&self, failures: u32) -> Duration {
+        if failures <= 1 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32.checked_shl(failures - 2).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Everything the daemon needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Durable state and per-VM files.
+    pub data_dir: PathBuf,
+    /// The API socket.
+    pub socket: PathBuf,
+    /// Runtime directory (sockets of the launchers).
+    pub run_dir: PathBuf,
+    /// Base images (disks) and kernel images (directories).
+    pub images_dir: PathBuf,
+    /// The KVM launcher.
+    pub launcher: PathBuf,
+    /// The software-emulation launcher.
+    pub launcher_qemu: PathBuf,
+    /// Kernel for VMs without `kernelBoot`.
+    pub default_kernel: Option<PathBuf>,
+    /// Initrd for VMs without `kernelBoot`.
+    pub default_initrd: Option<PathBuf>,
+    /// This node's name (VMI `nodeName`).
+    pub node_name: String,
+    /// Backend choice.
+    pub backend: BackendMode,
+    /// Parent of the VM cgroups (see [`crate::cgroup`]).
+    pub cgroup_parent: String,
+    /// Restart back-off.
+    pub backoff: BackoffPolicy,
+    /// The executable that runs the monitor subcommand (this binary).
+    pub monitor_exe: PathBuf,
+    /// How often the reconcile loop runs without a trigger.
+    pub resync: Duration,
+    /// Node bridge of the pod network (created by the CNI bridge plugin).
+    pub bridge: String,
+    /// Pod subnet (CIDR) handed out by host-local IPAM.
+    pub pod_subnet: String,
+    /// Where the CNI plugins are installed.
+    pub cni_bin_dir: PathBuf,
+    /// Writes are refused when the data directory has less free space (see
+    /// [`crate::store::DEFAULT_MIN_FREE_BYTES`]).
+    pub store_min_free_bytes: u64,
+}
+
+impl DaemonConfig {
+    /// The VM's own directory.
+    pub fn vm_dir(&self, key: &VmKey) -> PathBuf {
+        self.data_dir
+            .join("vms")
+            .join(&key.namespace)
+            .join(&key.name)
+    }
+
+    /// The per-instance runtime directory.
+    pub fn vmi_run_dir(&self, uid: &str) -> PathBuf {
+        self.run_dir.join("vmi").join(uid)
+    }
+
+    /// Network state directory.
+    pub fn net_state_dir(&self) -> PathBuf {
+        self.data_dir.join("net")
+    }
+
+    /// The node network settings for `ironvisor-net`.
+    pub fn network(&self) -> ironvisor_net::NetworkConfig {
+        ironvisor_net::NetworkConfig {
+            bridge: self.bridge.clone(),
+            subnet: self.pod_subnet.clone(),
+            cni_bin_dir: self.cni_bin_dir.clone(),
+            state_dir: self.net_state_dir(),
+        }
+    }
+
+    /// Standalone PVC images.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.data_dir.join("volumes")
+    }
+
+    /// The launcher program for a backend.
+    pub fn launcher_for(&self, backend: crate::records::BackendKind) -> &Path {
+        match backend {
+            crate::records::BackendKind::Kvm => &self.launcher,
+            crate::records::BackendKind::QemuTcg => &self.launcher_qemu,
+        }
+    }
+}
+
+/// `name` next to the running executable (how launcher binaries are found by default).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The machine's host name (the default node name).
+pub fn hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|name| name.trim().to_string())
+        .find(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_immediate_then_exponential_and_capped() {
+        let policy = BackoffPolicy {
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+            stable_after: Duration::from_secs(60),
+        };
+        assert_eq!(policy.delay(0), Duration::ZERO);
+        assert_eq!(policy.delay(1), Duration::ZERO);
+        assert_eq!(policy.delay(2), Duration::from_secs(10));
+        assert_eq!(policy.delay(3), Duration::from_secs(20));
+        assert_eq!(policy.delay(5), Duration::from_secs(80));
+        assert_eq!(policy.delay(7), Duration::from_secs(300));
+        assert_eq!(policy.delay(100), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,31 @@
+//! Ironvisor node agent, standalone mode (`ironvisor-handler serve`).
+//!
+//! One daemon per machine keeps `VirtualMachine`s in an embedded database, runs one
+//! launcher process per running VM instance and serves the local gRPC API that `virtctl`
+//! talks to. Modules, one job each:
+//!
+//! - [`store`]: durable state (redb), one transaction per change; [`records`]: what it holds.
+//! - [`service`]: the `ironvisor.handler.v1.Handler` gRPC service on a root-only socket.
+//! - [`runtime`]: the reconcile loop: run strategies, starting and stopping instances,
+//!   VM/VMI status and events; [`strategy`] (the decision) and [`status`] are its pure parts.
+//! - [`launcher_proc`]: one launcher per instance, through the [`monitor`] subcommand, in
+//!   the VM's [`cgroup`] and network namespace; re-adoption after a daemon restart.
+//! - [`backend`]: hardware KVM or software emulation, and hardware-isolation refusal.
+//! - [`translate`]: VM spec → the launcher's `LaunchConfig`, kernel images.
+//! - [`daemon`]: wiring and the `serve` command; [`config`]: its settings.
+
+pub mod backend;
+pub mod cgroup;
+pub mod config;
+pub mod daemon;
+pub mod files;
+pub mod launcher_proc;
+pub mod monitor;
+pub mod procfs;
+pub mod records;
+pub mod runtime;
+pub mod service;
+pub mod status;
+pub mod store;
+pub mod strategy;
+pub mod translate;

@@ -1,0 +1,217 @@
+//! `ironvisor-handler`: the Ironvisor node agent (standalone mode).
+//!
+//! - `serve`: the daemon (store, reconcile loop, API socket).
+//! - `monitor` (hidden): the per-instance launcher monitor the daemon starts.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ironvisor_handler::backend::{BackendMode, BACKEND_ENV};
+use ironvisor_handler::cgroup::DEFAULT_CGROUP_PARENT;
+use ironvisor_handler::config::{
+    hostname, sibling_binary, BackoffPolicy, DaemonConfig, DEFAULT_DATA_DIR, DEFAULT_RUN_DIR,
+    DEFAULT_SOCKET, LAUNCHER_BINARY, LAUNCHER_QEMU_BINARY,
+};
+use ironvisor_handler::monitor::{self, MonitorArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "ironvisor-handler",
+    version,
+    about = "Ironvisor node agent: runs VirtualMachines on this machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent daemon.
+    Serve(Box<ServeArgs>),
+    /// Supervise one launcher (started by the daemon; not for interactive use).
+    #[command(hide = true)]
+    Monitor(MonitorCli),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Durable state and per-VM files.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// The API socket (mode 0600).
+    #[arg(long, value_name = "PATH", env = "IRONVISOR_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Base disk images (files) and kernel images (directories) [default: <data-dir>/images].
+    #[arg(long, value_name = "DIR")]
+    images_dir: Option<PathBuf>,
+    /// Runtime directory for launcher sockets.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// The KVM launcher [default: ironvisor-launcher next to this binary].
+    #[arg(long, value_name = "PATH")]
+    launcher: Option<PathBuf>,
+    /// The software-emulation launcher [default: ironvisor-launcher-qemu next to this binary].
+    #[arg(long, value_name = "PATH")]
+    launcher_qemu: Option<PathBuf>,
+    /// Kernel for VMs without firmware.kernelBoot.
+    #[arg(long, value_name = "PATH")]
+    default_kernel: Option<PathBuf>,
+    /// Initrd for VMs without firmware.kernelBoot.
+    #[arg(long, value_name = "PATH", requires = "default_kernel")]
+    default_initrd: Option<PathBuf>,
+    /// This node's name [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// Which launcher runs VMs: auto (hardware KVM if usable, else emulation), kvm, qemu-tcg.
+    #[arg(long, env = BACKEND_ENV, default_value = "auto")]
+    backend: BackendMode,
+    /// Node bridge of the pod network.
+    #[arg(long, value_name = "NAME", default_value = ironvisor_net::DEFAULT_BRIDGE)]
+    bridge: String,
+    /// Pod subnet handed out to VMs (CIDR).
+    #[arg(long, value_name = "CIDR", default_value = ironvisor_net::DEFAULT_SUBNET)]
+    pod_subnet: String,
+    /// Where the CNI plugins (bridge, host-local) are installed.
+    #[arg(long, value_name = "DIR", default_value = ironvisor_net::DEFAULT_CNI_BIN_DIR)]
+    cni_bin_dir: PathBuf,
+    /// Parent of the VM cgroups: absolute from each hierarchy's root, or relative to this
+    /// daemon's own cgroup.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CGROUP_PARENT)]
+    cgroup_parent: String,
+    /// Restart back-off base delay in milliseconds.
+    #[arg(long, hide = true, default_value_t = 10_000)]
+    restart_backoff_base_ms: u64,
+    /// Longest restart back-off in milliseconds.
+    #[arg(long, hide = true, default_value_t = 300_000)]
+    restart_backoff_max_ms: u64,
+    /// A run this long (seconds) resets the failure count.
+    #[arg(long, hide = true, default_value_t = 60)]
+    stable_run_secs: u64,
+    /// Period of the reconcile loop in milliseconds.
+    #[arg(long, hide = true, default_value_t = 1000)]
+    resync_ms: u64,
+    /// Refuse changes when the data directory has less free space than this.
+    #[arg(long, hide = true, default_value_t = ironvisor_handler::store::DEFAULT_MIN_FREE_BYTES)]
+    store_min_free_bytes: u64,
+}
+
+#[derive(Args)]
+struct MonitorCli {
+    /// Where to write how the launcher ended.
+    #[arg(long)]
+    status_file: PathBuf,
+    /// Where to write the launcher's pid.
+    #[arg(long)]
+    pid_file: PathBuf,
+    /// The launcher's output.
+    #[arg(long)]
+    log_file: PathBuf,
+    /// Network namespace to run the launcher in.
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// cgroup to join (repeat for each hierarchy).
+    #[arg(long = "cgroup")]
+    cgroups: Vec<PathBuf>,
+    /// The launcher command line.
+    #[arg(last = true, required = true)]
+    argv: Vec<OsString>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(*args),
+        Command::Monitor(args) => run_monitor(args),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IRONVISOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_tracing();
+    let monitor_exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(error) => {
+            eprintln!("ironvisor-handler: cannot find its own executable: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let images_dir = args
+        .images_dir
+        .unwrap_or_else(|| args.data_dir.join("images"));
+    let config = DaemonConfig {
+        images_dir,
+        socket: args.socket,
+        run_dir: args.run_dir,
+        launcher: args
+            .launcher
+            .unwrap_or_else(|| sibling_binary(LAUNCHER_BINARY)),
+        launcher_qemu: args
+            .launcher_qemu
+            .unwrap_or_else(|| sibling_binary(LAUNCHER_QEMU_BINARY)),
+        default_kernel: args.default_kernel,
+        default_initrd: args.default_initrd,
+        node_name: args.node_name.unwrap_or_else(hostname),
+        backend: args.backend,
+        cgroup_parent: args.cgroup_parent,
+        bridge: args.bridge,
+        pod_subnet: args.pod_subnet,
+        cni_bin_dir: args.cni_bin_dir,
+        backoff: BackoffPolicy {
+            base: Duration::from_millis(args.restart_backoff_base_ms),
+            max: Duration::from_millis(args.restart_backoff_max_ms),
+            stable_after: Duration::from_secs(args.stable_run_secs),
+        },
+        monitor_exe,
+        resync: Duration::from_millis(args.resync_ms.max(50)),
+        store_min_free_bytes: args.store_min_free_bytes,
+        data_dir: args.data_dir,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ironvisor-handler: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ironvisor_handler::daemon::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ironvisor-handler: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_monitor(args: MonitorCli) -> ExitCode {
+    let args = MonitorArgs {
+        status_file: args.status_file,
+        pid_file: args.pid_file,
+        log_file: args.log_file,
+        netns: args.netns,
+        cgroups: args.cgroups,
+        argv: args.argv,
+    };
+    match monitor::run(&args) {
+        Ok(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),
+        Err(error) => {
+            eprintln!("ironvisor-handler {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

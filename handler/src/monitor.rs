@@ -1,0 +1,254 @@
+//! The launcher monitor: `ironvisor-handler monitor --status-file F -- <launcher argv>`,
+//! a hidden subcommand of the node agent's own binary.
+//!
+//! The node agent starts one monitor per VM instance. The monitor
+//!
+//! 1. becomes a session leader (`setsid`), so the launcher keeps running when the agent
+//!    dies or is restarted, and no terminal signal reaches it;
+//! 2. moves itself into the VM's cgroups, so everything it starts belongs to the VM;
+//! 3. joins the VM's network namespace (`setns`), where the launcher opens its tap;
+//! 4. starts the launcher with stdin on `/dev/null` and stdout/stderr appended to the log
+//!    file, and writes its pid and start time to the pid file;
+//! 5. forwards SIGTERM and SIGINT to the launcher (a graceful stop);
+//! 6. when the launcher ends, writes `{"code":N}` or `{"signal":N}` atomically to the
+//!    status file, and exits with the same code (128 + N for a signal).
+//!
+//! The monitor runs no async runtime and creates no threads: it waits with `sigwait`, so
+//! it cannot miss the launcher's exit.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::Pid;
+
+use crate::cgroup;
+use crate::files::{write_atomic, FileError};
+use crate::procfs;
+use crate::records::{ExitOutcome, ProcessIdentity};
+
+/// What the monitor needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorArgs {
+    /// Where to write how the launcher ended.
+    pub status_file: PathBuf,
+    /// Where to write the launcher's pid and start time.
+    pub pid_file: PathBuf,
+    /// The launcher's stdout/stderr (appended).
+    pub log_file: PathBuf,
+    /// The network namespace to run the launcher in.
+    pub netns: Option<PathBuf>,
+    /// The cgroups to join.
+    pub cgroups: Vec<PathBuf>,
+    /// The launcher's command line.
+    pub argv: Vec<OsString>,
+}
+
+/// Why the monitor could not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// No launcher command was given.
+    #[error("monitor: no launcher command given after --")]
+    NoCommand,
+    /// The log file could not be opened.
+    #[error("monitor: cannot open log file {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The launcher could not be started.
+    #[error("monitor: cannot start launcher {program}: {source}")]
+    Spawn {
+        /// The launcher program.
+        program: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Joining the cgroups failed.
+    #[error("monitor: {0}")]
+    Cgroup(#[from] cgroup::CgroupError),
+    /// The network namespace could not be entered.
+    #[error("monitor: cannot enter network namespace {path}: {reason}")]
+    Netns {
+        /// The namespace path.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// Signal handling could not be set up.
+    #[error("monitor: cannot {action}: {source}")]
+    Signals {
+        /// What was attempted.
+        action: &'static str,
+        /// The OS error.
+        #[source]
+        source: nix::Error,
+    },
+    /// Waiting for the launcher failed.
+    #[error("monitor: waiting for launcher pid {pid}: {source}")]
+    Wait {
+        /// The launcher's pid.
+        pid: u32,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The status or pid file could not be written.
+    #[error("monitor: {0}")]
+    File(#[from] FileError),
+}
+
+/// Runs the monitor; returns its exit code. Errors before the launcher was started are
+/// also recorded in the log and as `{"code":1}` in the status file, so the node agent
+/// sees a launcher error rather than a vanished launcher.
+pub fn run(args: &MonitorArgs) -> Result<i32, MonitorError> {
+    // Already a session leader when the agent made us one; anything else is fine too.
+    let _ = nix::unistd::setsid();
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.log_file)
+        .map_err(|source| MonitorError::Log {
+            path: args.log_file.clone(),
+            source,
+        })?;
+    match prepare_and_spawn(args, &log) {
+        Ok(child) => supervise(args, child),
+        Err(error) => {
+            let _ = writeln!(log, "ironvisor-handler {error}");
+            write_outcome(args, ExitOutcome::Code(1))?;
+            Err(error)
+        }
+    }
+}
+
+fn prepare_and_spawn(args: &MonitorArgs, log: &File) -> Result<Child, MonitorError> {
+    let program = args.argv.first().ok_or(MonitorError::NoCommand)?;
+    cgroup::join(&args.cgroups, std::process::id())?;
+    if let Some(path) = &args.netns {
+        let fd = File::open(path).map_err(|e| MonitorError::Netns {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| MonitorError::Netns {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    // Blocked before the launcher exists so no SIGCHLD or SIGTERM is lost; the child
+    // starts with an empty signal mask (the standard library resets it).
+    forwarded_signals()
+        .thread_block()
+        .map_err(|source| MonitorError::Signals {
+            action: "block signals",
+            source,
+        })?;
+    let stdout = log.try_clone().map_err(|source| MonitorError::Log {
+        path: args.log_file.clone(),
+        source,
+    })?;
+    let stderr = log.try_clone().map_err(|source| MonitorError::Log {
+        path: args.log_file.clone(),
+        source,
+    })?;
+    Command::new(program)
+        .args(&args.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .map_err(|source| MonitorError::Spawn {
+            program: PathBuf::from(program),
+            source,
+        })
+}
+
+fn forwarded_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+fn supervise(args: &MonitorArgs, mut child: Child) -> Result<i32, MonitorError> {
+    let pid = child.id();
+    if let Ok(Some(identity)) = procfs::identify(pid as i32) {
+        write_pid_file(args, &identity)?;
+    }
+    let signals = forwarded_signals();
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|source| MonitorError::Wait { pid, source })?
+        {
+            break status;
+        }
+        let signal = signals.wait().map_err(|source| MonitorError::Signals {
+            action: "wait for signals",
+            source,
+        })?;
+        if matches!(signal, Signal::SIGTERM | Signal::SIGINT) {
+            // Graceful stop: the launcher asks the guest to shut down.
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    };
+    let outcome = match (status.code(), status.signal()) {
+        (Some(code), _) => ExitOutcome::Code(code),
+        (None, Some(signal)) => ExitOutcome::Signal(signal),
+        (None, None) => ExitOutcome::Vanished,
+    };
+    write_outcome(args, outcome)?;
+    Ok(match outcome {
+        ExitOutcome::Code(code) => code,
+        ExitOutcome::Signal(signal) => 128 + signal,
+        ExitOutcome::Vanished | ExitOutcome::NotStarted => 1,
+    })
+}
+
+fn write_pid_file(args: &MonitorArgs, identity: &ProcessIdentity) -> Result<(), MonitorError> {
+    let json = serde_json::to_vec(identity).unwrap_or_default();
+    write_atomic(&args.pid_file, &json)?;
+    Ok(())
+}
+
+fn write_outcome(args: &MonitorArgs, outcome: ExitOutcome) -> Result<(), MonitorError> {
+    // `{"code":N}` / `{"signal":N}`: the externally tagged form of ExitOutcome.
+    let json = serde_json::to_vec(&outcome).unwrap_or_default();
+    write_atomic(&args.status_file, &json)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_json_is_the_documented_status_file_format() {
+        assert_eq!(
+            serde_json::to_string(&ExitOutcome::Code(4)).unwrap(),
+            r#"{"code":4}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ExitOutcome::Signal(9)).unwrap(),
+            r#"{"signal":9}"#
+        );
+        let back: ExitOutcome = serde_json::from_str(r#"{"signal":15}"#).unwrap();
+        assert_eq!(back, ExitOutcome::Signal(15));
+    }
+}

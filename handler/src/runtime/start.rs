@@ -1,0 +1,742 @@
+//! Starting an instance: pick the backend, create the VMI, prepare kernel, disks and
+//! network, write the launch configuration and start the launcher. Whatever fails undoes
+//! what was done, and the instance ends as Failed with a reason the VM status shows.
+
+use std::path::PathBuf;
+
+use ironvisor_crds::quantity;
+use ironvisor_crds::v1alpha1::{
+    IsolationMode, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceNetworkInterface,
+    VirtualMachineInstancePhase, VirtualMachineInstanceSpec, Volume,
+};
+use ironvisor_disks::{
+    DiskContext, DiskError, ImageStoreError, PreparedDisk, VolumeRequest, VolumeSource,
+};
+use ironvisor_launcher_api::config::{DiskConfig, NetConfig};
+use ironvisor_net::{Binding, VmNetwork, VmNetworkRequest};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use tracing::{info, warn};
+
+use super::{event, new_uid, now_unix_ms, pending_status, Runtime, RuntimeContext, RuntimeError};
+use crate::launcher_proc::{self, InstancePaths, SpawnRequest};
+use crate::records::{
+    BackendKind, EventType, ExitOutcome, LastExit, LauncherPhase, LauncherRecord, ProcessIdentity,
+    VmKey,
+};
+use crate::status::{
+    set_vmi_conditions, set_vmi_phase, time, INSUFFICIENT_MEMORY_REASON, UNSCHEDULABLE_REASON,
+};
+use crate::store::{StoreError, VmSnapshot};
+use crate::strategy::StartReason;
+use crate::translate::{self, LaunchPlan};
+
+/// A start that failed before the launcher ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    /// CamelCase reason ("ImageNotFound", "NetworkSetupFailed", ...).
+    pub reason: &'static str,
+    /// What went wrong, naming the VM.
+    pub message: String,
+}
+
+/// What a successful start produced.
+#[derive(Debug, Clone)]
+struct Started {
+    monitor: ProcessIdentity,
+    network: Option<VmNetwork>,
+    ephemeral_files: Vec<PathBuf>,
+}
+
+impl Runtime {
+    /// Starts a new instance of the VM (replacing a final one).
+    pub(super) async fn start_instance(
+        &self,
+        key: &VmKey,
+        snap: &VmSnapshot,
+        reason: StartReason,
+        consume_requests: usize,
+    ) -> Result<(), RuntimeError> {
+        let spec = snap.record.vm.spec.template.spec.clone();
+        if let Some(message) = memory_problem(key, &spec, &self.ctx.config.node_name) {
+            return self
+                .mark_unschedulable(key, INSUFFICIENT_MEMORY_REASON, message)
+                .await;
+        }
+        let selection = match self.ctx.backend.select(spec.hardware_isolation()) {
+            Ok(selection) => selection,
+            Err(unschedulable) => {
+                return self
+                    .mark_unschedulable(key, UNSCHEDULABLE_REASON, unschedulable.to_string())
+                    .await;
+            }
+        };
+        let now = now_unix_ms();
+        let uid = new_uid();
+        let paths = InstancePaths::new(&self.ctx.config, key, &uid);
+        let cgroups = self.ctx.cgroups.paths_for(key);
+        let vmi = new_vmi(&snap.record.vm, key, &uid, now);
+        let record = LauncherRecord {
+            vmi_uid: uid.clone(),
+            phase: LauncherPhase::Preparing,
+            monitor: None,
+            launcher: None,
+            run_dir: paths.run_dir.clone(),
+            api_socket: paths.api_socket.clone(),
+            console_socket: paths.console_socket.clone(),
+            status_file: paths.status_file.clone(),
+            pid_file: paths.pid_file.clone(),
+            log_file: paths.log_file.clone(),
+            backend: selection.kind,
+            cgroups: cgroups.clone(),
+            network: None,
+            ephemeral_files: Vec::new(),
+            started_unix_ms: now,
+            running_since_unix_ms: None,
+            stop: None,
+        };
+        let strategy = super::run_strategy(snap);
+        let emulation = selection.emulation_reason.clone();
+        let created = {
+            let key = key.clone();
+            let uid = uid.clone();
+            let record = record.clone();
+            self.ctx
+                .store
+                .call(move |store| {
+                    store.transact(|t| -> Result<bool, StoreError> {
+                        let Some(mut rec) = t.vm(&key)? else {
+                            return Ok(false);
+                        };
+                        if rec.runtime.deleting || t.launcher(&key)?.is_some() {
+                            return Ok(false);
+                        }
+                        let rt = &mut rec.runtime;
+                        let consume = consume_requests.min(rt.requests.len());
+                        rt.requests.drain(..consume);
+                        rt.observed_run_strategy = Some(strategy);
+                        t.put_vm(&key, &rec)?;
+                        t.put_vmi(&key, &vmi)?;
+                        t.put_launcher(&key, &record)?;
+                        t.push_event(
+                            &key,
+                            event(
+                                EventType::Normal,
+                                "SuccessfulCreate",
+                                format!(
+                                    "Created VirtualMachineInstance {uid} ({})",
+                                    describe(reason)
+                                ),
+                            ),
+                        )?;
+                        if let Some(why) = &emulation {
+                            t.push_event(
+                                &key,
+                                event(
+                                    EventType::Warning,
+                                    "SoftwareEmulation",
+                                    format!(
+                                        "no hardware-assisted KVM on this node, the VM runs \
+                                         under software emulation (QEMU TCG): {why}"
+                                    ),
+                                ),
+                            )?;
+                        }
+                        Ok(true)
+                    })
+                })
+                .await?
+        };
+        if !created {
+            return Ok(());
+        }
+        if let Some(why) = &selection.emulation_reason {
+            warn!(vm = %key, reason = %why, "running under software emulation");
+        }
+
+        let backend = selection.kind;
+        let job = StartJob {
+            key: key.clone(),
+            spec: spec.clone(),
+            uid: uid.clone(),
+            paths,
+            backend,
+            cgroups,
+        };
+        let outcome = self
+            .blocking(key, move |ctx| prepare_and_spawn(ctx, &job))
+            .await?;
+        match outcome {
+            Ok(started) => self.record_started(key, &uid, backend, started).await,
+            Err(failure) => self.record_start_failure(key, &uid, failure).await,
+        }
+    }
+
+    async fn mark_unschedulable(
+        &self,
+        key: &VmKey,
+        reason: &'static str,
+        message: String,
+    ) -> Result<(), RuntimeError> {
+        let key = key.clone();
+        self.ctx
+            .store
+            .call(move |store| {
+                store.transact(|t| -> Result<(), StoreError> {
+                    let Some(mut rec) = t.vm(&key)? else {
+                        return Ok(());
+                    };
+                    let wanted = Some((reason.to_string(), message.clone()));
+                    if rec.runtime.start_error == wanted {
+                        return Ok(());
+                    }
+                    rec.runtime.start_error = wanted;
+                    t.put_vm(&key, &rec)?;
+                    warn!(vm = %key, reason, %message, "not started: unschedulable");
+                    t.push_event(&key, event(EventType::Warning, reason, message.clone()))
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn record_started(
+        &self,
+        key: &VmKey,
+        uid: &str,
+        backend: BackendKind,
+        started: Started,
+    ) -> Result<(), RuntimeError> {
+        let key = key.clone();
+        let uid = uid.to_string();
+        let node = self.ctx.config.node_name.clone();
+        let network_json = started
+            .network
+            .as_ref()
+            .and_then(|n| serde_json::to_value(n).ok());
+        let interfaces: Vec<VirtualMachineInstanceNetworkInterface> = started
+            .network
+            .iter()
+            .map(|n| VirtualMachineInstanceNetworkInterface {
+                name: Some(n.interface.clone()),
+                ip_address: Some(n.reported_ip().to_string()),
+                ip_addresses: vec![n.reported_ip().to_string()],
+                mac: Some(n.mac_string()),
+                interface_name: Some("eth0".into()),
+            })
+            .collect();
+        let monitor_pid = started.monitor.pid;
+        self.ctx
+            .store
+            .call(move |store| {
+                store.transact(|t| -> Result<(), StoreError> {
+                    let now = now_unix_ms();
+                    if let Some(mut l) = t.launcher(&key)? {
+                        if l.vmi_uid == uid {
+                            l.phase = LauncherPhase::Spawned;
+                            l.monitor = Some(started.monitor);
+                            l.network = network_json.clone();
+                            l.ephemeral_files = started.ephemeral_files.clone();
+                            t.put_launcher(&key, &l)?;
+                        }
+                    }
+                    if let Some(mut vmi) = t.vmi(&key)? {
+                        set_vmi_phase(&mut vmi, VirtualMachineInstancePhase::Scheduled, None, now);
+                        set_vmi_conditions(
+                            &mut vmi,
+                            false,
+                            Some(("GuestNotRunning", "the launcher is starting".into())),
+                            false,
+                            now,
+                        );
+                        let status = vmi.status.get_or_insert_with(Default::default);
+                        status.node_name = Some(node.clone());
+                        status.interfaces = interfaces.clone();
+                        status.isolation = Some(match backend {
+                            BackendKind::Kvm => IsolationMode::Hardware,
+                            BackendKind::QemuTcg => IsolationMode::Emulation,
+                        });
+                        t.put_vmi(&key, &vmi)?;
+                    }
+                    if let Some(mut rec) = t.vm(&key)? {
+                        rec.runtime.start_error = None;
+                        t.put_vm(&key, &rec)?;
+                    }
+                    t.push_event(
+                        &key,
+                        event(
+                            EventType::Normal,
+                            "Scheduled",
+                            format!(
+                                "VirtualMachineInstance {uid} placed on node {node}: launcher \
+                                 {} started (monitor pid {monitor_pid})",
+                                backend.as_str()
+                            ),
+                        ),
+                    )
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn record_start_failure(
+        &self,
+        key: &VmKey,
+        uid: &str,
+        failure: StartFailure,
+    ) -> Result<(), RuntimeError> {
+        warn!(vm = %key, reason = failure.reason, message = %failure.message, "instance could not be started");
+        let key = key.clone();
+        let uid = uid.to_string();
+        let backoff = self.ctx.config.backoff;
+        self.ctx
+            .store
+            .call(move |store| {
+                store.transact(|t| -> Result<(), StoreError> {
+                    let now = now_unix_ms();
+                    t.delete_launcher(&key)?;
+                    if let Some(mut vmi) = t.vmi(&key)? {
+                        set_vmi_phase(
+                            &mut vmi,
+                            VirtualMachineInstancePhase::Failed,
+                            Some(failure.reason),
+                            now,
+                        );
+                        set_vmi_conditions(
+                            &mut vmi,
+                            false,
+                            Some((failure.reason, failure.message.clone())),
+                            false,
+                            now,
+                        );
+                        t.put_vmi(&key, &vmi)?;
+                    }
+                    if let Some(mut rec) = t.vm(&key)? {
+                        let rt = &mut rec.runtime;
+                        rt.start_error =
+                            Some((failure.reason.to_string(), failure.message.clone()));
+                        rt.last_exit = Some(LastExit {
+                            vmi_uid: uid.clone(),
+                            outcome: ExitOutcome::NotStarted,
+                            requested: false,
+                            at_unix_ms: now,
+                        });
+                        rt.consecutive_failures = rt.consecutive_failures.saturating_add(1);
+                        let delay = backoff.delay(rt.consecutive_failures);
+                        rt.retry_after_unix_ms = (!delay.is_zero()).then(|| {
+                            now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
+                        });
+                        t.put_vm(&key, &rec)?;
+                    }
+                    t.push_event(
+                        &key,
+                        event(EventType::Warning, "FailedCreate", failure.message.clone()),
+                    )
+                })
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Why the node can never give the VM its memory, if it cannot: the guest memory is
+/// more than the node's total memory (the launcher checks what is available at start).
+fn memory_problem(key: &VmKey, spec: &VirtualMachineInstanceSpec, node: &str) -> Option<String> {
+    let guest = spec.domain.memory.as_ref()?;
+    let bytes = quantity::to_bytes(&guest.guest).ok()?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let total = total_kib.saturating_mul(1024);
+    (bytes > total).then(|| {
+        format!(
+            "VM {key} requests {} of guest memory but node {node} has only {} MiB in total",
+            guest.guest.0,
+            total / (1024 * 1024)
+        )
+    })
+}
+
+fn describe(reason: StartReason) -> &'static str {
+    match reason {
+        StartReason::Requested => "start requested",
+        StartReason::StrategyChanged => "run strategy starts the VM",
+        StartReason::AlwaysRunning => "runStrategy Always",
+        StartReason::RestartAfterFailure => "restart after a failure",
+        StartReason::Reboot => "the guest rebooted",
+    }
+}
+
+/// The instance object of a VM: its template, owned by the VM, in phase Pending.
+fn new_vmi(vm: &VirtualMachine, key: &VmKey, uid: &str, now: i64) -> VirtualMachineInstance {
+    let template_meta = vm.spec.template.metadata.clone().unwrap_or_default();
+    let owner = OwnerReference {
+        api_version: ironvisor_crds::v1alpha1::API_VERSION.to_string(),
+        kind: ironvisor_crds::v1alpha1::VIRTUAL_MACHINE_KIND.to_string(),
+        name: key.name.clone(),
+        uid: vm.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let mut vmi = VirtualMachineInstance::new(&key.name, vm.spec.template.spec.clone());
+    vmi.metadata = ObjectMeta {
+        name: Some(key.name.clone()),
+        namespace: Some(key.namespace.clone()),
+        uid: Some(uid.to_string()),
+        generation: Some(1),
+        creation_timestamp: Some(time(now)),
+        labels: (!template_meta.labels.is_empty()).then_some(template_meta.labels),
+        annotations: (!template_meta.annotations.is_empty()).then_some(template_meta.annotations),
+        owner_references: Some(vec![owner]),
+        ..ObjectMeta::default()
+    };
+    vmi.status = Some(pending_status(now));
+    vmi
+}
+
+/// What was set up so far, to undo on failure.
+#[derive(Default)]
+struct Rollback {
+    run_dir: Option<PathBuf>,
+    cgroups: Vec<PathBuf>,
+    network: bool,
+    ephemeral_files: Vec<PathBuf>,
+}
+
+impl Rollback {
+    fn undo(&self, ctx: &RuntimeContext, key: &VmKey) {
+        if self.network {
+            if let Err(error) = ironvisor_net::teardown(&ctx.network, &key.to_string()) {
+                warn!(vm = %key, %error, "rollback: network teardown failed");
+            }
+        }
+        for file in &self.ephemeral_files {
+            if let Err(error) = std::fs::remove_file(file) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    warn!(vm = %key, file = %file.display(), %error, "rollback: cannot remove disk");
+                }
+            }
+        }
+        if !self.cgroups.is_empty() {
+            if let Err(error) = launcher_proc::kill_and_remove_cgroups(key, &self.cgroups) {
+                warn!(vm = %key, %error, "rollback: cgroup cleanup failed");
+            }
+        }
+        if let Some(dir) = &self.run_dir {
+            if let Err(error) = launcher_proc::remove_run_dir(key, dir) {
+                warn!(vm = %key, %error, "rollback: cannot remove the runtime directory");
+            }
+        }
+    }
+}
+
+/// One instance to start.
+struct StartJob {
+    key: VmKey,
+    spec: VirtualMachineInstanceSpec,
+    uid: String,
+    paths: InstancePaths,
+    backend: BackendKind,
+    cgroups: Vec<PathBuf>,
+}
+
+/// Prepares everything and starts the launcher (blocking). On failure, undoes it all.
+fn prepare_and_spawn(ctx: &RuntimeContext, job: &StartJob) -> Result<Started, StartFailure> {
+    let mut rollback = Rollback::default();
+    let result = try_prepare_and_spawn(ctx, job, &mut rollback);
+    if result.is_err() {
+        rollback.undo(ctx, &job.key);
+    }
+    result
+}
+
+fn try_prepare_and_spawn(
+    ctx: &RuntimeContext,
+    job: &StartJob,
+    rollback: &mut Rollback,
+) -> Result<Started, StartFailure> {
+    let StartJob {
+        key,
+        spec,
+        uid,
+        paths,
+        backend,
+        cgroups,
+    } = job;
+    let (uid, backend) = (uid.as_str(), *backend);
+    let fail = |reason: &'static str| {
+        move |e: &dyn std::fmt::Display| StartFailure {
+            reason,
+            message: e.to_string(),
+        }
+    };
+    let boot = ctx.kernels.resolve(key, spec).map_err(|e| StartFailure {
+        reason: e.reason(),
+        message: e.to_string(),
+    })?;
+
+    rollback.run_dir = Some(paths.run_dir.clone());
+    launcher_proc::prepare_files(key, paths).map_err(|e| fail("FailedCreate")(&e))?;
+
+    ctx.cgroups
+        .create(key)
+        .map_err(|e| fail("CgroupFailed")(&format!("VM {key}: {e}")))?;
+    rollback.cgroups = cgroups.to_vec();
+    // Anything left in the VM's cgroup is from an earlier, interrupted instance.
+    let leftovers = crate::cgroup::members(cgroups).unwrap_or_default();
+    if !leftovers.is_empty() {
+        warn!(vm = %key, ?leftovers, "killing processes left from an earlier instance");
+        crate::cgroup::kill_all(cgroups, launcher_proc::KILL_TIMEOUT)
+            .map_err(|e| fail("CgroupFailed")(&format!("VM {key}: {e}")))?;
+    }
+
+    let (disks, ephemeral) = prepare_disks(ctx, key, spec, uid)?;
+    rollback.ephemeral_files = ephemeral.clone();
+
+    let network = setup_network(ctx, key, spec, uid, rollback)?;
+    let nets = network
+        .iter()
+        .map(|n| NetConfig {
+            id: n.interface.clone(),
+            tap: n.tap.clone(),
+            mac: Some(n.mac_string()),
+        })
+        .collect();
+
+    let config = translate::launch_config(
+        key,
+        spec,
+        LaunchPlan {
+            boot,
+            disks,
+            nets,
+            console_socket: paths.console_socket.clone(),
+            api_socket: paths.api_socket.clone(),
+        },
+    )
+    .map_err(|e| StartFailure {
+        reason: e.reason(),
+        message: e.to_string(),
+    })?;
+    launcher_proc::write_config(key, paths, &config).map_err(|e| fail("FailedCreate")(&e))?;
+
+    let monitor = launcher_proc::spawn(&SpawnRequest {
+        key,
+        paths,
+        monitor_exe: &ctx.config.monitor_exe,
+        launcher_exe: ctx.config.launcher_for(backend),
+        netns: network.as_ref().map(|n| n.netns_path.as_path()),
+        cgroups,
+    })
+    .map_err(|e| fail("LauncherStartFailed")(&e))?;
+    info!(vm = %key, uid, pid = monitor.pid, "instance started");
+    Ok(Started {
+        monitor,
+        network,
+        ephemeral_files: ephemeral,
+    })
+}
+
+/// The VM's disks in boot order (disks with `bootOrder` first, by value, then the rest
+/// in listed order), each backed by its volume.
+fn prepare_disks(
+    ctx: &RuntimeContext,
+    key: &VmKey,
+    spec: &VirtualMachineInstanceSpec,
+    uid: &str,
+) -> Result<(Vec<DiskConfig>, Vec<PathBuf>), StartFailure> {
+    let mut disks: Vec<_> = spec.domain.devices.disks.iter().collect();
+    disks.sort_by_key(|d| d.boot_order.unwrap_or(u32::MAX));
+    let mut requests = Vec::with_capacity(disks.len());
+    for disk in &disks {
+        let volume = spec
+            .volumes
+            .iter()
+            .find(|v| v.name == disk.name)
+            .ok_or_else(|| StartFailure {
+                reason: "VolumeMissing",
+                message: format!("VM {key}: disk {:?} has no volume", disk.name),
+            })?;
+        let cdrom_ro = disk
+            .cdrom
+            .as_ref()
+            .is_some_and(|c| c.readonly.unwrap_or(true));
+        let source = volume_source(key, volume)?;
+        let pvc_ro = matches!(
+            source,
+            VolumeSource::Pvc {
+                read_only: true,
+                ..
+            }
+        );
+        requests.push(VolumeRequest {
+            name: volume.name.clone(),
+            source,
+            read_only: cdrom_ro || pvc_ro,
+            serial: disk.serial.clone(),
+        });
+    }
+    if requests.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let context = DiskContext {
+        vm_dir: ctx.config.vm_dir(key),
+        vm_name: key.name.clone(),
+        vm_uid: uid.to_string(),
+        images: ctx.images.clone(),
+        volumes_dir: ctx.config.volumes_dir(),
+    };
+    let prepared = ironvisor_disks::prepare(&context, &requests).map_err(|e| StartFailure {
+        reason: disk_reason(&e),
+        message: format!("VM {key}: {e}"),
+    })?;
+    let ephemeral = prepared
+        .iter()
+        .zip(&requests)
+        .filter(|(_, r)| matches!(r.source, VolumeSource::EmptyDisk { .. }))
+        .map(|(d, _)| d.path.clone())
+        .collect();
+    Ok((prepared.into_iter().map(disk_config).collect(), ephemeral))
+}
+
+fn disk_config(disk: PreparedDisk) -> DiskConfig {
+    DiskConfig {
+        id: disk.name,
+        path: disk.path,
+        read_only: disk.read_only,
+        serial: disk.serial,
+    }
+}
+
+fn disk_reason(error: &DiskError) -> &'static str {
+    match error {
+        DiskError::Image {
+            source: ImageStoreError::NotFound { .. } | ImageStoreError::InvalidReference { .. },
+            ..
+        } => "ImageNotFound",
+        DiskError::Image { .. } => "ImageUnusable",
+        DiskError::NoSpace { .. } => "NoSpace",
+        DiskError::HostDiskMissing { .. } | DiskError::HostDiskNoCapacity { .. } => {
+            "HostDiskNotFound"
+        }
+        DiskError::PvcMissing { .. } => "PvcNotFound",
+        _ => "DiskPreparationFailed",
+    }
+}
+
+fn volume_source(key: &VmKey, volume: &Volume) -> Result<VolumeSource, StartFailure> {
+    let bytes = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity, field: &str| {
+        quantity::to_bytes(q).map_err(|e| StartFailure {
+            reason: "InvalidCapacity",
+            message: format!("VM {key}: volume {}: {field}: {e}", volume.name),
+        })
+    };
+    if let Some(cd) = &volume.container_disk {
+        return Ok(VolumeSource::ContainerDisk {
+            image: cd.image.clone(),
+        });
+    }
+    if let Some(empty) = &volume.empty_disk {
+        return Ok(VolumeSource::EmptyDisk {
+            capacity_bytes: bytes(&empty.capacity, "emptyDisk.capacity")?,
+        });
+    }
+    if let Some(host) = &volume.host_disk {
+        return Ok(VolumeSource::HostDisk {
+            path: PathBuf::from(&host.path),
+            create: host.type_ == ironvisor_crds::v1alpha1::HostDiskType::DiskOrCreate,
+            capacity_bytes: host
+                .capacity
+                .as_ref()
+                .map(|c| bytes(c, "hostDisk.capacity"))
+                .transpose()?,
+        });
+    }
+    if let Some(pvc) = &volume.persistent_volume_claim {
+        return Ok(VolumeSource::Pvc {
+            claim: pvc.claim_name.clone(),
+            read_only: pvc.read_only.unwrap_or(false),
+        });
+    }
+    if let Some(ci) = &volume.cloud_init_no_cloud {
+        return Ok(VolumeSource::CloudInitNoCloud {
+            user_data: ci.user_data.clone(),
+            user_data_base64: ci.user_data_base64.clone(),
+            network_data: ci.network_data.clone(),
+        });
+    }
+    Err(StartFailure {
+        reason: "VolumeInvalid",
+        message: format!("VM {key}: volume {} has no source", volume.name),
+    })
+}
+
+/// Sets up the pod network of the VM's one interface, if it has one.
+fn setup_network(
+    ctx: &RuntimeContext,
+    key: &VmKey,
+    spec: &VirtualMachineInstanceSpec,
+    uid: &str,
+    rollback: &mut Rollback,
+) -> Result<Option<VmNetwork>, StartFailure> {
+    let interfaces = &spec.domain.devices.interfaces;
+    let Some(interface) = interfaces.first() else {
+        return Ok(None);
+    };
+    let unsupported = |message: String| StartFailure {
+        reason: "NetworkUnsupported",
+        message,
+    };
+    if interfaces.len() > 1 {
+        return Err(unsupported(format!(
+            "VM {key}: {} interfaces; the standalone node agent attaches one pod network \
+             interface per VM",
+            interfaces.len()
+        )));
+    }
+    let network = spec.networks.iter().find(|n| n.name == interface.name);
+    if network.is_none_or(|n| n.pod.is_none()) {
+        return Err(unsupported(format!(
+            "VM {key}: interface {:?} is not on a pod network; Multus networks need a cluster",
+            interface.name
+        )));
+    }
+    let binding = if interface.bridge.is_some() {
+        Binding::Bridge
+    } else {
+        Binding::Masquerade
+    };
+    let mac = match interface.mac_address.as_deref() {
+        Some(text) => ironvisor_net::parse_mac(text).ok_or_else(|| StartFailure {
+            reason: "InvalidMac",
+            message: format!(
+                "VM {key}: interface {}: {text:?} is not a MAC address",
+                interface.name
+            ),
+        })?,
+        None => ironvisor_launcher_api::config::generated_mac(&key.to_string(), &interface.name),
+    };
+    let request = VmNetworkRequest {
+        vm_key: key.to_string(),
+        vm_uid: uid.to_string(),
+        interface: interface.name.clone(),
+        binding,
+        mac,
+    };
+    // A network left by an earlier instance (a crash before its teardown) goes first.
+    if let Err(error) = ironvisor_net::teardown(&ctx.network, &key.to_string()) {
+        warn!(vm = %key, %error, "cannot remove a leftover network");
+    }
+    rollback.network = true;
+    ironvisor_net::setup(&ctx.network, &request)
+        .map(Some)
+        .map_err(|e| StartFailure {
+            reason: "NetworkSetupFailed",
+            message: e.to_string(),
+        })
+}

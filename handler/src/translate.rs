@@ -1,0 +1,462 @@
+//! Turns a VM's instance spec into the launcher's [`LaunchConfig`].
+//!
+//! # Kernel images (`firmware.kernelBoot.container`)
+//!
+//! In standalone mode there is no registry: a kernel-boot image is a **directory** in the
+//! images directory (`--images-dir`) holding the image's file tree, next to the disk
+//! images of the same store (which are files, see `ironvisor-disks`):
+//!
+//! | reference | directory |
+//! |---|---|
+//! | `ironvisor/guest-kernel:debian-6.1` | `<images>/ironvisor/guest-kernel/debian-6.1/` |
+//! | `ironvisor/guest-kernel` (no tag) | `<images>/ironvisor/guest-kernel/latest/` |
+//! | `ironvisor/guest-kernel@sha256:ab12…` | `<images>/ironvisor/guest-kernel/sha256-ab12…/` |
+//!
+//! `kernelPath` and `initrdPath` are absolute paths inside that tree
+//! (`kernelPath: /boot/vmlinuz` → `<dir>/boot/vmlinuz`); `..` is refused. A VM without
+//! `kernelBoot` boots the node agent's `--default-kernel` / `--default-initrd`.
+//!
+//! The kernel command line is `console=ttyS0 reboot=k panic=1` followed by `kernelArgs`.
+
+use std::path::{Component, Path, PathBuf};
+
+use ironvisor_crds::quantity;
+use ironvisor_crds::v1alpha1::{KernelBootContainer, VirtualMachineInstanceSpec};
+use ironvisor_launcher_api::config::{
+    ConsoleConfig, DiskConfig, KernelConfig, LaunchConfig, NetConfig,
+};
+
+use crate::records::VmKey;
+
+/// The command line every guest gets, before `kernelArgs`.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// Tag used when an image reference has none.
+pub const DEFAULT_TAG: &str = "latest";
+/// Console bytes the launcher keeps for late attachers (the boot log).
+pub const CONSOLE_RING_BYTES: usize = 1024 * 1024;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Why a VM cannot be turned into a launch configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    /// The image reference cannot be mapped to a directory.
+    #[error("VM {vm}: kernel image reference {reference:?} is invalid: {reason}")]
+    InvalidReference {
+        /// The VM.
+        vm: String,
+        /// The reference.
+        reference: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The kernel image directory does not exist.
+    #[error("VM {vm}: kernel image {reference} not found: directory {dir} does not exist")]
+    ImageNotFound {
+        /// The VM.
+        vm: String,
+        /// The reference.
+        reference: String,
+        /// The directory looked for.
+        dir: PathBuf,
+    },
+    /// A path inside the image is not usable.
+    #[error("VM {vm}: {field} {path:?} of image {reference}: {reason}")]
+    BadImagePath {
+        /// The VM.
+        vm: String,
+        /// "kernelPath" or "initrdPath".
+        field: &'static str,
+        /// The path as given.
+        path: String,
+        /// The image.
+        reference: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No kernel is configured for the VM or the node.
+    #[error(
+        "VM {vm}: no kernel to boot: the VM has no spec.template.spec.domain.firmware.kernelBoot \
+         and the node agent was started without --default-kernel"
+    )]
+    NoKernel {
+        /// The VM.
+        vm: String,
+    },
+    /// The node's default kernel is missing.
+    #[error("VM {vm}: the node's default {what} {path} does not exist")]
+    DefaultMissing {
+        /// The VM.
+        vm: String,
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The configured path.
+        path: PathBuf,
+    },
+    /// Guest memory is missing or not a valid quantity.
+    #[error("VM {vm}: spec.template.spec.domain.memory.guest: {reason}")]
+    Memory {
+        /// The VM.
+        vm: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl TranslateError {
+    /// A CamelCase reason for status conditions.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidReference { .. } | Self::ImageNotFound { .. } => "KernelImageNotFound",
+            Self::BadImagePath { .. } => "KernelImagePathInvalid",
+            Self::NoKernel { .. } | Self::DefaultMissing { .. } => "NoKernel",
+            Self::Memory { .. } => "InvalidMemory",
+        }
+    }
+}
+
+/// Kernel, initrd and command line to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootFiles {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: Option<PathBuf>,
+    /// The full kernel command line.
+    pub cmdline: String,
+}
+
+/// Where kernels come from: the images directory and the node's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelImages {
+    /// The images directory.
+    pub images_dir: PathBuf,
+    /// Kernel for VMs without `kernelBoot`.
+    pub default_kernel: Option<PathBuf>,
+    /// Initrd for VMs without `kernelBoot`.
+    pub default_initrd: Option<PathBuf>,
+}
+
+impl KernelImages {
+    /// The boot files of a VM.
+    pub fn resolve(
+        &self,
+        key: &VmKey,
+        spec: &VirtualMachineInstanceSpec,
+    ) -> Result<BootFiles, TranslateError> {
+        let vm = key.to_string();
+        let kernel_boot = spec
+            .domain
+            .firmware
+            .as_ref()
+            .and_then(|f| f.kernel_boot.as_ref());
+        let mut cmdline = BASE_CMDLINE.to_string();
+        if let Some(args) = kernel_boot
+            .and_then(|k| k.kernel_args.as_deref())
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            cmdline.push(' ');
+            cmdline.push_str(args);
+        }
+        match kernel_boot.and_then(|k| k.container.as_ref()) {
+            Some(container) => {
+                let (kernel, initrd) = self.image_files(&vm, container)?;
+                Ok(BootFiles {
+                    kernel,
+                    initrd,
+                    cmdline,
+                })
+            }
+            None => {
+                let kernel = self
+                    .default_kernel
+                    .clone()
+                    .ok_or_else(|| TranslateError::NoKernel { vm: vm.clone() })?;
+                if !kernel.is_file() {
+                    return Err(TranslateError::DefaultMissing {
+                        vm,
+                        what: "kernel",
+                        path: kernel,
+                    });
+                }
+                if let Some(initrd) = &self.default_initrd {
+                    if !initrd.is_file() {
+                        return Err(TranslateError::DefaultMissing {
+                            vm,
+                            what: "initrd",
+                            path: initrd.clone(),
+                        });
+                    }
+                }
+                Ok(BootFiles {
+                    kernel,
+                    initrd: self.default_initrd.clone(),
+                    cmdline,
+                })
+            }
+        }
+    }
+
+    fn image_files(
+        &self,
+        vm: &str,
+        container: &KernelBootContainer,
+    ) -> Result<(PathBuf, Option<PathBuf>), TranslateError> {
+        let reference = &container.image;
+        let relative = image_dir(reference).map_err(|reason| TranslateError::InvalidReference {
+            vm: vm.to_string(),
+            reference: reference.clone(),
+            reason,
+        })?;
+        let dir = self.images_dir.join(relative);
+        if !dir.is_dir() {
+            return Err(TranslateError::ImageNotFound {
+                vm: vm.to_string(),
+                reference: reference.clone(),
+                dir,
+            });
+        }
+        let file = |field: &'static str, path: &str| -> Result<PathBuf, TranslateError> {
+            let bad = |reason: String| TranslateError::BadImagePath {
+                vm: vm.to_string(),
+                field,
+                path: path.to_string(),
+                reference: reference.clone(),
+                reason,
+            };
+            let inside = Path::new(path);
+            if !inside.is_absolute() {
+                return Err(bad("must be an absolute path inside the image".into()));
+            }
+            let mut full = dir.clone();
+            for component in inside.components() {
+                match component {
+                    Component::Normal(part) => full.push(part),
+                    Component::RootDir | Component::CurDir => {}
+                    Component::ParentDir | Component::Prefix(_) => {
+                        return Err(bad("must not contain '..'".into()))
+                    }
+                }
+            }
+            if !full.is_file() {
+                return Err(bad(format!("{} does not exist", full.display())));
+            }
+            Ok(full)
+        };
+        let kernel = match &container.kernel_path {
+            Some(path) => file("kernelPath", path)?,
+            None => {
+                return Err(TranslateError::BadImagePath {
+                    vm: vm.to_string(),
+                    field: "kernelPath",
+                    path: String::new(),
+                    reference: reference.clone(),
+                    reason: "is required to boot from a kernel image".into(),
+                })
+            }
+        };
+        let initrd = container
+            .initrd_path
+            .as_deref()
+            .map(|p| file("initrdPath", p))
+            .transpose()?;
+        Ok((kernel, initrd))
+    }
+}
+
+/// The directory of an image reference, relative to the images directory (see the
+/// module documentation). References are parsed like the disk image store's.
+pub fn image_dir(reference: &str) -> Result<PathBuf, String> {
+    let image = ironvisor_disks::ImageRef::parse(reference).map_err(|e| match e {
+        ironvisor_disks::ImageStoreError::InvalidReference { reason, .. } => reason.to_string(),
+        other => other.to_string(),
+    })?;
+    Ok(PathBuf::from(image.repository).join(image.version))
+}
+
+/// Everything a launch configuration is made of besides the spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchPlan {
+    /// Kernel, initrd, command line.
+    pub boot: BootFiles,
+    /// The disks, in guest order.
+    pub disks: Vec<DiskConfig>,
+    /// The NICs, in guest order.
+    pub nets: Vec<NetConfig>,
+    /// The console socket.
+    pub console_socket: PathBuf,
+    /// The control API socket.
+    pub api_socket: PathBuf,
+}
+
+/// The launcher configuration of `spec` (the VM's template) with `plan`.
+pub fn launch_config(
+    key: &VmKey,
+    spec: &VirtualMachineInstanceSpec,
+    plan: LaunchPlan,
+) -> Result<LaunchConfig, TranslateError> {
+    let memory = spec
+        .domain
+        .memory
+        .as_ref()
+        .ok_or_else(|| TranslateError::Memory {
+            vm: key.to_string(),
+            reason: "is not set".into(),
+        })?;
+    let bytes = quantity::to_bytes(&memory.guest).map_err(|e| TranslateError::Memory {
+        vm: key.to_string(),
+        reason: e.to_string(),
+    })?;
+    let grace = spec
+        .termination_grace_period_seconds
+        .unwrap_or(ironvisor_crds::defaults::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS);
+    Ok(LaunchConfig {
+        name: key.name.clone(),
+        vcpus: spec.vcpus(),
+        memory_mib: bytes.div_ceil(MIB),
+        kernel: KernelConfig {
+            path: plan.boot.kernel,
+            initrd: plan.boot.initrd,
+            cmdline: plan.boot.cmdline,
+        },
+        disks: plan.disks,
+        nets: plan.nets,
+        console: ConsoleConfig {
+            socket: Some(plan.console_socket),
+            ring_bytes: CONSOLE_RING_BYTES,
+            stdio: false,
+        },
+        agent_socket: None,
+        api_socket: Some(plan.api_socket),
+        shutdown_timeout_secs: u64::try_from(grace).unwrap_or(0).max(1),
+        backend: Default::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironvisor_crds::v1alpha1::{Cpu, Firmware, KernelBoot, Memory};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn spec(kernel_boot: Option<KernelBoot>) -> VirtualMachineInstanceSpec {
+        let mut spec = VirtualMachineInstanceSpec::default();
+        spec.domain.cpu = Some(Cpu {
+            cores: Some(2),
+            sockets: Some(2),
+            threads: Some(1),
+        });
+        spec.domain.memory = Some(Memory {
+            guest: Quantity("1500Mi".into()),
+        });
+        spec.domain.firmware = Some(Firmware { kernel_boot });
+        spec.termination_grace_period_seconds = Some(30);
+        spec
+    }
+
+    #[test]
+    fn image_references_map_to_directories() {
+        assert_eq!(
+            image_dir("ironvisor/guest-kernel:debian-6.1").unwrap(),
+            PathBuf::from("ironvisor/guest-kernel/debian-6.1")
+        );
+        assert_eq!(
+            image_dir("ironvisor/guest-kernel").unwrap(),
+            PathBuf::from("ironvisor/guest-kernel/latest")
+        );
+        let digest = "sha256:0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            image_dir(&format!("k@{digest}")).unwrap(),
+            PathBuf::from("k/sha256-0123456789abcdef0123456789abcdef")
+        );
+        for bad in [
+            "",
+            "a/../b:1",
+            "a//b",
+            "a:",
+            ".hidden",
+            "a@sha256",
+            "a@sha256:xyz",
+        ] {
+            assert!(image_dir(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn kernel_boot_images_resolve_inside_the_images_dir() {
+        let images = tempfile::tempdir().unwrap();
+        let dir = images.path().join("ironvisor/guest-kernel/debian-6.1/boot");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("vmlinuz"), b"kernel").unwrap();
+        std::fs::write(dir.join("initrd.img"), b"initrd").unwrap();
+        let kernels = KernelImages {
+            images_dir: images.path().to_path_buf(),
+            default_kernel: None,
+            default_initrd: None,
+        };
+        let key = VmKey::new("default", "vm1");
+        let boot = KernelBoot {
+            kernel_args: Some("root=/dev/vda ro".into()),
+            container: Some(KernelBootContainer {
+                image: "ironvisor/guest-kernel:debian-6.1".into(),
+                kernel_path: Some("/boot/vmlinuz".into()),
+                initrd_path: Some("/boot/initrd.img".into()),
+            }),
+        };
+        let files = kernels.resolve(&key, &spec(Some(boot.clone()))).unwrap();
+        assert_eq!(files.kernel, dir.join("vmlinuz"));
+        assert_eq!(files.initrd, Some(dir.join("initrd.img")));
+        assert_eq!(
+            files.cmdline,
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda ro"
+        );
+
+        let mut escaping = boot.clone();
+        escaping.container.as_mut().unwrap().kernel_path = Some("/../../etc/passwd".into());
+        let error = kernels.resolve(&key, &spec(Some(escaping))).unwrap_err();
+        assert!(
+            error.to_string().contains("must not contain '..'"),
+            "{error}"
+        );
+
+        let mut missing = boot;
+        missing.container.as_mut().unwrap().image = "ironvisor/guest-kernel:nope".into();
+        let error = kernels.resolve(&key, &spec(Some(missing))).unwrap_err();
+        assert_eq!(error.reason(), "KernelImageNotFound");
+        assert!(error.to_string().contains("default/vm1"));
+
+        let error = kernels.resolve(&key, &spec(None)).unwrap_err();
+        assert!(matches!(error, TranslateError::NoKernel { .. }));
+    }
+
+    #[test]
+    fn launch_config_takes_topology_memory_and_grace_period() {
+        let key = VmKey::new("default", "vm1");
+        let config = launch_config(
+            &key,
+            &spec(None),
+            LaunchPlan {
+                boot: BootFiles {
+                    kernel: "/k".into(),
+                    initrd: None,
+                    cmdline: BASE_CMDLINE.into(),
+                },
+                disks: vec![],
+                nets: vec![],
+                console_socket: "/run/c.sock".into(),
+                api_socket: "/run/a.sock".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(config.name, "vm1");
+        assert_eq!(config.vcpus, 4);
+        assert_eq!(config.memory_mib, 1500);
+        assert_eq!(config.shutdown_timeout_secs, 30);
+        assert_eq!(
+            config.console.socket.as_deref(),
+            Some(Path::new("/run/c.sock"))
+        );
+        assert_eq!(config.api_socket.as_deref(), Some(Path::new("/run/a.sock")));
+    }
+}
