@@ -1,0 +1,20 @@
+//! `virtctl`, the command-line client of the Ironvisor node daemon, as a library: the
+//! binary (`src/main.rs`) only parses arguments and calls [`run`].
+//!
+//! - [`cli`]: the arguments.
+//! - [`commands`]: one function per subcommand, over an
+//!   [`ironvisor_handler_api::HandlerClient`].
+//! - [`format`]: ages, tables, JSON / YAML output.
+//! - [`describe`]: the `describe` text.
+//! - [`console`] and [`terminal`]: the interactive serial console.
+
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod commands;
+pub mod console;
+pub mod describe;
+pub mod format;
+pub mod terminal;
+
+pub use commands::{run, CommandError};
