@@ -15,10 +15,22 @@ mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
 echo "NESTED-L1-INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
 
-while read -r ko; do
-	[ -n "$ko" ] || continue
-	insmod "$ko" || echo "NESTED-L1-WARNING: insmod $ko failed"
-done </etc/nested/modules
+# The base modules, then the run's extra ones (L1Spec.modules), if any.
+for list in /etc/nested/modules /etc/nested/modules.extra; do
+	[ -f "$list" ] || continue
+	while read -r ko; do
+		[ -n "$ko" ] || continue
+		insmod "$ko" || echo "NESTED-L1-WARNING: insmod $ko failed"
+	done <"$list"
+done
+
+# What a Debian system also has: the cgroup v2 hierarchy and /var/run -> /run.
+if [ -d /sys/fs/cgroup ] && grep -q cgroup2 /proc/filesystems; then
+	mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "NESTED-L1-WARNING: cannot mount cgroup2"
+fi
+if [ ! -e /var/run ]; then
+	mkdir -p /var && ln -s /run /var/run
+fi
 
 finish() {
 	echo "NESTED-L1-EXIT=$1"

@@ -52,6 +52,10 @@ L1_OPTIONAL_MODULES = ["bridge", "stp", "llc", "veth"]
 
 L1_INIT = Path(__file__).resolve().parent / "l1-init.sh"
 
+#: In-archive list of the per-run extra modules (``L1Spec.modules``), loaded by /init
+#: after the base ones.
+EXTRA_MODULES_LIST = "etc/nested/modules.extra"
+
 #: The console line carrying the scenario's exit code.
 EXIT_MARKER = re.compile(r"NESTED-L1-EXIT=(\d+)")
 #: Printed by the L1 /init as soon as userspace runs.
@@ -91,6 +95,10 @@ class L1Spec:
     name: str = "l1"
     #: gzip the per-run archive (smaller, but L1 then inflates it under TCG).
     compress_overlay: bool = False
+    #: Extra kernel modules for this run (e.g. netfilter), put in the per-run archive with
+    #: their dependencies and loaded by /init after the base ones. Modules this kernel
+    #: lacks are skipped; ones already in the base (or built in) are not loaded twice.
+    modules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -134,6 +142,8 @@ class L1Base:
     kernel: Path
     initrd: Path
     kernel_version: str
+    #: ``lib/modules/<release>`` of the L1 kernel (for ``L1Spec.modules``).
+    modules_dir: Path | None = None
 
 
 def prepare_base(images: Images | None = None, *, cache_dir: Path = CACHE_DIR,
@@ -170,7 +180,7 @@ def _prepare_base(images: Images, cache_dir: Path, force: bool) -> L1Base:
             staging.add_bytes("etc/hostname", b"ironvisor-l1\n")
             pack(staging.root, initrd, epoch=source_date_epoch(), compress=True)
             shutil.rmtree(staging.root, ignore_errors=True)
-    return L1Base(kernel, initrd, images.kernel_version)
+    return L1Base(kernel, initrd, images.kernel_version, images.modules_dir)
 
 
 def stage_program(staging: Staging, program: Path) -> None:
@@ -187,15 +197,46 @@ def stage_program(staging: Staging, program: Path) -> None:
         staging.add_file(Path(lib), lib, 0o755)
 
 
-def build_overlay(spec: L1Spec, out: Path) -> None:
-    """Pack the per-run archive: programs, files and the scenario script.
+def stage_extra_modules(staging: Staging, modules_dir: Path, modules: list[str]) -> list[str]:
+    """Stage ``modules`` (with dependencies) that the base image does not already load.
+
+    Writes their in-archive paths, in load order, to :data:`EXTRA_MODULES_LIST`; returns
+    the module names staged.
+    """
+    index = ModuleIndex(modules_dir)
+    in_base = {name for name, _ in index.plan(L1_MODULES, L1_OPTIONAL_MODULES).load_order}
+    plan = index.plan([], modules)
+    release = modules_dir.name
+    names: list[str] = []
+    paths: list[str] = []
+    for name, ko in plan.load_order:
+        if name in in_base:
+            continue
+        dst = f"/lib/modules/{release}/{ko.relative_to(modules_dir)}"
+        staging.add_file(ko, dst, 0o644)
+        names.append(name)
+        paths.append(dst)
+    staging.add_bytes(EXTRA_MODULES_LIST, "".join(p + "\n" for p in paths).encode())
+    return names
+
+
+def build_overlay(spec: L1Spec, out: Path, modules_dir: Path | None = None) -> None:
+    """Pack the per-run archive: programs, files, extra modules and the scenario script.
 
     Uncompressed unless ``spec.compress_overlay``: inflating tens of MiB under TCG costs
-    more than copying them (measured: see tests/README.md).
+    more than copying them (measured: see tests/README.md). ``modules_dir`` (the L1
+    kernel's ``lib/modules/<release>``) is needed when ``spec.modules`` is not empty.
     """
     if not spec.script.is_file():
         raise HarnessError(f"scenario script {spec.script} does not exist")
     staging = Staging(out.with_name(out.name + ".d"))
+    if spec.modules:
+        if modules_dir is None:
+            raise HarnessError("L1Spec.modules needs the L1 kernel's modules directory")
+        try:
+            stage_extra_modules(staging, modules_dir, spec.modules)
+        except ModuleError as exc:
+            raise HarnessError(f"cannot stage the extra L1 modules {spec.modules}: {exc}") from exc
     for program in spec.bins:
         stage_program(staging, program)
     for src, dst in spec.files:
@@ -258,7 +299,10 @@ def run(spec: L1Spec, base: L1Base | None = None) -> L1Result:
     t_build = time.monotonic()
     initrd = run_dir / "l1-initrd.img"
     try:
-        build_overlay(spec, overlay)
+        modules_dir = base.modules_dir
+        if spec.modules and modules_dir is None:
+            modules_dir = build_images().modules_dir
+        build_overlay(spec, overlay, modules_dir)
         concatenate([base.initrd, overlay], initrd)
         overlay.unlink()
     except (CpioError, ElfError, ToolError, OSError) as exc:

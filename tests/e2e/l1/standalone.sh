@@ -1,0 +1,356 @@
+# Standalone node mode for real: ironvisor-handler (KVM backend) with the real CNI
+# plugins, nftables, dnsmasq and the guest image catalogue; driven with virtctl.
+#   1. apply examples/vm-small.yaml -> Running with an IP, KVM launcher
+#   2. the serial console through `virtctl console`: boot log, typed commands, DHCP and
+#      traffic from the guest to L1 through the CNI network
+#   3. stop / start / restart
+#   4. handler restart (SIGTERM, then SIGKILL): the launcher survives and is re-adopted
+#   5. delete: no tap, veth, netns, lease, process, socket or VM directory left
+# Facts: L1-FACT k=v. Installed by tests/e2e/test_standalone_kvm.py.
+. /e2e/common.sh
+. /e2e/params
+
+HANDLER=/usr/local/bin/ironvisor-handler
+VIRTCTL=/usr/local/bin/virtctl
+LAUNCHER=/usr/local/bin/ironvisor-launcher
+DATA=/var/lib/ironvisor
+RUN=/run/ironvisor
+SOCK=$RUN/handler.sock
+IMAGES=/images
+VM=small
+BRIDGE_IP=10.222.0.1
+export IRONVISOR_SOCKET=$SOCK
+ESC=$(printf '\033')
+
+# ---------------------------------------------------------------- helpers
+
+now_s() { cut -d. -f1 /proc/uptime; }
+
+# step NAME: a section header in the log.
+step() { echo "L1: ===== $* ($(now_ms) ms)"; }
+
+# Everything useful when something goes wrong.
+dump() {
+	echo "L1: ----- diagnostics: $*"
+	echo "L1: --- virtctl get"; $VIRTCTL get 2>&1
+	echo "L1: --- virtctl describe $VM"; $VIRTCTL describe $VM 2>&1
+	echo "L1: --- launcher log"; $VIRTCTL logs $VM 2>&1 | tail -n 60
+	echo "L1: --- processes"; ps -o pid,ppid,args 2>/dev/null | grep -v ' \[' | tail -n 40
+	echo "L1: --- links"; $IP -br link 2>&1
+	echo "L1: --- netns"; $IP netns list 2>&1
+	for f in "$DATA"/net/iv-*/dnsmasq.log; do
+		[ -f "$f" ] && { echo "L1: --- $f"; tail -n 30 "$f"; }
+	done
+	echo "L1: --- handler log (last 120 lines)"; sed "s/$ESC\[[0-9;]*m//g" /tmp/handler.log | tail -n 120
+	echo "L1: --- dmesg (last 30 lines)"; dmesg | tail -n 30
+}
+
+die() {
+	echo "L1-ERROR: $*"
+	dump "$*"
+	exit 1
+}
+
+# A column of the `virtctl get` row of the VM (3 STATUS, 4 PHASE, 5 IP, 8 BACKEND).
+col() { $VIRTCTL get $VM 2>/dev/null | awk -v c="$1" 'NR == 2 { print $c }'; }
+
+# The launcher pid from `virtctl describe` (empty without a running instance).
+launcher_pid() {
+	$VIRTCTL describe $VM 2>/dev/null | sed -n 's/^ *Launcher PID: *\([0-9][0-9]*\).*/\1/p' | head -n 1
+}
+
+# wait_until TIMEOUT_S CMD...: polls CMD every 0.25 s; 1 on timeout.
+wait_until() {
+	deadline=$(($(now_s) + $1))
+	shift
+	while ! "$@"; do
+		[ "$(now_s)" -lt "$deadline" ] || return 1
+		usleep 250000
+	done
+	return 0
+}
+
+is_running() { [ "$(col 3)" = Running ] && [ "$(col 4)" = Running ] && [ -n "$(launcher_pid)" ]; }
+is_stopped() { [ "$(col 3)" = Stopped ]; }
+is_gone() { ! $VIRTCTL get $VM >/dev/null 2>&1; }
+running_with_new_pid() { is_running && [ "$(launcher_pid)" != "$1" ]; }
+api_up() { [ -S "$SOCK" ] && $VIRTCTL get >/dev/null 2>&1; }
+
+# Pids whose command line (args joined by spaces) matches the glob $1 (this shell and
+# its subshells excluded).
+procs_with() {
+	for d in /proc/[0-9]*; do
+		p=${d#/proc/}
+		[ "$p" = "$$" ] && continue
+		cmd=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null)
+		# shellcheck disable=SC2254
+		case "$cmd" in
+		*/scenario.sh*) ;;
+		$1) echo "$p" ;;
+		esac
+	done | tr '\n' ' ' | sed 's/ $//'
+}
+LAUNCHER_GLOB="$LAUNCHER *"
+MONITOR_GLOB="* monitor --status-file*"
+DNSMASQ_GLOB="dnsmasq --conf-file*"
+
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+# wait_in FILE PATTERN TIMEOUT_S: polls until grep finds PATTERN.
+wait_in() {
+	deadline=$(($(now_s) + $3))
+	while ! grep -q "$2" "$1" 2>/dev/null; do
+		[ "$(now_s)" -lt "$deadline" ] || return 1
+		usleep 200000
+	done
+	return 0
+}
+
+start_handler() {
+	NO_COLOR=1 IRONVISOR_LOG=${IRONVISOR_LOG:-info} "$HANDLER" serve --backend kvm --data-dir "$DATA" \
+		--images-dir "$IMAGES" --run-dir "$RUN" --socket "$SOCK" --launcher "$LAUNCHER" \
+		>>/tmp/handler.log 2>&1 </dev/null &
+	HPID=$!
+	echo "L1: handler started (pid $HPID)"
+	wait_until 60 api_up || die "the handler API did not come up within 60 s"
+}
+
+# console_open NAME: `virtctl console` in the background, input from a fifo on fd 3,
+# output in /tmp/NAME.out.
+console_open() {
+	rm -f /tmp/$1.in
+	mkfifo /tmp/$1.in
+	$VIRTCTL console $VM --timeout "$2" </tmp/$1.in >/tmp/$1.out 2>/tmp/$1.err &
+	CON_PID=$!
+	exec 3>/tmp/$1.in
+}
+
+# type LINE: one line typed on the console.
+type_line() {
+	printf '%s\n' "$1" >&3
+	usleep 300000
+}
+
+# wait_booted NAME: a console session until the guest's /init reports (the console
+# replays the boot log, so this also works for a guest that booted earlier); sets
+# BOOTED_MS (when the marker was seen) and GUEST_INIT_S (the guest kernel's timestamp of
+# "Run /init").
+wait_booted() {
+	console_open "$1" 150
+	BOOTED_MS=timeout
+	wait_in /tmp/$1.out IRONVISOR-GUEST-INFO 120 && BOOTED_MS=$(now_ms)
+	console_close "$1" >/dev/null
+	GUEST_INIT_S=$(sed -n 's/^\[ *\([0-9.]*\)\] Run \/init as init process.*/\1/p' /tmp/$1.out | tail -n 1)
+}
+
+# console_close NAME: Ctrl+] detaches; sets CON_RC.
+console_close() {
+	printf '\035' >&3
+	(sleep 20; kill "$CON_PID" 2>/dev/null) &
+	dog=$!
+	wait "$CON_PID"
+	CON_RC=$?
+	kill "$dog" 2>/dev/null
+	exec 3>&-
+	sed "s/^/console($1)| /" /tmp/$1.out
+	sed "s/^/console($1)-err| /" /tmp/$1.err
+}
+
+# ---------------------------------------------------------------- node setup
+step "node setup"
+# iptables on Debian is iptables-nft: the multi-call binary under the names it answers to.
+for name in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+	ln -sf /usr/sbin/xtables-nft-multi /usr/sbin/$name
+done
+# dnsmasq drops its privileges to nobody.
+grep -q '^nobody:' /etc/passwd || echo 'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' >>/etc/passwd
+grep -q '^nogroup:' /etc/group || echo 'nogroup:x:65534:' >>/etc/group
+mkdir -p "$DATA" "$RUN" /run/netns
+mount -t tmpfs -o size=1g,mode=0755 tmpfs "$DATA" || fail "cannot mount a tmpfs on $DATA"
+fact cgroup2 "$([ -f /sys/fs/cgroup/cgroup.controllers ] && echo yes || echo no)"
+fact iptables_version "$(/usr/sbin/iptables --version 2>&1)"
+fact modules_loaded "$(cut -d' ' -f1 /proc/modules | sort | tr '\n' ',' | sed 's/,$//')"
+[ -f "$IMAGES/ironvisor/guest-kernel/debian-6.1/boot/vmlinuz" ] || fail "no guest kernel in $IMAGES"
+# A listener on the node for the guest to reach (served once the bridge exists).
+mkdir -p /tmp/www
+echo "l1-says-$TOKEN" >/tmp/www/token.txt
+httpd -p 8080 -h /tmp/www || fail "busybox httpd did not start"
+
+start_handler
+
+# ---------------------------------------------------------------- 1. apply
+step "1. apply"
+t_apply=$(now_ms)
+$VIRTCTL apply -f /e2e/vm-small.yaml || die "virtctl apply failed"
+fact apply_rc 0
+if wait_until 120 is_running; then
+	t_running=$(now_ms)
+	fact apply_to_running_ms $((t_running - t_apply))
+else
+	fact apply_to_running_ms timeout
+	die "VM $VM did not reach Running within 120 s"
+fi
+$VIRTCTL get $VM
+fact get_status "$(col 3)"
+fact get_phase "$(col 4)"
+fact get_ip "$(col 5)"
+fact get_backend "$(col 8)"
+$VIRTCTL describe $VM | tee /tmp/describe1.txt
+fact describe_backend "$(sed -n 's/^ *Backend: *//p' /tmp/describe1.txt | head -n 1)"
+PID1=$(launcher_pid)
+fact launcher_pid_1 "$PID1"
+fact launcher_exe_1 "$(readlink /proc/$PID1/exe 2>/dev/null)"
+fact launcher_uses_kvm "$(ls -l /proc/$PID1/fd 2>/dev/null | grep -c /dev/kvm)"
+fact launcher_cgroup "$(cut -d: -f3 /proc/$PID1/cgroup 2>/dev/null)"
+fact launcher_netns "$($IP netns identify "$PID1" 2>/dev/null)"
+fact netns_list "$($IP netns list | awk '{ print $1 }' | tr '\n' ' ' | sed 's/ $//')"
+
+# ---------------------------------------------------------------- 2. console
+step "2. console"
+console_open con1 150
+if wait_in /tmp/con1.out IRONVISOR-GUEST-INIT-REACHED 90; then
+	t_boot=$(now_ms)
+	fact console_init_reached yes
+	fact apply_to_guest_init_ms $((t_boot - t_apply))
+else
+	fact console_init_reached no
+fi
+wait_in /tmp/con1.out IRONVISOR-GUEST-INFO 60 || echo "L1: no IRONVISOR-GUEST-INFO on the console"
+sleep 1
+# Commands typed on the console; results come back on it.
+type_line ''
+type_line 'echo CONSOLE-TYPED-$((6*7))'
+# A udhcpc script that configures what the handler's dnsmasq offers.
+type_line "printf '%s\\n' '#!/bin/sh' '[ \"\$1\" = bound ] || exit 0' 'ip addr add \$ip/\$mask dev \$interface' 'ip link set \$interface mtu \${mtu:-1500}' 'ip route add default via \$router' 'echo DHCP-BOUND ip=\$ip mask=\$mask router=\$router' >/tmp/dhcp.sh; chmod +x /tmp/dhcp.sh"
+# (Markers are typed as X""-Y so that the echo of the typed line does not match X-Y.)
+type_line 'ip link set eth0 up; udhcpc -i eth0 -n -q -t 10 -T 2 -s /tmp/dhcp.sh; echo UDHCPC""-RC=$?'
+wait_in /tmp/con1.out 'UDHCPC-RC=' 60 || echo "L1: udhcpc did not finish"
+type_line "ip -4 addr show dev eth0 | grep -o 'inet [0-9./]*' | sed 's/^/GUEST""-ADDR=/'"
+type_line "ping -c 3 -W 3 $BRIDGE_IP >/dev/null && echo GUEST\"\"-PING=ok || echo GUEST\"\"-PING=fail"
+wait_in /tmp/con1.out 'GUEST-PING=' 30 || echo "L1: ping did not finish"
+# (busybox 1.35's wget crashes with -T: timeout bounds it instead.)
+type_line "echo GUEST\"\"-WGET=\$(timeout 20 wget -q -O - http://$BRIDGE_IP:8080/token.txt)"
+wait_in /tmp/con1.out 'GUEST-WGET=' 30 || echo "L1: wget did not finish"
+# The other way: L1 -> pod IP is DNATed to the guest by the masquerade binding.
+POD_IP=$(col 5)
+if ping -c 2 -W 3 "$POD_IP" >/dev/null 2>&1; then fact l1_ping_pod_ip ok; else fact l1_ping_pod_ip fail; fi
+console_close con1
+fact console_rc "$CON_RC"
+fact console_kernel_banner "$(grep -c 'Linux version' /tmp/con1.out)"
+fact guest_kernel_init_s "$(sed -n 's/^\[ *\([0-9.]*\)\] Run \/init as init process.*/\1/p' /tmp/con1.out | tail -n 1)"
+fact console_typed "$(grep -o 'CONSOLE-TYPED-[0-9]*' /tmp/con1.out | grep -v 'CONSOLE-TYPED-$' | tail -n 1)"
+fact guest_dhcp "$(grep -o 'DHCP-BOUND.*' /tmp/con1.out | tail -n 1 | tr -d '\r')"
+fact guest_addr "$(grep -o 'GUEST-ADDR=inet [0-9./]*' /tmp/con1.out | tail -n 1 | sed 's/GUEST-ADDR=inet //')"
+fact guest_ping "$(grep -o 'GUEST-PING=[a-z]*' /tmp/con1.out | grep -v '=$' | tail -n 1 | cut -d= -f2)"
+fact guest_wget "$(grep -o 'GUEST-WGET=[A-Za-z0-9-]*' /tmp/con1.out | tail -n 1 | cut -d= -f2)"
+$VIRTCTL logs $VM >/tmp/logs1.txt 2>&1
+fact logs_rc $?
+fact logs_lines "$(wc -l </tmp/logs1.txt)"
+sed 's/^/logs| /' /tmp/logs1.txt | head -n 20
+for f in "$DATA"/net/iv-*/dnsmasq.log; do
+	[ -f "$f" ] && sed 's/^/dnsmasq| /' "$f" | tail -n 12
+done
+
+# ---------------------------------------------------------------- 3. stop/start/restart
+step "3. stop"
+t0=$(now_ms)
+$VIRTCTL stop $VM || die "virtctl stop failed"
+if wait_until 90 is_stopped; then fact stop_ms $(($(now_ms) - t0)); else fact stop_ms timeout; dump "stop"; fi
+fact stopped_status "$(col 3)"
+wait_until 10 sh -c "! kill -0 $PID1 2>/dev/null"
+fact stopped_launcher_alive "$(alive "$PID1" && echo yes || echo no)"
+fact stopped_launchers "$(procs_with "$LAUNCHER_GLOB")"
+fact stopped_monitors "$(procs_with "$MONITOR_GLOB")"
+
+step "3. start"
+t0=$(now_ms)
+$VIRTCTL start $VM || die "virtctl start failed"
+if wait_until 120 running_with_new_pid "$PID1"; then fact start_ms $(($(now_ms) - t0)); else fact start_ms timeout; dump "start"; fi
+fact started_status "$(col 3)"
+PID2=$(launcher_pid)
+fact launcher_pid_2 "$PID2"
+wait_booted boot2
+fact start_to_guest_booted_ms $((BOOTED_MS - t0))
+fact guest_kernel_init_2_s "$GUEST_INIT_S"
+
+step "3. restart"
+t0=$(now_ms)
+$VIRTCTL restart $VM || die "virtctl restart failed"
+if wait_until 120 running_with_new_pid "$PID2"; then fact restart_ms $(($(now_ms) - t0)); else fact restart_ms timeout; dump "restart"; fi
+fact restarted_status "$(col 3)"
+PID3=$(launcher_pid)
+fact launcher_pid_3 "$PID3"
+fact ip_3 "$(col 5)"
+wait_booted boot3
+fact restart_to_guest_booted_ms $((BOOTED_MS - t0))
+fact restart_old_launcher_alive "$(alive "$PID2" && echo yes || echo no)"
+fact restarted_launchers "$(procs_with "$LAUNCHER_GLOB" | wc -w)"
+fact restart_stop_detail "$($VIRTCTL describe $VM | grep 'Stopped ' | tail -n 1 | sed 's/.*stopped: //')"
+
+# ---------------------------------------------------------------- 4. handler restart
+step "4. handler SIGTERM"
+kill -TERM "$HPID"
+wait "$HPID"
+fact handler_sigterm_rc $?
+fact after_sigterm_launcher_alive "$(alive "$PID3" && echo yes || echo no)"
+start_handler
+wait_until 60 is_running || dump "not Running after the handler restart"
+fact readopt_term_status "$(col 3)"
+fact readopt_term_pid "$(launcher_pid)"
+
+step "4. handler SIGKILL"
+kill -KILL "$HPID"
+wait "$HPID" 2>/dev/null
+fact after_sigkill_launcher_alive "$(alive "$PID3" && echo yes || echo no)"
+start_handler
+wait_until 60 is_running || dump "not Running after the handler was killed"
+fact readopt_kill_status "$(col 3)"
+fact readopt_kill_pid "$(launcher_pid)"
+fact readopt_kill_ip "$(col 5)"
+# The console still works through the new daemon.
+console_open con2 40
+usleep 500000
+type_line ''
+type_line 'echo READOPTED-CONSOLE-$((7*6))'
+wait_in /tmp/con2.out 'READOPTED-CONSOLE-42' 20
+console_close con2
+fact readopt_console "$(grep -c 'READOPTED-CONSOLE-42' /tmp/con2.out)"
+$VIRTCTL describe $VM | tail -n 15
+
+# ---------------------------------------------------------------- 5. delete
+step "5. delete"
+NETNS=$($IP netns list | awk '/^iv-/ { print $1 }' | head -n 1)
+UIDS=$(ls "$RUN/vmi" 2>/dev/null | tr '\n' ' ')
+fact before_netns "$NETNS"
+fact before_tap "$($IP -n "$NETNS" -br link 2>/dev/null | awk '{ print $1 }' | grep -c '^tap0')"
+fact before_veth "$($IP -br link show type veth 2>/dev/null | wc -l)"
+fact before_leases "$(ls "$DATA/net/ipam/ironvisor" 2>/dev/null | grep -c '^[0-9][0-9.]*$')"
+fact before_dnsmasq "$(procs_with "$DNSMASQ_GLOB" | wc -w)"
+fact before_rundir "$UIDS"
+t0=$(now_ms)
+$VIRTCTL delete $VM || die "virtctl delete failed"
+if wait_until 90 is_gone; then fact delete_ms $(($(now_ms) - t0)); else fact delete_ms timeout; dump "delete"; fi
+sleep 1
+fact after_get "$($VIRTCTL get $VM >/dev/null 2>&1 && echo found || echo notfound)"
+fact after_netns "$($IP netns list | wc -l)"
+fact after_tap "$($IP -br link 2>/dev/null | grep -c tap)"
+fact after_veth "$($IP -br link show type veth 2>/dev/null | wc -l)"
+fact after_leases "$(ls "$DATA/net/ipam/ironvisor" 2>/dev/null | grep -c '^[0-9][0-9.]*$')"
+fact after_net_state "$(ls -d "$DATA"/net/iv-* 2>/dev/null | wc -l)"
+fact after_launchers "$(procs_with "$LAUNCHER_GLOB" | wc -w)"
+fact after_monitors "$(procs_with "$MONITOR_GLOB" | wc -w)"
+fact after_dnsmasq "$(procs_with "$DNSMASQ_GLOB" | wc -w)"
+fact after_rundir "$(ls -A "$RUN/vmi" 2>/dev/null | wc -l)"
+fact after_sockets "$(find "$RUN" -type s ! -path "$SOCK" 2>/dev/null | wc -l)"
+fact after_vmdir "$([ -e "$DATA/vms/default/$VM" ] && echo present || echo absent)"
+fact after_cgroup "$([ -e "/sys/fs/cgroup/ironvisor/default_$VM" ] && echo present || echo absent)"
+$IP -br link
+ls -la "$DATA/net" "$DATA/net/ipam/ironvisor" "$RUN" "$RUN/vmi" 2>&1
+
+kill -TERM "$HPID"
+wait "$HPID"
+fact handler_final_rc $?
+echo "L1: ----- handler log"
+sed "s/$ESC\[[0-9;]*m//g; s/^/handler| /" /tmp/handler.log | tail -n 200
+fact scenario_done yes
+exit 0
