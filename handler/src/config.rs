@@ -156,17 +156,34 @@ pub fn sibling_binary(name: &str) -> PathBuf {
 
 /// The machine's host name (the default node name).
 pub fn hostname() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
+    first_host_name(
+        ["/proc/sys/kernel/hostname", "/etc/hostname"]
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok()),
+    )
+}
+
+/// The first usable name: trimmed, not empty and not the kernel's `(none)` (its value
+/// while no host name was ever set); `localhost` when there is none.
+fn first_host_name(candidates: impl IntoIterator<Item = String>) -> String {
+    candidates
+        .into_iter()
         .map(|name| name.trim().to_string())
-        .find(|name| !name.is_empty())
+        .find(|name| !name.is_empty() && name != "(none)")
         .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unset_kernel_host_name_falls_back() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(first_host_name(names(&["(none)\n", "node-a\n"])), "node-a");
+        assert_eq!(first_host_name(names(&["  \n", "(none)"])), "localhost");
+        assert_eq!(first_host_name(names(&["vm1\n"])), "vm1");
+    }
 
     #[test]
     fn backoff_is_immediate_then_exponential_and_capped() {
