@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Installs the Debian packages and Python tools the build and the tests need.
-# Idempotent: does nothing when everything is present.
+# Installs the Debian packages and Python tools that the build, the demo and the tests
+# need on a fresh Debian 12 machine (root). Idempotent: does nothing when all is present.
 set -euo pipefail
 
 packages=(
-  qemu-system-x86   # L1 for nested KVM (TCG + SVM) and the QEMU peer in benchmarks
-  busybox-static    # guest and L1 userland
-  cpio lz4 kmod     # initramfs assembly, kernel payload extraction, module info
-  e2fsprogs         # ext4 disk images (mkfs.ext4 -d, debugfs)
-  iproute2          # tap devices in tests
+  # build
+  pkg-config libvirt-dev              # the `virt` crate links libvirt
+  # guest images (images/build.py)
+  busybox-static cpio lz4 kmod gzip e2fsprogs
+  # nested KVM (L1 under TCG), the QEMU peer in benchmarks, software emulation
+  qemu-system-x86 qemu-utils
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  # node networking (handler/net/DEPENDENCIES)
+  containernetworking-plugins iptables iproute2 nftables dnsmasq-base procps
+  # tests
+  python3-pip
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -21,7 +27,10 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if ! python3 -c 'import pytest' 2>/dev/null; then
-  python3 -m pip install --quiet 'pytest>=8,<9'
+if ! python3 -c 'import pytest, sys; sys.exit(int(pytest.__version__.split(".")[0]) < 8)' 2>/dev/null; then
+  # Debian 12 marks its Python as externally managed; pytest 8 is not packaged there.
+  python3 -m pip install --quiet --break-system-packages -r "$(dirname "$0")/../tests/requirements.txt"
 fi
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+if command -v rustup >/dev/null 2>&1; then
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+fi

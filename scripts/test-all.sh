@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every Ironvisor test on a fresh Debian 12 machine: installs what it needs,
-# checks formatting and lints, runs the unit tests, builds the guest images, and runs the
-# end-to-end tests (the launcher ones for real inside nested KVM).
+# Runs every Ironvisor test on a fresh Debian 12 machine (root): installs what it needs,
+# checks formatting and lints, builds the guest images, starts libvirt for the
+# software-emulation backend, runs the Rust tests, builds the release binaries and runs
+# the end-to-end tests (the KVM launcher and the node agent for real inside nested KVM,
+# the software-emulation node on the host).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -17,14 +19,18 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "guest images"
+python3 images/build.py
+
+log "libvirt + QEMU (software-emulation backend)"
+launcher/qemu/setup-libvirt.sh
+
 log "unit and integration tests (cargo test)"
 cargo test --workspace --locked
 
 log "release binaries"
-cargo build --release --locked -p ironvisor-launcher -p ironvisor-bootbench
+cargo build --release --locked -p ironvisor-launcher -p ironvisor-bootbench \
+  -p ironvisor-handler -p ironvisor-launcher-qemu -p ironvisor-virtctl
 
-log "guest images"
-python3 images/build.py
-
-log "end-to-end tests (nested KVM under QEMU TCG)"
+log "end-to-end tests (pytest: nested KVM under QEMU TCG, software emulation on the host)"
 python3 -m pytest -v -p no:cacheprovider tests/
