@@ -15,7 +15,8 @@ log = logging.getLogger("images.initramfs")
 
 #: Modules the guest loads, in the order given (dependencies are added before each).
 GUEST_MODULES = [
-    "virtio", "virtio_ring", "virtio_mmio", "virtio_blk",
+    # virtio-mmio for the KVM launcher, virtio-pci for the software-emulation backend.
+    "virtio", "virtio_ring", "virtio_mmio", "virtio_pci", "virtio_blk",
     "failover", "net_failover", "virtio_net", "virtio_console",
 ]
 

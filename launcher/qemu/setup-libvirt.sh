@@ -8,9 +8,11 @@
 # given are owned by root (the node agent creates them), and the launcher is the only
 # thing that runs inside this QEMU process. Running QEMU as root with libvirt's
 # dynamic_ownership off means libvirt never chowns anyone's image files, and a disk or
-# kernel the launcher can read QEMU can read too. The tap is opened by libvirtd (root)
-# and passed to QEMU as a file descriptor either way. There is no AppArmor/SELinux to
-# confine QEMU on these machines, so security_driver is "none".
+# kernel the launcher can read QEMU can read too; the same holds for the unix sockets in
+# the launcher's private (0700, root) runtime directory: the serial console and, per NIC,
+# the datagram sockets of the frame relay. The tap itself is opened by the launcher in its
+# own network namespace and never handed to libvirtd or QEMU. There is no
+# AppArmor/SELinux to confine QEMU on these machines, so security_driver is "none".
 #
 # Environment: IRONVISOR_LIBVIRT_WAIT_SECS (default 30) bounds the wait for the socket.
 set -euo pipefail

@@ -153,7 +153,8 @@ class Node:
 
     def monitor_pid(self, uid: str) -> int:
         """The pid of the instance's monitor process (parent of its launcher)."""
-        return int((self.run_dir / "vmi" / uid / "launcher.pid").read_text().split()[0])
+        record = json.loads((self.run_dir / "vmi" / uid / "launcher.pid").read_text())
+        return int(record["pid"])
 
     # -- console --------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,12 @@ def test_small_example_runs_under_emulation_end_to_end(node: Node) -> None:
         listener.thread.join(timeout=30)
         assert listener.received == b"guest-says-hi\n", out
         assert "host-says-hello" in out, out
+        # The cloudInitNoCloud volume is a NoCloud seed disk (label cidata) holding the
+        # user data of the example.
+        out = console.run("for d in /dev/vd?; do head -c 512 $d | grep -qi cidata && "
+                          "head -c 4194304 $d | grep -q 'hostname: small' && "
+                          "echo SEED-ON-$d; done", "IV-SEED")
+        assert "SEED-ON-/dev/vd" in out, out
         assert console.detach() == 0
     finally:
         console.close()
@@ -145,6 +152,10 @@ def test_small_example_runs_under_emulation_end_to_end(node: Node) -> None:
     first = node.instance_dirs()
     assert len(first) == 1
     node.virtctl("restart", "small")
+    # A restart replaces the instance (a new VMI UID), as KubeVirt's does.
+    deadline = time.monotonic() + 120
+    while node.instance_dirs() in ([], first) and time.monotonic() < deadline:
+        time.sleep(0.5)
     node.wait_status("small", "Running", timeout=120)
     second = node.instance_dirs()
     assert len(second) == 1 and second != first, "restart must make a new instance"

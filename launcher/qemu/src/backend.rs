@@ -3,9 +3,12 @@
 //! `prepare` creates the domain **paused** (so the console pump and event watch are in
 //! place before the guest executes its first instruction), `start` resumes it, and
 //! `stop` destroys it. Being transient, a destroyed domain leaves nothing defined in
-//! libvirt. Everything the launcher set up (the domain, taps it created, the runtime
-//! directory with QEMU's serial socket) is released by [`Owned`] on stop or drop, in
-//! that order.
+//! libvirt. Everything the launcher set up (the domain, the NICs' frame relays, the taps
+//! it opened, the runtime directory with QEMU's serial and network sockets) is released
+//! by [`Owned`] on stop or drop, in that order.
+//!
+//! The taps are opened here, in the launcher's network namespace, before the domain
+//! exists; QEMU reaches them only through the [`relay`](crate::relay) sockets.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -30,6 +33,7 @@ use crate::console::{ConsoleError, SerialPump};
 use crate::domain::{launcher_pid_from_metadata, DomainError, DomainPlan, METADATA_NAMESPACE};
 use crate::libvirt::{self, LibvirtError, RawEvent};
 use crate::monitor;
+use crate::relay::{NicRelay, RelayError, RelaySocket};
 use crate::tap::{TapError, TapGuard};
 
 /// What `status` reports as the backend.
@@ -56,9 +60,9 @@ pub enum QemuError {
         #[source]
         source: std::io::Error,
     },
-    /// The serial socket path would not fit a unix socket address.
+    /// A socket path in the runtime directory would not fit a unix socket address.
     #[error(
-        "serial socket path {path} is {len} bytes; unix sockets allow at most \
+        "runtime socket path {path} is {len} bytes; unix sockets allow at most \
          {MAX_SOCKET_PATH_BYTES}: set {RUNTIME_DIR_ENV} to a shorter directory"
     )]
     SocketPathTooLong {
@@ -79,6 +83,9 @@ pub enum QemuError {
     /// The domain could not be planned.
     #[error(transparent)]
     Plan(#[from] DomainError),
+    /// A NIC's frame relay could not be set up.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
     /// libvirt could not be reached or events could not be registered.
     #[error(transparent)]
     Libvirt(#[from] LibvirtError),
@@ -129,7 +136,8 @@ pub enum QemuError {
 pub struct QemuBackend {
     /// libvirt URI ("qemu:///system").
     pub uri: String,
-    /// Directory under which each launcher makes `<pid>/` for QEMU's serial socket.
+    /// Directory under which each launcher makes `<pid>/` for QEMU's serial socket and
+    /// the NICs' relay sockets.
     pub runtime_base: PathBuf,
     /// Why hardware virtualization is not used, for the start-up warning.
     pub emulation_reason: Option<String>,
@@ -169,13 +177,15 @@ impl Backend for QemuBackend {
         );
         let pid = std::process::id();
         let runtime_dir = RuntimeDir::create(&self.runtime_base.join(pid.to_string()))?;
-        let serial_socket = runtime_dir.path.join("serial.sock");
-        let len = serial_socket.as_os_str().len();
-        if len > MAX_SOCKET_PATH_BYTES {
-            return Err(QemuError::SocketPathTooLong {
-                path: serial_socket,
-                len,
-            });
+        let plan = DomainPlan::from_config(config, &runtime_dir.path, pid)?;
+        for socket in plan.runtime_sockets() {
+            let len = socket.as_os_str().len();
+            if len > MAX_SOCKET_PATH_BYTES {
+                return Err(QemuError::SocketPathTooLong {
+                    path: socket.to_path_buf(),
+                    len,
+                });
+            }
         }
         let owned = Owned::new(runtime_dir);
         // Refuse or clean a domain of the same name before touching taps or sockets.
@@ -188,7 +198,12 @@ impl Backend for QemuBackend {
                 TapGuard::ensure(&net.tap).map_err(|source| QemuError::Tap { index, source })?;
             owned.lock_taps().push(tap);
         }
-        let plan = DomainPlan::from_config(config, serial_socket, pid)?;
+        // QEMU sends to these from its first instant, so they exist before the domain.
+        let relay_sockets = plan
+            .nets
+            .iter()
+            .map(|net| RelaySocket::bind(&net.id, &net.tap, &net.relay_socket))
+            .collect::<Result<Vec<_>, _>>()?;
         if let Some(agent) = &plan.agent_socket {
             // QEMU binds the agent socket itself; a leftover file would make it fail.
             remove_stale_socket(agent);
@@ -207,6 +222,12 @@ impl Backend for QemuBackend {
             })?;
         owned.set_domain(dom.clone(), domain.clone());
         tracing::info!(domain, "domain created (paused)");
+
+        for (index, (net, socket)) in plan.nets.iter().zip(relay_sockets).enumerate() {
+            let tap = owned.tap_file(index, &net.id)?;
+            let relay = socket.start(tap, &net.qemu_socket)?;
+            lock(&owned.relays).push(relay);
+        }
 
         let pump = SerialPump::start(&plan.serial_socket, console).map_err(|source| {
             QemuError::Console {
@@ -540,7 +561,8 @@ fn remove_stale_socket(path: &Path) {
     }
 }
 
-/// The per-launcher directory holding QEMU's serial socket; removed on drop.
+/// The per-launcher directory holding QEMU's serial socket and the NICs' relay sockets;
+/// removed on drop.
 #[derive(Debug)]
 struct RuntimeDir {
     path: PathBuf,
@@ -612,8 +634,9 @@ impl Drop for RuntimeDir {
 }
 
 /// Everything the launcher must undo, released once ([`Owned::release`]) in order: stop
-/// the monitor, destroy the domain, drain the console, drop the event watch, remove the
-/// taps it created, close the connection, remove the runtime directory.
+/// the monitor, destroy the domain, drain the console, drop the event watch, stop the
+/// frame relays, close the taps (deleting those it created), close the connection,
+/// remove the runtime directory.
 struct Owned {
     stopping: Arc<AtomicBool>,
     released: AtomicBool,
@@ -621,6 +644,7 @@ struct Owned {
     monitor: Mutex<Option<JoinHandle<()>>>,
     pump: Mutex<Option<SerialPump>>,
     watch: Mutex<Option<libvirt::DomainWatch>>,
+    relays: Mutex<Vec<NicRelay>>,
     taps: Mutex<Vec<TapGuard>>,
     conn: Mutex<Option<Connect>>,
     runtime_dir: Mutex<Option<RuntimeDir>>,
@@ -637,6 +661,7 @@ impl Owned {
             monitor: Mutex::new(None),
             pump: Mutex::new(None),
             watch: Mutex::new(None),
+            relays: Mutex::new(Vec::new()),
             taps: Mutex::new(Vec::new()),
             conn: Mutex::new(None),
             runtime_dir: Mutex::new(Some(runtime_dir)),
@@ -646,6 +671,24 @@ impl Owned {
 
     fn lock_taps(&self) -> MutexGuard<'_, Vec<TapGuard>> {
         lock(&self.taps)
+    }
+
+    /// A second descriptor of the `index`-th NIC's tap (taps are kept in NIC order).
+    fn tap_file(&self, index: usize, nic: &str) -> Result<std::fs::File, QemuError> {
+        let setup = |source| {
+            QemuError::Relay(RelayError::Setup {
+                nic: nic.to_string(),
+                what: "duplicating the tap descriptor",
+                source,
+            })
+        };
+        let taps = self.lock_taps();
+        let tap = taps
+            .get(index)
+            .ok_or_else(|| setup(std::io::Error::other("no open tap for this NIC")))?;
+        tap.try_clone_file()
+            .unwrap_or_else(|| Err(std::io::Error::other("the tap was already closed")))
+            .map_err(setup)
     }
 
     fn set_conn(&self, conn: Connect) {
@@ -682,10 +725,11 @@ impl Owned {
             pump.close();
         }
         drop(lock(&self.watch).take());
+        for mut relay in lock(&self.relays).drain(..) {
+            relay.stop();
+        }
         for mut tap in lock(&self.taps).drain(..) {
-            if let Err(err) = tap.remove() {
-                tracing::warn!(%err, "tap left behind");
-            }
+            tap.remove();
         }
         if let Some(mut conn) = lock(&self.conn).take() {
             if let Err(err) = conn.close() {

@@ -8,6 +8,11 @@
 //! libvirt reboot event, on which the launcher destroys it (libvirt reports a reset under
 //! `on_reboot=destroy` exactly like a poweroff, so that setting would lose the
 //! distinction).
+//!
+//! NICs are not libvirt `<interface>`s: libvirtd opens those in its own network namespace.
+//! Each NIC is a `-netdev dgram` + `virtio-net-pci` pair passed through with
+//! `<qemu:commandline>` ([`crate::qemu_args`]), talking to the launcher's frame relay
+//! over unix sockets in the runtime directory ([`crate::relay`]).
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -16,6 +21,8 @@ use std::path::{Path, PathBuf};
 
 use ironvisor_launcher::config::{format_mac, LaunchConfig};
 use ironvisor_launcher_api::control::DeviceStatus;
+
+use crate::qemu_args::{self, QEMU_NAMESPACE, QEMU_PREFIX};
 
 /// Prefix of every domain the launcher creates: the domain of VM `x` is `ironvisor-x`.
 pub const DOMAIN_PREFIX: &str = "ironvisor-";
@@ -153,10 +160,26 @@ pub struct PlannedDisk {
 pub struct PlannedNet {
     /// Device id from the configuration.
     pub id: String,
-    /// Host tap device.
+    /// Host tap device (opened by the launcher, in the launcher's network namespace).
     pub tap: String,
     /// Guest MAC, "52:54:00:12:34:56".
     pub mac: String,
+    /// The launcher's relay socket (QEMU's `remote.path`).
+    pub relay_socket: PathBuf,
+    /// QEMU's socket (its `local.path`), which QEMU binds at start-up.
+    pub qemu_socket: PathBuf,
+}
+
+/// Name of the serial socket in the runtime directory.
+pub const SERIAL_SOCKET: &str = "serial.sock";
+
+/// The relay's and QEMU's socket paths of the `index`-th NIC in `runtime_dir`. Named by
+/// index, so any NIC id fits a unix socket address.
+pub fn nic_socket_paths(runtime_dir: &Path, index: usize) -> (PathBuf, PathBuf) {
+    (
+        runtime_dir.join(format!("nic{index}.sock")),
+        runtime_dir.join(format!("nic{index}-qemu.sock")),
+    )
 }
 
 /// Everything the domain XML needs, resolved from a validated [`LaunchConfig`].
@@ -191,12 +214,14 @@ pub struct DomainPlan {
 
 impl DomainPlan {
     /// Resolves `config` (already validated) into a plan: absolute paths, detected disk
-    /// formats, MACs (generated ones included) and guest device names.
+    /// formats, MACs (generated ones included), guest device names, and the sockets in
+    /// the launcher's `runtime_dir` (serial console, one pair per NIC).
     pub fn from_config(
         config: &LaunchConfig,
-        serial_socket: PathBuf,
+        runtime_dir: &Path,
         launcher_pid: u32,
     ) -> Result<Self, DomainError> {
+        let serial_socket = runtime_dir.join(SERIAL_SOCKET);
         let kernel = absolute_file("kernel", &config.kernel.path)?;
         let initrd = config
             .kernel
@@ -225,10 +250,16 @@ impl DomainPlan {
         let nets = config
             .nets
             .iter()
-            .map(|net| PlannedNet {
-                id: net.id.clone(),
-                tap: net.tap.clone(),
-                mac: format_mac(&config.mac_for(net)),
+            .enumerate()
+            .map(|(index, net)| {
+                let (relay_socket, qemu_socket) = nic_socket_paths(runtime_dir, index);
+                PlannedNet {
+                    id: net.id.clone(),
+                    tap: net.tap.clone(),
+                    mac: format_mac(&config.mac_for(net)),
+                    relay_socket,
+                    qemu_socket,
+                }
             })
             .collect();
         let agent_socket = config
@@ -250,6 +281,17 @@ impl DomainPlan {
             serial_socket,
             agent_socket,
         })
+    }
+
+    /// Every socket in the runtime directory (serial, then the NICs' pairs), for the
+    /// unix-socket path length check.
+    pub fn runtime_sockets(&self) -> Vec<&Path> {
+        let mut sockets = vec![self.serial_socket.as_path()];
+        for net in &self.nets {
+            sockets.push(&net.relay_socket);
+            sockets.push(&net.qemu_socket);
+        }
+        sockets
     }
 
     /// The devices as the control API reports them (same kinds and ids as the KVM
@@ -298,8 +340,9 @@ impl DomainPlan {
             x,
             0,
             &format!(
-                "<domain type='qemu' xmlns:{METADATA_PREFIX}='{}'>",
-                escape(METADATA_NAMESPACE)
+                "<domain type='qemu' xmlns:{METADATA_PREFIX}='{}' xmlns:{QEMU_PREFIX}='{}'>",
+                escape(METADATA_NAMESPACE),
+                escape(QEMU_NAMESPACE)
             ),
         );
         line(x, 1, &format!("<name>{}</name>", escape(&self.domain_name)));
@@ -371,18 +414,6 @@ impl DomainPlan {
         for disk in &self.disks {
             self.disk_xml(x, disk);
         }
-        for net in &self.nets {
-            line(x, 2, "<interface type='ethernet'>");
-            line(
-                x,
-                3,
-                &format!("<target dev='{}' managed='no'/>", escape(&net.tap)),
-            );
-            line(x, 3, &format!("<mac address='{}'/>", escape(&net.mac)));
-            line(x, 3, "<model type='virtio'/>");
-            line(x, 3, &format!("<alias name='ua-net-{}'/>", escape(&net.id)));
-            line(x, 2, "</interface>");
-        }
         line(x, 2, "<serial type='unix'>");
         line(
             x,
@@ -412,6 +443,20 @@ impl DomainPlan {
         line(x, 2, "<memballoon model='none'/>");
         line(x, 2, "<video><model type='none'/></video>");
         line(x, 1, "</devices>");
+        if !self.nets.is_empty() {
+            line(x, 1, &format!("<{QEMU_PREFIX}:commandline>"));
+            for (index, net) in self.nets.iter().enumerate() {
+                for arg in qemu_args::nic_args(index, &net.mac, &net.qemu_socket, &net.relay_socket)
+                {
+                    line(
+                        x,
+                        2,
+                        &format!("<{QEMU_PREFIX}:arg value='{}'/>", escape(&arg)),
+                    );
+                }
+            }
+            line(x, 1, &format!("</{QEMU_PREFIX}:commandline>"));
+        }
         line(x, 0, "</domain>");
         xml
     }
@@ -569,7 +614,7 @@ mod tests {
     }
 
     fn plan(fx: &Fixture) -> DomainPlan {
-        DomainPlan::from_config(&fx.config, fx.dir.path().join("serial.sock"), 4242).unwrap()
+        DomainPlan::from_config(&fx.config, fx.dir.path(), 4242).unwrap()
     }
 
     fn child<'a>(node: roxmltree::Node<'a, 'a>, name: &str) -> roxmltree::Node<'a, 'a> {
@@ -647,7 +692,7 @@ mod tests {
     fn plan_names_a_missing_disk() {
         let mut fx = fixture();
         fx.config.disks[1].path = fx.dir.path().join("gone.img");
-        let err = DomainPlan::from_config(&fx.config, "/s.sock".into(), 1).unwrap_err();
+        let err = DomainPlan::from_config(&fx.config, Path::new("/run"), 1).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("disks[1] (data)"), "{text}");
         assert!(text.contains("gone.img"), "{text}");
@@ -735,24 +780,9 @@ mod tests {
         assert_eq!(child(disks[1], "driver").attribute("type"), Some("qcow2"));
         assert_eq!(text(disks[1], "serial"), "SN-'7'");
 
-        let nics: Vec<_> = devices
-            .children()
-            .filter(|n| n.has_tag_name("interface"))
-            .collect();
-        assert_eq!(nics.len(), 2);
-        assert_eq!(nics[0].attribute("type"), Some("ethernet"));
-        let target = child(nics[0], "target");
-        assert_eq!(target.attribute("dev"), Some("tap-web1"));
-        assert_eq!(target.attribute("managed"), Some("no"));
-        assert_eq!(
-            child(nics[0], "mac").attribute("address"),
-            Some("52:54:00:aa:bb:cc")
-        );
-        assert_eq!(child(nics[0], "model").attribute("type"), Some("virtio"));
-        assert_eq!(
-            child(nics[1], "mac").attribute("address"),
-            Some(plan.nets[1].mac.as_str())
-        );
+        // NICs are not libvirt interfaces (libvirtd would look the tap up in its own
+        // network namespace); see xml_passes_nics_through_to_qemu.
+        assert!(!devices.children().any(|n| n.has_tag_name("interface")));
 
         let serial = child(devices, "serial");
         assert_eq!(serial.attribute("type"), Some("unix"));
@@ -767,6 +797,94 @@ mod tests {
             plan.agent_socket.as_ref().unwrap().to_str()
         );
         assert_eq!(child(console, "target").attribute("type"), Some("virtio"));
+    }
+
+    /// The `<qemu:arg value>`s of the domain, in order.
+    fn qemu_args_of(xml: &str) -> Vec<String> {
+        let doc = roxmltree::Document::parse(xml).unwrap();
+        let commandline = doc
+            .root_element()
+            .children()
+            .find(|n| n.has_tag_name((QEMU_NAMESPACE, "commandline")))
+            .expect("<qemu:commandline> in the qemu namespace");
+        commandline
+            .children()
+            .filter(|n| n.is_element())
+            .map(|n| {
+                assert!(n.has_tag_name((QEMU_NAMESPACE, "arg")), "{n:?}");
+                n.attribute("value").unwrap().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn xml_passes_nics_through_to_qemu() {
+        let fx = fixture();
+        let plan = plan(&fx);
+        let xml = plan.to_xml();
+        assert!(
+            xml.starts_with(&format!(
+                "<domain type='qemu' xmlns:ironvisor='{METADATA_NAMESPACE}' \
+                 xmlns:qemu='{QEMU_NAMESPACE}'>"
+            )),
+            "{xml}"
+        );
+        let dir = fx.dir.path();
+        assert_eq!(plan.nets[0].relay_socket, dir.join("nic0.sock"));
+        assert_eq!(plan.nets[1].qemu_socket, dir.join("nic1-qemu.sock"));
+        let args = qemu_args_of(&xml);
+        let flags: Vec<&str> = args.iter().step_by(2).map(String::as_str).collect();
+        assert_eq!(flags, ["-netdev", "-device", "-netdev", "-device"]);
+        let json = |i: usize| -> serde_json::Value { serde_json::from_str(&args[i]).unwrap() };
+        for (index, net) in plan.nets.iter().enumerate() {
+            let (netdev, device) = (json(4 * index + 1), json(4 * index + 3));
+            assert_eq!(netdev["type"], "dgram");
+            assert_eq!(netdev["id"], format!("ivnet{index}"));
+            assert_eq!(netdev["local"]["type"], "unix");
+            assert_eq!(netdev["local"]["path"], net.qemu_socket.to_str().unwrap());
+            assert_eq!(netdev["remote"]["type"], "unix");
+            assert_eq!(netdev["remote"]["path"], net.relay_socket.to_str().unwrap());
+            assert_eq!(device["driver"], "virtio-net-pci");
+            assert_eq!(device["netdev"], format!("ivnet{index}"));
+            assert_eq!(device["mac"], net.mac.as_str());
+        }
+        assert_eq!(json(3)["mac"], "52:54:00:aa:bb:cc");
+        // The commandline follows <devices>, as a direct child of <domain>.
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let names: Vec<_> = doc
+            .root_element()
+            .children()
+            .filter(|n| n.is_element())
+            .map(|n| n.tag_name().name())
+            .collect();
+        assert_eq!(names[names.len() - 2..], ["devices", "commandline"]);
+    }
+
+    #[test]
+    fn qemu_args_are_escaped_for_xml_and_qemu() {
+        let fx = fixture();
+        let odd = fx.dir.path().join("run'&<x>,\"y");
+        std::fs::create_dir(&odd).unwrap();
+        let plan = DomainPlan::from_config(&fx.config, &odd, 1).unwrap();
+        let xml = plan.to_xml();
+        // XML-escaped in the attribute (JSON escapes the double quote first) ...
+        assert!(
+            xml.contains(r#"run&apos;&amp;&lt;x&gt;,\&quot;y/nic0-qemu.sock"#),
+            "{xml}"
+        );
+        // ... and the exact path again once parsed back.
+        let args = qemu_args_of(&xml);
+        let netdev: serde_json::Value = serde_json::from_str(&args[1]).unwrap();
+        assert_eq!(
+            netdev["local"]["path"],
+            odd.join("nic0-qemu.sock").to_str().unwrap()
+        );
+        assert_eq!(
+            netdev["remote"]["path"],
+            odd.join("nic0.sock").to_str().unwrap()
+        );
+        assert_eq!(plan.runtime_sockets().len(), 1 + 2 * 2);
+        assert!(plan.runtime_sockets()[0].ends_with(SERIAL_SOCKET));
     }
 
     #[test]
@@ -789,6 +907,7 @@ mod tests {
                 "{absent}"
             );
         }
+        assert!(!domain.children().any(|n| n.has_tag_name("commandline")));
         assert!(devices.children().any(|n| n.has_tag_name("serial")));
     }
 

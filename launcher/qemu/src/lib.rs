@@ -12,7 +12,9 @@
 //! - [`libvirt`]: libvirt's event loop and the domain event callbacks (FFI).
 //! - [`monitor`]: turns libvirt events (and state polls) into VM events.
 //! - [`console`]: the serial socket pump into the console hub.
-//! - [`tap`]: creating and removing taps that do not exist yet.
+//! - [`qemu_args`]: the QEMU arguments of each NIC (libvirt's QEMU namespace passthrough).
+//! - [`relay`]: the per-NIC frame relay between the tap and QEMU's datagram socket.
+//! - [`tap`]: opening the VM's taps in the launcher's network namespace.
 
 #![deny(missing_docs)]
 
@@ -21,6 +23,8 @@ pub mod console;
 pub mod domain;
 pub mod libvirt;
 pub mod monitor;
+pub mod qemu_args;
+pub mod relay;
 pub mod tap;
 
 pub use backend::{QemuBackend, QemuError, QemuInstance, BACKEND_NAME};

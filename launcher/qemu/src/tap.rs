@@ -1,13 +1,22 @@
-//! Tap devices for `<interface type='ethernet'>` with `managed='no'`: libvirt opens an
-//! existing tap by name and never creates or deletes it. Taps normally pre-exist (the
-//! node agent creates them); for a tap that does not exist, the launcher creates a
-//! persistent one, brings it up, and deletes it again when the VM ends — the same
-//! "created if missing, removed on exit" contract as the KVM launcher.
+//! The VM's tap devices, opened by the launcher itself in **its own** network namespace.
+//!
+//! QEMU never sees the tap: the launcher holds the tap's file descriptor and the
+//! [`relay`](crate::relay) copies frames between it and QEMU (see that module for why).
+//! A tap that already exists (the node agent creates a persistent `tap0` inside the VM's
+//! network namespace) is attached to and left in place when the VM ends. A tap that does
+//! not exist is created **non-persistent** and brought up: the kernel deletes it when the
+//! launcher's last descriptor of it closes, which is when the VM ends — even if the
+//! launcher is killed — keeping the KVM launcher's "created if missing, removed on exit"
+//! contract.
+//!
+//! Existence is decided in the calling thread's network namespace (`if_nametoindex`, a
+//! socket ioctl), never through `/sys/class/net`: a process that joined a namespace with
+//! `setns(2)` still sees the sysfs mounted for its original namespace.
 
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 
 const TUN_PATH: &str = "/dev/net/tun";
 
@@ -20,11 +29,20 @@ pub enum TapError {
         /// The tap name.
         name: String,
     },
-    /// An interface of that name exists but is not a tun/tap device.
-    #[error("interface {name} exists but is not a tap device (no tun_flags in sysfs)")]
+    /// An interface of that name exists in this network namespace but is not a tap.
+    #[error("interface {name} exists in the launcher's network namespace but is not a tap device")]
     NotTap {
         /// The interface name.
         name: String,
+    },
+    /// The tap exists but another process has it open (taps here are single-queue).
+    #[error("tap {name} is already in use by another process (TUNSETIFF: {source})")]
+    Busy {
+        /// The tap name.
+        name: String,
+        /// The OS error (EBUSY).
+        #[source]
+        source: io::Error,
     },
     /// /dev/net/tun could not be opened.
     #[error("tap {name}: opening {TUN_PATH}: {source}")]
@@ -40,7 +58,7 @@ pub enum TapError {
     Ioctl {
         /// The tap name.
         name: String,
-        /// "TUNSETIFF", "TUNSETPERSIST", "SIOCSIFFLAGS", ...
+        /// "TUNSETIFF", "SIOCSIFFLAGS", ...
         op: &'static str,
         /// The OS error.
         #[source]
@@ -48,44 +66,50 @@ pub enum TapError {
     },
 }
 
-/// A tap the VM uses. If the launcher created it, dropping the guard deletes it.
+/// An open tap the VM uses. Dropping it (or [`TapGuard::remove`]) closes the launcher's
+/// descriptor; a tap the launcher created disappears once no descriptor is left.
 #[derive(Debug)]
 pub struct TapGuard {
     name: String,
     created: bool,
+    file: Option<File>,
 }
 
 impl TapGuard {
-    /// Uses the tap `name` if it exists, or creates it (persistent, up) if it does not.
+    /// Attaches to the tap `name` in the current network namespace, or creates it
+    /// (non-persistent, up) if no interface of that name exists there.
     pub fn ensure(name: &str) -> Result<Self, TapError> {
-        Self::ensure_in(Path::new("/sys/class/net"), name)
-    }
-
-    fn ensure_in(sysfs_net: &Path, name: &str) -> Result<Self, TapError> {
         let _span = tracing::debug_span!("tap_ensure", tap = name).entered();
         let ifr = ifreq_for(name)?;
-        let dir = sysfs_net.join(name);
-        if dir.exists() {
-            if !dir.join("tun_flags").exists() {
-                return Err(TapError::NotTap {
+        let existed = interface_exists(name)?;
+        let file = attach(name, ifr).map_err(|err| match err {
+            TapError::Ioctl { source, .. }
+                if existed && source.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                TapError::NotTap {
                     name: name.to_string(),
-                });
+                }
             }
-            tracing::debug!("using the existing tap");
-            return Ok(Self {
-                name: name.to_string(),
-                created: false,
-            });
-        }
-        let tun = attach(name, ifr)?;
-        set_persist(name, &tun, true)?;
+            TapError::Ioctl { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
+                TapError::Busy {
+                    name: name.to_string(),
+                    source,
+                }
+            }
+            other => other,
+        })?;
         let guard = Self {
             name: name.to_string(),
-            created: true,
+            created: !existed,
+            file: Some(file),
         };
-        // From here the guard deletes the tap again if bringing it up fails.
-        set_up(name)?;
-        tracing::info!(tap = name, "created tap (removed when the VM ends)");
+        if existed {
+            tracing::info!(tap = name, "attached to the existing tap");
+        } else {
+            // From here dropping the guard deletes the tap again if bringing it up fails.
+            set_up(name)?;
+            tracing::info!(tap = name, "created tap (removed when the VM ends)");
+        }
         Ok(guard)
     }
 
@@ -94,31 +118,28 @@ impl TapGuard {
         &self.name
     }
 
-    /// Whether the launcher created the tap (and will delete it).
+    /// Whether the launcher created the tap (it goes away with the launcher's descriptor).
     pub fn created(&self) -> bool {
         self.created
     }
 
-    /// Deletes the tap now if the launcher created it; a no-op otherwise.
-    pub fn remove(&mut self) -> Result<(), TapError> {
-        if !self.created {
-            return Ok(());
+    /// A second descriptor of the open tap (for the frame relay); `None` once removed.
+    pub fn try_clone_file(&self) -> Option<io::Result<File>> {
+        self.file.as_ref().map(File::try_clone)
+    }
+
+    /// Closes the launcher's descriptor now. A tap the launcher created is deleted by the
+    /// kernel once every descriptor (the relay's too) is closed; an existing tap stays.
+    pub fn remove(&mut self) {
+        if self.file.take().is_some() && self.created {
+            tracing::info!(tap = %self.name, "closed the tap the launcher created (the kernel removes it)");
         }
-        self.created = false;
-        let tun = attach(&self.name, ifreq_for(&self.name)?)?;
-        set_persist(&self.name, &tun, false)?;
-        // Closing the last fd of a non-persistent tap deletes the interface.
-        drop(tun);
-        tracing::info!(tap = %self.name, "removed the tap the launcher created");
-        Ok(())
     }
 }
 
 impl Drop for TapGuard {
     fn drop(&mut self) {
-        if let Err(err) = self.remove() {
-            tracing::warn!(%err, "tap left behind");
-        }
+        self.remove();
     }
 }
 
@@ -137,7 +158,28 @@ fn ifreq_for(name: &str) -> Result<libc::ifreq, TapError> {
     Ok(ifr)
 }
 
-/// Opens /dev/net/tun attached to tap `name` (creating a non-persistent tap if missing).
+/// Whether an interface `name` exists in the calling thread's network namespace.
+pub fn interface_exists(name: &str) -> Result<bool, TapError> {
+    let cname = CString::new(name).map_err(|_| TapError::BadName {
+        name: name.to_string(),
+    })?;
+    // SAFETY: `cname` is a valid NUL-terminated string; the call only reads it.
+    if unsafe { libc::if_nametoindex(cname.as_ptr()) } != 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENODEV) | Some(libc::ENXIO) => Ok(false),
+        _ => Err(TapError::Ioctl {
+            name: name.to_string(),
+            op: "SIOCGIFINDEX",
+            source: err,
+        }),
+    }
+}
+
+/// Opens /dev/net/tun attached to tap `name` (creating a non-persistent tap if missing):
+/// plain Ethernet frames, no packet-information or virtio-net header.
 fn attach(name: &str, mut ifr: libc::ifreq) -> Result<File, TapError> {
     let file = OpenOptions::new()
         .read(true)
@@ -147,8 +189,7 @@ fn attach(name: &str, mut ifr: libc::ifreq) -> Result<File, TapError> {
             name: name.to_string(),
             source,
         })?;
-    ifr.ifr_ifru.ifru_flags =
-        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one `ifreq`, which `ifr` is, on a valid fd.
     let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
     if ret < 0 {
@@ -159,25 +200,6 @@ fn attach(name: &str, mut ifr: libc::ifreq) -> Result<File, TapError> {
         });
     }
     Ok(file)
-}
-
-fn set_persist(name: &str, tun: &File, persist: bool) -> Result<(), TapError> {
-    // SAFETY: TUNSETPERSIST takes its argument by value, on a valid tun fd.
-    let ret = unsafe {
-        libc::ioctl(
-            tun.as_raw_fd(),
-            libc::TUNSETPERSIST,
-            libc::c_ulong::from(persist),
-        )
-    };
-    if ret < 0 {
-        return Err(TapError::Ioctl {
-            name: name.to_string(),
-            op: "TUNSETPERSIST",
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
 }
 
 /// Sets the interface administratively up, like `ip link set NAME up`.
@@ -212,10 +234,54 @@ fn set_up(name: &str) -> Result<(), TapError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+    use std::process::Command;
 
-    fn is_root() -> bool {
+    fn can_make_taps() -> bool {
         // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+        let root = unsafe { libc::geteuid() == 0 };
+        if !root || !Path::new(TUN_PATH).exists() {
+            eprintln!("skipped: needs root and {TUN_PATH}");
+            return false;
+        }
+        true
+    }
+
+    fn ip(args: &[&str]) -> bool {
+        Command::new("ip")
+            .args(args)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// A named network namespace (`ip netns add`), deleted on drop.
+    struct Netns(String);
+
+    impl Netns {
+        fn create(name: &str) -> Option<Self> {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+            ip(&["netns", "add", name]).then(|| Netns(name.to_string()))
+        }
+
+        /// Runs `f` on a thread that joined this namespace (setns affects one thread).
+        fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+            let ns = File::open(Path::new("/run/netns").join(&self.0)).unwrap();
+            std::thread::spawn(move || {
+                // SAFETY: setns on a valid namespace fd; only this thread changes.
+                let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(ret, 0, "setns: {}", io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = ip(&["netns", "del", &self.0]);
+        }
     }
 
     #[test]
@@ -228,28 +294,17 @@ mod tests {
 
     #[test]
     fn existing_interface_that_is_not_a_tap_is_refused() {
-        let sys = tempfile::tempdir().unwrap();
-        std::fs::create_dir(sys.path().join("eth9")).unwrap();
-        let err = TapGuard::ensure_in(sys.path(), "eth9").unwrap_err();
+        if !can_make_taps() {
+            return;
+        }
+        let err = TapGuard::ensure("lo").unwrap_err();
         assert!(matches!(err, TapError::NotTap { .. }), "{err}");
-        assert!(err.to_string().contains("eth9"));
-    }
-
-    #[test]
-    fn existing_tap_is_used_and_never_deleted() {
-        let sys = tempfile::tempdir().unwrap();
-        std::fs::create_dir(sys.path().join("tapx")).unwrap();
-        std::fs::write(sys.path().join("tapx/tun_flags"), "0x1002\n").unwrap();
-        let mut guard = TapGuard::ensure_in(sys.path(), "tapx").unwrap();
-        assert!(!guard.created());
-        assert_eq!(guard.name(), "tapx");
-        guard.remove().unwrap();
+        assert!(err.to_string().contains("lo"));
     }
 
     #[test]
     fn missing_tap_is_created_up_and_removed() {
-        if !is_root() || !Path::new(TUN_PATH).exists() {
-            eprintln!("skipped: needs root and {TUN_PATH}");
+        if !can_make_taps() {
             return;
         }
         let name = format!("ivq{}", std::process::id() % 100_000);
@@ -262,5 +317,69 @@ mod tests {
         assert_ne!(flags & libc::IFF_UP as u32, 0, "tap is up");
         drop(guard);
         assert!(!sys.exists(), "tap removed on drop");
+    }
+
+    #[test]
+    fn existence_is_judged_in_the_threads_network_namespace() {
+        if !can_make_taps() {
+            return;
+        }
+        let pid = std::process::id() % 100_000;
+        let Some(ns) = Netns::create(&format!("ivq-tap{pid}")) else {
+            eprintln!("skipped: ip netns add failed");
+            return;
+        };
+        let tap = format!("ivn{pid}");
+        assert!(ip(&[
+            "-n", &ns.0, "tuntap", "add", "dev", &tap, "mode", "tap"
+        ]));
+        // The host namespace (and its sysfs, which a setns'd thread still sees) has no
+        // such interface.
+        assert!(!interface_exists(&tap).unwrap());
+        assert!(!Path::new("/sys/class/net").join(&tap).exists());
+
+        let name = tap.clone();
+        let (created, still_there) = ns.run(move || {
+            let mut guard = TapGuard::ensure(&name).unwrap();
+            let created = guard.created();
+            guard.remove();
+            (created, interface_exists(&name).unwrap())
+        });
+        assert!(
+            !created,
+            "the tap inside the namespace is used, not created"
+        );
+        assert!(still_there, "an existing tap is never deleted");
+        assert!(
+            !interface_exists(&tap).unwrap(),
+            "nothing created on the host"
+        );
+
+        // A missing tap is created inside the namespace, and gone with its descriptor.
+        let name = format!("ivm{pid}");
+        let (created, during, after) = ns.run(move || {
+            let guard = TapGuard::ensure(&name).unwrap();
+            let during = interface_exists(&name).unwrap();
+            let created = guard.created();
+            drop(guard);
+            (created, during, interface_exists(&name).unwrap())
+        });
+        assert!(created && during && !after, "{created} {during} {after}");
+
+        // And a non-tap interface inside the namespace is refused.
+        let err = ns.run(|| TapGuard::ensure("lo").unwrap_err());
+        assert!(matches!(err, TapError::NotTap { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_tap_in_use_is_reported_busy() {
+        if !can_make_taps() {
+            return;
+        }
+        let name = format!("ivb{}", std::process::id() % 100_000);
+        let first = TapGuard::ensure(&name).unwrap();
+        let err = TapGuard::ensure(&name).unwrap_err();
+        assert!(matches!(err, TapError::Busy { .. }), "{err}");
+        drop(first);
     }
 }

@@ -6,8 +6,11 @@
 //! `python3 images/build.py` when missing; a test is skipped (with the reason printed)
 //! only if one of these cannot be had. VMs run one at a time: the machine has two cores.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -150,6 +153,77 @@ impl Captured {
     }
 }
 
+/// How [`Launcher::spawn_opts`] starts the launcher.
+#[derive(Default)]
+struct Opts<'a> {
+    /// Add `--agent-socket <dir>/agent.sock`.
+    agent: bool,
+    /// Run the launcher inside this network namespace.
+    netns: Option<&'a Netns>,
+    /// `IRONVISOR_QEMU_RUNTIME_DIR` for the launcher.
+    runtime_dir: Option<&'a Path>,
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop, even if the test fails.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(name: &str) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        run_ok("ip", &["netns", "add", name]);
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn open(&self) -> std::fs::File {
+        std::fs::File::open(Path::new("/run/netns").join(&self.name)).expect("open the netns")
+    }
+
+    /// `ip -n NS ARGS`, which must succeed; returns stdout.
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run_ok("ip", &all)
+    }
+
+    /// Runs `f` on a thread inside the namespace (setns changes only that thread).
+    fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let ns = self.open();
+        std::thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd; only this thread changes.
+            let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(ret, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().expect(program);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// One launcher process with a console client attached.
 struct Launcher {
     name: String,
@@ -169,13 +243,40 @@ impl Launcher {
 
     /// Like [`Launcher::spawn`]; `agent` adds `--agent-socket <dir>/agent.sock`.
     fn spawn_with(name: &str, images: &Images, cmdline: &str, extra: &[&str], agent: bool) -> Self {
+        let opts = Opts {
+            agent,
+            ..Opts::default()
+        };
+        Self::spawn_opts(name, images, cmdline, extra, &opts)
+    }
+
+    fn spawn_opts(name: &str, images: &Images, cmdline: &str, extra: &[&str], opts: &Opts) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let agent_args: Vec<PathBuf> = if agent {
+        let agent_args: Vec<PathBuf> = if opts.agent {
             vec!["--agent-socket".into(), dir.path().join("agent.sock")]
         } else {
             Vec::new()
         };
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        // Join the namespace like the node agent's monitor does: setns(2) only, so the
+        // launcher still sees the host's /sys (unlike `ip netns exec`, which remounts it).
+        let netns = opts.netns.map(|ns| ns.open());
+        if let Some(ns) = &netns {
+            let fd = ns.as_raw_fd();
+            // SAFETY: setns(2) is async-signal-safe; `fd` stays open until spawn returns.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        if let Some(runtime) = opts.runtime_dir {
+            command.env("IRONVISOR_QEMU_RUNTIME_DIR", runtime);
+        }
+        let mut child = command
             .args(["--name", name, "--cmdline", cmdline, "--memory-mib", "256"])
             .arg("--kernel")
             .arg(&images.kernel)
@@ -194,6 +295,7 @@ impl Launcher {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn launcher");
+        drop(netns);
         let stdout = Captured::spawn_reader(child.stdout.take().unwrap());
         let stderr = Captured::spawn_reader(child.stderr.take().unwrap());
         let mut launcher = Launcher {
@@ -559,53 +661,14 @@ fn second_launcher_is_refused_and_a_killed_launchers_domain_is_cleaned() {
     assert_no_domain("tcg-stale");
 }
 
-/// An extra initramfs archive: the virtio-pci modules the generic image lacks, a module
-/// list that loads them, and a scenario that prints what the guest sees.
-fn pci_overlay(dir: &Path) -> PathBuf {
-    let version = std::fs::read_to_string(workspace().join(".cache/images/kernel.version"))
-        .unwrap()
-        .trim()
-        .to_string();
+/// An extra initramfs archive with the scenarios `(name, script)` (`/scenarios/NAME.sh`),
+/// appended to the generic guest initramfs (which loads the virtio-pci modules itself).
+fn scenario_overlay(dir: &Path, scenarios: &[(&str, &str)]) -> PathBuf {
     let root = dir.join("overlay");
-    let moddir = format!("lib/modules/{version}/kernel/drivers/virtio");
-    std::fs::create_dir_all(root.join(&moddir)).unwrap();
-    let src = workspace().join(".cache/images/modules/kernel/drivers/virtio");
-    let mut list = String::from_utf8(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "zcat {} | cpio -i --quiet --to-stdout etc/ironvisor/modules",
-                workspace().join(".cache/images/initrd.cpio.gz").display()
-            ))
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    for module in [
-        "virtio_pci_legacy_dev",
-        "virtio_pci_modern_dev",
-        "virtio_pci",
-    ] {
-        let file = format!("{module}.ko");
-        std::fs::copy(src.join(&file), root.join(&moddir).join(&file)).unwrap();
-        list.push_str(&format!("/{moddir}/{file}\n"));
-    }
-    std::fs::create_dir_all(root.join("etc/ironvisor")).unwrap();
-    std::fs::write(root.join("etc/ironvisor/modules"), list).unwrap();
     std::fs::create_dir_all(root.join("scenarios")).unwrap();
-    std::fs::write(
-        root.join("scenarios/devices.sh"),
-        "for d in vda vdb; do\n\
-         \techo \"DEV $d serial=$(cat /sys/block/$d/serial) ro=$(cat /sys/block/$d/ro) \
-         sectors=$(cat /sys/block/$d/size)\"\n\
-         done\n\
-         echo \"DATA $(head -c 13 /dev/vda)\"\n\
-         echo \"MAC $(cat /sys/class/net/eth0/address)\"\n\
-         read -r line < /dev/hvc0\n\
-         echo \"AGENT got $line\"\n",
-    )
-    .unwrap();
+    for (name, script) in scenarios {
+        std::fs::write(root.join(format!("scenarios/{name}.sh")), script).unwrap();
+    }
     let archive = dir.join("overlay.cpio.gz");
     let status = Command::new("sh")
         .arg("-c")
@@ -617,7 +680,7 @@ fn pci_overlay(dir: &Path) -> PathBuf {
         .status()
         .unwrap();
     assert!(status.success());
-    let combined = dir.join("initrd-pci.cpio.gz");
+    let combined = dir.join("initrd-scenarios.cpio.gz");
     let mut bytes = std::fs::read(workspace().join(".cache/images/initrd.cpio.gz")).unwrap();
     bytes.extend(std::fs::read(&archive).unwrap());
     std::fs::write(&combined, bytes).unwrap();
@@ -651,7 +714,20 @@ fn disks_and_nic_reach_the_guest_over_virtio_pci() {
     let len = file.metadata().unwrap().len();
     file.set_len(len.div_ceil(512) * 512).unwrap();
     drop(file);
-    let initrd = pci_overlay(work.path());
+    let initrd = scenario_overlay(
+        work.path(),
+        &[(
+            "devices",
+            "for d in vda vdb; do\n\
+             \techo \"DEV $d serial=$(cat /sys/block/$d/serial) ro=$(cat /sys/block/$d/ro) \
+             sectors=$(cat /sys/block/$d/size)\"\n\
+             done\n\
+             echo \"DATA $(head -c 13 /dev/vda)\"\n\
+             echo \"MAC $(cat /sys/class/net/eth0/address)\"\n\
+             read -r line < /dev/hvc0\n\
+             echo \"AGENT got $line\"\n",
+        )],
+    );
     let overlay = Images {
         kernel: images.kernel.clone(),
         initrd,
@@ -730,4 +806,143 @@ fn disks_and_nic_reach_the_guest_over_virtio_pci() {
         "the tap the launcher created is removed on exit"
     );
     assert_no_domain("tcg-devices");
+}
+
+/// The guest side of the netns test: configure eth0, ping the tap's address, exchange a
+/// TCP line with the listener in the namespace.
+const NET_SCENARIO: &str = "\
+echo \"MAC $(cat /sys/class/net/eth0/address)\"
+ip addr add 10.99.0.2/24 dev eth0
+ip link set eth0 up
+ok=no
+for i in 1 2 3 4 5; do
+\tif ping -c 3 -W 2 10.99.0.1 >/tmp/ping.out 2>&1; then ok=yes; break; fi
+done
+cat /tmp/ping.out
+echo \"PING-OK=$ok\"
+reply=$(echo guest-hello | nc -w 10 10.99.0.1 5555)
+echo \"TCP-REPLY=$reply\"
+";
+
+/// Answers one TCP line on 10.99.0.1:5555 inside the namespace: "netns-says-<line>".
+fn tcp_echo_in(ns: &Netns) -> std::thread::JoinHandle<Result<String, String>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = ns.spawn(move || {
+        let listener = TcpListener::bind("10.99.0.1:5555").map_err(|e| format!("bind: {e}"));
+        let ok = listener.is_ok();
+        let _ = ready_tx.send(ok);
+        let listener = listener?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let (stream, peer) = loop {
+            match listener.accept() {
+                Ok(conn) => break conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err("no TCP connection from the guest".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        };
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
+        (&stream)
+            .write_all(format!("netns-says-{}\n", line.trim()).as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        Ok(format!("{peer} sent {}", line.trim()))
+    });
+    assert_eq!(ready_rx.recv(), Ok(true), "TCP listener in the namespace");
+    handle
+}
+
+#[test]
+fn tap_inside_a_network_namespace_reaches_the_guest_through_the_relay() {
+    let images = require_env!();
+    let _vm = vm_lock();
+    let pid = std::process::id() % 100_000;
+    let ns = Netns::create(&format!("ivq-e2e{pid}"));
+    // What the node agent sets up: a persistent tap inside the VM's namespace, which
+    // neither libvirtd nor QEMU (host namespace) can see.
+    let tap = format!("ivtap{pid}");
+    ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    ns.ip(&["addr", "add", "10.99.0.1/24", "dev", &tap]);
+    ns.ip(&["link", "set", &tap, "up"]);
+    assert!(!Path::new("/sys/class/net").join(&tap).exists());
+    let server = tcp_echo_in(&ns);
+
+    let work = tempfile::tempdir().unwrap();
+    let runtime = work.path().join("rt");
+    let overlay = Images {
+        kernel: images.kernel.clone(),
+        initrd: scenario_overlay(work.path(), &[("net", NET_SCENARIO)]),
+    };
+    let mac = "52:54:00:99:00:02";
+    let net = format!("id=net0,tap={tap},mac={mac}");
+    let opts = Opts {
+        netns: Some(&ns),
+        runtime_dir: Some(&runtime),
+        ..Opts::default()
+    };
+    let mut vm = Launcher::spawn_opts(
+        "tcg-netns",
+        &overlay,
+        "console=ttyS0 reboot=k panic=1 iv.run=net",
+        &["--net", &net],
+        &opts,
+    );
+    let booted = vm.wait_console(MARKER);
+    let status = vm.status();
+    let nic = &status["devices"][1];
+    assert_eq!(nic["kind"], "virtio-net", "{status}");
+    assert_eq!(nic["id"], "net0");
+    assert_eq!(nic["mac"], mac);
+    assert_eq!(nic["backend"], tap.as_str());
+
+    let code = vm.wait_exit();
+    let finished = vm.started.elapsed();
+    let served = server.join().unwrap();
+    assert_eq!(code, 0, "{}", vm.report());
+    let console = vm.console_text();
+    assert!(console.contains(&format!("MAC {mac}")), "{}", vm.report());
+    assert!(console.contains("PING-OK=yes"), "{}", vm.report());
+    assert!(
+        console.contains("TCP-REPLY=netns-says-guest-hello"),
+        "{}",
+        vm.report()
+    );
+    assert!(
+        console.contains("IRONVISOR-SCENARIO-EXIT=0"),
+        "{}",
+        vm.report()
+    );
+    let served = served.unwrap_or_else(|e| panic!("{e}\n{}", vm.report()));
+    assert!(served.starts_with("10.99.0.2:"), "{served}");
+    eprintln!(
+        "netns guest: marker after {:.1} s, ping + TCP done after {:.1} s",
+        booted.as_secs_f64(),
+        finished.as_secs_f64()
+    );
+
+    // The existing tap was found inside the namespace (not "created" from the host's
+    // sysfs view), used, and left in place; nothing appeared on the host.
+    let log = vm.stderr.text();
+    assert!(log.contains("attached to the existing tap"), "{log}");
+    assert!(!log.contains("created tap"), "{log}");
+    assert!(log.contains("frame relay stopped"), "{log}");
+    ns.ip(&["link", "show", "dev", &tap]);
+    assert!(!Path::new("/sys/class/net").join(&tap).exists());
+    assert_no_domain("tcg-netns");
+    // The runtime directory (serial and relay sockets) is gone.
+    let left: Vec<_> = std::fs::read_dir(&runtime)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runtime files left: {left:?}");
 }
