@@ -917,7 +917,12 @@ impl HandlerService {
             async move {
                 let mut buffer = vec![0u8; 16 * 1024];
                 loop {
-                    match reader.read(&mut buffer).await {
+                    let read = tokio::select! {
+                        read = reader.read(&mut buffer) => read,
+                        // The client went away (detached, or its connection dropped).
+                        () = out_tx.closed() => break,
+                    };
+                    match read {
                         Ok(0) => break,
                         Ok(n) => {
                             let chunk = ConsoleChunk {
@@ -957,9 +962,11 @@ impl HandlerService {
                         }
                     }
                 }
-                // The client detached: closing our side tells the launcher.
+                // The client's input ended, but it may still be reading (`virtctl console
+                // </dev/null`): keep the launcher connection whole until the client is
+                // gone, since a half-close makes the launcher drop the connection.
+                tx.closed().await;
                 let _ = writer.shutdown().await;
-                drop(tx);
                 debug!(vm = %in_key, "console detached");
             }
             .in_current_span(),

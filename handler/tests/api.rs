@@ -264,6 +264,14 @@ async fn start_stop_pause_console_and_logs() {
         seen.extend(chunk);
     }
     drop(input_tx);
+    // The end of input does not end the output (`virtctl console </dev/null` keeps
+    // watching): the stream stays open while the VM runs.
+    let next = tokio::time::timeout(Duration::from_millis(1500), console.next()).await;
+    assert!(
+        !matches!(next, Ok(Ok(None))),
+        "the console closed when its input ended"
+    );
+    drop(console);
 
     // Logs: the launcher's output.
     let mut logs = client.logs(vm("m"), false).await.unwrap();
