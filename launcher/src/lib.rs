@@ -5,6 +5,9 @@
 //! API on a unix socket. Crates and modules:
 //!
 //! - `config` (from `ironvisor-launcher-api`): the one typed configuration and its validation.
+//! - [`guardian`]: the socket guardian process, which removes the socket files of a
+//!   launcher that was killed.
+//! - [`sockets`]: clearing a stale socket path before binding, refusing a live one.
 //! - [`host`]: what the host can do (is there a /dev/kvm, can it run hardware-assisted guests).
 //! - [`instance`]: what a hypervisor backend provides to the main loop.
 //! - [`vmm`]: the KVM VM, vCPU threads, the I/O bus, legacy devices and the run loop.
@@ -14,8 +17,10 @@
 //! - `ironvisor-launcher-api`: the gRPC control service and the `VmControl` contract.
 
 pub use ironvisor_launcher_api::config;
+pub mod guardian;
 pub mod host;
 pub mod instance;
+pub mod sockets;
 pub mod vmm;
 
 /// Guest physical memory as every part of the launcher sees it.

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ironvisor_launcher::config::LaunchArgs;
+use ironvisor_launcher::config::{LaunchArgs, LaunchConfig};
+use ironvisor_launcher::guardian::{self, Guardian};
 use ironvisor_launcher::host::HostCaps;
 use ironvisor_launcher::vmm::events::ExitStatus;
-use ironvisor_launcher::vmm::run::run_vm;
+use ironvisor_launcher::vmm::run::run_vm_guarded;
 use ironvisor_launcher::vmm::KvmBackend;
 use ironvisor_launcher_api::control::{ShutdownMode, VmStatus};
 use ironvisor_launcher_api::LauncherClient;
@@ -64,6 +65,10 @@ enum CtlOp {
 }
 
 fn main() -> ExitCode {
+    // The socket guardian (a hidden subcommand): no logging, no clap, no runtime.
+    if std::env::args_os().nth(1).as_deref() == Some(guardian::GUARDIAN_SUBCOMMAND.as_ref()) {
+        return ExitCode::from(guardian::run_process());
+    }
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -109,8 +114,32 @@ fn run_launch(args: LaunchArgs) -> anyhow::Result<u8> {
     let backend = KvmBackend {
         kvm_path: host.kvm_device.clone(),
     };
-    let status = runtime()?.block_on(run_vm(config, backend))?;
-    Ok(status.code() as u8)
+    // Before the runtime starts any thread.
+    let guardian = spawn_guardian(&config);
+    let runtime = runtime()?;
+    let result = runtime.block_on(run_vm_guarded(config, backend, guardian.as_ref()));
+    // Every socket is removed once the runtime is gone (served or not): the guardian has
+    // nothing left to do.
+    drop(runtime);
+    if let Some(guardian) = guardian {
+        guardian.release();
+    }
+    Ok(result?.code() as u8)
+}
+
+/// Starts the socket guardian when the VM has sockets to clean up after a SIGKILL. A
+/// guardian that cannot start is no reason not to run the VM.
+fn spawn_guardian(config: &LaunchConfig) -> Option<Guardian> {
+    if config.api_socket.is_none() && config.console.socket.is_none() {
+        return None;
+    }
+    match Guardian::spawn() {
+        Ok(guardian) => Some(guardian),
+        Err(err) => {
+            tracing::warn!(%err, "socket files stay behind if the launcher is killed");
+            None
+        }
+    }
 }
 
 fn run_ctl(args: CtlArgs) -> anyhow::Result<u8> {

@@ -27,5 +27,5 @@ pub mod socket;
 pub mod stdio;
 
 pub use hub::{ConsoleHub, ConsoleInput, ConsoleOutput, DEFAULT_CLIENT_QUEUE_BYTES};
-pub use socket::ConsoleError;
+pub use socket::{probe_path, ConsoleError, ConsoleListener, PathState};
 pub use stdio::{RawTerminal, StdioError, StdioGuard, ESCAPE_BYTE};

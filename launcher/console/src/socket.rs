@@ -2,10 +2,13 @@
 
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
@@ -41,8 +44,8 @@ pub enum ConsoleError {
         /// The socket path asked for.
         path: PathBuf,
     },
-    /// The existing path could not be inspected.
-    #[error("console socket {path}: cannot inspect existing path: {source}")]
+    /// The path (an existing file, or the socket just bound) could not be inspected.
+    #[error("console socket {path}: cannot inspect path: {source}")]
     Inspect {
         /// The socket path asked for.
         path: PathBuf,
@@ -91,17 +94,23 @@ impl ConsoleHub {
     /// When `shutdown` completes all clients are disconnected and the socket file is
     /// removed before this returns. Must run inside a tokio runtime.
     pub async fn serve_unix(&self, path: &Path, shutdown: impl Future) -> Result<(), ConsoleError> {
-        let span = info_span!("console_socket", path = %path.display());
-        self.serve_unix_inner(path, shutdown).instrument(span).await
+        let listener = ConsoleListener::bind(path)?;
+        self.serve_listener(listener, shutdown).await;
+        Ok(())
     }
 
-    async fn serve_unix_inner(
-        &self,
-        path: &Path,
-        shutdown: impl Future,
-    ) -> Result<(), ConsoleError> {
-        let listener = bind_socket(path)?;
-        let _remove = RemoveOnDrop(path.to_path_buf());
+    /// Serves console clients on an already bound [`ConsoleListener`] until `shutdown`
+    /// completes, then disconnects them and removes the socket file (see
+    /// [`ConsoleHub::serve_unix`]).
+    pub async fn serve_listener(&self, listener: ConsoleListener, shutdown: impl Future) {
+        let span = info_span!("console_socket", path = %listener.path().display());
+        self.serve_listener_inner(listener, shutdown)
+            .instrument(span)
+            .await;
+    }
+
+    async fn serve_listener_inner(&self, bound: ConsoleListener, shutdown: impl Future) {
+        let ConsoleListener { listener, file } = bound;
         info!("console socket listening");
 
         let mut clients = JoinSet::new();
@@ -127,13 +136,84 @@ impl ConsoleHub {
 
         info!(clients = clients.len(), "console socket shutting down");
         drop(listener);
+        drop(file);
         clients.shutdown().await;
-        Ok(())
+    }
+}
+
+/// A bound console socket, not served yet. Clients can already connect (they wait in the
+/// backlog). Dropping it removes the socket file, unless another process replaced it.
+#[derive(Debug)]
+pub struct ConsoleListener {
+    listener: UnixListener,
+    file: SocketFile,
+}
+
+impl ConsoleListener {
+    /// Binds the console socket at `path` (mode 0600), replacing a stale socket nobody
+    /// listens on; a live socket or a file that is not a socket is an error. Must run
+    /// inside a tokio runtime.
+    pub fn bind(path: &Path) -> Result<Self, ConsoleError> {
+        let _span = info_span!("console_bind", path = %path.display()).entered();
+        bind_socket(path)
+    }
+
+    /// The socket path clients connect to.
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// Device and inode of the socket file this listener created.
+    pub fn file_id(&self) -> (u64, u64) {
+        (self.file.dev, self.file.ino)
+    }
+}
+
+/// What is at a socket path before a new socket is bound there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathState {
+    /// Nothing: the path is free.
+    Absent,
+    /// A socket file nobody listens on (`connect` is refused): safe to remove.
+    Stale,
+    /// A socket some process listens on (`connect` succeeds or its backlog is full).
+    Live,
+    /// A file that is not a socket.
+    NotASocket,
+}
+
+/// Looks at `path` without changing it: is it free, a stale socket, a live one, or
+/// something else? Probes a socket with a non-blocking `connect`, so a listener with a
+/// full backlog counts as live instead of blocking the caller. Errors other than
+/// "refused" (for example no permission) are returned as they are: the socket's state is
+/// unknown then, and it must not be removed.
+pub fn probe_path(path: &Path) -> io::Result<PathState> {
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(PathState::Absent),
+        Err(err) => return Err(err),
+    };
+    if !metadata.file_type().is_socket() {
+        return Ok(PathState::NotASocket);
+    }
+    let probe = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    match connect(probe.as_raw_fd(), &addr) {
+        Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS) => Ok(PathState::Live),
+        Err(Errno::ECONNREFUSED) => Ok(PathState::Stale),
+        // Removed between the lstat and the connect.
+        Err(Errno::ENOENT) => Ok(PathState::Absent),
+        Err(errno) => Err(errno.into()),
     }
 }
 
 /// Binds the listening socket at `path`, replacing a stale socket, with mode 0600.
-fn bind_socket(path: &Path) -> Result<UnixListener, ConsoleError> {
+fn bind_socket(path: &Path) -> Result<ConsoleListener, ConsoleError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -149,64 +229,92 @@ fn bind_socket(path: &Path) -> Result<UnixListener, ConsoleError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // The directory's permissions are the real gate; this narrows the file too.
+    let file = SocketFile::new(path).map_err(|source| {
+        let _ = std::fs::remove_file(path);
+        ConsoleError::Inspect {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    // The directory's permissions are the real gate; this narrows the file too. On
+    // failure `file` is dropped and removes the socket: none is left with default
+    // permissions.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(
-        |source| {
-            // Do not leave a socket with default permissions behind.
-            let _ = std::fs::remove_file(path);
-            ConsoleError::Permissions {
-                path: path.to_path_buf(),
-                mode: SOCKET_MODE,
-                source,
-            }
+        |source| ConsoleError::Permissions {
+            path: path.to_path_buf(),
+            mode: SOCKET_MODE,
+            source,
         },
     )?;
-    Ok(listener)
+    Ok(ConsoleListener { listener, file })
 }
 
 /// Removes a socket file nobody listens on; refuses to touch anything else.
 fn remove_stale_socket(path: &Path) -> Result<(), ConsoleError> {
-    let metadata = match std::fs::symlink_metadata(path) {
-        Ok(metadata) => metadata,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(ConsoleError::Inspect {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    if !metadata.file_type().is_socket() {
-        return Err(ConsoleError::NotASocket {
+    let state = probe_path(path).map_err(|source| ConsoleError::Inspect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match state {
+        PathState::Absent => Ok(()),
+        PathState::NotASocket => Err(ConsoleError::NotASocket {
             path: path.to_path_buf(),
-        });
-    }
-    // Connecting to a unix socket does not block: it is accepted into the backlog or
-    // refused at once.
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ConsoleError::SocketInUse {
-            path: path.to_path_buf(),
-        });
-    }
-    info!(path = %path.display(), "removing stale console socket");
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ConsoleError::RemoveStale {
-            path: path.to_path_buf(),
-            source,
         }),
+        PathState::Live => Err(ConsoleError::SocketInUse {
+            path: path.to_path_buf(),
+        }),
+        PathState::Stale => {
+            info!(path = %path.display(), "removing stale console socket");
+            match std::fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(ConsoleError::RemoveStale {
+                    path: path.to_path_buf(),
+                    source,
+                }),
+            }
+        }
     }
 }
 
-/// Removes the socket file when serving ends, however it ends.
-struct RemoveOnDrop(PathBuf);
+/// The socket file a listener created. Removed on drop, however serving ends, but only
+/// while it is still the same file (device and inode): a newer socket another process
+/// bound at the same path is left alone.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
 
-impl Drop for RemoveOnDrop {
+impl SocketFile {
+    fn new(path: &Path) -> io::Result<Self> {
+        let metadata = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        })
+    }
+}
+
+impl Drop for SocketFile {
     fn drop(&mut self) {
-        if let Err(err) = std::fs::remove_file(&self.0) {
-            if err.kind() != io::ErrorKind::NotFound {
-                warn!(path = %self.0.display(), error = %err, "cannot remove console socket");
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
+                if let Err(err) = std::fs::remove_file(&self.path) {
+                    if err.kind() != io::ErrorKind::NotFound {
+                        warn!(path = %self.path.display(), error = %err, "cannot remove console socket");
+                    }
+                }
+            }
+            Ok(_) => warn!(
+                path = %self.path.display(),
+                "console socket was replaced by another file; leaving it"
+            ),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                warn!(path = %self.path.display(), error = %err, "cannot inspect console socket")
             }
         }
     }
@@ -469,5 +577,70 @@ mod tests {
             text.contains("no-such-dir") && text.contains("does not exist"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn probe_tells_the_states_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("probe.sock");
+        assert_eq!(probe_path(&path).unwrap(), PathState::Absent);
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert_eq!(probe_path(&path).unwrap(), PathState::Live);
+        drop(live);
+        assert_eq!(probe_path(&path).unwrap(), PathState::Stale);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        assert_eq!(probe_path(&path).unwrap(), PathState::NotASocket);
+    }
+
+    #[tokio::test]
+    async fn listener_with_full_backlog_is_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.sock");
+        let _live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // Fill the backlog: nobody accepts. Non-blocking connects until refused.
+        let mut queued = Vec::new();
+        for _ in 0..4096 {
+            let fd = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .unwrap();
+            let addr = UnixAddr::new(&path).unwrap();
+            if connect(fd.as_raw_fd(), &addr).is_err() {
+                break;
+            }
+            queued.push(fd);
+        }
+        assert_eq!(probe_path(&path).unwrap(), PathState::Live);
+        let err = bind_socket(&path).unwrap_err();
+        assert!(matches!(err, ConsoleError::SocketInUse { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn replaced_socket_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.sock");
+        let ours = bind_socket(&path).unwrap();
+        assert_eq!(ours.path(), path.as_path());
+        // Another process removed ours and bound its own at the same path.
+        std::fs::remove_file(&path).unwrap();
+        let theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let their_ino = std::fs::symlink_metadata(&path).unwrap().ino();
+        assert_ne!(ours.file_id().1, their_ino);
+        drop(ours);
+        assert_eq!(std::fs::symlink_metadata(&path).unwrap().ino(), their_ino);
+        drop(theirs);
+    }
+
+    #[tokio::test]
+    async fn live_socket_error_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("named.sock");
+        let _live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = ConsoleListener::bind(&path).unwrap_err();
+        assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
     }
 }

@@ -2,10 +2,11 @@
 //! API, react to VM events and signals, and turn the way the VM ended into an
 //! [`ExitStatus`].
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironvisor_console::{ConsoleHub, StdioGuard};
+use ironvisor_console::{ConsoleHub, ConsoleListener, StdioGuard};
 use ironvisor_launcher_api::control::ShutdownMode;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
@@ -13,6 +14,7 @@ use tokio::time::Instant;
 
 use super::events::{self, ExitStatus, VmEvent};
 use crate::config::LaunchConfig;
+use crate::guardian::Guardian;
 use crate::instance::{Backend, PreparedInstance, VmInstance};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +33,35 @@ pub enum RunError {
     },
     #[error("console on stdio: {0}")]
     Stdio(#[from] ironvisor_console::StdioError),
+    #[error(transparent)]
+    SocketPath(#[from] crate::sockets::SocketPathError),
+    #[error(transparent)]
+    Console(#[from] ironvisor_console::ConsoleError),
 }
 
 /// Builds the VM of `config` with `backend`, runs it until it ends, and returns how it
 /// ended.
-#[tracing::instrument(skip_all, fields(vm = %config.name))]
 pub async fn run_vm<B: Backend>(config: LaunchConfig, backend: B) -> Result<ExitStatus, RunError> {
+    run_vm_guarded(config, backend, None).await
+}
+
+/// [`run_vm`], reporting every socket it binds to `guardian`, which removes them should
+/// the launcher be killed.
+///
+/// Before anything is built, a stale socket at the console or API path is removed and a
+/// live one is refused (see [`crate::sockets`]).
+#[tracing::instrument(skip_all, fields(vm = %config.name))]
+pub async fn run_vm_guarded<B: Backend>(
+    config: LaunchConfig,
+    backend: B,
+    guardian: Option<&Guardian>,
+) -> Result<ExitStatus, RunError> {
+    if let Some(path) = &config.console.socket {
+        crate::sockets::clear_stale("console", path)?;
+    }
+    if let Some(path) = &config.api_socket {
+        crate::sockets::clear_stale("API", path)?;
+    }
     let mut signals = Signals::install()?;
     let console = ConsoleHub::new(config.console.ring_bytes);
     let (events, mut events_rx) = events::channel();
@@ -47,14 +72,12 @@ pub async fn run_vm<B: Backend>(config: LaunchConfig, backend: B) -> Result<Exit
     // Everything outside the VM stops when this flips to true.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(path) = config.console.socket.clone() {
+    if let Some(path) = &config.console.socket {
+        let listener = ConsoleListener::bind(path)?;
+        guard_socket(guardian, listener.path());
         let hub = console.clone();
         let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move {
-            if let Err(err) = hub.serve_unix(&path, stop).await {
-                tracing::error!(%err, "console socket failed");
-            }
-        });
+        tasks.spawn(async move { hub.serve_listener(listener, stop).await });
     }
     let stdio = if config.console.stdio {
         Some(console.spawn_stdio()?)
@@ -74,6 +97,9 @@ pub async fn run_vm<B: Backend>(config: LaunchConfig, backend: B) -> Result<Exit
         }
         None => None,
     };
+    if let Some(api) = &api {
+        guard_socket(guardian, api.path());
+    }
 
     let instance = prepared
         .start(events.clone())
@@ -115,6 +141,16 @@ pub async fn run_vm<B: Backend>(config: LaunchConfig, backend: B) -> Result<Exit
     while tasks.join_next().await.is_some() {}
     drop(instance);
     Ok(status)
+}
+
+/// Reports a bound socket to the guardian. Failing to is no reason to stop the VM: the
+/// socket then only stays behind should the launcher be killed.
+fn guard_socket(guardian: Option<&Guardian>, path: &Path) {
+    if let Some(guardian) = guardian {
+        if let Err(err) = guardian.watch(path) {
+            tracing::warn!(%err, "the socket stays behind if the launcher is killed");
+        }
+    }
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
