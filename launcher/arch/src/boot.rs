@@ -153,6 +153,15 @@ pub enum BootError {
     /// The initrd file has no bytes.
     #[error("the initrd is empty")]
     EmptyInitrd,
+    /// The initrd starts with no initramfs format Linux unpacks.
+    #[error(
+        "the initrd is not an initramfs: it starts with neither a newc cpio archive nor \
+         gzip, bzip2, LZMA, xz, LZO, LZ4 or zstd data (first bytes {first_bytes:02x?})"
+    )]
+    UnknownInitrdFormat {
+        /// The first non-zero bytes of the file (at most 8).
+        first_bytes: Vec<u8>,
+    },
     /// The initrd does not fit in RAM between the floor and the ceiling.
     #[error(
         "the initrd of {size} bytes does not fit in guest RAM between {floor:#x} and {ceiling:#x} \
@@ -635,6 +644,36 @@ fn align_up(addr: u64) -> u64 {
     addr.div_ceil(PAGE_SIZE).saturating_mul(PAGE_SIZE)
 }
 
+/// How much of the initrd [`check_initrd_format`] reads: enough for any zero padding a
+/// real image has in front of its first archive.
+const INITRD_HEAD_LEN: u64 = 64 * 1024;
+
+/// Refuses an initrd that does not start with an initramfs format Linux unpacks.
+fn check_initrd_format(initrd: &mut File) -> Result<(), BootError> {
+    let mut head = Vec::new();
+    initrd.rewind().map_err(BootError::ReadInitrd)?;
+    initrd
+        .by_ref()
+        .take(INITRD_HEAD_LEN)
+        .read_to_end(&mut head)
+        .map_err(BootError::ReadInitrd)?;
+    initrd.rewind().map_err(BootError::ReadInitrd)?;
+    match crate::initrd_format::identify(&head) {
+        Some(format) => {
+            tracing::debug!(?format, "initrd format");
+            Ok(())
+        }
+        None => Err(BootError::UnknownInitrdFormat {
+            first_bytes: head
+                .iter()
+                .copied()
+                .skip_while(|&b| b == 0)
+                .take(8)
+                .collect(),
+        }),
+    }
+}
+
 fn place_initrd<M: GuestMemoryBackend>(
     mem: &M,
     initrd: &mut File,
@@ -645,6 +684,7 @@ fn place_initrd<M: GuestMemoryBackend>(
     if size == 0 {
         return Err(BootError::EmptyInitrd);
     }
+    check_initrd_format(initrd)?;
     let does_not_fit = BootError::InitrdDoesNotFit {
         size,
         floor,
@@ -869,6 +909,14 @@ mod tests {
         file.write_all(bytes).unwrap();
         file.rewind().unwrap();
         file
+    }
+
+    /// An initrd file: `bytes` behind a newc cpio magic (the loader checks the format).
+    fn initrd_with(bytes: &[u8]) -> File {
+        let mut data = bytes.to_vec();
+        let n = data.len().min(6);
+        data[..n].copy_from_slice(&b"070701"[..n]);
+        file_with(&data)
     }
 
     fn put(buf: &mut [u8], offset: usize, bytes: &[u8]) {
@@ -1167,7 +1215,8 @@ mod tests {
     #[test]
     fn initrd_goes_to_the_top_of_low_ram() {
         let mem = guest_mem(64 * MIB);
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let mut data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        data[..6].copy_from_slice(b"070701");
         let region = load_initrd(&mem, &mut file_with(&data)).unwrap();
         assert_eq!(region.size, data.len());
         assert_eq!(region.addr.raw_value() % PAGE_SIZE, 0);
@@ -1183,7 +1232,7 @@ mod tests {
     #[test]
     fn initrd_stays_below_the_mmio_gap() {
         let mem = guest_mem(5 << 30);
-        let region = load_initrd(&mem, &mut file_with(&[7u8; 5000])).unwrap();
+        let region = load_initrd(&mem, &mut initrd_with(&[7u8; 5000])).unwrap();
         assert_eq!(region.addr, GuestAddress(MMIO_GAP_START - 2 * PAGE_SIZE));
         assert!(region.addr.raw_value() + region.size as u64 <= MMIO_GAP_START);
     }
@@ -1193,7 +1242,15 @@ mod tests {
         let mem = guest_mem(4 * MIB);
         let err = load_initrd(&mem, &mut file_with(&[])).unwrap_err();
         assert!(matches!(err, BootError::EmptyInitrd), "{err}");
-        let err = load_initrd(&mem, &mut file_with(&vec![1u8; 3 * MIB as usize + 1])).unwrap_err();
+        let err = load_initrd(&mem, &mut file_with(&[7u8; 4096])).unwrap_err();
+        assert!(
+            matches!(err, BootError::UnknownInitrdFormat { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not an initramfs"), "{err}");
+        let mut big = vec![0u8; 3 * MIB as usize + 1];
+        big[..6].copy_from_slice(b"070701");
+        let err = load_initrd(&mem, &mut file_with(&big)).unwrap_err();
         assert!(matches!(err, BootError::InitrdDoesNotFit { .. }), "{err}");
         assert!(err.to_string().contains("does not fit"), "{err}");
     }
@@ -1207,10 +1264,10 @@ mod tests {
         )
         .unwrap();
         let footprint = kernel.footprint_end().raw_value(); // 20 MiB
-        let region = load_initrd_for_kernel(&mem, &mut file_with(&[1u8; 4096]), &kernel).unwrap();
+        let region = load_initrd_for_kernel(&mem, &mut initrd_with(&[1u8; 4096]), &kernel).unwrap();
         assert_eq!(region.addr, GuestAddress(64 * MIB - PAGE_SIZE));
         let too_big = vec![1u8; (64 * MIB - footprint) as usize + 1];
-        let err = load_initrd_for_kernel(&mem, &mut file_with(&too_big), &kernel).unwrap_err();
+        let err = load_initrd_for_kernel(&mem, &mut initrd_with(&too_big), &kernel).unwrap_err();
         assert!(
             matches!(err, BootError::InitrdDoesNotFit { floor, .. } if floor == footprint),
             "{err}"
@@ -1222,7 +1279,7 @@ mod tests {
             &mut file_with(&synthetic_bzimage(XLOADFLAG_KERNEL_64)),
         )
         .unwrap();
-        let region = load_initrd_for_kernel(&mem, &mut file_with(&[1u8; 4096]), &kernel).unwrap();
+        let region = load_initrd_for_kernel(&mem, &mut initrd_with(&[1u8; 4096]), &kernel).unwrap();
         assert_eq!(region.addr, GuestAddress(0x8000_0000 - PAGE_SIZE));
     }
 
@@ -1241,7 +1298,7 @@ mod tests {
     fn pvh_start_info_describes_everything() {
         let mem = guest_mem(128 * MIB);
         let kernel = load_kernel(&mem, &mut file_with(&synthetic_elf(true))).unwrap();
-        let initrd = load_initrd(&mem, &mut file_with(&[9u8; 8192])).unwrap();
+        let initrd = load_initrd(&mem, &mut initrd_with(&[9u8; 8192])).unwrap();
         let cmdline = "console=ttyS0 reboot=k panic=1";
         configure_boot(&mem, &kernel, cmdline, Some(&initrd), GuestAddress(0xe0000)).unwrap();
 
@@ -1294,7 +1351,7 @@ mod tests {
             &mut file_with(&synthetic_bzimage(XLOADFLAG_KERNEL_64)),
         )
         .unwrap();
-        let initrd = load_initrd_for_kernel(&mem, &mut file_with(&[3u8; 5000]), &kernel).unwrap();
+        let initrd = load_initrd_for_kernel(&mem, &mut initrd_with(&[3u8; 5000]), &kernel).unwrap();
         let cmdline = "console=ttyS0 root=/dev/vda";
         configure_boot(&mem, &kernel, cmdline, Some(&initrd), GuestAddress(0xe0000)).unwrap();
 
@@ -1467,7 +1524,7 @@ mod tests {
         assert!({ hdr.version } >= 0x020c);
         assert_ne!({ hdr.xloadflags } & XLOADFLAG_KERNEL_64, 0);
         assert!(kernel.footprint_end().raw_value() > 0x100_0000);
-        let initrd = load_initrd_for_kernel(&mem, &mut file_with(&[0u8; 4096]), &kernel).unwrap();
+        let initrd = load_initrd_for_kernel(&mem, &mut initrd_with(&[0u8; 4096]), &kernel).unwrap();
         assert!(initrd.addr >= kernel.footprint_end());
         configure_boot(
             &mem,

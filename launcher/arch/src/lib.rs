@@ -18,5 +18,6 @@ compile_error!("ironvisor-arch only supports x86_64 hosts and guests");
 pub mod acpi;
 pub mod boot;
 pub mod cpu;
+pub mod initrd_format;
 pub mod layout;
 pub mod memory;
