@@ -4,6 +4,8 @@
 //! boots a Linux kernel on it, runs its virtio-mmio devices and serves the gRPC control
 //! API on a unix socket. Crates and modules:
 //!
+//! - [`cli`]: what both launcher binaries share (`ctl`, logging, running with the
+//!   socket guardian, the error report).
 //! - `config` (from `ironvisor-launcher-api`): the one typed configuration and its validation.
 //! - [`guardian`]: the socket guardian process, which removes the socket files of a
 //!   launcher that was killed.
@@ -17,6 +19,7 @@
 //! - `ironvisor-launcher-api`: the gRPC control service and the `VmControl` contract.
 
 pub use ironvisor_launcher_api::config;
+pub mod cli;
 pub mod guardian;
 pub mod host;
 pub mod instance;

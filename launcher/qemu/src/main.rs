@@ -2,17 +2,12 @@
 //! flags, console, control API and exit codes as `ironvisor-launcher`; or talks to a
 //! running launcher's control API (`ctl`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use ironvisor_launcher::cli::{self, CtlArgs};
 use ironvisor_launcher::config::LaunchArgs;
 use ironvisor_launcher::host::HostCaps;
-use ironvisor_launcher::vmm::events::ExitStatus;
-use ironvisor_launcher::vmm::run::run_vm;
-use ironvisor_launcher_api::control::{ShutdownMode, VmStatus};
-use ironvisor_launcher_api::LauncherClient;
 use ironvisor_launcher_qemu::QemuBackend;
 
 #[derive(Parser)]
@@ -39,67 +34,18 @@ enum Command {
     Ctl(CtlArgs),
 }
 
-#[derive(clap::Args)]
-struct CtlArgs {
-    /// The launcher's API socket.
-    #[arg(long)]
-    api_socket: PathBuf,
-    #[command(subcommand)]
-    op: CtlOp,
-}
-
-#[derive(Subcommand)]
-enum CtlOp {
-    /// Print the VM status as JSON.
-    Status,
-    /// Pause the guest.
-    Pause,
-    /// Resume a paused guest.
-    Resume,
-    /// Stop the VM: gracefully (Ctrl+Alt+Del, hard stop after the timeout) or --force.
-    Shutdown {
-        /// Stop at once instead of asking the guest.
-        #[arg(long)]
-        force: bool,
-        /// Grace period of a graceful shutdown.
-        #[arg(long, default_value_t = 30)]
-        timeout_secs: u64,
-    },
-    /// Check that the launcher answers.
-    Ping,
-}
-
 fn main() -> ExitCode {
-    init_tracing();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Ctl(args)) => ctl(args),
-        None => launch(cli.launch),
-    };
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(err) => {
-            eprintln!("ironvisor-launcher-qemu: error: {err:#}");
-            ExitCode::from(ExitStatus::LauncherError.code() as u8)
-        }
+    // The socket guardian (a hidden subcommand): no logging, no clap, no runtime.
+    if let Some(code) = cli::guardian_requested() {
+        return code;
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IRONVISOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
+    cli::init_tracing();
+    let args = Cli::parse();
+    let result = match args.command {
+        Some(Command::Ctl(ctl)) => cli::run_ctl(ctl),
+        None => launch(args.launch),
+    };
+    cli::exit("ironvisor-launcher-qemu", result)
 }
 
 fn launch(args: LaunchArgs) -> anyhow::Result<u8> {
@@ -118,57 +64,7 @@ fn launch(args: LaunchArgs) -> anyhow::Result<u8> {
         }
     };
     let backend = QemuBackend::from_env(Some(reason));
-    let status = runtime()?.block_on(run_vm(config, backend))?;
-    Ok(status.code() as u8)
-}
-
-fn ctl(args: CtlArgs) -> anyhow::Result<u8> {
-    runtime()?.block_on(async move {
-        let client = LauncherClient::connect(&args.api_socket).await?;
-        match args.op {
-            CtlOp::Status => println!("{}", status_json(&client.status().await?)),
-            CtlOp::Pause => client.pause().await?,
-            CtlOp::Resume => client.resume().await?,
-            CtlOp::Shutdown {
-                force: true,
-                timeout_secs: _,
-            } => client.shutdown(ShutdownMode::Forced).await?,
-            CtlOp::Shutdown {
-                force: false,
-                timeout_secs,
-            } => {
-                let timeout = Duration::from_secs(timeout_secs);
-                client.shutdown(ShutdownMode::Graceful { timeout }).await?
-            }
-            CtlOp::Ping => println!("{:?}", client.ping().await?),
-        }
-        Ok(0)
-    })
-}
-
-fn status_json(status: &VmStatus) -> serde_json::Value {
-    let devices: Vec<serde_json::Value> = status
-        .devices
-        .iter()
-        .map(|device| {
-            serde_json::json!({
-                "kind": device.kind,
-                "id": device.id,
-                "mac": device.mac,
-                "backend": device.backend,
-                "read_only": device.read_only,
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "name": status.name,
-        "state": format!("{:?}", status.state),
-        "vcpus": status.vcpus,
-        "memory_mib": status.memory_mib,
-        "devices": devices,
-        "uptime_ms": u64::try_from(status.uptime.as_millis()).unwrap_or(u64::MAX),
-        "backend": status.backend,
-    })
+    cli::run_to_exit(config, backend)
 }
 
 #[cfg(test)]
@@ -206,7 +102,7 @@ mod tests {
         assert!(matches!(
             cli.command,
             Some(Command::Ctl(CtlArgs {
-                op: CtlOp::Shutdown { force: true, .. },
+                op: ironvisor_launcher::cli::CtlOp::Shutdown { force: true, .. },
                 ..
             }))
         ));
