@@ -120,6 +120,8 @@ class L1Result:
     qemu_returncode: int | None
     #: Human-readable reason when rc is non-zero.
     failure: str | None = None
+    #: The L1 kernel panic line of an earlier attempt that was retried (see :func:`run`).
+    retried_after: str | None = None
 
     @property
     def marker_seen(self) -> bool:
@@ -316,9 +318,35 @@ def run(spec: L1Spec, base: L1Base | None = None) -> L1Result:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = qemu_command(base, initrd, spec.mem_mib, spec.smp)
     try:
-        return _boot(cmd, spec, log_path)
+        result = _boot(cmd, spec, log_path)
+        panic = l1_kernel_panic(result)
+        if panic is None:
+            return result
+        # The L1 kernel itself died: a fault of the emulated platform (QEMU TCG's nested
+        # SVM), which no user-space program in L1 can cause. Say so and try once more.
+        warning = (f"L1 kernel panicked ({panic}); log {log_path}; "
+                   "retrying the scenario once in a fresh L1")
+        log.warning("%s", warning)
+        print(f"\nWARNING: {warning}", file=sys.stderr)
+        retry_log = log_path.with_name(log_path.stem + "-retry" + log_path.suffix)
+        result = _boot(cmd, spec, retry_log)
+        result.retried_after = panic
+        return result
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+#: An L1 kernel panic as the L1 kernel prints it on its console (lines of L2 guests that
+#: scenarios copy to the console carry a prefix, so they do not match).
+L1_PANIC = re.compile(r"^\[\s*\d+\.\d+\] (Kernel panic - not syncing: .*)$", re.M)
+
+
+def l1_kernel_panic(result: L1Result) -> str | None:
+    """The panic message when the L1 kernel panicked before the scenario finished."""
+    if result.marker_seen:
+        return None
+    match = L1_PANIC.search(result.output)
+    return match.group(1) if match else None
 
 
 def _boot(cmd: list[str], spec: L1Spec, log_path: Path) -> L1Result:

@@ -62,6 +62,23 @@ def test_missing_marker_is_a_failure(tmp_path: Path) -> None:
     assert result.failure == "L1 stopped without printing NESTED-L1-EXIT (QEMU exit code 0)"
 
 
+def test_only_an_l1_kernel_panic_before_the_exit_marker_is_retried(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "")
+    panic = ("echo NESTED-L1-INIT; echo '[   78.396760] Kernel panic - not syncing: "
+             "corrupted stack end detected inside scheduler'")
+    result = l1._boot(["sh", "-c", panic], spec, tmp_path / "c.log")
+    assert l1.l1_kernel_panic(result) == (
+        "Kernel panic - not syncing: corrupted stack end detected inside scheduler")
+    # A panic of an L2 guest that a scenario copies to the console has a prefix.
+    guest = "echo NESTED-L1-INIT; echo 'guest| [ 1.5] Kernel panic - not syncing: VFS'"
+    result = l1._boot(["sh", "-c", guest], spec, tmp_path / "c.log")
+    assert l1.l1_kernel_panic(result) is None
+    # Once the scenario reported its exit code, nothing is retried.
+    done = panic + "; echo NESTED-L1-EXIT=0"
+    result = l1._boot(["sh", "-c", done], spec, tmp_path / "c.log")
+    assert l1.l1_kernel_panic(result) is None
+
+
 def test_overlay_has_programs_libraries_files_and_script(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     (data_dir / "sub").mkdir(parents=True)
