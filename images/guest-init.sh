@@ -39,9 +39,17 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t devpts devpts /dev/pts
 
+# virtio-pci only where a virtio device sits on a PCI bus (the software-emulation
+# backend); the KVM launcher's devices are virtio-mmio and it has no PCI bus.
+has_virtio_pci() {
+	grep -qs 0x1af4 /sys/bus/pci/devices/*/vendor
+}
 if [ -f /etc/ironvisor/modules ]; then
 	while read -r ko; do
 		[ -n "$ko" ] || continue
+		case "$ko" in
+		*/virtio_pci*) has_virtio_pci || continue ;;
+		esac
 		insmod "$ko" || echo "IRONVISOR-GUEST-WARNING: insmod $ko failed"
 	done </etc/ironvisor/modules
 fi

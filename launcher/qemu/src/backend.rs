@@ -212,14 +212,14 @@ impl Backend for QemuBackend {
 
         let xml = plan.to_xml();
         tracing::debug!(%xml, "domain XML");
-        let dom =
-            Domain::create_xml(&conn, &xml, sys::VIR_DOMAIN_START_PAUSED).map_err(|source| {
-                QemuError::Domain {
-                    op: "creating",
-                    domain: domain.clone(),
-                    source,
-                }
-            })?;
+        // AUTODESTROY: libvirt destroys the domain when this launcher's connection closes,
+        // so a launcher that is killed (or crashes) never leaves its QEMU running.
+        let flags = sys::VIR_DOMAIN_START_PAUSED | sys::VIR_DOMAIN_START_AUTODESTROY;
+        let dom = Domain::create_xml(&conn, &xml, flags).map_err(|source| QemuError::Domain {
+            op: "creating",
+            domain: domain.clone(),
+            source,
+        })?;
         owned.set_domain(dom.clone(), domain.clone());
         tracing::info!(domain, "domain created (paused)");
 

@@ -214,6 +214,8 @@ if wait_in /tmp/con1.out IRONVISOR-GUEST-INIT-REACHED 90; then
 	fact apply_to_guest_init_ms $((t_boot - t_apply))
 else
 	fact console_init_reached no
+	echo "L1: --- console output"; cat /tmp/con1.out
+	die "the guest's boot never showed on the console"
 fi
 wait_in /tmp/con1.out IRONVISOR-GUEST-INFO 60 || echo "L1: no IRONVISOR-GUEST-INFO on the console"
 sleep 1
@@ -224,7 +226,10 @@ type_line 'echo CONSOLE-TYPED-$((6*7))'
 type_line "printf '%s\\n' '#!/bin/sh' '[ \"\$1\" = bound ] || exit 0' 'ip addr add \$ip/\$mask dev \$interface' 'ip link set \$interface mtu \${mtu:-1500}' 'ip route add default via \$router' 'echo DHCP-BOUND ip=\$ip mask=\$mask router=\$router' >/tmp/dhcp.sh; chmod +x /tmp/dhcp.sh"
 # (Markers are typed as X""-Y so that the echo of the typed line does not match X-Y.)
 type_line 'ip link set eth0 up; udhcpc -i eth0 -n -q -t 10 -T 2 -s /tmp/dhcp.sh; echo UDHCPC""-RC=$?'
-wait_in /tmp/con1.out 'UDHCPC-RC=' 60 || echo "L1: udhcpc did not finish"
+wait_in /tmp/con1.out 'UDHCPC-RC=' 60 || {
+	echo "L1: --- console output"; cat /tmp/con1.out
+	die "udhcpc did not finish in the guest"
+}
 type_line "ip -4 addr show dev eth0 | grep -o 'inet [0-9./]*' | sed 's/^/GUEST""-ADDR=/'"
 type_line "ping -c 3 -W 3 $BRIDGE_IP >/dev/null && echo GUEST\"\"-PING=ok || echo GUEST\"\"-PING=fail"
 wait_in /tmp/con1.out 'GUEST-PING=' 30 || echo "L1: ping did not finish"
