@@ -98,6 +98,12 @@ async fn volumes_become_disks_with_the_right_lifetimes() {
         assert!(path.is_file(), "{} missing", path.display());
     }
     assert_eq!(std::fs::metadata(&empty).unwrap().len(), 16 * 1024 * 1024);
+    // The launcher is told each image's format (it never probes a guest-writable file).
+    let formats: Vec<&str> = disks
+        .iter()
+        .map(|d| d["format"].as_str().unwrap())
+        .collect();
+    assert_eq!(formats, vec!["qcow2", "raw", "raw"]);
 
     // Stop: the emptyDisk goes with the instance, the overlay stays with the VM.
     client.stop(vm("d"), false, 0).await.unwrap();

@@ -10,9 +10,9 @@ use ironvisor_crds::v1alpha1::{
     VirtualMachineInstancePhase, VirtualMachineInstanceSpec, Volume,
 };
 use ironvisor_disks::{
-    DiskContext, DiskError, ImageStoreError, PreparedDisk, VolumeRequest, VolumeSource,
+    DiskContext, DiskError, DiskFormat, ImageStoreError, PreparedDisk, VolumeRequest, VolumeSource,
 };
-use ironvisor_launcher_api::config::{DiskConfig, NetConfig};
+use ironvisor_launcher_api::config::{DiskConfig, ImageFormat, NetConfig};
 use ironvisor_net::{Binding, VmNetwork, VmNetworkRequest};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use tracing::{info, warn};
@@ -608,6 +608,10 @@ fn disk_config(disk: PreparedDisk) -> DiskConfig {
     DiskConfig {
         id: disk.name,
         path: disk.path,
+        format: match disk.format {
+            DiskFormat::Raw => ImageFormat::Raw,
+            DiskFormat::Qcow2 => ImageFormat::Qcow2,
+        },
         read_only: disk.read_only,
         serial: disk.serial,
     }

@@ -67,14 +67,39 @@ pub struct KernelConfig {
     pub cmdline: String,
 }
 
+/// On-disk format of a disk image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// Plain bytes: guest offset == file offset.
+    #[default]
+    Raw,
+    /// QEMU copy-on-write v2/v3, usually an overlay over a read-only base image.
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// `"raw"` or `"qcow2"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
 /// One virtio-blk disk over a raw image file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct DiskConfig {
     /// Device id, unique among disks and nets.
     pub id: String,
-    /// Raw image file; its size must be a multiple of 512 bytes.
+    /// Image file; a raw one's size must be a multiple of 512 bytes.
     pub path: PathBuf,
+    /// The image's format, as recorded when the disk was made. Never probed from the
+    /// file: a guest can write a qcow2 header into a raw disk.
+    #[serde(default)]
+    pub format: ImageFormat,
     /// Expose the disk read-only (VIRTIO_BLK_F_RO) and open the image read-only.
     #[serde(default)]
     pub read_only: bool,
@@ -444,7 +469,7 @@ impl LaunchConfig {
             if let Some(size) = check_regular_file(issues, &field, &disk.path, !disk.read_only) {
                 if size == 0 {
                     issues.push(&field, format!("{} is empty", disk.path.display()));
-                } else if size % DISK_SECTOR_SIZE != 0 {
+                } else if disk.format == ImageFormat::Raw && size % DISK_SECTOR_SIZE != 0 {
                     issues.push(
                         &field,
                         format!(
@@ -895,11 +920,11 @@ fn required<'a>(
     })
 }
 
-/// Parses a `--disk` value: `id=ID,path=PATH[,ro=on|off][,serial=S]` (a bare `ro` means
+/// Parses a `--disk` value: `id=ID,path=PATH[,ro=on|off][,serial=S][,format=raw|qcow2]` (a bare `ro` means
 /// `ro=on`). Paths cannot contain ','.
 pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, ConfigError> {
     const FLAG: &str = "disk";
-    let mut pairs = split_spec(FLAG, spec, &["id", "path", "ro", "serial"])?;
+    let mut pairs = split_spec(FLAG, spec, &["id", "path", "ro", "serial", "format"])?;
     let id = required(FLAG, spec, &mut pairs, "id")?.to_string();
     let path = PathBuf::from(required(FLAG, spec, &mut pairs, "path")?);
     let read_only = match pairs.remove("ro") {
@@ -915,9 +940,21 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, ConfigError> {
         }
     };
     let serial = optional(FLAG, spec, &mut pairs, "serial")?.map(str::to_string);
+    let format = match optional(FLAG, spec, &mut pairs, "format")? {
+        None | Some("raw") => ImageFormat::Raw,
+        Some("qcow2") => ImageFormat::Qcow2,
+        Some(other) => {
+            return Err(ConfigError::BadSpec {
+                flag: FLAG,
+                value: spec.to_string(),
+                message: format!("format={other} is not one of raw, qcow2"),
+            })
+        }
+    };
     Ok(DiskConfig {
         id,
         path,
+        format,
         read_only,
         serial,
     })
@@ -1145,6 +1182,7 @@ mod tests {
                 disks: vec![DiskConfig {
                     id: "rootdisk".into(),
                     path: disk,
+                    format: ImageFormat::Raw,
                     read_only: false,
                     serial: None,
                 }],
@@ -1566,6 +1604,7 @@ mod tests {
                 config.disks.push(DiskConfig {
                     id: format!("ro{}", config.disks.len()),
                     path: image.clone(),
+                    format: ImageFormat::Raw,
                     read_only: true,
                     serial: None,
                 });
@@ -1690,6 +1729,7 @@ mod tests {
             DiskConfig {
                 id: "root".into(),
                 path: "/img/root.raw".into(),
+                format: ImageFormat::Raw,
                 read_only: false,
                 serial: None,
             }
@@ -1699,6 +1739,7 @@ mod tests {
             DiskConfig {
                 id: "d".into(),
                 path: "/d.img".into(),
+                format: ImageFormat::Raw,
                 read_only: true,
                 serial: Some("SN1".into()),
             }
@@ -1831,12 +1872,14 @@ mod tests {
                 DiskConfig {
                     id: "root".into(),
                     path: "/r.img".into(),
+                    format: ImageFormat::Raw,
                     read_only: false,
                     serial: None,
                 },
                 DiskConfig {
                     id: "data".into(),
                     path: "/d.img".into(),
+                    format: ImageFormat::Raw,
                     read_only: true,
                     serial: Some("D1".into()),
                 },
@@ -1927,6 +1970,22 @@ mod tests {
         .into_config()
         .unwrap_err();
         assert!(matches!(err, ConfigError::MissingFlag { flag: "--kernel" }));
+    }
+
+    #[test]
+    fn disk_flag_takes_a_format_and_refuses_unknown_ones() {
+        let disk = parse_disk_spec("id=root,path=/d.qcow2,format=qcow2").unwrap();
+        assert_eq!(disk.format, ImageFormat::Qcow2);
+        assert_eq!(
+            parse_disk_spec("id=r,path=/d").unwrap().format,
+            ImageFormat::Raw
+        );
+        let err = parse_disk_spec("id=r,path=/d,format=vmdk").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("format=vmdk is not one of raw, qcow2"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,11 +15,10 @@
 //! over unix sockets in the runtime directory ([`crate::relay`]).
 
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
-use ironvisor_launcher::config::{format_mac, LaunchConfig};
+use ironvisor_launcher::config::{format_mac, ImageFormat, LaunchConfig};
 use ironvisor_launcher_api::control::DeviceStatus;
 
 use crate::qemu_args::{self, QEMU_NAMESPACE, QEMU_PREFIX};
@@ -44,19 +43,6 @@ pub enum DomainError {
         /// "kernel", "initrd", "disks[0]", ...
         what: String,
         /// The path from the configuration.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-    /// A disk image could not be read to detect its format.
-    #[error("disks[{index}] ({id}): cannot read the header of {path}: {source}")]
-    DiskHeader {
-        /// Index of the disk in the configuration.
-        index: usize,
-        /// Disk id.
-        id: String,
-        /// The image.
         path: PathBuf,
         /// The I/O error.
         #[source]
@@ -92,32 +78,6 @@ impl DiskFormat {
             DiskFormat::Qcow2 => "qcow2",
         }
     }
-
-    /// The format of an image whose first bytes are `header` (shorter headers are raw).
-    pub fn from_header(header: &[u8]) -> Self {
-        if header.starts_with(&QCOW2_MAGIC) {
-            DiskFormat::Qcow2
-        } else {
-            DiskFormat::Raw
-        }
-    }
-}
-
-/// Reads the first bytes of `path` and tells its format by magic number. Never trust a
-/// file's name: a raw image named `.qcow2` stays raw.
-pub fn detect_disk_format(path: &Path) -> io::Result<DiskFormat> {
-    let mut header = [0u8; QCOW2_MAGIC.len()];
-    let mut file = File::open(path)?;
-    let mut filled = 0;
-    while filled < header.len() {
-        match file.read(&mut header[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(DiskFormat::from_header(&header[..filled]))
 }
 
 /// The libvirt domain name of VM `vm`.
@@ -232,12 +192,12 @@ impl DomainPlan {
         let mut disks = Vec::with_capacity(config.disks.len());
         for (index, disk) in config.disks.iter().enumerate() {
             let path = absolute_file(&format!("disks[{index}] ({})", disk.id), &disk.path)?;
-            let format = detect_disk_format(&path).map_err(|source| DomainError::DiskHeader {
-                index,
-                id: disk.id.clone(),
-                path: path.clone(),
-                source,
-            })?;
+            // The format the disk was made with; never probed (a guest can write a qcow2
+            // header into a raw disk).
+            let format = match disk.format {
+                ImageFormat::Raw => DiskFormat::Raw,
+                ImageFormat::Qcow2 => DiskFormat::Qcow2,
+            };
             disks.push(PlannedDisk {
                 id: disk.id.clone(),
                 path,
@@ -582,12 +542,14 @@ mod tests {
                 DiskConfig {
                     id: "root".into(),
                     path: p.join("root.raw"),
+                    format: ImageFormat::Raw,
                     read_only: false,
                     serial: None,
                 },
                 DiskConfig {
                     id: "data".into(),
                     path: p.join("data.img"),
+                    format: ImageFormat::Qcow2,
                     read_only: true,
                     serial: Some("SN-'7'".into()),
                 },
@@ -625,36 +587,6 @@ mod tests {
 
     fn text<'a>(node: roxmltree::Node<'a, 'a>, name: &str) -> &'a str {
         child(node, name).text().unwrap_or("")
-    }
-
-    #[test]
-    fn disk_format_is_detected_by_magic_not_name() {
-        assert_eq!(
-            DiskFormat::from_header(b"QFI\xfb\0\0\0\x03"),
-            DiskFormat::Qcow2
-        );
-        assert_eq!(DiskFormat::from_header(b"QFI"), DiskFormat::Raw);
-        assert_eq!(DiskFormat::from_header(b""), DiskFormat::Raw);
-        assert_eq!(
-            DiskFormat::from_header(b"\xeb\x63\x90\x10"),
-            DiskFormat::Raw
-        );
-        let fx = fixture();
-        let p = fx.dir.path();
-        assert_eq!(
-            detect_disk_format(&p.join("data.img")).unwrap(),
-            DiskFormat::Qcow2
-        );
-        assert_eq!(
-            detect_disk_format(&p.join("root.raw")).unwrap(),
-            DiskFormat::Raw
-        );
-        std::fs::write(p.join("tiny"), b"Q").unwrap();
-        assert_eq!(
-            detect_disk_format(&p.join("tiny")).unwrap(),
-            DiskFormat::Raw
-        );
-        assert!(detect_disk_format(&p.join("missing")).is_err());
     }
 
     #[test]

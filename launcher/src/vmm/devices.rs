@@ -10,6 +10,7 @@ use ironvisor_arch::layout::{
     SERIAL_PORT_SIZE, VIRTIO_FIRST_GSI, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use ironvisor_launcher_api::control::DeviceStatus;
+use ironvisor_virtio::DiskFormat;
 use ironvisor_virtio::{BlockDevice, ConsoleDevice, MmioTransport, NetDevice, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -20,7 +21,7 @@ use super::legacy::acpi_pm::{AcpiPowerManagement, ACPI_PM_PORTS};
 use super::legacy::i8042::I8042;
 use super::legacy::irq::IrqLine;
 use super::legacy::serial::SerialDevice;
-use crate::config::LaunchConfig;
+use crate::config::{ImageFormat, LaunchConfig};
 use crate::GuestMemory;
 
 /// Offset of the QueueNotify register in a virtio-mmio window.
@@ -155,14 +156,16 @@ pub fn create_devices(
 
     for disk in &config.disks {
         let serial_number = disk.serial.clone().unwrap_or_else(|| disk.id.clone());
-        let device =
-            BlockDevice::new(&disk.path, disk.read_only, &serial_number).map_err(|source| {
-                DeviceError::Block {
-                    id: disk.id.clone(),
-                    path: disk.path.display().to_string(),
-                    source,
-                }
-            })?;
+        let format = match disk.format {
+            ImageFormat::Raw => DiskFormat::Raw,
+            ImageFormat::Qcow2 => DiskFormat::Qcow2,
+        };
+        let device = BlockDevice::with_format(&disk.path, format, disk.read_only, &serial_number)
+            .map_err(|source| DeviceError::Block {
+            id: disk.id.clone(),
+            path: disk.path.display().to_string(),
+            source,
+        })?;
         manager.add_virtio(&format!("disk {}", disk.id), Box::new(device))?;
         manager.status.push(DeviceStatus {
             kind: "virtio-blk".into(),

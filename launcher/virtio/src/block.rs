@@ -1,13 +1,17 @@
-//! virtio-blk over a raw image file (virtio 1.x §5.2).
+//! virtio-blk over a raw or qcow2 image file (virtio 1.x §5.2).
 //!
-//! One request queue served synchronously by the worker thread with positioned reads and
-//! writes (`pread64`/`pwrite64`) straight between the image and guest memory.
+//! One request queue served synchronously by the worker thread. Raw images move data with
+//! positioned reads and writes (`pread64`/`pwrite64`) straight between the image and guest
+//! memory; qcow2 images (per-VM copy-on-write overlays) go through `ironvisor-diskimage`,
+//! one bounce buffer per data segment.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+pub use ironvisor_diskimage::DiskFormat;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
@@ -146,6 +150,24 @@ pub enum BlockError {
         #[source]
         source: GuestMemoryError,
     },
+    /// A qcow2 image could not be opened.
+    #[error(transparent)]
+    Image(#[from] ironvisor_diskimage::DiskImageError),
+    /// Reading or writing a qcow2 image failed.
+    #[error("request {head}: {op} of {len} bytes at disk offset {offset} failed: {source}")]
+    ImageIo {
+        /// Chain head.
+        head: u16,
+        /// "read" or "write".
+        op: &'static str,
+        /// Guest-visible disk byte offset.
+        offset: u64,
+        /// Length of the failed piece.
+        len: usize,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
     /// fdatasync failed.
     #[error("request {head}: flushing disk image {} failed: {source}", path.display())]
     Flush {
@@ -172,10 +194,28 @@ impl BlockError {
     }
 }
 
+/// Where the guest's sectors live.
+enum Backing {
+    /// A raw file: guest offset == file offset, zero-copy.
+    Raw(File),
+    /// Any other format, through `ironvisor-diskimage` (used by the worker thread only;
+    /// the lock is never contended).
+    Image(Mutex<Box<dyn ironvisor_diskimage::DiskImage>>),
+}
+
+impl std::fmt::Debug for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backing::Raw(_) => "Raw",
+            Backing::Image(_) => "Image",
+        })
+    }
+}
+
 /// The backing image, shared by the device and its worker.
 #[derive(Debug)]
 struct DiskImage {
-    file: File,
+    backing: Backing,
     path: PathBuf,
     read_only: bool,
     capacity_sectors: u64,
@@ -183,6 +223,102 @@ struct DiskImage {
 }
 
 impl DiskImage {
+    /// Copies `len` disk bytes at `offset` into guest memory at `addr`.
+    fn read_into(
+        &self,
+        head: u16,
+        mem: &GuestMemoryMmap<()>,
+        addr: GuestAddress,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), BlockError> {
+        match &self.backing {
+            Backing::Raw(file) => {
+                let mut src = FileAt::new(file, offset);
+                mem.read_exact_volatile_from(addr, &mut src, len)
+                    .map_err(|source| BlockError::Io {
+                        head,
+                        op: "read",
+                        offset,
+                        len,
+                        source,
+                    })
+            }
+            Backing::Image(image) => {
+                let mut buf = vec![0u8; len];
+                lock(image)
+                    .read_at(&mut buf, offset)
+                    .map_err(|source| BlockError::ImageIo {
+                        head,
+                        op: "read",
+                        offset,
+                        len,
+                        source,
+                    })?;
+                mem.write_slice(&buf, addr)
+                    .map_err(|source| BlockError::Io {
+                        head,
+                        op: "read",
+                        offset,
+                        len,
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Copies `len` bytes of guest memory at `addr` to the disk at `offset`.
+    fn write_from(
+        &self,
+        head: u16,
+        mem: &GuestMemoryMmap<()>,
+        addr: GuestAddress,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), BlockError> {
+        match &self.backing {
+            Backing::Raw(file) => {
+                let mut dst = FileAt::new(file, offset);
+                mem.write_all_volatile_to(addr, &mut dst, len)
+                    .map_err(|source| BlockError::Io {
+                        head,
+                        op: "write",
+                        offset,
+                        len,
+                        source,
+                    })
+            }
+            Backing::Image(image) => {
+                let mut buf = vec![0u8; len];
+                mem.read_slice(&mut buf, addr)
+                    .map_err(|source| BlockError::Io {
+                        head,
+                        op: "write",
+                        offset,
+                        len,
+                        source,
+                    })?;
+                lock(image)
+                    .write_at(&buf, offset)
+                    .map_err(|source| BlockError::ImageIo {
+                        head,
+                        op: "write",
+                        offset,
+                        len,
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Makes completed writes durable.
+    fn flush(&self) -> io::Result<()> {
+        match &self.backing {
+            Backing::Raw(file) => file.sync_data(),
+            Backing::Image(image) => lock(image).flush(),
+        }
+    }
+
     /// Checks that `len` bytes at `sector` are whole sectors inside the disk; returns the
     /// byte offset.
     fn check_range(&self, head: u16, sector: u64, len: usize) -> Result<u64, BlockError> {
@@ -229,27 +365,48 @@ impl BlockDevice {
     /// Opens the raw image at `path` (`O_RDONLY` when `read_only`) whose size must be a
     /// multiple of 512; `serial` (at most 20 bytes) is what GET_ID returns.
     pub fn new(path: &Path, read_only: bool, serial: &str) -> Result<Self, BlockError> {
+        Self::with_format(path, DiskFormat::Raw, read_only, serial)
+    }
+
+    /// Opens the image at `path` in `format` (as recorded when the disk was made: never
+    /// probed, since a guest can write any header into a raw disk).
+    pub fn with_format(
+        path: &Path,
+        format: DiskFormat,
+        read_only: bool,
+        serial: &str,
+    ) -> Result<Self, BlockError> {
         if serial.len() > ID_LEN {
             return Err(BlockError::SerialTooLong {
                 serial: serial.to_string(),
                 len: serial.len(),
             });
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        // Seeking works for regular files and block devices alike.
-        let size = file
-            .seek(SeekFrom::End(0))
-            .map_err(|source| BlockError::Size {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let (backing, size) = match format {
+            DiskFormat::Raw => {
+                let mut file = OpenOptions::new()
+                    .read(true)
+                    .write(!read_only)
+                    .open(path)
+                    .map_err(|source| BlockError::Open {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                // Seeking works for regular files and block devices alike.
+                let size = file
+                    .seek(SeekFrom::End(0))
+                    .map_err(|source| BlockError::Size {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                (Backing::Raw(file), size)
+            }
+            DiskFormat::Qcow2 => {
+                let image = ironvisor_diskimage::open_as(path, format, read_only)?;
+                let size = image.size();
+                (Backing::Image(Mutex::new(image)), size)
+            }
+        };
         if size % SECTOR_SIZE != 0 {
             return Err(BlockError::SizeNotSectorMultiple {
                 path: path.to_path_buf(),
@@ -274,13 +431,14 @@ impl BlockDevice {
         config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
         tracing::info!(
             path = %path.display(),
+            %format,
             read_only,
             capacity_sectors,
             "virtio-blk image opened"
         );
         Ok(Self {
             disk: Arc::new(DiskImage {
-                file,
+                backing,
                 path: path.to_path_buf(),
                 read_only,
                 capacity_sectors,
@@ -514,15 +672,7 @@ fn execute(
             let mut offset = disk.check_range(head, sector, writable_data)?;
             for (segment, seg_offset, len) in sub_range(buffers.writable(), 0, writable_data) {
                 let addr = GuestAddress(segment.addr.0 + seg_offset as u64);
-                let mut src = FileAt::new(&disk.file, offset);
-                mem.read_exact_volatile_from(addr, &mut src, len)
-                    .map_err(|source| BlockError::Io {
-                        head,
-                        op: "read",
-                        offset,
-                        len,
-                        source,
-                    })?;
+                disk.read_into(head, mem, addr, offset, len)?;
                 offset += len as u64;
             }
             Ok(writable_data)
@@ -535,22 +685,14 @@ fn execute(
             let mut offset = disk.check_range(head, sector, data_len)?;
             for (segment, seg_offset, len) in sub_range(buffers.readable(), HEADER_LEN, data_len) {
                 let addr = GuestAddress(segment.addr.0 + seg_offset as u64);
-                let mut dst = FileAt::new(&disk.file, offset);
-                mem.write_all_volatile_to(addr, &mut dst, len)
-                    .map_err(|source| BlockError::Io {
-                        head,
-                        op: "write",
-                        offset,
-                        len,
-                        source,
-                    })?;
+                disk.write_from(head, mem, addr, offset, len)?;
                 offset += len as u64;
             }
             Ok(0)
         }
         VIRTIO_BLK_T_FLUSH => {
             if !disk.read_only {
-                disk.file.sync_data().map_err(|source| BlockError::Flush {
+                disk.flush().map_err(|source| BlockError::Flush {
                     head,
                     path: disk.path.clone(),
                     source,
@@ -564,6 +706,14 @@ fn execute(
         }
         request_type => Err(BlockError::Unsupported { head, request_type }),
     }
+}
+
+/// The image lock; a worker that panicked while holding it left the image as consistent as
+/// any crash would.
+fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The image seen as a stream starting at a byte offset, read and written with

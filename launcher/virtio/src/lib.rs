@@ -40,7 +40,7 @@ mod worker;
 #[cfg(test)]
 mod test_utils;
 
-pub use block::{BlockDevice, BlockError, SECTOR_SIZE};
+pub use block::{BlockDevice, BlockError, DiskFormat, SECTOR_SIZE};
 pub use chain::ChainError;
 pub use console::{ConsoleDevice, ConsoleError};
 pub use device::{

@@ -80,7 +80,10 @@ fn new_checks_the_image_and_serial() {
     assert!(ro.is_read_only());
     assert_ne!(ro.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
     // Opened O_RDONLY.
-    assert!(ro.disk.file.write_at(&[0], 0).is_err());
+    let Backing::Raw(file) = &ro.disk.backing else {
+        panic!("a raw image is served from its file");
+    };
+    assert!(file.write_at(&[0], 0).is_err());
 
     let mut odd = NamedTempFile::new().expect("tempfile");
     odd.write_all(&[0u8; 1000]).expect("fill");
@@ -379,4 +382,55 @@ fn worker_thread_serves_notifications_until_reset() {
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(driver.used_idx(), 1);
     }
+}
+
+#[test]
+fn a_qcow2_overlay_reads_its_base_and_keeps_writes_to_itself() {
+    let base = image(64);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overlay = dir.path().join("overlay.qcow2");
+    ironvisor_diskimage::create_overlay(&overlay, base.path(), DiskFormat::Raw).expect("overlay");
+    let device =
+        BlockDevice::with_format(&overlay, DiskFormat::Qcow2, false, "cow").expect("device");
+    // The guest sees the base's size, not the overlay file's.
+    assert_eq!(device.capacity_sectors(), 64);
+    let mem = test_memory();
+    let mut driver = QueueDriver::new(&mem, 16);
+    let mut worker = worker_for(&mem, &device, driver.queue());
+
+    // Reads fall through to the base, across uneven descriptors.
+    let head = driver.add_chain(&[(16, false), (700, true), (324, true), (1, true)]);
+    driver.write_readable(head, &header(VIRTIO_BLK_T_IN, 10));
+    let (len, status) = complete(&mut worker, &driver, 0, head);
+    assert_eq!((len, status), (1025, OK));
+    assert_eq!(driver.read_writable(head, 1024), pattern(10 * 512, 1024));
+
+    // Writes land in the overlay and read back; the base is untouched.
+    let data: Vec<u8> = (0..1024).map(|i| (i * 13 % 256) as u8).collect();
+    let head = driver.add_chain(&[(16, false), (1024, false), (1, true)]);
+    let mut request = header(VIRTIO_BLK_T_OUT, 10);
+    request.extend_from_slice(&data);
+    driver.write_readable(head, &request);
+    assert_eq!(complete(&mut worker, &driver, 1, head), (1, OK));
+    let head = driver.add_chain(&[(16, false), (1, true)]);
+    driver.write_readable(head, &header(VIRTIO_BLK_T_FLUSH, 0));
+    assert_eq!(complete(&mut worker, &driver, 2, head), (1, OK));
+    let head = driver.add_chain(&[(16, false), (1025, true)]);
+    driver.write_readable(head, &header(VIRTIO_BLK_T_IN, 10));
+    assert_eq!(complete(&mut worker, &driver, 3, head), (1025, OK));
+    assert_eq!(driver.read_writable(head, 1024), data);
+    let mut on_base = vec![0u8; 1024];
+    base.as_file()
+        .read_exact_at(&mut on_base, 10 * 512)
+        .expect("read base");
+    assert_eq!(
+        on_base,
+        pattern(10 * 512, 1024),
+        "the base image was modified"
+    );
+
+    // Past the end is refused, as for raw images.
+    let head = driver.add_chain(&[(16, false), (512, true), (1, true)]);
+    driver.write_readable(head, &header(VIRTIO_BLK_T_IN, 64));
+    assert_eq!(complete(&mut worker, &driver, 4, head).1, IOERR);
 }
