@@ -185,16 +185,33 @@ def _prepare_base(images: Images, cache_dir: Path, force: bool) -> L1Base:
     return L1Base(kernel, initrd, images.kernel_version, images.modules_dir)
 
 
+#: Directories the L1 /init mounts a file system over: a program staged below one of them
+#: would be hidden, so it goes below :data:`HIDDEN_PATH_PREFIX` instead.
+L1_MOUNT_POINTS = ("/tmp", "/run", "/var/run", "/dev", "/proc", "/sys")
+HIDDEN_PATH_PREFIX = "/opt/nested"
+
+
+def l1_program_path(program: Path) -> str:
+    """Where ``program`` (an absolute host path) lives inside L1: its own path, unless
+    that is below a directory L1 mounts over (a checkout under /tmp, say)."""
+    path = str(program)
+    if any(path == m or path.startswith(m + "/") for m in L1_MOUNT_POINTS):
+        return HIDDEN_PATH_PREFIX + path
+    return path
+
+
 def stage_program(staging: Staging, program: Path) -> None:
-    """Copy ``program`` to its own path with its runtime libraries and interpreter."""
+    """Copy ``program`` to its own path (see :func:`l1_program_path`) with its runtime
+    libraries and interpreter, and link it from /usr/local/bin."""
     program = Path(os.path.abspath(program))
     if not program.is_file():
         raise HarnessError(f"--bin {program}: no such file")
     if not os.access(program, os.X_OK):
         raise HarnessError(f"--bin {program}: not executable")
-    staging.add_file(program, str(program), 0o755)
+    inside = l1_program_path(program)
+    staging.add_file(program, inside, 0o755)
     if str(program.parent) != "/usr/local/bin":
-        staging.add_symlink(f"/usr/local/bin/{program.name}", str(program))
+        staging.add_symlink(f"/usr/local/bin/{program.name}", inside)
     for lib in runtime_files(program):
         staging.add_file(Path(lib), lib, 0o755)
 

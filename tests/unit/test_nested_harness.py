@@ -62,6 +62,13 @@ def test_missing_marker_is_a_failure(tmp_path: Path) -> None:
     assert result.failure == "L1 stopped without printing NESTED-L1-EXIT (QEMU exit code 0)"
 
 
+def test_programs_below_l1_mount_points_are_staged_elsewhere() -> None:
+    assert l1.l1_program_path(Path("/work/main/target/release/x")) == "/work/main/target/release/x"
+    assert l1.l1_program_path(Path("/tmp/ci/target/release/x")) == "/opt/nested/tmp/ci/target/release/x"
+    assert l1.l1_program_path(Path("/run/x")) == "/opt/nested/run/x"
+    assert l1.l1_program_path(Path("/tmpfoo/x")) == "/tmpfoo/x"
+
+
 def test_only_an_l1_kernel_panic_before_the_exit_marker_is_retried(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "")
     panic = ("echo NESTED-L1-INIT; echo '[   78.396760] Kernel panic - not syncing: "
