@@ -27,7 +27,7 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if ! python3 -c 'import pytest, sys; sys.exit(int(pytest.__version__.split(".")[0]) < 8)' 2>/dev/null; then
+if ! python3 -c 'import pytest, pytest_rerunfailures, sys; sys.exit(int(pytest.__version__.split(".")[0]) < 8)' 2>/dev/null; then
   # Debian 12 marks its Python as externally managed; pytest 8 is not packaged there.
   python3 -m pip install --quiet --break-system-packages -r "$(dirname "$0")/../tests/requirements.txt"
 fi
