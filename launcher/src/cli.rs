@@ -48,6 +48,33 @@ pub enum CtlOp {
     Ping,
 }
 
+/// The subcommands both launcher binaries have.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Talk to a running launcher over its control API.
+    Ctl(CtlArgs),
+}
+
+/// The whole `main` of a launcher binary: the guardian if asked for, else logging, the
+/// arguments (`C`, split by `parts` into the subcommand and the launch flags), `ctl` or
+/// `launch`, and the exit code or error report.
+pub fn run_main<C: clap::Parser>(
+    program: &str,
+    parts: fn(C) -> (Option<Command>, crate::config::LaunchArgs),
+    launch: fn(crate::config::LaunchArgs) -> anyhow::Result<u8>,
+) -> ExitCode {
+    // The socket guardian (a hidden subcommand): no logging, no clap, no runtime.
+    if let Some(code) = guardian_requested() {
+        return code;
+    }
+    init_tracing();
+    let result = match parts(C::parse()) {
+        (Some(Command::Ctl(ctl)), _) => run_ctl(ctl),
+        (None, args) => launch(args),
+    };
+    exit(program, result)
+}
+
 /// Runs the guardian when `argv[1]` asks for it (before anything else in `main`: no
 /// logging, argument parsing or runtime); `None` otherwise.
 pub fn guardian_requested() -> Option<ExitCode> {

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use ironvisor_launcher::cli::{self, CtlArgs};
+use clap::Parser;
+use ironvisor_launcher::cli::{self, Command};
 use ironvisor_launcher::config::LaunchArgs;
 use ironvisor_launcher::host::HostCaps;
 use ironvisor_launcher::vmm::KvmBackend;
@@ -25,24 +25,12 @@ struct Cli {
     launch: LaunchArgs,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Talk to a running launcher over its control API.
-    Ctl(CtlArgs),
-}
-
 fn main() -> ExitCode {
-    // The socket guardian (a hidden subcommand): no logging, no clap, no runtime.
-    if let Some(code) = cli::guardian_requested() {
-        return code;
-    }
-    cli::init_tracing();
-    let args = Cli::parse();
-    let result = match args.command {
-        Some(Command::Ctl(ctl)) => cli::run_ctl(ctl),
-        None => run_launch(args.launch),
-    };
-    cli::exit("ironvisor-launcher", result)
+    cli::run_main(
+        "ironvisor-launcher",
+        |args: Cli| (args.command, args.launch),
+        run_launch,
+    )
 }
 
 fn run_launch(args: LaunchArgs) -> anyhow::Result<u8> {

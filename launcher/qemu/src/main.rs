@@ -4,8 +4,8 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use ironvisor_launcher::cli::{self, CtlArgs};
+use clap::Parser;
+use ironvisor_launcher::cli::{self, Command};
 use ironvisor_launcher::config::LaunchArgs;
 use ironvisor_launcher::host::HostCaps;
 use ironvisor_launcher_qemu::QemuBackend;
@@ -28,24 +28,12 @@ struct Cli {
     launch: LaunchArgs,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Talk to a running launcher over its control API.
-    Ctl(CtlArgs),
-}
-
 fn main() -> ExitCode {
-    // The socket guardian (a hidden subcommand): no logging, no clap, no runtime.
-    if let Some(code) = cli::guardian_requested() {
-        return code;
-    }
-    cli::init_tracing();
-    let args = Cli::parse();
-    let result = match args.command {
-        Some(Command::Ctl(ctl)) => cli::run_ctl(ctl),
-        None => launch(args.launch),
-    };
-    cli::exit("ironvisor-launcher-qemu", result)
+    cli::run_main(
+        "ironvisor-launcher-qemu",
+        |args: Cli| (args.command, args.launch),
+        launch,
+    )
 }
 
 fn launch(args: LaunchArgs) -> anyhow::Result<u8> {
@@ -101,7 +89,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             cli.command,
-            Some(Command::Ctl(CtlArgs {
+            Some(Command::Ctl(ironvisor_launcher::cli::CtlArgs {
                 op: ironvisor_launcher::cli::CtlOp::Shutdown { force: true, .. },
                 ..
             }))
