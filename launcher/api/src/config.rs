@@ -16,6 +16,8 @@ use clap::Parser;
 use ironvisor_arch::layout::{CMDLINE_MAX_SIZE, IOAPIC_PINS, VIRTIO_FIRST_GSI};
 use serde::{Deserialize, Serialize};
 
+use crate::cpulist;
+
 /// Everything needed to build and run one VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -25,6 +27,11 @@ pub struct LaunchConfig {
     /// Number of vCPUs (1..=MAX_VCPUS).
     #[serde(default = "default_vcpus")]
     pub vcpus: u32,
+    /// Host CPUs each vCPU thread may run on: `vcpu_affinity[i]` lists the Linux CPU
+    /// numbers of vCPU `i`. Empty (the default): vCPU threads run wherever the launcher
+    /// may run. When set, it has one non-empty entry per vCPU.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vcpu_affinity: Vec<Vec<u32>>,
     /// Guest memory in MiB.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
@@ -251,10 +258,10 @@ pub enum ConfigError {
     /// The configuration was read but fails validation; every problem is listed.
     #[error("invalid launch configuration ({} problem{}):{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, IssueList(.0))]
     Invalid(Vec<ConfigIssue>),
-    /// A `--disk` or `--net` value could not be parsed.
+    /// A `--disk`, `--net` or `--vcpu-affinity` value could not be parsed.
     #[error("invalid --{flag} value {value:?}: {message}")]
     BadSpec {
-        /// "disk" or "net".
+        /// "disk", "net" or "vcpu-affinity".
         flag: &'static str,
         /// The value given.
         value: String,
@@ -362,6 +369,7 @@ impl LaunchConfig {
             issues.push("name", problem);
         }
         self.check_sizing(limits, &mut issues);
+        self.check_affinity(&mut issues);
         self.check_kernel(&mut issues);
         self.check_disks(&mut issues);
         self.check_nets(&mut issues);
@@ -627,6 +635,40 @@ impl LaunchConfig {
                     issues.push(field, format!("{} is also used by {first}", path.display()))
                 }
                 None => owners.push((path, field)),
+            }
+        }
+    }
+
+    fn check_affinity(&self, issues: &mut Issues) {
+        if self.vcpu_affinity.is_empty() {
+            return;
+        }
+        let entries = self.vcpu_affinity.len();
+        if u32::try_from(entries) != Ok(self.vcpus) {
+            issues.push(
+                "vcpu_affinity",
+                format!(
+                    "has {entries} entries but the VM has {} vCPUs: give one CPU list per vCPU \
+                     (or none at all)",
+                    self.vcpus
+                ),
+            );
+        }
+        for (index, cpus) in self.vcpu_affinity.iter().enumerate() {
+            let field = format!("vcpu_affinity[{index}]");
+            if cpus.is_empty() {
+                issues.push(
+                    field,
+                    "is empty: a vCPU needs at least one host CPU to run on",
+                );
+            } else if let Some(cpu) = cpus.iter().find(|&&c| c >= cpulist::MAX_CPUS) {
+                issues.push(
+                    field,
+                    format!(
+                        "names CPU {cpu}; host CPUs are numbered 0 to {}",
+                        cpulist::MAX_CPUS - 1
+                    ),
+                );
             }
         }
     }
@@ -981,6 +1023,57 @@ pub fn parse_net_spec(spec: &str) -> Result<NetConfig, ConfigError> {
     })
 }
 
+/// Parses a `--vcpu-affinity` value: `VCPU=CPUS`, CPUS a CPU list ("1", "2-3,5").
+pub fn parse_affinity_spec(spec: &str) -> Result<(u32, Vec<u32>), ConfigError> {
+    let bad = |message: String| ConfigError::BadSpec {
+        flag: "vcpu-affinity",
+        value: spec.to_string(),
+        message,
+    };
+    let (vcpu, cpus) = spec
+        .split_once('=')
+        .ok_or_else(|| bad("expected VCPU=CPUS, e.g. 0=1 or 1=2-3".into()))?;
+    let vcpu = vcpu
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| bad(format!("{vcpu:?} is not a vCPU index")))?;
+    let cpus = cpulist::parse(cpus).map_err(|e| bad(e.to_string()))?;
+    Ok((vcpu, cpus))
+}
+
+/// The `vcpu_affinity` table of repeated `--vcpu-affinity` flags: entry `i` for vCPU
+/// `i`, vCPUs without a flag left empty (which validation reports).
+fn affinity_table(pins: &[(u32, Vec<u32>)]) -> Result<Vec<Vec<u32>>, ConfigError> {
+    let mut table: Vec<Vec<u32>> = Vec::new();
+    for (vcpu, cpus) in pins {
+        let index = usize::try_from(*vcpu).unwrap_or(usize::MAX);
+        if index >= MAX_VCPUS as usize {
+            return Err(ConfigError::BadSpec {
+                flag: "vcpu-affinity",
+                value: format!("{vcpu}={}", cpulist::format(cpus)),
+                message: format!("vCPU {vcpu} is out of range (at most {MAX_VCPUS} vCPUs)"),
+            });
+        }
+        if table.len() <= index {
+            table.resize(index + 1, Vec::new());
+        }
+        if !table[index].is_empty() {
+            return Err(ConfigError::BadSpec {
+                flag: "vcpu-affinity",
+                value: format!("{vcpu}={}", cpulist::format(cpus)),
+                message: format!("vCPU {vcpu} is pinned twice"),
+            });
+        }
+        table[index].clone_from(cpus);
+    }
+    Ok(table)
+}
+
+/// clap value parser for `--vcpu-affinity`.
+fn affinity_arg(spec: &str) -> Result<(u32, Vec<u32>), String> {
+    parse_affinity_spec(spec).map_err(spec_message)
+}
+
 /// clap value parser for `--disk`: clap already names the flag and the value.
 fn disk_arg(spec: &str) -> Result<DiskConfig, String> {
     parse_disk_spec(spec).map_err(spec_message)
@@ -999,12 +1092,13 @@ fn spec_message(error: ConfigError) -> String {
 }
 
 /// Ids of the flags that set configuration fields (all conflict with `--config`).
-const CONFIG_FLAG_IDS: [&str; 13] = [
+const CONFIG_FLAG_IDS: [&str; 14] = [
     "name",
     "kernel",
     "initrd",
     "cmdline",
     "vcpus",
+    "vcpu_affinity",
     "memory_mib",
     "disks",
     "nets",
@@ -1043,6 +1137,10 @@ pub struct LaunchArgs {
     /// Number of vCPUs [default: 1].
     #[arg(long)]
     pub vcpus: Option<u32>,
+    /// Pin vCPU VCPU's thread to the host CPUs of a CPU list ("1", "2-3", "0,4");
+    /// repeat once per vCPU.
+    #[arg(long = "vcpu-affinity", value_name = "VCPU=CPUS", value_parser = affinity_arg)]
+    pub vcpu_affinity: Vec<(u32, Vec<u32>)>,
     /// Guest memory in MiB [default: 256].
     #[arg(long)]
     pub memory_mib: Option<u64>,
@@ -1093,6 +1191,7 @@ impl LaunchArgs {
         Ok(LaunchConfig {
             name,
             vcpus: self.vcpus.unwrap_or_else(default_vcpus),
+            vcpu_affinity: affinity_table(&self.vcpu_affinity)?,
             memory_mib: self.memory_mib.unwrap_or_else(default_memory_mib),
             kernel: KernelConfig {
                 path: kernel,
@@ -1123,6 +1222,7 @@ impl LaunchArgs {
             ("--initrd", self.initrd.is_some()),
             ("--cmdline", self.cmdline.is_some()),
             ("--vcpus", self.vcpus.is_some()),
+            ("--vcpu-affinity", !self.vcpu_affinity.is_empty()),
             ("--memory-mib", self.memory_mib.is_some()),
             ("--disk", !self.disks.is_empty()),
             ("--net", !self.nets.is_empty()),
@@ -1173,6 +1273,7 @@ mod tests {
             let config = LaunchConfig {
                 name: "vm-1".into(),
                 vcpus: 2,
+                vcpu_affinity: Vec::new(),
                 memory_mib: 512,
                 kernel: KernelConfig {
                     path: kernel,
@@ -1404,6 +1505,76 @@ mod tests {
         fx.config.vcpus = MAX_VCPUS + 1;
         let err = fx.config.validate(&big_host).unwrap_err().to_string();
         assert!(err.contains("at most 64"), "{err}");
+    }
+
+    #[test]
+    fn vcpu_affinity_needs_one_non_empty_list_per_vcpu() {
+        let mut fx = Fixture::new();
+        fx.config.vcpu_affinity = vec![vec![1], vec![0, 2]];
+        assert_eq!(issues(&fx.config), Vec::new());
+        fx.config.vcpu_affinity = vec![vec![1]];
+        assert_one_issue(&fx.config, "vcpu_affinity", &["1 entries", "2 vCPUs"]);
+        fx.config.vcpu_affinity = vec![vec![1], vec![]];
+        assert_one_issue(&fx.config, "vcpu_affinity[1]", &["is empty"]);
+        fx.config.vcpu_affinity = vec![vec![1], vec![4096]];
+        assert_one_issue(&fx.config, "vcpu_affinity[1]", &["CPU 4096", "0 to 1023"]);
+    }
+
+    #[test]
+    fn vcpu_affinity_flags_build_the_table_and_bad_ones_are_named() {
+        let args = LaunchArgs::try_parse_from([
+            "ironvisor-launcher",
+            "--name",
+            "vm",
+            "--kernel",
+            "/k",
+            "--vcpus",
+            "2",
+            "--vcpu-affinity",
+            "1=2-3",
+            "--vcpu-affinity",
+            "0=1",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.into_config().unwrap().vcpu_affinity,
+            vec![vec![1], vec![2, 3]]
+        );
+        for (value, needle) in [
+            ("1", "expected VCPU=CPUS"),
+            ("x=1", "not a vCPU index"),
+            ("0=3-1", "runs backwards"),
+            ("0=", "empty"),
+        ] {
+            let err = LaunchArgs::try_parse_from([
+                "ironvisor-launcher",
+                "--name",
+                "vm",
+                "--kernel",
+                "/k",
+                "--vcpu-affinity",
+                value,
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(needle), "{value}: {err}");
+        }
+        let twice = LaunchArgs::try_parse_from([
+            "ironvisor-launcher",
+            "--name",
+            "vm",
+            "--kernel",
+            "/k",
+            "--vcpu-affinity",
+            "0=1",
+            "--vcpu-affinity",
+            "0=2",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap_err()
+        .to_string();
+        assert!(twice.contains("pinned twice"), "{twice}");
     }
 
     #[test]
@@ -1862,6 +2033,7 @@ mod tests {
         let expected = LaunchConfig {
             name: "vm".into(),
             vcpus: 4,
+            vcpu_affinity: Vec::new(),
             memory_mib: 2048,
             kernel: KernelConfig {
                 path: "/k".into(),

@@ -4,6 +4,7 @@
 //!
 //! - [`config`]: [`config::LaunchConfig`], its validation and the launcher's CLI flags.
 //! - [`exit`]: [`exit::ExitStatus`], what a launcher's exit code means.
+//! - [`cpulist`]: Linux CPU lists ("0-2,5"), as `--vcpu-affinity` takes them.
 //! - [`control`]: the [`control::VmControl`] contract between the API and the VMM.
 //! - [`server`]: serves any `Arc<dyn VmControl>` on a unix socket ([`server::serve`],
 //!   or [`server::bind`] then [`server::BoundApi::serve`]).
@@ -17,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod convert;
+pub mod cpulist;
 pub mod exit;
 pub mod server;
 

@@ -154,6 +154,8 @@ pub struct DomainPlan {
     pub launcher_pid: u32,
     /// Number of vCPUs.
     pub vcpus: u32,
+    /// Host CPUs of each vCPU thread (empty: unpinned), as in the configuration.
+    pub vcpu_affinity: Vec<Vec<u32>>,
     /// Guest memory in MiB.
     pub memory_mib: u64,
     /// Absolute kernel path.
@@ -232,6 +234,7 @@ impl DomainPlan {
             vm_name: config.name.clone(),
             launcher_pid,
             vcpus: config.vcpus,
+            vcpu_affinity: config.vcpu_affinity.clone(),
             memory_mib: config.memory_mib,
             kernel,
             initrd,
@@ -343,6 +346,20 @@ impl DomainPlan {
             1,
             &format!("<vcpu placement='static'>{}</vcpu>", self.vcpus),
         );
+        if !self.vcpu_affinity.is_empty() {
+            line(x, 1, "<cputune>");
+            for (vcpu, cpus) in self.vcpu_affinity.iter().enumerate() {
+                line(
+                    x,
+                    2,
+                    &format!(
+                        "<vcpupin vcpu='{vcpu}' cpuset='{}'/>",
+                        ironvisor_launcher_api::cpulist::format(cpus)
+                    ),
+                );
+            }
+            line(x, 1, "</cputune>");
+        }
         line(x, 1, "<os>");
         line(
             x,
@@ -532,6 +549,7 @@ mod tests {
         let config = LaunchConfig {
             name: "web-1".into(),
             vcpus: 2,
+            vcpu_affinity: vec![vec![1], vec![2, 3]],
             memory_mib: 384,
             kernel: KernelConfig {
                 path: p.join("vmlinuz"),
@@ -656,6 +674,12 @@ mod tests {
             (Some("MiB"), Some("384"))
         );
         assert_eq!(text(domain, "vcpu"), "2");
+        let pins: Vec<_> = child(domain, "cputune")
+            .children()
+            .filter(|n| n.has_tag_name("vcpupin"))
+            .map(|n| (n.attribute("vcpu").unwrap(), n.attribute("cpuset").unwrap()))
+            .collect();
+        assert_eq!(pins, [("0", "1"), ("1", "2-3")]);
         let os = child(domain, "os");
         let os_type = child(os, "type");
         assert_eq!(os_type.attribute("machine"), Some(MACHINE_TYPE));

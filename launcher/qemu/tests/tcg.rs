@@ -507,9 +507,25 @@ fn api_answers_while_running_and_sigterm_stops_gracefully_with_5() {
         "tcg-api",
         images,
         "console=ttyS0 reboot=k panic=1",
-        &["--vcpus", "2"],
+        &[
+            "--vcpus",
+            "2",
+            "--vcpu-affinity",
+            "0=1",
+            "--vcpu-affinity",
+            "1=0",
+        ],
     );
     vm.wait_console(READY);
+
+    // vcpu_affinity becomes libvirt's <vcpupin>: QEMU's vCPU threads are pinned.
+    let pins = virsh(&["vcpupin", &vm.domain()]);
+    let pins: Vec<Vec<String>> = String::from_utf8_lossy(&pins.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter(|cols| cols.len() == 2 && cols[0].parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(pins, [["0", "1"], ["1", "0"]], "virsh vcpupin");
 
     let status = vm.status();
     assert_eq!(status["state"], "Running", "{status}");

@@ -4,6 +4,7 @@
 //! Build order: guest memory → KVM VM (memory slots, irqchip, PIT) → kernel and initrd →
 //! devices → ACPI tables → boot protocol data → vCPUs. Nothing runs until [`PreparedVm::start`].
 
+pub mod affinity;
 pub mod bus;
 pub mod devices;
 pub mod events;
@@ -21,6 +22,7 @@ use ironvisor_arch::{acpi, boot, memory};
 use ironvisor_console::{ConsoleHub, ConsoleInput};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
+use self::affinity::{AffinityError, VcpuPinning};
 use self::bus::lock_device;
 use self::devices::{create_devices, DeviceError, Devices};
 use self::events::EventSender;
@@ -66,6 +68,8 @@ pub enum VmmError {
     Devices(#[from] DeviceError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Affinity(#[from] AffinityError),
 }
 
 /// A fully built VM whose vCPUs have not started yet.
@@ -75,6 +79,7 @@ pub struct PreparedVm {
     // Field order is drop order: devices and vCPUs go before the VM fd and guest memory.
     devices: Devices,
     vcpus: Vec<VcpuFd>,
+    pinning: VcpuPinning,
     vm: VmFd,
     _kvm: Kvm,
     _mem: GuestMemory,
@@ -88,6 +93,7 @@ pub fn build(
     console: &ConsoleHub,
     events: &EventSender,
 ) -> Result<PreparedVm, VmmError> {
+    let pinning = VcpuPinning::new(&config.vcpu_affinity)?;
     let mem = memory::create_guest_memory(config.memory_mib << 20).map_err(|source| {
         VmmError::Memory {
             mib: config.memory_mib,
@@ -132,6 +138,7 @@ pub fn build(
         memory_mib: config.memory_mib,
         devices,
         vcpus,
+        pinning,
         vm: vm_fd,
         _kvm: kvm,
         _mem: mem,
@@ -179,7 +186,7 @@ impl PreparedInstance for PreparedVm {
             ..
         } = self.devices;
         let buses = Arc::new(IoBuses { pio, mmio });
-        let vcpus = VcpuSet::start(self.vcpus, buses, events.clone())?;
+        let vcpus = VcpuSet::start(self.vcpus, &self.pinning, buses, events.clone())?;
         Ok(Arc::new(VmHandle::new(
             self.name,
             self.memory_mib,

@@ -14,6 +14,7 @@ use kvm_bindings::{Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use super::affinity::VcpuPinning;
 use super::bus::Bus;
 use super::events::{EventSender, VmEvent};
 use crate::GuestMemory;
@@ -55,6 +56,8 @@ pub enum VcpuError {
     SignalHandler(vmm_sys_util::errno::Error),
     #[error("starting the thread of vCPU {index}: {source}")]
     Spawn { index: u32, source: std::io::Error },
+    #[error(transparent)]
+    Pin(#[from] super::affinity::AffinityError),
     #[error(
         "only {acknowledged} of {total} vCPUs acknowledged a {what} request within {timeout:?}"
     )]
@@ -195,6 +198,7 @@ impl VcpuSet {
     /// Starts one thread per vCPU, all running.
     pub fn start(
         vcpus: Vec<VcpuFd>,
+        pinning: &VcpuPinning,
         buses: Arc<IoBuses>,
         events: EventSender,
     ) -> Result<Self, VcpuError> {
@@ -216,9 +220,12 @@ impl VcpuSet {
                 shared: shared.clone(),
                 events: events.clone(),
             };
-            let handle = std::thread::Builder::new()
-                .name(format!("vcpu{index}"))
-                .spawn(move || thread.run())
+            let handle = pinning
+                .spawn_pinned(index, || {
+                    std::thread::Builder::new()
+                        .name(format!("vcpu{index}"))
+                        .spawn(move || thread.run())
+                })?
                 .map_err(|source| VcpuError::Spawn { index, source })?;
             threads.push(handle);
         }
