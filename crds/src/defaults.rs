@@ -198,7 +198,8 @@ mod tests {
             Some(Cpu {
                 cores: Some(1),
                 sockets: Some(1),
-                threads: Some(1)
+                threads: Some(1),
+                dedicated_cpu_placement: None,
             })
         );
         assert_eq!(spec.termination_grace_period_seconds, Some(180));
@@ -226,6 +227,7 @@ mod tests {
             cores: Some(4),
             sockets: None,
             threads: None,
+            dedicated_cpu_placement: None,
         });
         apply_instance_spec(&mut spec);
         assert_eq!(spec.vcpus(), 4);

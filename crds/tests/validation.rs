@@ -293,6 +293,7 @@ fn cpu_zero_and_too_many_vcpus() {
         cores: Some(0),
         sockets: Some(1),
         threads: Some(1),
+        dedicated_cpu_placement: None,
     });
     assert_only(
         &vm,
@@ -304,6 +305,7 @@ fn cpu_zero_and_too_many_vcpus() {
         cores: Some(33),
         sockets: Some(2),
         threads: Some(1),
+        dedicated_cpu_placement: None,
     });
     assert_only(
         &vm,

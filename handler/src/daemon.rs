@@ -33,6 +33,9 @@ pub enum DaemonError {
     /// The cgroup layout is unusable.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The node's CPUs could not be read.
+    #[error(transparent)]
+    Cpus(#[from] crate::cpus::CpuError),
     /// The socket directory could not be created.
     #[error("cannot create socket directory {path}: {source}")]
     SocketDir {
@@ -86,8 +89,10 @@ pub fn context(config: DaemonConfig) -> Result<RuntimeContext, DaemonError> {
         default_initrd: config.default_initrd.clone(),
     };
     let images = ImageStore::new(config.images_dir.clone());
+    let cpus = crate::cpus::NodeCpus::of_this_process()?;
     Ok(RuntimeContext {
         store,
+        cpus,
         config,
         backend,
         cgroups,

@@ -428,6 +428,7 @@ mod tests {
             started_unix_ms: 0,
             running_since_unix_ms: None,
             stop: None,
+            dedicated_cpus: Vec::new(),
         }
     }
 

@@ -11,12 +11,14 @@
 //! - [`launcher_proc`]: one launcher per instance, through the [`monitor`] subcommand, in
 //!   the VM's [`cgroup`] and network namespace; re-adoption after a daemon restart.
 //! - [`backend`]: hardware KVM or software emulation, and hardware-isolation refusal.
+//! - [`cpus`]: dedicated host CPUs for `dedicatedCpuPlacement` VMs.
 //! - [`translate`]: VM spec → the launcher's `LaunchConfig`, kernel images.
 //! - [`daemon`]: wiring and the `serve` command; [`config`]: its settings.
 
 pub mod backend;
 pub mod cgroup;
 pub mod config;
+pub mod cpus;
 pub mod daemon;
 pub mod files;
 pub mod launcher_proc;

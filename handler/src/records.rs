@@ -315,6 +315,10 @@ pub struct LauncherRecord {
     /// A stop in progress.
     #[serde(default)]
     pub stop: Option<StopState>,
+    /// Host CPUs dedicated to this instance, vCPU i on `dedicated_cpus[i]`
+    /// (`dedicatedCpuPlacement`); empty for VMs on shared CPUs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dedicated_cpus: Vec<u32>,
 }
 
 /// Severity of an event, as in Kubernetes.

@@ -17,8 +17,14 @@ use crate::strategy::Decision;
 pub const UNSCHEDULABLE_REASON: &str = "HardwareIsolationUnavailable";
 /// Condition reason of a VM that asks for more memory than the node has.
 pub const INSUFFICIENT_MEMORY_REASON: &str = "InsufficientMemory";
+/// Condition reason of a `dedicatedCpuPlacement` VM with too few free host CPUs.
+pub const INSUFFICIENT_CPUS_REASON: &str = "InsufficientDedicatedCpus";
 /// Start-error reasons that mean no node can run the VM (shown as ErrorUnschedulable).
-pub const UNSCHEDULABLE_REASONS: [&str; 2] = [UNSCHEDULABLE_REASON, INSUFFICIENT_MEMORY_REASON];
+pub const UNSCHEDULABLE_REASONS: [&str; 3] = [
+    UNSCHEDULABLE_REASON,
+    INSUFFICIENT_MEMORY_REASON,
+    INSUFFICIENT_CPUS_REASON,
+];
 
 /// Whether a start-error reason means the VM cannot be scheduled here.
 pub fn is_unschedulable(reason: &str) -> bool {
@@ -333,6 +339,7 @@ mod tests {
             started_unix_ms: 0,
             running_since_unix_ms: None,
             stop: None,
+            dedicated_cpus: Vec::new(),
         }
     }
 

@@ -575,6 +575,30 @@ impl Txn<'_> {
         Ok(removed.is_some())
     }
 
+    /// Every launcher record, with its key.
+    pub fn launchers(&self) -> Result<Vec<(VmKey, LauncherRecord)>, StoreError> {
+        let t = self
+            .txn
+            .open_table(LAUNCHERS)
+            .map_err(|e| self.error("open table", e))?;
+        let mut records = Vec::new();
+        for entry in t.iter().map_err(|e| self.error("scan", e))? {
+            let (k, v) = entry.map_err(|e| self.error("scan", e))?;
+            match VmKey::from_storage_key(k.value()) {
+                Some(key) => {
+                    let record = decode(self.path, "launchers", k.value(), v.value())?;
+                    records.push((key, record));
+                }
+                None => warn!(
+                    table = "launchers",
+                    key = k.value(),
+                    "ignoring a malformed key"
+                ),
+            }
+        }
+        Ok(records)
+    }
+
     /// The VM record of `key`.
     pub fn vm(&self, key: &VmKey) -> Result<Option<VmRecord>, StoreError> {
         self.get(VMS, "vms", key)

@@ -288,6 +288,8 @@ pub struct LaunchPlan {
     pub console_socket: PathBuf,
     /// The control API socket.
     pub api_socket: PathBuf,
+    /// Host CPUs of each vCPU thread (empty: not pinned).
+    pub vcpu_affinity: Vec<Vec<u32>>,
 }
 
 /// The launcher configuration of `spec` (the VM's template) with `plan`.
@@ -314,6 +316,7 @@ pub fn launch_config(
     Ok(LaunchConfig {
         name: key.name.clone(),
         vcpus: spec.vcpus(),
+        vcpu_affinity: plan.vcpu_affinity,
         memory_mib: bytes.div_ceil(MIB),
         kernel: KernelConfig {
             path: plan.boot.kernel,
@@ -346,6 +349,7 @@ mod tests {
             cores: Some(2),
             sockets: Some(2),
             threads: Some(1),
+            dedicated_cpu_placement: None,
         });
         spec.domain.memory = Some(Memory {
             guest: Quantity("1500Mi".into()),
@@ -446,11 +450,13 @@ mod tests {
                 nets: vec![],
                 console_socket: "/run/c.sock".into(),
                 api_socket: "/run/a.sock".into(),
+                vcpu_affinity: vec![vec![1], vec![2], vec![3], vec![4]],
             },
         )
         .unwrap();
         assert_eq!(config.name, "vm1");
         assert_eq!(config.vcpus, 4);
+        assert_eq!(config.vcpu_affinity[3], vec![4]);
         assert_eq!(config.memory_mib, 1500);
         assert_eq!(config.shutdown_timeout_secs, 30);
         assert_eq!(

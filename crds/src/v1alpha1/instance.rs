@@ -110,6 +110,11 @@ pub struct Cpu {
     /// Threads per core (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<u32>,
+    /// Give each vCPU a host CPU of its own and pin the vCPU's thread to it (as KubeVirt
+    /// does with the CPU manager's static policy). The node refuses the VM when it has
+    /// fewer free CPUs than the VM has vCPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedicated_cpu_placement: Option<bool>,
 }
 
 impl Cpu {
@@ -506,6 +511,15 @@ impl VirtualMachineInstanceSpec {
     pub fn vcpus(&self) -> u32 {
         self.domain.cpu.as_ref().map_or(1, Cpu::vcpus)
     }
+
+    /// Whether each vCPU gets a dedicated host CPU (`dedicatedCpuPlacement`).
+    pub fn dedicated_cpu_placement(&self) -> bool {
+        self.domain
+            .cpu
+            .as_ref()
+            .and_then(|c| c.dedicated_cpu_placement)
+            .unwrap_or(false)
+    }
 }
 
 #[cfg(test)]
@@ -518,6 +532,7 @@ mod tests {
             cores: Some(2),
             sockets: Some(2),
             threads: None,
+            dedicated_cpu_placement: None,
         };
         assert_eq!(cpu.vcpus(), 4);
         assert_eq!(Cpu::default().vcpus(), 1);
@@ -525,6 +540,7 @@ mod tests {
             cores: Some(u32::MAX),
             sockets: Some(2),
             threads: Some(2),
+            dedicated_cpu_placement: None,
         };
         assert_eq!(huge.vcpus(), u32::MAX);
     }

@@ -105,6 +105,8 @@ pub struct RuntimeContext {
     pub network: NetworkConfig,
     /// Base disk images.
     pub images: ImageStore,
+    /// The host CPUs dedicated-CPU VMs are pinned to.
+    pub cpus: crate::cpus::NodeCpus,
 }
 
 /// The reconcile loop and its trigger.

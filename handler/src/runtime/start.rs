@@ -24,7 +24,8 @@ use crate::records::{
     VmKey,
 };
 use crate::status::{
-    set_vmi_conditions, set_vmi_phase, time, INSUFFICIENT_MEMORY_REASON, UNSCHEDULABLE_REASON,
+    set_vmi_conditions, set_vmi_phase, time, INSUFFICIENT_CPUS_REASON, INSUFFICIENT_MEMORY_REASON,
+    UNSCHEDULABLE_REASON,
 };
 use crate::store::{StoreError, VmSnapshot};
 use crate::strategy::StartReason;
@@ -37,6 +38,16 @@ pub struct StartFailure {
     pub reason: &'static str,
     /// What went wrong, naming the VM.
     pub message: String,
+}
+
+/// What the transaction that creates an instance decided.
+enum Created {
+    /// Nothing to do (the VM is gone, being deleted, or already has an instance).
+    No,
+    /// Not enough free dedicated CPUs; the message says how many.
+    NoCpus(String),
+    /// Created, with these dedicated CPUs (empty for shared CPUs).
+    Yes(Vec<u32>),
 }
 
 /// What a successful start produced.
@@ -93,22 +104,36 @@ impl Runtime {
             started_unix_ms: now,
             running_since_unix_ms: None,
             stop: None,
+            dedicated_cpus: Vec::new(),
         };
         let strategy = super::run_strategy(snap);
         let emulation = selection.emulation_reason.clone();
+        let dedicated_vcpus = spec.dedicated_cpu_placement().then(|| spec.vcpus());
         let created = {
             let key = key.clone();
             let uid = uid.clone();
-            let record = record.clone();
+            let mut record = record.clone();
+            let ctx = self.ctx.clone();
             self.ctx
                 .store
                 .call(move |store| {
-                    store.transact(|t| -> Result<bool, StoreError> {
+                    store.transact(|t| -> Result<Created, StoreError> {
                         let Some(mut rec) = t.vm(&key)? else {
-                            return Ok(false);
+                            return Ok(Created::No);
                         };
                         if rec.runtime.deleting || t.launcher(&key)?.is_some() {
-                            return Ok(false);
+                            return Ok(Created::No);
+                        }
+                        if let Some(vcpus) = dedicated_vcpus {
+                            let taken = t
+                                .launchers()?
+                                .into_iter()
+                                .flat_map(|(_, l)| l.dedicated_cpus)
+                                .collect();
+                            match ctx.cpus.pick(vcpus, &taken) {
+                                Ok(cpus) => record.dedicated_cpus = cpus,
+                                Err(err) => return Ok(Created::NoCpus(err.to_string())),
+                            }
                         }
                         let rt = &mut rec.runtime;
                         let consume = consume_requests.min(rt.requests.len());
@@ -117,6 +142,21 @@ impl Runtime {
                         t.put_vm(&key, &rec)?;
                         t.put_vmi(&key, &vmi)?;
                         t.put_launcher(&key, &record)?;
+                        if !record.dedicated_cpus.is_empty() {
+                            t.push_event(
+                                &key,
+                                event(
+                                    EventType::Normal,
+                                    "DedicatedCpus",
+                                    format!(
+                                        "vCPUs pinned to dedicated host CPUs {}",
+                                        ironvisor_launcher_api::cpulist::format(
+                                            &record.dedicated_cpus
+                                        )
+                                    ),
+                                ),
+                            )?;
+                        }
                         t.push_event(
                             &key,
                             event(
@@ -141,14 +181,24 @@ impl Runtime {
                                 ),
                             )?;
                         }
-                        Ok(true)
+                        Ok(Created::Yes(record.dedicated_cpus.clone()))
                     })
                 })
                 .await?
         };
-        if !created {
-            return Ok(());
-        }
+        let dedicated_cpus = match created {
+            Created::No => return Ok(()),
+            Created::NoCpus(message) => {
+                return self
+                    .mark_unschedulable(
+                        key,
+                        INSUFFICIENT_CPUS_REASON,
+                        format!("VM {key}: {message}"),
+                    )
+                    .await;
+            }
+            Created::Yes(cpus) => cpus,
+        };
         if let Some(why) = &selection.emulation_reason {
             warn!(vm = %key, reason = %why, "running under software emulation");
         }
@@ -161,6 +211,7 @@ impl Runtime {
             paths,
             backend,
             cgroups,
+            dedicated_cpus,
         };
         let outcome = self
             .blocking(key, move |ctx| prepare_and_spawn(ctx, &job))
@@ -443,6 +494,7 @@ struct StartJob {
     paths: InstancePaths,
     backend: BackendKind,
     cgroups: Vec<PathBuf>,
+    dedicated_cpus: Vec<u32>,
 }
 
 /// Prepares everything and starts the launcher (blocking). On failure, undoes it all.
@@ -467,6 +519,7 @@ fn try_prepare_and_spawn(
         paths,
         backend,
         cgroups,
+        dedicated_cpus,
     } = job;
     let (uid, backend) = (uid.as_str(), *backend);
     let fail = |reason: &'static str| {
@@ -517,6 +570,7 @@ fn try_prepare_and_spawn(
             nets,
             console_socket: paths.console_socket.clone(),
             api_socket: paths.api_socket.clone(),
+            vcpu_affinity: crate::cpus::one_to_one(dedicated_cpus),
         },
     )
     .map_err(|e| StartFailure {

@@ -1,0 +1,127 @@
+//! `dedicatedCpuPlacement: true`: each vCPU gets a host CPU of its own, written into the
+//! launcher configuration as `vcpu_affinity`; a VM that needs more free CPUs than the
+//! node has is refused with the numbers, and a stopped VM gives its CPUs back.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{condition, manifest, vm, wait_for, Daemon, Options};
+
+/// The CPUs this test process may use, lowest first.
+fn own_cpus() -> Vec<u32> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    (0..1024u32)
+        .filter(|&c| set.is_set(c as usize).unwrap())
+        .collect()
+}
+
+fn dedicated(name: &str, cores: usize) -> String {
+    manifest(name, "Always", "").replace(
+        "      domain:\n",
+        &format!("      domain:\n        cpu:\n          cores: {cores}\n          dedicatedCpuPlacement: true\n"),
+    )
+}
+
+/// Every launcher configuration file under `dir`.
+fn launcher_configs(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == "launcher.json") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+fn affinity_of(config: &Path) -> (String, serde_json::Value) {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    (
+        json["name"].as_str().unwrap().to_string(),
+        json["vcpu_affinity"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcpus_get_dedicated_cpus_until_none_are_left() {
+    let cpus = own_cpus();
+    // The lowest CPU stays shared on nodes with more than one.
+    let pool: Vec<u32> = if cpus.len() > 1 {
+        cpus[1..].to_vec()
+    } else {
+        cpus.clone()
+    };
+    let daemon = Daemon::start(Options::default());
+    let client = daemon.client().await;
+    let yaml = format!(
+        "{}---\n{}",
+        dedicated("pinned", 1),
+        dedicated("toobig", pool.len() + 1)
+    );
+    client.apply(yaml, "vms.yaml".into()).await.unwrap();
+
+    let view = wait_for(&client, "pinned", "Running", |v| v.status == "Running").await;
+    let expected = pool[0].to_string();
+    assert!(
+        view.events.iter().any(|e| e.reason == "DedicatedCpus"
+            && e.message.ends_with(&format!("host CPUs {expected}"))),
+        "{:#?}",
+        view.events
+    );
+    let configs: Vec<_> = launcher_configs(daemon.dir.path())
+        .iter()
+        .map(|p| affinity_of(p))
+        .collect();
+    assert!(
+        configs.contains(&("pinned".to_string(), serde_json::json!([[pool[0]]]))),
+        "{configs:?}"
+    );
+
+    let view = wait_for(&client, "toobig", "ErrorUnschedulable", |v| {
+        v.status == "ErrorUnschedulable"
+    })
+    .await;
+    let (_, reason, message) = condition(&view, "Failure").expect("Failure condition");
+    assert_eq!(reason, "InsufficientDedicatedCpus");
+    assert!(message.contains("default/toobig"), "{message}");
+    assert!(
+        message.contains(&format!("needs {} dedicated", pool.len() + 1)),
+        "{message}"
+    );
+    assert!(daemon.vm_processes("toobig").is_empty());
+
+    // A second one-vCPU VM fits only if the node has a second free CPU.
+    client
+        .apply(dedicated("second", 1), "second.yaml".into())
+        .await
+        .unwrap();
+    if pool.len() > 1 {
+        let view = wait_for(&client, "second", "Running", |v| v.status == "Running").await;
+        assert!(view
+            .events
+            .iter()
+            .any(|e| e.reason == "DedicatedCpus" && e.message.ends_with(&pool[1].to_string())));
+    } else {
+        let view = wait_for(&client, "second", "ErrorUnschedulable", |v| {
+            v.status == "ErrorUnschedulable"
+        })
+        .await;
+        let (_, _, message) = condition(&view, "Failure").expect("Failure condition");
+        assert!(message.contains("only 0"), "{message}");
+        // Stopping the first VM frees its CPU for the second.
+        client.stop(vm("pinned"), false, 0).await.unwrap();
+        wait_for(&client, "pinned", "Stopped", |v| v.status == "Stopped").await;
+        let view = wait_for(&client, "second", "Running", |v| v.status == "Running").await;
+        assert!(view
+            .events
+            .iter()
+            .any(|e| e.reason == "DedicatedCpus" && e.message.ends_with(&expected)));
+    }
+}
