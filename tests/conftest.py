@@ -14,11 +14,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "tcg: boots the guest directly under QEMU TCG (a few seconds)")
 
 
-#: How often a failed nested-KVM test is run again. The emulated platform itself faults now
-#: and then: QEMU-TCG's nested SVM makes stock L2 guests triple-fault at random points of
-#: their boot or the L1 kernel panic (measured: 2 of 4 plain launcher boots in one L1 went
-#: wrong on a bad day, with boots of the same binaries passing before and after). A rerun
-#: shows as RERUN in the report, so a flaky test stays visible.
+#: How often a failed nested-KVM test is run again. The known cause of L2 guests
+#: triple-faulting or freezing in the TCG-emulated L1 (L1 migrating a vCPU thread between
+#: its CPUs) is avoided by pinning vCPU threads (tests/README.md, "Nested KVM and vCPU
+#: migration"); the rerun stays for L1 faults not yet explained, and shows as RERUN in
+#: the report, so a flaky test stays visible.
 NESTED_RERUNS = 1
 
 

@@ -52,6 +52,7 @@ fn every_example_is_valid() {
         "vm-small.yaml",
         "vm-hostdisk.yaml",
         "vm-hardware-isolated.yaml",
+        "vm-dedicated.yaml",
     ] {
         assert!(names.iter().any(|n| n == required), "missing {required}");
     }
@@ -92,6 +93,20 @@ fn vm_hostdisk_is_manual_with_host_and_empty_disks() {
     );
     assert_eq!(spec.networks.len(), 1);
     assert_eq!(spec.vcpus(), 2);
+}
+
+#[test]
+fn vm_dedicated_is_the_small_vm_with_a_dedicated_cpu() {
+    let dedicated = single_vm("vm-dedicated.yaml");
+    let small = single_vm("vm-small.yaml");
+    let spec = &dedicated.spec.template.spec;
+    assert!(spec.dedicated_cpu_placement());
+    assert!(!small.spec.template.spec.dedicated_cpu_placement());
+    assert_eq!(spec.vcpus(), 1);
+    // Otherwise the same machine: disks, network and memory.
+    assert_eq!(spec.volumes.len(), small.spec.template.spec.volumes.len());
+    assert_eq!(spec.domain.memory, small.spec.template.spec.domain.memory);
+    assert_eq!(spec.networks, small.spec.template.spec.networks);
 }
 
 #[test]

@@ -2,7 +2,8 @@
 
 One L1 runs ``tests/e2e/l1/standalone.sh``: the node agent (``--backend kvm``) with the
 real CNI bridge/host-local plugins, ip, nft, dnsmasq, sysctl and iptables-nft, the guest
-image catalogue (``images.catalog`` layout) and ``examples/vm-small.yaml``, driven with
+image catalogue (``images.catalog`` layout) and ``examples/vm-dedicated.yaml`` (the small
+VM with ``dedicatedCpuPlacement``: see tests/README.md, "Nested KVM and vCPU migration"), driven with
 virtctl through apply, the serial console (boot log, typed commands, DHCP and traffic to
 L1 through CNI), stop/start/restart, a handler restart (SIGTERM and SIGKILL) that
 re-adopts the running launcher, and delete with nothing left behind. The scenario prints
@@ -28,14 +29,6 @@ from tests.nested import l1
 
 pytestmark = [
     pytest.mark.nested,
-    # Runs on every CI run and reports XPASS when it passes. Not strict: this scenario
-    # keeps an L2 guest, the node agent, dnsmasq and nftables busy inside a TCG-emulated
-    # L1 for minutes, and on these machines that L1 intermittently fails underneath the
-    # product (L1 kernel panics "stack guard page was hit" / "corrupted stack end" in the
-    # vCPU thread, L2 guests freezing mid-boot), also with launcher builds that passed
-    # this scenario before. See the README, "What is tested where".
-    pytest.mark.xfail(reason="nested TCG platform faults (L1 kernel panics, frozen L2 "
-                             "guests) in this long scenario", strict=False),
 ]
 
 RELEASE = REPO_ROOT / "target" / "release"
@@ -97,7 +90,7 @@ def facts(images: Images, l1_base: l1.L1Base, standalone_bins: list[Path],
     files = [
         (L1_SCRIPTS / "common.sh", "/e2e/common.sh"),
         (params, "/e2e/params"),
-        (REPO_ROOT / "examples" / "vm-small.yaml", "/e2e/vm-small.yaml"),
+        (REPO_ROOT / "examples" / "vm-dedicated.yaml", "/e2e/vm-dedicated.yaml"),
         (images_dir, "/images"),
         (XTABLES_LIBS, str(XTABLES_LIBS)),
     ]
@@ -146,8 +139,12 @@ def test_apply_runs_on_the_kvm_launcher(facts: Facts) -> None:
     assert f["launcher_exe_1"].endswith("/ironvisor-launcher"), f["launcher_exe_1"]
     assert int(f["launcher_uses_kvm"]) >= 1, "the launcher holds no /dev/kvm descriptor"
     # In the VM's cgroup (handler --cgroup-parent default /ironvisor) and network namespace.
-    assert f["launcher_cgroup"] == "/ironvisor/default_small", f["launcher_cgroup"]
+    assert f["launcher_cgroup"] == "/ironvisor/default_dedicated", f["launcher_cgroup"]
     assert f["launcher_netns"].startswith("iv-") and f["launcher_netns"] == f["netns_list"]
+    # dedicatedCpuPlacement: L1 has CPUs 0-1, CPU 0 stays shared, the vCPU gets CPU 1.
+    threads = dict(t.split("=", 1) for t in f["launcher_thread_cpus"].split())
+    assert threads.get("vcpu0") == "1", f["launcher_thread_cpus"]
+    assert f["dedicated_event"] == "vCPUs pinned to dedicated host CPUs 1", f["dedicated_event"]
 
 
 def test_console_shows_the_boot_and_takes_input(facts: Facts) -> None:

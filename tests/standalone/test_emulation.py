@@ -95,6 +95,28 @@ def test_hardware_isolated_example_is_refused_not_emulated(node: Node) -> None:
         node.virtctl("delete", "isolated")
 
 
+def test_dedicated_example_pins_its_vcpu_under_emulation(node: Node) -> None:
+    """dedicatedCpuPlacement reaches QEMU as libvirt's <vcpupin>: vCPU 0 on its own CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    expected = str(cpus[1] if len(cpus) > 1 else cpus[0])
+    node.virtctl("apply", "-f", str(EXAMPLES / "vm-dedicated.yaml"))
+    try:
+        row = node.wait_status("dedicated", "Running", timeout=120)
+        assert row["BACKEND"] == "qemu-tcg", row
+        describe = node.virtctl("describe", "dedicated").stdout
+        assert f"vCPUs pinned to dedicated host CPUs {expected}" in describe, describe
+        pins = subprocess.run(["virsh", "-c", "qemu:///system", "vcpupin", "ironvisor-dedicated"],
+                              capture_output=True, text=True, check=True).stdout
+        rows = [line.split() for line in pins.splitlines()]
+        assert ["0", expected] in rows, pins
+    finally:
+        node.virtctl("delete", "dedicated")
+        deadline = time.monotonic() + 60
+        while node.virtctl("get", "dedicated", check=False).returncode == 0:
+            assert time.monotonic() < deadline, "VM dedicated was not deleted within 60 s"
+            time.sleep(0.5)
+
+
 def test_small_example_runs_under_emulation_end_to_end(node: Node) -> None:
     applied = node.virtctl("apply", "-f", str(EXAMPLES / "vm-small.yaml")).stdout
     assert "virtualmachine.ironvisor.io/small created" in applied

@@ -1,6 +1,7 @@
 # Standalone node mode for real: ironvisor-handler (KVM backend) with the real CNI
 # plugins, nftables, dnsmasq and the guest image catalogue; driven with virtctl.
-#   1. apply examples/vm-small.yaml -> Running with an IP, KVM launcher
+#   1. apply examples/vm-dedicated.yaml -> Running with an IP, KVM launcher, the vCPU
+#      thread pinned to its dedicated CPU
 #   2. the serial console through `virtctl console`: boot log, typed commands, DHCP and
 #      traffic from the guest to L1 through the CNI network
 #   3. stop / start / restart
@@ -17,7 +18,7 @@ DATA=/var/lib/ironvisor
 RUN=/run/ironvisor
 SOCK=$RUN/handler.sock
 IMAGES=/images
-VM=small
+VM=dedicated
 BRIDGE_IP=10.222.0.1
 export IRONVISOR_SOCKET=$SOCK
 ESC=$(printf '\033')
@@ -181,7 +182,7 @@ start_handler
 # ---------------------------------------------------------------- 1. apply
 step "1. apply"
 t_apply=$(now_ms)
-$VIRTCTL apply -f /e2e/vm-small.yaml || die "virtctl apply failed"
+$VIRTCTL apply -f /e2e/vm-dedicated.yaml || die "virtctl apply failed"
 fact apply_rc 0
 if wait_until 120 is_running; then
 	t_running=$(now_ms)
@@ -203,6 +204,15 @@ fact launcher_exe_1 "$(readlink /proc/$PID1/exe 2>/dev/null)"
 fact launcher_uses_kvm "$(ls -l /proc/$PID1/fd 2>/dev/null | grep -c /dev/kvm)"
 fact launcher_cgroup "$(cut -d: -f3 /proc/$PID1/cgroup 2>/dev/null)"
 fact launcher_netns "$($IP netns identify "$PID1" 2>/dev/null)"
+# The CPUs each launcher thread may run on ("vcpu0=1 tokio-runtime-w=0-1 ...").
+thread_cpus() {
+	for t in /proc/$1/task/*; do
+		printf '%s=%s ' "$(cat $t/comm 2>/dev/null)" \
+			"$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' $t/status 2>/dev/null)"
+	done | sed 's/ $//'
+}
+fact launcher_thread_cpus "$(thread_cpus "$PID1")"
+fact dedicated_event "$($VIRTCTL describe $VM | grep -o 'vCPUs pinned to dedicated host CPUs [0-9,-]*' | tail -n 1)"
 fact netns_list "$($IP netns list | awk '{ print $1 }' | tr '\n' ' ' | sed 's/ $//')"
 
 # ---------------------------------------------------------------- 2. console
