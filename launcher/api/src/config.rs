@@ -1522,22 +1522,21 @@ mod tests {
 
     #[test]
     fn vcpu_affinity_flags_build_the_table_and_bad_ones_are_named() {
-        let args = LaunchArgs::try_parse_from([
-            "ironvisor-launcher",
-            "--name",
-            "vm",
-            "--kernel",
-            "/k",
+        /// `ironvisor-launcher --name vm --kernel /k` followed by `extra`.
+        fn parse(extra: &[&str]) -> Result<LaunchArgs, clap::Error> {
+            let base = ["ironvisor-launcher", "--name", "vm", "--kernel", "/k"];
+            LaunchArgs::try_parse_from(base.iter().chain(extra))
+        }
+        let pins = [
             "--vcpus",
             "2",
             "--vcpu-affinity",
             "1=2-3",
             "--vcpu-affinity",
             "0=1",
-        ])
-        .unwrap();
+        ];
         assert_eq!(
-            args.into_config().unwrap().vcpu_affinity,
+            parse(&pins).unwrap().into_config().unwrap().vcpu_affinity,
             vec![vec![1], vec![2, 3]]
         );
         for (value, needle) in [
@@ -1546,34 +1545,14 @@ mod tests {
             ("0=3-1", "runs backwards"),
             ("0=", "empty"),
         ] {
-            let err = LaunchArgs::try_parse_from([
-                "ironvisor-launcher",
-                "--name",
-                "vm",
-                "--kernel",
-                "/k",
-                "--vcpu-affinity",
-                value,
-            ])
-            .unwrap_err()
-            .to_string();
+            let err = parse(&["--vcpu-affinity", value]).unwrap_err().to_string();
             assert!(err.contains(needle), "{value}: {err}");
         }
-        let twice = LaunchArgs::try_parse_from([
-            "ironvisor-launcher",
-            "--name",
-            "vm",
-            "--kernel",
-            "/k",
-            "--vcpu-affinity",
-            "0=1",
-            "--vcpu-affinity",
-            "0=2",
-        ])
-        .unwrap()
-        .into_config()
-        .unwrap_err()
-        .to_string();
+        let twice = parse(&["--vcpu-affinity", "0=1", "--vcpu-affinity", "0=2"])
+            .unwrap()
+            .into_config()
+            .unwrap_err()
+            .to_string();
         assert!(twice.contains("pinned twice"), "{twice}");
     }
 
