@@ -1,20 +1,8 @@
-//! Generates the gRPC code of `proto/handler.proto` without a system `protoc`: `protox`
-//! (pure Rust) parses the file into a descriptor set, then `tonic-prost-build` turns that
-//! set into the messages, the `Handler` server trait and the client.
+//! Generates the gRPC code of `proto/handler.proto` (messages, the `Handler` server trait
+//! and the client) without a system `protoc`, with [`ironvisor_grpc_uds::build`].
 
-use std::error::Error;
-
-const PROTO_DIR: &str = "proto";
-const PROTO_FILE: &str = "proto/handler.proto";
-
-fn main() -> Result<(), Box<dyn Error>> {
-    println!("cargo:rerun-if-changed={PROTO_FILE}");
-    let descriptors = protox::compile([PROTO_FILE], [PROTO_DIR])
-        .map_err(|e| format!("cannot compile {PROTO_FILE}: {e:?}"))?;
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(descriptors)
-        .map_err(|e| format!("cannot generate Rust code from {PROTO_FILE}: {e}"))?;
-    Ok(())
+fn main() -> Result<(), String> {
+    // As text: `main` prints its error with `Debug`, which would show the enum.
+    ironvisor_grpc_uds::build::compile_protos("proto", &["proto/handler.proto"])
+        .map_err(|e| e.to_string())
 }

@@ -1,20 +1,8 @@
-//! Generates the gRPC code of `proto/launcher.proto` without a system `protoc`:
-//! `protox` (pure Rust) parses the file into a descriptor set, and `tonic-prost-build`
-//! generates the messages, the server trait and the client from that set.
+//! Generates the gRPC code of `proto/launcher.proto` (messages, the `Launcher` server
+//! trait and the client) without a system `protoc`, with [`ironvisor_grpc_uds::build`].
 
-use std::error::Error;
-
-const PROTO_DIR: &str = "proto";
-const PROTO_FILE: &str = "proto/launcher.proto";
-
-fn main() -> Result<(), Box<dyn Error>> {
-    println!("cargo:rerun-if-changed={PROTO_FILE}");
-    let descriptors = protox::compile([PROTO_FILE], [PROTO_DIR])
-        .map_err(|e| format!("cannot compile {PROTO_FILE}: {e:?}"))?;
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(descriptors)
-        .map_err(|e| format!("cannot generate Rust code from {PROTO_FILE}: {e}"))?;
-    Ok(())
+fn main() -> Result<(), String> {
+    // As text: `main` prints its error with `Debug`, which would show the enum.
+    ironvisor_grpc_uds::build::compile_protos("proto", &["proto/launcher.proto"])
+        .map_err(|e| e.to_string())
 }

@@ -10,10 +10,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
+use ironvisor_grpc_uds::cause::{first_io_error, innermost_cause};
+use ironvisor_grpc_uds::channel::{self, ConnectError};
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use tracing::{debug, info_span, Instrument};
 
@@ -179,23 +179,9 @@ impl HandlerClient {
             if let Err(e) = std::fs::symlink_metadata(&path) {
                 return Err(io_connect_error(&path, &e));
             }
-            let endpoint =
-                Endpoint::from_static(PLACEHOLDER_URI).connect_timeout(options.connect_timeout);
-            let dial = path.clone();
-            let connector = tower::service_fn(move |_: Uri| {
-                let dial = dial.clone();
-                async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(dial).await?)) }
-            });
-            let channel = tokio::time::timeout(
-                options.connect_timeout,
-                endpoint.connect_with_connector(connector),
-            )
-            .await
-            .map_err(|_| ClientError::ConnectTimeout {
-                path: path.clone(),
-                timeout: options.connect_timeout,
-            })?
-            .map_err(|e| transport_connect_error(&path, &e))?;
+            let channel = channel::connect(&path, PLACEHOLDER_URI, options.connect_timeout)
+                .await
+                .map_err(connect_error)?;
             debug!("connected");
             Ok(Self {
                 inner: GrpcClient::new(channel),
@@ -487,35 +473,19 @@ fn io_connect_error(path: &Path, error: &io::Error) -> ClientError {
 
 /// Maps a failed connect, keeping the innermost cause (the transport error's own text is
 /// only "transport error").
-fn transport_connect_error(path: &Path, error: &tonic::transport::Error) -> ClientError {
-    if let Some(e) = first_io_error(error) {
-        return io_connect_error(path, e);
-    }
-    ClientError::Connect {
-        path: path.to_path_buf(),
-        reason: innermost_cause(error).unwrap_or_else(|| error.to_string()),
-    }
-}
-
-/// The first `io::Error` in the cause chain of `error`.
-fn first_io_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
-    let mut current: Option<&'a (dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return Some(io);
+fn connect_error(error: ConnectError) -> ClientError {
+    match error {
+        ConnectError::Timeout { path, timeout } => ClientError::ConnectTimeout { path, timeout },
+        ConnectError::Transport { path, source } => {
+            if let Some(e) = first_io_error(&source) {
+                return io_connect_error(&path, e);
+            }
+            ClientError::Connect {
+                reason: innermost_cause(&source).unwrap_or_else(|| source.to_string()),
+                path,
+            }
         }
-        current = e.source();
     }
-    None
-}
-
-/// Text of the last error in the cause chain of `error`, if it has a source at all.
-fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut last = error.source()?;
-    while let Some(next) = last.source() {
-        last = next;
-    }
-    Some(last.to_string())
 }
 
 #[cfg(test)]

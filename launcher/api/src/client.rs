@@ -8,9 +8,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use ironvisor_grpc_uds::cause::{first_io_error, innermost_cause};
+use ironvisor_grpc_uds::channel::{self, ConnectError};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::{debug, info_span, Instrument};
 
@@ -167,23 +167,9 @@ impl LauncherClient {
                     })
                 }
             }
-            let endpoint =
-                Endpoint::from_static(PLACEHOLDER_URI).connect_timeout(options.connect_timeout);
-            let dial = path.clone();
-            let connector = tower::service_fn(move |_: Uri| {
-                let dial = dial.clone();
-                async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(dial).await?)) }
-            });
-            let channel = tokio::time::timeout(
-                options.connect_timeout,
-                endpoint.connect_with_connector(connector),
-            )
-            .await
-            .map_err(|_| ClientError::ConnectTimeout {
-                path: path.clone(),
-                timeout: options.connect_timeout,
-            })?
-            .map_err(|e| connect_error(&path, &e))?;
+            let channel = channel::connect(&path, PLACEHOLDER_URI, options.connect_timeout)
+                .await
+                .map_err(connect_error)?;
             debug!("connected");
             Ok(Self {
                 inner: GrpcClient::new(channel),
@@ -317,35 +303,22 @@ impl LauncherClient {
 
 /// Maps a failed connect: connection refused means no launcher, anything else keeps
 /// the innermost cause (the transport error's own text is only "transport error").
-fn connect_error(path: &Path, error: &tonic::transport::Error) -> ClientError {
-    if io_error_kind(error) == Some(io::ErrorKind::ConnectionRefused) {
-        return ClientError::NotListening {
-            path: path.to_path_buf(),
-        };
-    }
-    ClientError::Connect {
-        path: path.to_path_buf(),
-        reason: innermost_cause(error).unwrap_or_else(|| error.to_string()),
+fn connect_error(error: ConnectError) -> ClientError {
+    match error {
+        ConnectError::Timeout { path, timeout } => ClientError::ConnectTimeout { path, timeout },
+        ConnectError::Transport { path, source } => {
+            if io_error_kind(&source) == Some(io::ErrorKind::ConnectionRefused) {
+                return ClientError::NotListening { path };
+            }
+            ClientError::Connect {
+                reason: innermost_cause(&source).unwrap_or_else(|| source.to_string()),
+                path,
+            }
+        }
     }
 }
 
 /// The kind of the first `io::Error` in the cause chain of `error`.
 fn io_error_kind(error: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return Some(io.kind());
-        }
-        current = e.source();
-    }
-    None
-}
-
-/// Text of the last error in the cause chain of `error`, if it has a source at all.
-fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut last = error.source()?;
-    while let Some(next) = last.source() {
-        last = next;
-    }
-    Some(last.to_string())
+    first_io_error(error).map(io::Error::kind)
 }
