@@ -11,8 +11,6 @@
 use std::collections::BTreeSet;
 
 use ironvisor_launcher_api::cpulist;
-use nix::sched::sched_getaffinity;
-use nix::unistd::Pid;
 
 /// Why dedicated CPUs cannot be given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,10 +45,7 @@ pub struct NodeCpus {
 impl NodeCpus {
     /// The CPUs of the calling process.
     pub fn of_this_process() -> Result<Self, CpuError> {
-        let set = sched_getaffinity(Pid::from_raw(0)).map_err(CpuError::Affinity)?;
-        let online = (0..cpulist::MAX_CPUS)
-            .filter(|&cpu| set.is_set(cpu as usize).unwrap_or(false))
-            .collect();
+        let online = cpulist::of_this_thread().map_err(CpuError::Affinity)?;
         Ok(Self { online })
     }
 

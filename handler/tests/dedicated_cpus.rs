@@ -8,14 +8,6 @@ use std::path::{Path, PathBuf};
 
 use common::{condition, manifest, vm, wait_for, Daemon, Options};
 
-/// The CPUs this test process may use, lowest first.
-fn own_cpus() -> Vec<u32> {
-    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
-    (0..1024u32)
-        .filter(|&c| set.is_set(c as usize).unwrap())
-        .collect()
-}
-
 fn dedicated(name: &str, cores: usize) -> String {
     manifest(name, "Always", "").replace(
         "      domain:\n",
@@ -51,7 +43,7 @@ fn affinity_of(config: &Path) -> (String, serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vcpus_get_dedicated_cpus_until_none_are_left() {
-    let cpus = own_cpus();
+    let cpus = ironvisor_launcher_api::cpulist::of_this_thread().unwrap();
     // The lowest CPU stays shared on nodes with more than one.
     let pool: Vec<u32> = if cpus.len() > 1 {
         cpus[1..].to_vec()

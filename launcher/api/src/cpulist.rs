@@ -1,7 +1,11 @@
 //! Linux CPU lists ("0-2,5"), the notation of `/sys/devices/system/cpu/online`,
-//! `cpuset.cpus` and `taskset -c`: parsing and printing.
+//! `cpuset.cpus` and `taskset -c`: parsing and printing, and the CPUs the calling thread
+//! may run on.
 
 use std::collections::BTreeSet;
+
+use nix::sched::{sched_getaffinity, CpuSet};
+use nix::unistd::Pid;
 
 /// Highest CPU number a list may name plus one (glibc's `CPU_SETSIZE`).
 pub const MAX_CPUS: u32 = 1024;
@@ -87,6 +91,18 @@ pub fn format(cpus: &[u32]) -> String {
     parts.join(",")
 }
 
+/// The CPU numbers in `set`, lowest first.
+pub fn of_cpu_set(set: &CpuSet) -> Vec<u32> {
+    (0..MAX_CPUS)
+        .filter(|&cpu| set.is_set(cpu as usize).unwrap_or(false))
+        .collect()
+}
+
+/// The CPUs the calling thread may run on (its `sched_getaffinity` set), lowest first.
+pub fn of_this_thread() -> nix::Result<Vec<u32>> {
+    sched_getaffinity(Pid::from_raw(0)).map(|set| of_cpu_set(&set))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +126,15 @@ mod tests {
         assert_eq!(parse("0-1024"), Err(CpuListError::TooLarge { cpu: 1024 }));
         let message = parse("x").unwrap_err().to_string();
         assert!(message.contains("\"x\""), "{message}");
+    }
+
+    #[test]
+    fn this_thread_has_cpus_and_a_set_lists_its_members() {
+        assert!(!of_this_thread().unwrap().is_empty());
+        let mut set = CpuSet::new();
+        set.set(3).unwrap();
+        set.set(1).unwrap();
+        assert_eq!(of_cpu_set(&set), vec![1, 3]);
     }
 
     #[test]

@@ -55,9 +55,7 @@ impl VcpuPinning {
     /// CPU set.
     pub fn new(affinity: &[Vec<u32>]) -> Result<Self, AffinityError> {
         let original = sched_getaffinity(Pid::from_raw(0)).map_err(AffinityError::Read)?;
-        let allowed: Vec<u32> = (0..cpulist::MAX_CPUS)
-            .filter(|&cpu| original.is_set(cpu as usize).unwrap_or(false))
-            .collect();
+        let allowed = cpulist::of_cpu_set(&original);
         let mut per_vcpu = Vec::with_capacity(affinity.len());
         let mut lists = Vec::with_capacity(affinity.len());
         for (vcpu, cpus) in (0u32..).zip(affinity) {
@@ -116,10 +114,7 @@ mod tests {
     use super::*;
 
     fn own_cpus() -> Vec<u32> {
-        let set = sched_getaffinity(Pid::from_raw(0)).unwrap();
-        (0..cpulist::MAX_CPUS)
-            .filter(|&c| set.is_set(c as usize).unwrap())
-            .collect()
+        cpulist::of_this_thread().unwrap()
     }
 
     #[test]
