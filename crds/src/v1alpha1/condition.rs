@@ -42,6 +42,9 @@ pub enum ConditionType {
     AgentConnected,
     /// A node with hardware-assisted virtualization runs the instance (Ironvisor).
     HardwareIsolated,
+    /// The instance's launcher pod was placed on a node (cluster mode; False with the
+    /// scheduler's reason while it cannot be).
+    PodScheduled,
 }
 
 /// Truth value of a condition.

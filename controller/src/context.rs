@@ -1,0 +1,236 @@
+//! What every reconcile shares: the API client, the event recorder, the launcher pod
+//! settings and the metrics; plus the small API helpers both reconcilers use.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::warn;
+
+use crate::launcher_pod::LauncherPodSettings;
+use crate::metrics::Metrics;
+use crate::names::FIELD_MANAGER;
+
+/// Why a reconcile failed (the variant name is the error's metric label).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// An API call failed.
+    #[error("{action} {object}: {source}")]
+    Kube {
+        /// What was being done.
+        action: &'static str,
+        /// `namespace/name` of the object.
+        object: String,
+        /// The client error.
+        source: kube::Error,
+    },
+    /// An object lacks metadata the reconcile needs (name, namespace, UID).
+    #[error("{object}: metadata.{field} is missing")]
+    Metadata {
+        /// Which object.
+        object: String,
+        /// Which field.
+        field: &'static str,
+    },
+    /// A value could not be serialized for a patch.
+    #[error("{object}: cannot serialize the status: {source}")]
+    Serialize {
+        /// Which object.
+        object: String,
+        /// The serializer error.
+        source: serde_json::Error,
+    },
+}
+
+impl ReconcileError {
+    /// Metric label of the error.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube { .. } => "Kube",
+            Self::Metadata { .. } => "Metadata",
+            Self::Serialize { .. } => "Serialize",
+        }
+    }
+}
+
+/// Shorthand for an API error with context.
+pub fn kube_error<'a>(
+    action: &'static str,
+    object: &'a str,
+) -> impl FnOnce(kube::Error) -> ReconcileError + 'a {
+    move |source| ReconcileError::Kube {
+        action,
+        object: object.to_string(),
+        source,
+    }
+}
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// How launcher pods are built.
+    pub pod_settings: LauncherPodSettings,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// A context whose events name `instance` (the pod name) as the reporting instance.
+    pub fn new(
+        client: Client,
+        pod_settings: LauncherPodSettings,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            pod_settings,
+            metrics,
+        }
+    }
+
+    /// Publishes an event about `object`; a failure is logged, never fatal.
+    pub async fn event(&self, object: &ObjectReference, warning: bool, reason: &str, note: String) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, object).await {
+            warn!(%error, reason, "could not publish an event");
+        }
+    }
+}
+
+/// Now, as a Kubernetes `Time`.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// `namespace/name` of an object, for messages and metric keys.
+pub fn key<K: Resource>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.meta().namespace.as_deref().unwrap_or(""),
+        object.meta().name.as_deref().unwrap_or("")
+    )
+}
+
+/// Adds `finalizer` to the object unless present.
+pub async fn ensure_finalizer<K>(
+    api: &Api<K>,
+    object: &K,
+    finalizer: &str,
+) -> Result<(), ReconcileError>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let finalizers = object.finalizers();
+    if finalizers.iter().any(|f| f == finalizer) {
+        return Ok(());
+    }
+    let mut next = finalizers.to_vec();
+    next.push(finalizer.to_string());
+    set_finalizers(api, object, next, "adding the finalizer to").await
+}
+
+/// Removes `finalizer` from the object.
+pub async fn remove_finalizer<K>(
+    api: &Api<K>,
+    object: &K,
+    finalizer: &str,
+) -> Result<(), ReconcileError>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let finalizers = object.finalizers();
+    if !finalizers.iter().any(|f| f == finalizer) {
+        return Ok(());
+    }
+    let next: Vec<String> = finalizers
+        .iter()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    set_finalizers(api, object, next, "removing the finalizer from").await
+}
+
+/// Replaces the finalizer list with a merge patch that carries the `resourceVersion` read,
+/// so a concurrent change makes the API server answer 409 instead of being overwritten.
+async fn set_finalizers<K>(
+    api: &Api<K>,
+    object: &K,
+    finalizers: Vec<String>,
+    action: &'static str,
+) -> Result<(), ReconcileError>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": object.resource_version(),
+            "finalizers": finalizers,
+        }
+    });
+    match api
+        .patch(
+            &object.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already gone: the finalizer was the last thing holding it.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(ReconcileError::Kube {
+            action,
+            object: key(object),
+            source,
+        }),
+    }
+}
+
+/// Writes `status` with server-side apply under the controller's field manager.
+pub async fn apply_status<K, S>(api: &Api<K>, object: &K, status: &S) -> Result<(), ReconcileError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize,
+{
+    let status = serde_json::to_value(status).map_err(|source| ReconcileError::Serialize {
+        object: key(object),
+        source,
+    })?;
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_error("writing the status of", &key(object)))?;
+    Ok(())
+}

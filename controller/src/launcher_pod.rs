@@ -1,0 +1,670 @@
+//! The launcher Pod of a `VirtualMachineInstance`: a pure function from the instance to
+//! the Pod the controller creates.
+//!
+//! Layout (the pod's `virt-launcher`, `ironvisor-handler virt-launcher`, relies on it):
+//!
+//! | path in the pod | volume | filled by |
+//! |---|---|---|
+//! | `/var/run/ironvisor/vmi/vmi.json` | downward API | the [`ANNOTATION_VMI`] annotation |
+//! | `/var/run/ironvisor/tools/busybox` | emptyDir | init container `tools` (launcher image) |
+//! | `/var/run/ironvisor/container-disks/<volume>/` | emptyDir | init container `volume-<volume>`: the containerDisk image's `/disk` |
+//! | `/var/run/ironvisor/kernel/{kernel,initrd}` | emptyDir | init container `kernel-boot` |
+//! | `/var/run/ironvisor/sockets/` | emptyDir | the launcher's API and console sockets |
+//!
+//! Images are copied out by running them as init containers with the launcher image's
+//! static busybox (KubeVirt's containerDisk convention: a disk image is an OCI image with
+//! one file under `/disk/`); nothing is read from a host path.
+
+use std::collections::BTreeMap;
+
+use ironvisor_crds::quantity;
+use ironvisor_crds::v1alpha1::{HardwareIsolation, VirtualMachineInstance};
+use k8s_openapi::api::core::v1::{
+    Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, ExecAction,
+    ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements, SecurityContext, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+use serde_json::json;
+
+use crate::names::{
+    launcher_pod_name, ANNOTATION_VMI, COMPONENT_LAUNCHER, COMPUTE_CONTAINER, LABEL_COMPONENT,
+    LABEL_CREATED_BY, LABEL_VMI_NAME, NODE_LABEL_HARDWARE_KVM,
+};
+
+const VMI_DIR: &str = "/var/run/ironvisor/vmi";
+const VMI_FILE: &str = "vmi.json";
+const TOOLS_DIR: &str = "/var/run/ironvisor/tools";
+const BUSYBOX: &str = "/var/run/ironvisor/tools/busybox";
+const CONTAINER_DISKS_DIR: &str = "/var/run/ironvisor/container-disks";
+const KERNEL_DIR: &str = "/var/run/ironvisor/kernel";
+const SOCKETS_DIR: &str = "/var/run/ironvisor/sockets";
+/// Seconds the launcher gets beyond the guest's grace period to hard-stop and clean up.
+const LAUNCHER_EXTRA_GRACE_SECONDS: i64 = 15;
+
+/// Why no pod can be made for an instance (the instance fails with this reason).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LauncherPodError {
+    /// The instance has no name or UID yet.
+    #[error("the instance has no {0} yet")]
+    Metadata(&'static str),
+    /// Guest memory is missing or not a valid quantity.
+    #[error("spec.domain.memory.guest: {0}")]
+    Memory(String),
+    /// A volume source the cluster mode cannot provide yet.
+    #[error("spec.volumes[{volume}]: {kind} volumes are not supported in cluster mode yet")]
+    UnsupportedVolume {
+        /// Volume name.
+        volume: String,
+        /// Source kind (`hostDisk`, `persistentVolumeClaim`).
+        kind: &'static str,
+    },
+    /// The instance could not be serialized for the pod.
+    #[error("the instance cannot be serialized: {0}")]
+    Serialize(String),
+}
+
+impl LauncherPodError {
+    /// CamelCase reason for the instance's status and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Metadata(_) | Self::Serialize(_) => "InvalidInstance",
+            Self::Memory(_) => "InvalidMemory",
+            Self::UnsupportedVolume { .. } => "UnsupportedVolume",
+        }
+    }
+}
+
+/// Settings of the launcher pods, from the controller's command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LauncherPodSettings {
+    /// The launcher image (`docker.io/ironvisor/launcher:<version>`).
+    pub launcher_image: String,
+    /// Pull policy of the launcher image and of disk and kernel images.
+    pub image_pull_policy: String,
+    /// Memory the launcher needs beyond guest memory (bytes).
+    pub memory_overhead_bytes: u64,
+    /// CPU request per vCPU in millicores when vCPUs are not dedicated.
+    pub cpu_request_millis_per_vcpu: u32,
+}
+
+/// The launcher pod of `vmi`.
+pub fn launcher_pod(
+    vmi: &VirtualMachineInstance,
+    settings: &LauncherPodSettings,
+) -> Result<Pod, LauncherPodError> {
+    let name = vmi
+        .metadata
+        .name
+        .clone()
+        .ok_or(LauncherPodError::Metadata("name"))?;
+    let uid = vmi
+        .metadata
+        .uid
+        .clone()
+        .ok_or(LauncherPodError::Metadata("uid"))?;
+    let spec = &vmi.spec;
+    let guest = spec
+        .domain
+        .memory
+        .as_ref()
+        .ok_or_else(|| LauncherPodError::Memory("is not set".into()))?;
+    let guest_bytes =
+        quantity::to_bytes(&guest.guest).map_err(|e| LauncherPodError::Memory(e.to_string()))?;
+
+    let mut volumes = vec![
+        downward_vmi_volume(),
+        empty_dir("tools"),
+        empty_dir("container-disks"),
+        empty_dir("kernel"),
+        empty_dir("sockets"),
+    ];
+    volumes.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut init_containers = vec![tools_container(settings)];
+    for volume in &spec.volumes {
+        if let Some(disk) = &volume.container_disk {
+            init_containers.push(container_disk_copier(&volume.name, &disk.image, settings));
+        } else if volume.host_disk.is_some() {
+            return Err(unsupported(&volume.name, "hostDisk"));
+        } else if volume.persistent_volume_claim.is_some() {
+            return Err(unsupported(&volume.name, "persistentVolumeClaim"));
+        }
+    }
+    if let Some(boot) = spec
+        .domain
+        .firmware
+        .as_ref()
+        .and_then(|f| f.kernel_boot.as_ref())
+        .and_then(|k| k.container.as_ref())
+    {
+        init_containers.push(kernel_copier(
+            &boot.image,
+            boot.kernel_path.as_deref().unwrap_or("/boot/vmlinuz"),
+            boot.initrd_path.as_deref(),
+            settings,
+        ));
+    }
+
+    let mut node_selector = spec.node_selector.clone();
+    if spec.hardware_isolation() == HardwareIsolation::Required {
+        node_selector.insert(NODE_LABEL_HARDWARE_KVM.into(), "true".into());
+    }
+    let grace = spec
+        .termination_grace_period_seconds
+        .unwrap_or(ironvisor_crds::defaults::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS);
+
+    let mut labels: BTreeMap<String, String> = vmi.metadata.labels.clone().unwrap_or_default();
+    labels.insert(LABEL_COMPONENT.into(), COMPONENT_LAUNCHER.into());
+    labels.insert(LABEL_CREATED_BY.into(), uid.clone());
+    labels.insert(LABEL_VMI_NAME.into(), truncate_label_value(&name));
+
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(launcher_pod_name(&name, &uid)),
+            namespace: vmi.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_VMI.to_string(),
+                vmi_document(vmi)?,
+            )])),
+            owner_references: Some(vec![owner_reference(&name, &uid)]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            init_containers: Some(init_containers),
+            containers: vec![compute_container(
+                settings,
+                guest_bytes,
+                spec.vcpus(),
+                spec.dedicated_cpu_placement(),
+            )],
+            volumes: Some(volumes),
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            hostname: hostname(&name),
+            termination_grace_period_seconds: Some(grace.max(0) + LAUNCHER_EXTRA_GRACE_SECONDS),
+            node_selector: (!node_selector.is_empty()).then_some(node_selector),
+            affinity: spec.affinity.clone(),
+            tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+            ..PodSpec::default()
+        }),
+        status: None,
+    };
+    Ok(pod)
+}
+
+fn unsupported(volume: &str, kind: &'static str) -> LauncherPodError {
+    LauncherPodError::UnsupportedVolume {
+        volume: volume.into(),
+        kind,
+    }
+}
+
+/// The instance as the pod's downward-API file carries it: identity and spec only.
+fn vmi_document(vmi: &VirtualMachineInstance) -> Result<String, LauncherPodError> {
+    let document = json!({
+        "apiVersion": ironvisor_crds::v1alpha1::API_VERSION,
+        "kind": ironvisor_crds::v1alpha1::VIRTUAL_MACHINE_INSTANCE_KIND,
+        "metadata": {
+            "name": vmi.metadata.name,
+            "namespace": vmi.metadata.namespace,
+            "uid": vmi.metadata.uid,
+        },
+        "spec": vmi.spec,
+    });
+    serde_json::to_string(&document).map_err(|e| LauncherPodError::Serialize(e.to_string()))
+}
+
+fn owner_reference(name: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: VirtualMachineInstance::api_version(&()).into_owned(),
+        kind: VirtualMachineInstance::kind(&()).into_owned(),
+        name: name.into(),
+        uid: uid.into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Pod host name: the instance name when it is a valid DNS label.
+fn hostname(name: &str) -> Option<String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    valid.then(|| name.to_string())
+}
+
+fn truncate_label_value(value: &str) -> String {
+    let mut out: String = value.chars().take(63).collect();
+    while out.ends_with(['-', '.', '_']) {
+        out.pop();
+    }
+    out
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+fn downward_vmi_volume() -> Volume {
+    Volume {
+        name: "vmi".into(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: VMI_FILE.into(),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: format!("metadata.annotations['{ANNOTATION_VMI}']"),
+                    api_version: None,
+                }),
+                ..DownwardAPIVolumeFile::default()
+            }]),
+            default_mode: Some(0o444),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// Small fixed resources of the copy-out init containers.
+fn copier_resources() -> ResourceRequirements {
+    let quantities = BTreeMap::from([
+        ("cpu".to_string(), Quantity("10m".into())),
+        ("memory".to_string(), Quantity("64Mi".into())),
+    ]);
+    ResourceRequirements {
+        requests: Some(quantities.clone()),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("256Mi".into()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        ..SecurityContext::default()
+    }
+}
+
+fn tools_container(settings: &LauncherPodSettings) -> Container {
+    Container {
+        name: "tools".into(),
+        image: Some(settings.launcher_image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        command: Some(vec!["cp".into(), "/bin/busybox".into(), BUSYBOX.into()]),
+        volume_mounts: Some(vec![mount("tools", TOOLS_DIR, false)]),
+        resources: Some(copier_resources()),
+        security_context: Some(restricted_security_context()),
+        ..Container::default()
+    }
+}
+
+/// Init container name of a containerDisk volume (container names are DNS labels).
+fn volume_container_name(volume: &str) -> String {
+    truncate_label_value(&format!("volume-{volume}"))
+}
+
+fn container_disk_copier(volume: &str, image: &str, settings: &LauncherPodSettings) -> Container {
+    Container {
+        name: volume_container_name(volume),
+        image: Some(image.into()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        command: Some(vec![
+            BUSYBOX.into(),
+            "cp".into(),
+            "-r".into(),
+            "/disk".into(),
+            format!("{CONTAINER_DISKS_DIR}/{volume}"),
+        ]),
+        volume_mounts: Some(vec![
+            mount("tools", TOOLS_DIR, true),
+            mount("container-disks", CONTAINER_DISKS_DIR, false),
+        ]),
+        resources: Some(copier_resources()),
+        security_context: Some(restricted_security_context()),
+        ..Container::default()
+    }
+}
+
+fn kernel_copier(
+    image: &str,
+    kernel_path: &str,
+    initrd_path: Option<&str>,
+    settings: &LauncherPodSettings,
+) -> Container {
+    // `sh -c SCRIPT KERNEL INITRD`: the paths travel as arguments, never inside the script.
+    let script = format!(
+        "cp \"$0\" {KERNEL_DIR}/kernel && if [ -n \"$1\" ]; then cp \"$1\" {KERNEL_DIR}/initrd; fi"
+    );
+    Container {
+        name: "kernel-boot".into(),
+        image: Some(image.into()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        command: Some(vec![
+            BUSYBOX.into(),
+            "sh".into(),
+            "-c".into(),
+            script,
+            kernel_path.into(),
+            initrd_path.unwrap_or("").into(),
+        ]),
+        volume_mounts: Some(vec![
+            mount("tools", TOOLS_DIR, true),
+            mount("kernel", KERNEL_DIR, false),
+        ]),
+        resources: Some(copier_resources()),
+        security_context: Some(restricted_security_context()),
+        ..Container::default()
+    }
+}
+
+fn compute_container(
+    settings: &LauncherPodSettings,
+    guest_bytes: u64,
+    vcpus: u32,
+    dedicated: bool,
+) -> Container {
+    let memory = Quantity(
+        (guest_bytes + settings.memory_overhead_bytes)
+            .div_ceil(1 << 20)
+            .to_string()
+            + "Mi",
+    );
+    let cpu = if dedicated {
+        Quantity(vcpus.to_string())
+    } else {
+        Quantity(format!(
+            "{}m",
+            u64::from(vcpus) * u64::from(settings.cpu_request_millis_per_vcpu)
+        ))
+    };
+    let mut limits = BTreeMap::from([("memory".to_string(), memory.clone())]);
+    if dedicated {
+        limits.insert("cpu".into(), cpu.clone());
+    }
+    Container {
+        name: COMPUTE_CONTAINER.into(),
+        image: Some(settings.launcher_image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        command: Some(vec![
+            "ironvisor-handler".into(),
+            "virt-launcher".into(),
+            "--vmi".into(),
+            format!("{VMI_DIR}/{VMI_FILE}"),
+            "--container-disks".into(),
+            CONTAINER_DISKS_DIR.into(),
+            "--kernel-dir".into(),
+            KERNEL_DIR.into(),
+            "--run-dir".into(),
+            SOCKETS_DIR.into(),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), cpu),
+                ("memory".to_string(), memory),
+            ])),
+            limits: Some(limits),
+            ..ResourceRequirements::default()
+        }),
+        readiness_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    "ironvisor-handler".into(),
+                    "virt-launcher-ready".into(),
+                    "--run-dir".into(),
+                    SOCKETS_DIR.into(),
+                ]),
+            }),
+            initial_delay_seconds: Some(1),
+            period_seconds: Some(2),
+            timeout_seconds: Some(2),
+            failure_threshold: Some(1),
+            ..Probe::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("vmi", VMI_DIR, true),
+            mount("container-disks", CONTAINER_DISKS_DIR, false),
+            mount("kernel", KERNEL_DIR, true),
+            mount("sockets", SOCKETS_DIR, false),
+        ]),
+        termination_message_path: Some("/dev/termination-log".into()),
+        termination_message_policy: Some("File".into()),
+        security_context: Some(restricted_security_context()),
+        ..Container::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironvisor_crds::v1alpha1::{
+        ContainerDiskSource, Cpu, Features, Firmware, KernelBoot, KernelBootContainer, Memory,
+        VirtualMachineInstanceSpec, Volume as VmVolume,
+    };
+
+    fn settings() -> LauncherPodSettings {
+        LauncherPodSettings {
+            launcher_image: "docker.io/ironvisor/launcher:0.1.0".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            memory_overhead_bytes: 200 << 20,
+            cpu_request_millis_per_vcpu: 100,
+        }
+    }
+
+    fn vmi() -> VirtualMachineInstance {
+        let mut spec = VirtualMachineInstanceSpec::default();
+        spec.domain.memory = Some(Memory {
+            guest: Quantity("256Mi".into()),
+        });
+        spec.domain.cpu = Some(Cpu {
+            cores: Some(2),
+            sockets: None,
+            threads: None,
+            dedicated_cpu_placement: None,
+        });
+        spec.domain.firmware = Some(Firmware {
+            kernel_boot: Some(KernelBoot {
+                kernel_args: Some("root=/dev/vda".into()),
+                container: Some(KernelBootContainer {
+                    image: "ironvisor/guest-kernel:debian-6.1".into(),
+                    kernel_path: Some("/boot/vmlinuz".into()),
+                    initrd_path: Some("/boot/initrd.img".into()),
+                }),
+            }),
+        });
+        spec.volumes = vec![VmVolume {
+            name: "rootdisk".into(),
+            container_disk: Some(ContainerDiskSource {
+                image: "ironvisor/rootfs:busybox".into(),
+            }),
+            ..VmVolume::default()
+        }];
+        spec.termination_grace_period_seconds = Some(30);
+        let mut vmi = VirtualMachineInstance::new("small", spec);
+        vmi.metadata.namespace = Some("default".into());
+        vmi.metadata.uid = Some("abcde123-0000".into());
+        vmi.metadata.labels = Some(BTreeMap::from([("app".into(), "small".into())]));
+        vmi
+    }
+
+    fn compute(pod: &Pod) -> &Container {
+        &pod.spec.as_ref().unwrap().containers[0]
+    }
+
+    #[test]
+    fn pod_requests_guest_memory_plus_overhead_and_shares_cpu() {
+        let pod = launcher_pod(&vmi(), &settings()).unwrap();
+        let resources = compute(&pod).resources.as_ref().unwrap();
+        let requests = resources.requests.as_ref().unwrap();
+        assert_eq!(requests["memory"], Quantity("456Mi".into()));
+        assert_eq!(requests["cpu"], Quantity("200m".into()));
+        let limits = resources.limits.as_ref().unwrap();
+        assert_eq!(limits["memory"], Quantity("456Mi".into()));
+        assert!(!limits.contains_key("cpu"));
+    }
+
+    #[test]
+    fn dedicated_cpus_get_whole_cores_requested_and_limited() {
+        let mut vmi = vmi();
+        vmi.spec
+            .domain
+            .cpu
+            .as_mut()
+            .unwrap()
+            .dedicated_cpu_placement = Some(true);
+        let pod = launcher_pod(&vmi, &settings()).unwrap();
+        let resources = compute(&pod).resources.as_ref().unwrap();
+        assert_eq!(
+            resources.requests.as_ref().unwrap()["cpu"],
+            Quantity("2".into())
+        );
+        assert_eq!(
+            resources.limits.as_ref().unwrap()["cpu"],
+            Quantity("2".into())
+        );
+    }
+
+    #[test]
+    fn pod_is_named_labelled_and_owned_by_the_instance() {
+        let pod = launcher_pod(&vmi(), &settings()).unwrap();
+        assert_eq!(
+            pod.metadata.name.as_deref(),
+            Some("virt-launcher-small-abcde")
+        );
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("default"));
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[LABEL_CREATED_BY], "abcde123-0000");
+        assert_eq!(labels[LABEL_VMI_NAME], "small");
+        assert_eq!(labels["app"], "small");
+        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "VirtualMachineInstance");
+        assert_eq!(owner.uid, "abcde123-0000");
+        assert_eq!(owner.controller, Some(true));
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.termination_grace_period_seconds, Some(45));
+        assert_eq!(spec.hostname.as_deref(), Some("small"));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn pod_is_not_privileged() {
+        let pod = launcher_pod(&vmi(), &settings()).unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        for container in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.as_ref().unwrap())
+        {
+            let context = container.security_context.as_ref().unwrap();
+            assert_eq!(context.privileged, Some(false), "{}", container.name);
+            assert_eq!(context.allow_privilege_escalation, Some(false));
+        }
+        assert!(spec.host_network.is_none() && spec.host_pid.is_none());
+        assert!(spec
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|v| v.host_path.is_none()));
+    }
+
+    #[test]
+    fn images_are_copied_out_by_init_containers() {
+        let pod = launcher_pod(&vmi(), &settings()).unwrap();
+        let inits = pod.spec.as_ref().unwrap().init_containers.clone().unwrap();
+        let names: Vec<_> = inits.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["tools", "volume-rootdisk", "kernel-boot"]);
+        assert_eq!(inits[1].image.as_deref(), Some("ironvisor/rootfs:busybox"));
+        assert_eq!(
+            inits[1].command.as_ref().unwrap()[1..],
+            [
+                "cp",
+                "-r",
+                "/disk",
+                "/var/run/ironvisor/container-disks/rootdisk"
+            ]
+        );
+        let kernel = inits[2].command.as_ref().unwrap();
+        assert_eq!(kernel[4..], ["/boot/vmlinuz", "/boot/initrd.img"]);
+    }
+
+    #[test]
+    fn the_instance_travels_in_an_annotation_read_through_the_downward_api() {
+        let pod = launcher_pod(&vmi(), &settings()).unwrap();
+        let document: serde_json::Value =
+            serde_json::from_str(&pod.metadata.annotations.as_ref().unwrap()[ANNOTATION_VMI])
+                .unwrap();
+        assert_eq!(document["metadata"]["uid"], "abcde123-0000");
+        assert_eq!(document["spec"]["domain"]["memory"]["guest"], "256Mi");
+        let volumes = pod.spec.as_ref().unwrap().volumes.clone().unwrap();
+        let downward = volumes.iter().find(|v| v.name == "vmi").unwrap();
+        let item = &downward
+            .downward_api
+            .as_ref()
+            .unwrap()
+            .items
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(
+            item.field_ref.as_ref().unwrap().field_path,
+            "metadata.annotations['ironvisor.io/vmi']"
+        );
+    }
+
+    #[test]
+    fn hardware_isolation_required_selects_hardware_kvm_nodes() {
+        let mut vmi = vmi();
+        vmi.spec.domain.features = Some(Features {
+            hardware_isolation: Some(HardwareIsolation::Required),
+        });
+        let pod = launcher_pod(&vmi, &settings()).unwrap();
+        let selector = pod.spec.unwrap().node_selector.unwrap();
+        assert_eq!(selector[NODE_LABEL_HARDWARE_KVM], "true");
+    }
+
+    #[test]
+    fn node_volumes_are_refused_by_name() {
+        let mut vmi = vmi();
+        vmi.spec.volumes.push(VmVolume {
+            name: "data".into(),
+            host_disk: Some(Default::default()),
+            ..VmVolume::default()
+        });
+        let error = launcher_pod(&vmi, &settings()).unwrap_err();
+        assert_eq!(error.reason(), "UnsupportedVolume");
+        assert!(error.to_string().contains("spec.volumes[data]: hostDisk"));
+    }
+
+    #[test]
+    fn missing_memory_is_an_error() {
+        let mut vmi = vmi();
+        vmi.spec.domain.memory = None;
+        assert_eq!(
+            launcher_pod(&vmi, &settings()).unwrap_err().reason(),
+            "InvalidMemory"
+        );
+    }
+}

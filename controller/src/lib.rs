@@ -1,0 +1,23 @@
+//! `ironvisor-controller`: Ironvisor's cluster controller.
+//!
+//! - [`vm_controller`]: `VirtualMachine` → `VirtualMachineInstance` per run strategy
+//!   ([`vm_strategy`]), VM status ([`vm_status`]).
+//! - [`vmi_controller`]: `VirtualMachineInstance` → one launcher Pod ([`launcher_pod`]),
+//!   instance status from the pod ([`vmi_status`]).
+//! - [`leader`]: a Lease so one of several replicas reconciles.
+//! - [`http`] + [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`run`]: wiring it together for the binary.
+#![deny(missing_docs)]
+
+pub mod context;
+pub mod http;
+pub mod launcher_pod;
+pub mod leader;
+pub mod metrics;
+pub mod names;
+pub mod run;
+pub mod vm_controller;
+pub mod vm_status;
+pub mod vm_strategy;
+pub mod vmi_controller;
+pub mod vmi_status;

@@ -1,0 +1,66 @@
+//! Names the controller writes into the cluster: field manager, finalizers, labels and
+//! annotations. One place, so the handler DaemonSet and tests agree with the controller.
+
+/// Field manager of every server-side apply the controller makes.
+pub const FIELD_MANAGER: &str = "ironvisor-controller";
+
+/// On a `VirtualMachine`: its instance is stopped gracefully before the VM goes away.
+pub const VM_FINALIZER: &str = "ironvisor.io/vm-graceful-stop";
+
+/// On a `VirtualMachineInstance`: its launcher pod is deleted (and gone) first.
+pub const VMI_FINALIZER: &str = "ironvisor.io/vmi-launcher-pod";
+
+/// Launcher pod label: the UID of the instance the pod runs.
+pub const LABEL_CREATED_BY: &str = "ironvisor.io/created-by";
+
+/// Launcher pod label: the name of the instance the pod runs.
+pub const LABEL_VMI_NAME: &str = "ironvisor.io/vmi";
+
+/// Launcher pod label key for its role (as KubeVirt's `kubevirt.io: virt-launcher`).
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+
+/// Value of [`LABEL_COMPONENT`] on launcher pods.
+pub const COMPONENT_LAUNCHER: &str = "virt-launcher";
+
+/// Launcher pod annotation holding the instance as JSON (read by the pod's
+/// `virt-launcher` through a downward-API file, so the pod needs no API access).
+pub const ANNOTATION_VMI: &str = "ironvisor.io/vmi";
+
+/// Node label set by the node agent on nodes whose KVM can run stock guests.
+pub const NODE_LABEL_HARDWARE_KVM: &str = "ironvisor.io/hardware-kvm";
+
+/// Name of the launcher pod's main container.
+pub const COMPUTE_CONTAINER: &str = "compute";
+
+/// Launcher pod name of an instance: `virt-launcher-<vmi>-<5 chars of its UID>`.
+///
+/// Deterministic, so a create retried after a crash (or from a stale cache) finds the
+/// pod it made instead of making a second one.
+pub fn launcher_pod_name(vmi_name: &str, vmi_uid: &str) -> String {
+    let suffix: String = vmi_uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(5)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    // Pod names are DNS subdomains (253); keep room for the prefix and the suffix.
+    let stem: String = vmi_name.chars().take(200).collect();
+    format!("virt-launcher-{stem}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launcher_pod_names_are_deterministic_and_bounded() {
+        let uid = "3F2A9c1d-0000-4000-8000-000000000000";
+        assert_eq!(launcher_pod_name("small", uid), "virt-launcher-small-3f2a9");
+        assert_eq!(
+            launcher_pod_name("small", uid),
+            launcher_pod_name("small", uid)
+        );
+        let long = "a".repeat(253);
+        assert!(launcher_pod_name(&long, uid).len() <= 253);
+    }
+}

@@ -1,0 +1,183 @@
+//! Runs the controller: the HTTP endpoint at once, the leader election, and both
+//! reconcilers while this replica leads.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::{FutureExt, StreamExt};
+use ironvisor_crds::v1alpha1::{VirtualMachine, VirtualMachineInstance};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector;
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::{Controller, WatchStreamExt};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::context::{key, Context};
+use crate::launcher_pod::LauncherPodSettings;
+use crate::leader::{LeaderElector, LeaderError, Timing};
+use crate::metrics::{ControllerKind, Metrics};
+use crate::names::{COMPONENT_LAUNCHER, LABEL_COMPONENT};
+use crate::{http, vm_controller, vmi_controller};
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No API client could be configured.
+    #[error("cannot configure the Kubernetes client (in-cluster or KUBECONFIG): {0}")]
+    Client(#[source] kube::Error),
+    /// The HTTP endpoint failed.
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+    /// Leadership was lost; the process exits so it restarts as a follower.
+    #[error("leader election: {0}")]
+    Leadership(#[from] LeaderError),
+}
+
+/// The controller's settings.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    pub http_addr: SocketAddr,
+    /// Namespace of the leader Lease.
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    pub lease_name: String,
+    /// This replica's identity (its pod name).
+    pub identity: String,
+    /// Launcher pod settings.
+    pub pod_settings: LauncherPodSettings,
+}
+
+/// Runs until a signal (Ok) or lost leadership (Err).
+pub async fn run(config: RunConfig) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let metrics = Arc::new(Metrics::default());
+    let http_task = tokio::spawn(http::serve(config.http_addr, metrics.clone()));
+
+    let elector = LeaderElector::new(
+        client.clone(),
+        &config.lease_namespace,
+        &config.lease_name,
+        &config.identity,
+        Timing::default(),
+    );
+    let (leading_tx, mut leading_rx) = watch::channel(false);
+    let election_metrics = metrics.clone();
+    let election = elector.run(leading_tx, move |reachable| {
+        election_metrics.set_api_reachable(reachable)
+    });
+    tokio::pin!(election);
+    let shutdown = shutdown_signal().shared();
+
+    info!(identity = %config.identity, lease = %config.lease_name, "waiting for leadership");
+    tokio::select! {
+        error = &mut election => return Err(error.into()),
+        _ = shutdown.clone() => return Ok(()),
+        changed = leading_rx.wait_for(|leading| *leading) => {
+            if changed.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    info!("leading: starting the reconcilers");
+    metrics.set_leader(true);
+    let context = Arc::new(Context::new(
+        client.clone(),
+        config.pod_settings.clone(),
+        metrics.clone(),
+        Some(config.identity.clone()),
+    ));
+    let controllers = run_controllers(client, context, shutdown.clone());
+    let result = tokio::select! {
+        error = &mut election => Err(RunError::Leadership(error)),
+        _ = controllers => Ok(()),
+        result = http_task => match result {
+            Ok(Err(error)) => Err(error.into()),
+            _ => Ok(()),
+        },
+    };
+    metrics.set_leader(false);
+    if let Err(error) = elector.release().await {
+        warn!(%error, "could not release the leader lease");
+    }
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the controller");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("shutting down");
+}
+
+async fn run_controllers(
+    client: Client,
+    context: Arc<Context>,
+    shutdown: futures::future::Shared<impl std::future::Future<Output = ()> + Send + 'static>,
+) {
+    let vms: Api<VirtualMachine> = Api::all(client.clone());
+    let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client);
+    let launcher_pods =
+        watcher::Config::default().labels(&format!("{LABEL_COMPONENT}={COMPONENT_LAUNCHER}"));
+
+    let (vm_reader, vm_writer) = reflector::store();
+    let vm_metrics = context.metrics.clone();
+    let vm_stream = reflector::reflector(vm_writer, watcher(vms, watcher::Config::default()))
+        .default_backoff()
+        .applied_objects()
+        .inspect(move |event| {
+            if let Ok(vm) = event {
+                vm_metrics.mark_changed(ControllerKind::VirtualMachine, key(vm));
+            }
+        });
+    let vm_controller = Controller::for_stream(vm_stream, vm_reader)
+        .owns(vmis.clone(), watcher::Config::default())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            vm_controller::reconcile,
+            vm_controller::error_policy,
+            context.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "virtual machine controller");
+            }
+        });
+
+    let (vmi_reader, vmi_writer) = reflector::store();
+    let vmi_metrics = context.metrics.clone();
+    let vmi_stream = reflector::reflector(vmi_writer, watcher(vmis, watcher::Config::default()))
+        .default_backoff()
+        .applied_objects()
+        .inspect(move |event| {
+            if let Ok(vmi) = event {
+                vmi_metrics.mark_changed(ControllerKind::VirtualMachineInstance, key(vmi));
+            }
+        });
+    let vmi_controller = Controller::for_stream(vmi_stream, vmi_reader)
+        .owns(pods, launcher_pods)
+        .graceful_shutdown_on(shutdown)
+        .run(
+            vmi_controller::reconcile,
+            vmi_controller::error_policy,
+            context,
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "instance controller");
+            }
+        });
+    futures::join!(vm_controller, vmi_controller);
+}

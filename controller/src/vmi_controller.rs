@@ -1,0 +1,227 @@
+//! `VirtualMachineInstance` → launcher Pod: creates the pod, follows it into the instance's
+//! status (server-side apply), publishes an Event for every transition, and on deletion
+//! deletes the pod and waits until it is gone (the guest gets its grace period) before
+//! letting the instance go.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ironvisor_crds::v1alpha1::{VirtualMachineInstance, VirtualMachineInstancePhase as Phase};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use crate::context::{
+    apply_status, ensure_finalizer, key, kube_error, now, remove_finalizer, Context, ReconcileError,
+};
+use crate::launcher_pod::launcher_pod;
+use crate::metrics::ControllerKind;
+use crate::names::{launcher_pod_name, LABEL_CREATED_BY, VMI_FINALIZER};
+use crate::vmi_status::{next_status, observe, Observation};
+
+/// How often a deleting instance checks whether its pod is gone (pod events also wake it).
+const DELETE_POLL: Duration = Duration::from_secs(2);
+
+/// Reconciles one instance (entry point for `kube::runtime::Controller`).
+pub async fn reconcile(
+    vmi: Arc<VirtualMachineInstance>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let object = key(vmi.as_ref());
+    ctx.metrics
+        .reconcile_started(ControllerKind::VirtualMachineInstance, &object);
+    let result = reconcile_inner(&vmi, &ctx).await;
+    ctx.metrics.reconcile_finished(
+        ControllerKind::VirtualMachineInstance,
+        started.elapsed(),
+        result.as_ref().err().map(ReconcileError::metric_label),
+    );
+    result
+}
+
+/// Requeue policy after an error.
+pub fn error_policy(
+    _vmi: Arc<VirtualMachineInstance>,
+    error: &ReconcileError,
+    _ctx: Arc<Context>,
+) -> Action {
+    warn!(%error, "instance reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[instrument(skip_all, fields(vmi = %key(vmi)))]
+async fn reconcile_inner(
+    vmi: &VirtualMachineInstance,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let object = key(vmi);
+    let namespace = vmi.namespace().ok_or_else(|| ReconcileError::Metadata {
+        object: object.clone(),
+        field: "namespace",
+    })?;
+    let uid = vmi.uid().ok_or_else(|| ReconcileError::Metadata {
+        object: object.clone(),
+        field: "uid",
+    })?;
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pod_name = launcher_pod_name(&vmi.name_any(), &uid);
+    let pod = pods
+        .get_opt(&pod_name)
+        .await
+        .map_err(kube_error("reading the launcher pod of", &object))?
+        .filter(|p| p.labels().get(LABEL_CREATED_BY) == Some(&uid));
+
+    if vmi.meta().deletion_timestamp.is_some() {
+        return finalize(vmi, ctx, &vmis, &pods, pod).await;
+    }
+    ensure_finalizer(&vmis, vmi, VMI_FINALIZER).await?;
+
+    let current = vmi.status.as_ref().and_then(|s| s.phase);
+    let mut pod = pod;
+    if pod.is_none() && matches!(current, None | Some(Phase::Pending)) {
+        match launcher_pod(vmi, &ctx.pod_settings) {
+            Ok(desired) => {
+                pod = Some(create_pod(ctx, vmi, &pods, &desired).await?);
+            }
+            Err(error) => {
+                let observation = Observation {
+                    phase: Phase::Failed,
+                    reason: Some(error.reason().into()),
+                    message: Some(error.to_string()),
+                    node_name: None,
+                    ready: false,
+                    scheduled: None,
+                };
+                write_status(ctx, vmi, &vmis, &observation).await?;
+                return Ok(Action::await_change());
+            }
+        }
+    }
+    let observation = observe(current, pod.as_ref());
+    write_status(ctx, vmi, &vmis, &observation).await?;
+    Ok(Action::await_change())
+}
+
+async fn create_pod(
+    ctx: &Context,
+    vmi: &VirtualMachineInstance,
+    pods: &Api<Pod>,
+    desired: &Pod,
+) -> Result<Pod, ReconcileError> {
+    let object = key(vmi);
+    let name = desired.name_any();
+    match pods.create(&PostParams::default(), desired).await {
+        Ok(pod) => {
+            info!(pod = %name, "created the launcher pod");
+            ctx.event(
+                &vmi.object_ref(&()),
+                false,
+                "SuccessfulCreate",
+                format!("Created launcher pod {name}"),
+            )
+            .await;
+            Ok(pod)
+        }
+        // Made by an earlier reconcile whose result the cache had not shown yet.
+        Err(kube::Error::Api(status)) if status.code == 409 => pods
+            .get(&name)
+            .await
+            .map_err(kube_error("reading the launcher pod of", &object)),
+        Err(source) => Err(ReconcileError::Kube {
+            action: "creating the launcher pod of",
+            object,
+            source,
+        }),
+    }
+}
+
+/// Writes the status when it changed, with an Event for a new phase or reason.
+async fn write_status(
+    ctx: &Context,
+    vmi: &VirtualMachineInstance,
+    vmis: &Api<VirtualMachineInstance>,
+    observation: &Observation,
+) -> Result<(), ReconcileError> {
+    let current = vmi.status.as_ref();
+    let next = next_status(current, observation, &now());
+    if current == Some(&next) {
+        return Ok(());
+    }
+    let old_phase = current.and_then(|s| s.phase);
+    let old_reason = current.and_then(|s| s.reason.clone());
+    apply_status(vmis, vmi, &next).await?;
+    if old_phase != Some(observation.phase) || old_reason != observation.reason {
+        let (warning, reason) = event_reason(observation);
+        let mut note = format!("{:?}", observation.phase);
+        if let Some(node) = &observation.node_name {
+            note.push_str(&format!(" on node {node}"));
+        }
+        if let Some(message) = &observation.message {
+            note.push_str(": ");
+            note.push_str(message);
+        }
+        ctx.event(&vmi.object_ref(&()), warning, &reason, note)
+            .await;
+    }
+    Ok(())
+}
+
+/// Event type and reason for an observed state.
+fn event_reason(observation: &Observation) -> (bool, String) {
+    match (observation.phase, observation.reason.as_deref()) {
+        (Phase::Failed, reason) => (true, reason.unwrap_or("Failed").to_string()),
+        (Phase::Succeeded, _) => (false, "Succeeded".into()),
+        (Phase::Running, _) => (false, "Started".into()),
+        (_, Some(reason)) => (true, reason.to_string()),
+        (phase, None) => (false, format!("{phase:?}")),
+    }
+}
+
+/// Deletion: stop the guest by deleting the pod (its grace period lets the launcher shut
+/// the guest down), then release the instance once the pod is gone.
+async fn finalize(
+    vmi: &VirtualMachineInstance,
+    ctx: &Context,
+    vmis: &Api<VirtualMachineInstance>,
+    pods: &Api<Pod>,
+    pod: Option<Pod>,
+) -> Result<Action, ReconcileError> {
+    let object = key(vmi);
+    let Some(pod) = pod else {
+        remove_finalizer(vmis, vmi, VMI_FINALIZER).await?;
+        return Ok(Action::await_change());
+    };
+    if pod.meta().deletion_timestamp.is_none() {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: pod.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(&pod.name_any(), &params).await {
+            Ok(_) => {
+                ctx.event(
+                    &vmi.object_ref(&()),
+                    false,
+                    "Stopping",
+                    format!("Deleting launcher pod {}", pod.name_any()),
+                )
+                .await;
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            Err(source) => {
+                return Err(ReconcileError::Kube {
+                    action: "deleting the launcher pod of",
+                    object,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(Action::requeue(DELETE_POLL))
+}
