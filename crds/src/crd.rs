@@ -7,8 +7,7 @@ use serde_json::Value;
 use crate::v1alpha1::{VirtualMachine, VirtualMachineInstance};
 
 /// The command that regenerates the checked-in CRDs (run from the workspace root).
-pub const REGENERATE_COMMAND: &str =
-    "cargo run -p ironvisor-crds --bin crdgen -- --out-dir crds/generated";
+pub const REGENERATE_COMMAND: &str = "cargo run -p ironvisor-crds --bin crdgen -- --out-dir crds/generated && cargo run -p ironvisor-crds --bin crdgen -- --out-dir deploy/crds";
 
 /// Why a CRD could not be produced.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,5 @@
-//! The checked-in CRDs under `crds/generated/` match the types, and their schemas follow
+//! The checked-in CRDs under `crds/generated/` (and their copy in `deploy/crds/`, which
+//! `kubectl apply -k deploy/` installs) match the types, and their schemas follow
 //! the Kubernetes structural schema rules that matter for generated schemas.
 
 use std::path::PathBuf;
@@ -8,8 +9,11 @@ use serde_json::Value;
 
 #[test]
 fn checked_in_crds_are_up_to_date() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("generated");
-    for kind in CrdKind::ALL {
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for (dir, kind) in [crate_dir.join("generated"), crate_dir.join("../deploy/crds")]
+        .into_iter()
+        .flat_map(|dir| CrdKind::ALL.map(|kind| (dir.clone(), kind)))
+    {
         let path = dir.join(kind.file_name());
         let expected = kind.yaml().expect("CRD renders");
         let found = std::fs::read_to_string(&path).unwrap_or_default();
