@@ -12,6 +12,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "nested: boots an L1 VM under QEMU TCG (slow, needs qemu-system-x86)")
     config.addinivalue_line("markers", "launcher: needs target/release/ironvisor-launcher")
     config.addinivalue_line("markers", "tcg: boots the guest directly under QEMU TCG (a few seconds)")
+    config.addinivalue_line("markers", "cluster: runs against the real single-node Kubernetes of scripts/cluster.sh")
 
 
 #: How often a failed nested-KVM test is run again. The known cause of L2 guests

@@ -14,7 +14,7 @@ use tracing::warn;
 
 use crate::launcher_pod::LauncherPodSettings;
 use crate::metrics::Metrics;
-use crate::names::FIELD_MANAGER;
+use ironvisor_crds::cluster::FIELD_MANAGER;
 
 /// Why a reconcile failed (the variant name is the error's metric label).
 #[derive(Debug, thiserror::Error)]

@@ -29,7 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 use serde_json::json;
 
-use crate::names::{
+use ironvisor_crds::cluster::{
     launcher_pod_name, ANNOTATION_VMI, COMPONENT_LAUNCHER, COMPUTE_CONTAINER, LABEL_COMPONENT,
     LABEL_CREATED_BY, LABEL_VMI_NAME, NODE_LABEL_HARDWARE_KVM,
 };

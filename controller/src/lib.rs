@@ -14,7 +14,6 @@ pub mod http;
 pub mod launcher_pod;
 pub mod leader;
 pub mod metrics;
-pub mod names;
 pub mod run;
 pub mod vm_controller;
 pub mod vm_status;

@@ -18,8 +18,8 @@ use crate::context::{key, Context};
 use crate::launcher_pod::LauncherPodSettings;
 use crate::leader::{LeaderElector, LeaderError, Timing};
 use crate::metrics::{ControllerKind, Metrics};
-use crate::names::{COMPONENT_LAUNCHER, LABEL_COMPONENT};
 use crate::{http, vm_controller, vmi_controller};
+use ironvisor_crds::cluster::{COMPONENT_LAUNCHER, LABEL_COMPONENT};
 
 /// Why the controller stopped.
 #[derive(Debug, thiserror::Error)]

@@ -17,9 +17,9 @@ use crate::context::{
     apply_status, ensure_finalizer, key, kube_error, now, remove_finalizer, Context, ReconcileError,
 };
 use crate::metrics::ControllerKind;
-use crate::names::VM_FINALIZER;
 use crate::vm_status::{vm_status, VmObservation};
 use crate::vm_strategy::{decide, effective_strategy, InstanceView, VmAction};
+use ironvisor_crds::cluster::VM_FINALIZER;
 
 /// How often a VM waiting for its instance to go away looks again.
 const WAIT_POLL: Duration = Duration::from_secs(2);

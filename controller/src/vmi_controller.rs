@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ironvisor_crds::v1alpha1::{VirtualMachineInstance, VirtualMachineInstancePhase as Phase};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
@@ -18,8 +18,10 @@ use crate::context::{
 };
 use crate::launcher_pod::launcher_pod;
 use crate::metrics::ControllerKind;
-use crate::names::{launcher_pod_name, LABEL_CREATED_BY, VMI_FINALIZER};
 use crate::vmi_status::{next_status, observe, Observation};
+use ironvisor_crds::cluster::{
+    launcher_pod_name, LABEL_CREATED_BY, LABEL_NODE_NAME, VMI_FINALIZER,
+};
 
 /// How often a deleting instance checks whether its pod is gone (pod events also wake it).
 const DELETE_POLL: Duration = Duration::from_secs(2);
@@ -102,8 +104,31 @@ async fn reconcile_inner(
         }
     }
     let observation = observe(current, pod.as_ref());
+    if let Some(node) = &observation.node_name {
+        label_node(vmi, &vmis, node).await?;
+    }
     write_status(ctx, vmi, &vmis, &observation).await?;
     Ok(Action::await_change())
+}
+
+/// Labels the instance with its node, so the node's agent can watch just its instances.
+async fn label_node(
+    vmi: &VirtualMachineInstance,
+    vmis: &Api<VirtualMachineInstance>,
+    node: &str,
+) -> Result<(), ReconcileError> {
+    if vmi.labels().get(LABEL_NODE_NAME).map(String::as_str) == Some(node) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"metadata": {"labels": {LABEL_NODE_NAME: node}}});
+    vmis.patch(
+        &vmi.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(kube_error("labelling with its node", &key(vmi)))?;
+    Ok(())
 }
 
 async fn create_pod(

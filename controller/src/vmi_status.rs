@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Deserialize;
 
-use crate::names::COMPUTE_CONTAINER;
+use ironvisor_crds::cluster::COMPUTE_CONTAINER;
 
 /// Container waiting reasons that mean an image cannot be had.
 const IMAGE_PROBLEMS: [&str; 5] = [

@@ -1,8 +1,16 @@
-//! Names the controller writes into the cluster: field manager, finalizers, labels and
-//! annotations. One place, so the handler DaemonSet and tests agree with the controller.
+//! Cluster-mode conventions: the finalizers, labels, annotations and names the
+//! controller and the node agent (handler DaemonSet) write and read. One place, so both
+//! agree.
 
 /// Field manager of every server-side apply the controller makes.
 pub const FIELD_MANAGER: &str = "ironvisor-controller";
+
+/// Field manager of the node agent's status writes.
+pub const HANDLER_FIELD_MANAGER: &str = "ironvisor-handler";
+
+/// Instance label: the node that runs it (set by the controller once the launcher pod is
+/// placed, so each node agent watches only its own instances).
+pub const LABEL_NODE_NAME: &str = "ironvisor.io/node-name";
 
 /// On a `VirtualMachine`: its instance is stopped gracefully before the VM goes away.
 pub const VM_FINALIZER: &str = "ironvisor.io/vm-graceful-stop";

@@ -1,0 +1,95 @@
+"""Fixtures of the cluster e2e tests: the real single-node Kubernetes of
+scripts/cluster.sh, Ironvisor's images imported into its containerd and deploy/ applied
+with kubectl -k. Nothing here is a double: every call goes to the real API server.
+
+The cluster stays up after the session when IRONVISOR_KEEP_CLUSTER=1 (handy while
+developing); otherwise the session brings it down at the end (scripts/cluster.sh down)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+
+import pytest
+
+from tests.cluster.kube import (
+    CLUSTER_SH, REPO_ROOT, Kubectl, cluster_env, wait_for,
+)
+
+pytestmark = pytest.mark.cluster
+NAMESPACE_SYSTEM = "ironvisor-system"
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> Kubectl:
+    if os.geteuid() != 0:
+        pytest.fail("the cluster e2e tests need root (scripts/cluster.sh starts kubelet)")
+    up = subprocess.run([str(CLUSTER_SH), "up"], capture_output=True, text=True)
+    if up.returncode != 0:
+        pytest.fail(f"scripts/cluster.sh up failed ({up.returncode}):\n{up.stdout[-4000:]}\n"
+                    f"{up.stderr[-4000:]}")
+    k = Kubectl(cluster_env())
+    yield k
+    if os.environ.get("IRONVISOR_KEEP_CLUSTER") != "1":
+        subprocess.run([str(CLUSTER_SH), "down"], check=False)
+
+
+def diagnostics(k: Kubectl, namespace: str) -> str:
+    """What a failing test prints: objects, events, controller and launcher logs."""
+    parts = []
+    for args in (["get", "vm,vmi,pods", "-n", namespace, "-o", "wide"],
+                 ["get", "pods", "-n", NAMESPACE_SYSTEM, "-o", "wide"],
+                 ["describe", "vmi", "-n", namespace],
+                 ["describe", "pods", "-n", namespace],
+                 ["logs", "-n", NAMESPACE_SYSTEM, "-l",
+                  "app.kubernetes.io/name=ironvisor-controller", "--tail=60", "--prefix"],
+                 ["logs", "-n", namespace, "-l", "app.kubernetes.io/component=virt-launcher",
+                  "-c", "compute", "--tail=40", "--prefix"]):
+        done = k.run(*args, check=False)
+        parts.append(f"$ kubectl {' '.join(args)}\n{done.stdout}{done.stderr}")
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="session")
+def ironvisor(kubectl: Kubectl) -> Kubectl:
+    """Ironvisor deployed on the cluster: images imported, `kubectl apply -k deploy/`,
+    both controller replicas ready and one of them leading."""
+    done = subprocess.run(["python3", "-m", "images.containers", "import"], cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"importing the images failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    kubectl.run("apply", "-k", str(REPO_ROOT / "deploy"))
+    kubectl.run("wait", "--for=condition=Established", "--timeout=60s",
+                "crd/virtualmachines.ironvisor.io", "crd/virtualmachineinstances.ironvisor.io")
+    # Pick up freshly imported images even when the manifests did not change.
+    kubectl.run("rollout", "restart", "-n", NAMESPACE_SYSTEM, "deployment/ironvisor-controller")
+    kubectl.run("rollout", "status", "-n", NAMESPACE_SYSTEM,
+                "deployment/ironvisor-controller", "--timeout=180s", timeout=200)
+    wait_for("a controller replica to hold the leader lease",
+             lambda: leader(kubectl), timeout=60,
+             describe=lambda: diagnostics(kubectl, NAMESPACE_SYSTEM))
+    return kubectl
+
+
+def leader(k: Kubectl) -> str | None:
+    """The pod name holding the controller's leader lease, if it is one of the running
+    replicas."""
+    lease = k.get("lease", "ironvisor-controller", NAMESPACE_SYSTEM)
+    holder = ((lease or {}).get("spec") or {}).get("holderIdentity")
+    pods = k.json("get", "pods", "-n", NAMESPACE_SYSTEM, "-l",
+                  "app.kubernetes.io/name=ironvisor-controller")["items"]
+    running = {p["metadata"]["name"] for p in pods
+               if p["status"].get("phase") == "Running"
+               and not p["metadata"].get("deletionTimestamp")}
+    return holder if holder in running else None
+
+
+@pytest.fixture()
+def namespace(ironvisor: Kubectl):
+    """A fresh namespace per test, deleted afterwards (with everything in it)."""
+    name = f"e2e-{uuid.uuid4().hex[:6]}"
+    ironvisor.run("create", "namespace", name)
+    yield name
+    ironvisor.run("delete", "namespace", name, "--wait=true", "--timeout=180s",
+                  check=False, timeout=200)
