@@ -10,9 +10,12 @@ use serde_json::Value;
 #[test]
 fn checked_in_crds_are_up_to_date() {
     let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for (dir, kind) in [crate_dir.join("generated"), crate_dir.join("../deploy/crds")]
-        .into_iter()
-        .flat_map(|dir| CrdKind::ALL.map(|kind| (dir.clone(), kind)))
+    for (dir, kind) in [
+        crate_dir.join("generated"),
+        crate_dir.join("../deploy/crds"),
+    ]
+    .into_iter()
+    .flat_map(|dir| CrdKind::ALL.map(|kind| (dir.clone(), kind)))
     {
         let path = dir.join(kind.file_name());
         let expected = kind.yaml().expect("CRD renders");
