@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ironvisor_crds::v1alpha1::{VirtualMachineInstance, VirtualMachineInstancePhase as Phase};
+use ironvisor_crds::v1alpha1::{
+    VirtualMachineInstance, VirtualMachineInstancePhase as Phase, VirtualMachineInstanceStatus,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -171,7 +173,8 @@ async fn write_status(
     vmis: &Api<VirtualMachineInstance>,
     observation: &Observation,
 ) -> Result<(), ReconcileError> {
-    let current = vmi.status.as_ref();
+    let current = vmi.status.as_ref().map(controller_owned);
+    let current = current.as_ref();
     let next = next_status(current, observation, &now());
     if current == Some(&next) {
         return Ok(());
@@ -193,6 +196,19 @@ async fn write_status(
             .await;
     }
     Ok(())
+}
+
+/// The part of an instance's status the controller owns: what the node agent reports
+/// (isolation, guest interfaces, guest OS, launcher pid) is left out of the controller's
+/// server-side apply so the two field managers never take fields from each other.
+fn controller_owned(status: &VirtualMachineInstanceStatus) -> VirtualMachineInstanceStatus {
+    VirtualMachineInstanceStatus {
+        isolation: None,
+        interfaces: Vec::new(),
+        guest_os_info: None,
+        launcher_pid: None,
+        ..status.clone()
+    }
 }
 
 /// Event type and reason for an observed state.

@@ -1,0 +1,16 @@
+//! The node agent (`ironvisor-handler cluster`) in cluster mode, one per node as a
+//! DaemonSet:
+//!
+//! - [`capability`]: labels the node with what it can run (hardware KVM or emulation
+//!   only), so instances that require hardware isolation are only scheduled where they
+//!   can run;
+//! - [`instances`]: follows the instances placed on this node (label
+//!   `ironvisor.io/node-name`), asks each one's launcher, through the API socket in the
+//!   launcher pod's `sockets` volume, how the guest is isolated, reports it in the
+//!   instance status and warns with an Event when it is software emulation;
+//! - [`pod_volumes`]: where a pod's volumes are on the node.
+#![deny(missing_docs)]
+
+pub mod capability;
+pub mod instances;
+pub mod pod_volumes;
