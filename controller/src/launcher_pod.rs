@@ -105,7 +105,11 @@ pub fn launcher_pod(
         .uid
         .clone()
         .ok_or(LauncherPodError::Metadata("uid"))?;
-    let spec = &vmi.spec;
+    // A bare instance created with kubectl has not been defaulted (there is no mutating
+    // webhook yet): default it here, so the pod and its launcher see the same spec.
+    let mut defaulted = vmi.spec.clone();
+    ironvisor_crds::defaults::apply_instance_spec(&mut defaulted);
+    let spec = &defaulted;
     let guest = spec
         .domain
         .memory
@@ -167,7 +171,7 @@ pub fn launcher_pod(
             labels: Some(labels),
             annotations: Some(BTreeMap::from([(
                 ANNOTATION_VMI.to_string(),
-                vmi_document(vmi)?,
+                vmi_document(vmi, spec)?,
             )])),
             owner_references: Some(vec![owner_reference(&name, &uid)]),
             ..ObjectMeta::default()
@@ -204,7 +208,10 @@ fn unsupported(volume: &str, kind: &'static str) -> LauncherPodError {
 }
 
 /// The instance as the pod's downward-API file carries it: identity and spec only.
-fn vmi_document(vmi: &VirtualMachineInstance) -> Result<String, LauncherPodError> {
+fn vmi_document(
+    vmi: &VirtualMachineInstance,
+    spec: &ironvisor_crds::v1alpha1::VirtualMachineInstanceSpec,
+) -> Result<String, LauncherPodError> {
     let document = json!({
         "apiVersion": ironvisor_crds::v1alpha1::API_VERSION,
         "kind": ironvisor_crds::v1alpha1::VIRTUAL_MACHINE_INSTANCE_KIND,
@@ -213,7 +220,7 @@ fn vmi_document(vmi: &VirtualMachineInstance) -> Result<String, LauncherPodError
             "namespace": vmi.metadata.namespace,
             "uid": vmi.metadata.uid,
         },
-        "spec": vmi.spec,
+        "spec": spec,
     });
     serde_json::to_string(&document).map_err(|e| LauncherPodError::Serialize(e.to_string()))
 }
