@@ -3,7 +3,9 @@
 # checks formatting and lints, builds the guest images, starts libvirt for the
 # software-emulation backend, runs the Rust tests, builds the release binaries and runs
 # the end-to-end tests (the KVM launcher and the node agent for real inside nested KVM,
-# the software-emulation node on the host).
+# the software-emulation node on the host), then cluster mode on a real single-node
+# Kubernetes built and started by scripts/cluster.sh (cached by version under
+# /var/cache/ironvisor; the first run on a machine builds it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -30,7 +32,13 @@ cargo test --workspace --locked
 
 log "release binaries"
 cargo build --release --locked -p ironvisor-launcher -p ironvisor-bootbench \
-  -p ironvisor-handler -p ironvisor-launcher-qemu -p ironvisor-virtctl
+  -p ironvisor-handler -p ironvisor-launcher-qemu -p ironvisor-virtctl -p ironvisor-controller
 
 log "end-to-end tests (pytest: nested KVM under QEMU TCG, software emulation on the host)"
-python3 -m pytest -v -p no:cacheprovider tests/
+python3 -m pytest -v -p no:cacheprovider tests/ --ignore=tests/cluster
+
+# Separately, so the cluster's control plane does not load the machine during the
+# nested-KVM tests; the session brings the cluster up (building it once per machine) and
+# down again.
+log "cluster mode (pytest: real Kubernetes from scripts/cluster.sh, Ironvisor from deploy/)"
+python3 -m pytest -v -p no:cacheprovider tests/cluster
