@@ -17,6 +17,8 @@ use ironvisor_handler::config::{
 };
 use ironvisor_handler::monitor::{self, MonitorArgs};
 
+mod cluster_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "ironvisor-handler",
@@ -35,6 +37,8 @@ enum Command {
     /// Supervise one launcher (started by the daemon; not for interactive use).
     #[command(hide = true)]
     Monitor(MonitorCli),
+    /// Run as the cluster's node agent (the handler DaemonSet).
+    Cluster(cluster_cmd::ClusterArgs),
 }
 
 #[derive(Args)]
@@ -126,6 +130,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Monitor(args) => run_monitor(args),
+        Command::Cluster(args) => {
+            init_tracing();
+            cluster_cmd::run(args)
+        }
     }
 }
 

@@ -1,0 +1,90 @@
+//! `ironvisor-handler cluster`: the node agent in cluster mode (the handler DaemonSet).
+//! Probes the host once, labels the node with what it can run, then follows the
+//! instances placed on this node until SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use futures::FutureExt;
+use ironvisor_handler::backend::{BackendMode, BackendSelector, BACKEND_ENV};
+use ironvisor_handler_cluster::{capability, instances, pod_volumes};
+use tracing::{error, info, warn};
+
+/// Command line of `cluster`.
+#[derive(Args)]
+pub struct ClusterArgs {
+    /// This node's name (the DaemonSet passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// The kubelet's root directory (launcher pods' volumes are under <root>/pods).
+    #[arg(long, value_name = "DIR", default_value = pod_volumes::DEFAULT_KUBELET_ROOT)]
+    kubelet_root: PathBuf,
+    /// auto (probe the host), kvm, or qemu-tcg (report emulation only).
+    #[arg(long, env = BACKEND_ENV, default_value = "auto")]
+    backend: BackendMode,
+}
+
+/// Runs the cluster agent until SIGTERM or SIGINT.
+pub fn run(args: ClusterArgs) -> ExitCode {
+    let selector = BackendSelector::probe(args.backend);
+    let hardware_kvm = selector.hardware_problem().is_none();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ironvisor-handler cluster: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let client = match kube::Client::try_default().await {
+            Ok(client) => client,
+            Err(error) => {
+                eprintln!(
+                    "ironvisor-handler cluster: cannot configure the Kubernetes client \
+                     (in-cluster or KUBECONFIG): {error}"
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(error) =
+            capability::label_node(client.clone(), &args.node_name, hardware_kvm).await
+        {
+            eprintln!("ironvisor-handler cluster: {error}");
+            return ExitCode::FAILURE;
+        }
+        let shutdown = shutdown_signal().shared();
+        let context = Arc::new(instances::InstanceContext::new(
+            client,
+            args.node_name.clone(),
+            args.kubelet_root.clone(),
+        ));
+        info!(node = %args.node_name, hardware_kvm, "node agent running in cluster mode");
+        instances::run(context, shutdown).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(err) => {
+            warn!(%err, "cannot watch SIGTERM; only Ctrl-C stops the agent");
+            if let Err(err) = tokio::signal::ctrl_c().await {
+                error!(%err, "cannot watch Ctrl-C either");
+            }
+        }
+    }
+    info!("shutting down");
+}
