@@ -13,6 +13,9 @@ packages=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   # node networking (handler/net/DEPENDENCIES)
   containernetworking-plugins iptables iproute2 nftables dnsmasq-base procps
+  # cluster mode: offline container images (images/containers.py); the test cluster's
+  # own packages (containerd, runc, iptables, ...) are installed by scripts/cluster.sh
+  mmdebstrap
   # tests
   python3-pip
 )
@@ -27,7 +30,7 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if ! python3 -c 'import pytest, pytest_rerunfailures, sys; sys.exit(int(pytest.__version__.split(".")[0]) < 8)' 2>/dev/null; then
+if ! python3 -c 'import pytest, pytest_rerunfailures, kubernetes_validate, yaml, sys; sys.exit(int(pytest.__version__.split(".")[0]) < 8)' 2>/dev/null; then
   # Debian 12 marks its Python as externally managed; pytest 8 is not packaged there.
   python3 -m pip install --quiet --break-system-packages -r "$(dirname "$0")/../tests/requirements.txt"
 fi
