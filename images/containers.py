@@ -1,60 +1,53 @@
-"""Ironvisor's container images for cluster mode, built offline and imported into the
-test cluster's containerd. Nothing is pulled: every image is written by images/oci.py from
-the project's own binaries, the guest images (images/build.py) and a Debian root file
-system made with mmdebstrap from Debian's packages.
+"""Ironvisor's container images for cluster mode, written offline and imported into the
+cluster's containerd. Nothing is pulled: every image is made by images/oci.py from the
+project's own binaries, the guest images (images/build.py) and a Debian root file system
+made with mmdebstrap (images/debian_base.py).
 
-    python3 -m images.containers build  [--only NAME ...]
+    python3 -m images.containers build  [--only NAME ...] [--out-dir DIR]
     python3 -m images.containers import [--only NAME ...] [--containerd-socket PATH]
     python3 -m images.containers list
 
-| name | reference | contents |
-|---|---|---|
-| pause | docker.io/ironvisor/pause:3.10 | the `pause` binary (images/pause) and its libraries |
-| rootfs | docker.io/ironvisor/rootfs:busybox | containerDisk: `/disk/rootfs.ext4` (KubeVirt's convention) |
-| guest-kernel | docker.io/ironvisor/guest-kernel:debian-6.1 | `/boot/vmlinuz`, `/boot/initrd.img`, `/boot/vmlinux` |
-| launcher | docker.io/ironvisor/launcher:0.1.0 | Debian base (libvirt, QEMU, busybox, iproute2, nftables, dnsmasq, CNI plugins) + Ironvisor binaries |
-| handler | docker.io/ironvisor/handler:0.1.0 | the same two layers (one copy in containerd) |
-| controller | docker.io/ironvisor/controller:0.1.0 | `ironvisor-controller`, its libraries, CA certificates |
-
-Archives are cached under $IRONVISOR_CACHE_DIR/oci (default /var/cache/ironvisor/oci),
-keyed by the SHA-256 of every input, so a rebuild with nothing changed writes nothing.
+Archives are cached in $IRONVISOR_CACHE_DIR/oci (default /var/cache/ironvisor/oci) as
+NAME.tar with NAME.json beside it: an image whose inputs (the SHA-256 of every file in
+it, its settings and this builder's source) did not change is not written again.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
 import os
-import re
-import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from images.oci import Entry, ImageSpec, Layer, OciError, normalize_reference, write_archive
+from images import cargo, debian_base, elf
+from images.common import DEFAULT_OUT_DIR, build_lock, sha256_file
+from images.containerd import Containerd, ContainerdError
+from images.oci import (DEFAULT_PATH, Entry, ImageSpec, Layer, OciError, archive_reference,
+                        normalize_reference, write_archive)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("IRONVISOR_CACHE_DIR", "/var/cache/ironvisor")) / "oci"
-DEFAULT_SOCKET = "/run/ironvisor-cluster/containerd/containerd.sock"
+log = logging.getLogger("images.containers")
+
+DEFAULT_SOCKET = Path("/run/ironvisor-cluster/containerd/containerd.sock")
+#: The workspace version the Ironvisor components are tagged with.
 VERSION = "0.1.0"
-RELEASE = REPO_ROOT / "target" / "release"
+PAUSE_TAG = "3.10"
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+NODE_BINARIES = ("ironvisor-launcher", "ironvisor-launcher-qemu", "ironvisor-handler")
 
-#: Debian packages of the base layer shared by the launcher and handler images.
-BASE_PACKAGES = [
-    "libvirt-daemon", "libvirt-daemon-driver-qemu", "qemu-system-x86", "qemu-utils",
-    "busybox-static", "iproute2", "ca-certificates", "nftables", "iptables", "dnsmasq-base",
-    "procps", "containernetworking-plugins", "passwd",
-]
-BASE_SUITE = "bookworm"
-BASE_MIRROR = "http://deb.debian.org/debian"
-
-#: libvirt's QEMU driver inside an unprivileged launcher pod: QEMU runs as the container's
-#: root, libvirt neither chowns files, nor makes cgroups (the pod's cgroup holds it), nor
-#: mount namespaces (no CAP_SYS_ADMIN), and there is no AppArmor/SELinux to drive.
-QEMU_CONF = b"""# Written by images/containers.py for Ironvisor launcher pods.
+#: libvirt's QEMU driver inside a launcher pod (appended to Debian's qemu.conf). As on the
+#: host (launcher/qemu/setup-libvirt.sh): QEMU runs as the container's root, libvirt
+#: neither chowns nor relabels files (no dynamic_ownership, remember_owner, security
+#: driver), makes no cgroups (the pod's cgroup holds QEMU; cgroupfs is read-only in a
+#: container) and no mount namespaces (no CAP_SYS_ADMIN in the pod).
+QEMU_CONF_BLOCK = b"""
+# Ironvisor launcher pod (images/containers.py): QEMU unprivileged, container style.
 user = "root"
 group = "root"
 dynamic_ownership = 0
@@ -64,258 +57,327 @@ cgroup_controllers = [ ]
 namespaces = [ ]
 """
 
-log = logging.getLogger("images.containers")
-
 
 class ContainersError(RuntimeError):
     """An image could not be built or imported; the message says which and why."""
 
 
-def run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    if done.returncode != 0:
-        raise ContainersError(f"{what}: {' '.join(cmd)} exited {done.returncode}: "
-                              f"{(done.stderr or done.stdout).strip()[-2000:]}")
-    return done
+class Skipped(Exception):
+    """An image cannot be built yet (its source does not exist); the message says why."""
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def cache_dir() -> Path:
+    """$IRONVISOR_CACHE_DIR/oci, default /var/cache/ironvisor/oci (outside the work tree)."""
+    return Path(os.environ.get("IRONVISOR_CACHE_DIR") or "/var/cache/ironvisor") / "oci"
 
 
-def shared_libraries(binary: Path) -> list[Path]:
-    """The libraries `ldd` resolves for `binary`, and its ELF interpreter."""
-    done = run(["ldd", str(binary)], f"listing the libraries of {binary}", check=False)
-    libs = []
-    for line in done.stdout.splitlines():
-        match = re.search(r"(/\S+) \(0x", line)
-        if match:
-            libs.append(Path(match.group(1)))
-    return libs
+class Inputs:
+    """What the images are made of, each built at most once per run."""
+
+    def __init__(self, cache: Path) -> None:
+        self.cache = cache
+
+    @functools.cached_property
+    def guest(self):  # images.build.Images; imported lazily (pause needs none of it)
+        from images.build import BuildError, build
+        try:
+            return build(DEFAULT_OUT_DIR)
+        except BuildError as exc:
+            raise ContainersError(f"guest images: {exc}") from exc
+
+    @functools.cached_property
+    def base(self) -> Path:
+        try:
+            return debian_base.base_rootfs(self.cache)
+        except debian_base.BaseError as exc:
+            raise ContainersError(f"Debian base: {exc}") from exc
+
+    @functools.cached_property
+    def node_binaries(self) -> dict[str, Path]:
+        try:
+            return cargo.build_release(list(NODE_BINARIES), list(NODE_BINARIES))
+        except cargo.CargoError as exc:
+            raise ContainersError(f"node binaries: {exc}") from exc
+
+    def static(self, package: str, binary: str) -> Path:
+        return cargo.build_static([package], [binary], self.cache / "cargo-static")[binary]
 
 
-def binary_entries(binary: Path, target: str) -> list[Entry]:
-    """A binary at `target` and the libraries it loads, at their host paths."""
-    if not binary.is_file():
-        raise ContainersError(f"{binary} does not exist (cargo build --release failed?)")
-    entries = [Entry(target, source=binary, mode=0o755)]
-    for lib in shared_libraries(binary):
-        entries.append(Entry(str(lib), source=lib.resolve(), mode=0o755))
-    return entries
+def spec_pause(inputs: Inputs) -> ImageSpec:
+    """The pod sandbox: one static binary."""
+    try:
+        pause = inputs.static("ironvisor-pause", "pause")
+    except cargo.CargoError as exc:
+        raise ContainersError(f"pause: {exc}") from exc
+    if elf.elf_interpreter(pause) is not None:
+        raise ContainersError(f"pause: {pause} is dynamically linked (crt-static ignored?)")
+    return ImageSpec(f"ironvisor/pause:{PAUSE_TAG}",
+                     (Layer((Entry("/pause", source=pause, mode=0o755),),
+                            comment="ironvisor-pause (images/pause), static"),),
+                     entrypoint=("/pause",))
 
 
-def cargo_build(packages: list[str]) -> None:
-    cmd = ["cargo", "build", "--release", "--locked"]
-    for package in packages:
-        cmd += ["-p", package]
-    log.info("building %s", ", ".join(packages))
-    run(cmd, "building the Ironvisor binaries", cwd=REPO_ROOT)
+def spec_rootfs(inputs: Inputs) -> ImageSpec:
+    """KubeVirt's containerDisk convention: FROM scratch, one disk file under /disk/."""
+    return ImageSpec("ironvisor/rootfs:busybox", (Layer((
+        Entry("/disk/rootfs.ext4", source=inputs.guest.rootfs, mode=0o644),),
+        comment="containerDisk: the busybox guest's ext4 root disk (images/build.py)"),))
 
 
-def guest_images():
-    from images.build import build
-    return build()
+def kernel_reference(kernel_version: str) -> str:
+    from images.catalog import KERNEL_REPOSITORY, kernel_tag
+    return f"{KERNEL_REPOSITORY}:{kernel_tag(kernel_version)}"
 
 
-def base_rootfs() -> Path:
-    """The Debian root file system tar of the launcher and handler images (cached)."""
-    hook = ("getent group kvm >/dev/null || groupadd --system kvm; "
-            "getent group libvirt >/dev/null || groupadd --system libvirt; "
-            "getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu; "
-            "getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home "
-            "--home-dir /var/lib/libvirt -g libvirt-qemu -G kvm libvirt-qemu")
-    key = hashlib.sha256(json.dumps([BASE_SUITE, BASE_PACKAGES, hook]).encode()).hexdigest()[:16]
-    out = CACHE / f"base-{BASE_SUITE}-{key}.tar"
-    if out.is_file():
-        return out
-    CACHE.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["which", "mmdebstrap"], capture_output=True).returncode != 0:
-        raise ContainersError("mmdebstrap is not installed (apt-get install mmdebstrap)")
-    log.info("building the Debian base root file system with mmdebstrap (cached as %s)", out)
-    partial = out.with_suffix(".partial.tar")
-    run(["mmdebstrap", "--mode=root", "--variant=apt", "--format=tar",
-         "--include=" + ",".join(BASE_PACKAGES),
-         f"--customize-hook=chroot \"$1\" sh -c '{hook}'",
-         "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
-         "--dpkgopt=path-exclude=/usr/share/locale/*", "--dpkgopt=path-exclude=/usr/share/info/*",
-         BASE_SUITE, str(partial), BASE_MIRROR],
-        "mmdebstrap of the launcher base", env={**os.environ, "SOURCE_DATE_EPOCH": "0"})
-    partial.replace(out)
-    return out
+def spec_guest_kernel(inputs: Inputs) -> ImageSpec:
+    """kernelBoot: the guest kernel (bzImage and ELF) and the initrd under /boot/."""
+    guest = inputs.guest
+    return ImageSpec(kernel_reference(guest.kernel_version), (Layer((
+        Entry("/boot/vmlinuz", source=guest.vmlinuz, mode=0o644),
+        Entry("/boot/initrd.img", source=guest.initrd, mode=0o644),
+        Entry("/boot/vmlinux", source=guest.vmlinux, mode=0o644)),
+        comment=f"Debian cloud kernel {guest.kernel_version} and the guest initrd"),))
 
 
-def node_binaries_layer() -> Layer:
-    entries = [Entry("/etc/libvirt/qemu.conf", data=QEMU_CONF)]
-    for name in ("ironvisor-handler", "ironvisor-launcher", "ironvisor-launcher-qemu"):
-        entries.append(Entry(f"/usr/local/bin/{name}", source=RELEASE / name, mode=0o755))
-    return Layer(entries=entries, comment="Ironvisor node binaries and libvirt settings")
+def _check_libraries(binaries: dict[str, Path], base: Path) -> None:
+    """Every library a binary loads is in the base (by file name; /lib is /usr/lib there)."""
+    present = {name.rsplit("/", 1)[-1] for name in debian_base.member_names(base)}
+    for name, path in binaries.items():
+        try:
+            needed = elf.runtime_files(path)
+        except elf.ElfError as exc:
+            raise ContainersError(f"{name}: {exc}") from exc
+        missing = sorted(lib for lib in needed if lib.rsplit("/", 1)[-1] not in present)
+        if missing:
+            raise ContainersError(f"{name} ({path}) needs {', '.join(missing)}, which the "
+                                  f"Debian base {base} does not have: add its package to "
+                                  "images/debian_base.py")
 
 
-def spec_pause() -> ImageSpec:
-    cargo_build(["ironvisor-pause"])
-    return ImageSpec("docker.io/ironvisor/pause:3.10",
-                     [Layer(binary_entries(RELEASE / "pause", "/pause"))], entrypoint=["/pause"])
+def _node_layers(inputs: Inputs) -> tuple[Layer, ...]:
+    base, binaries = inputs.base, inputs.node_binaries
+    _check_libraries(binaries, base)
+    qemu_conf = debian_base.read_member(base, "/etc/libvirt/qemu.conf") + QEMU_CONF_BLOCK
+    entries = [Entry("/etc/libvirt/qemu.conf", data=qemu_conf, mode=0o644)]
+    entries += [Entry(f"/usr/local/bin/{name}", source=path, mode=0o755)
+                for name, path in sorted(binaries.items())]
+    return (Layer(tar=base, comment=f"Debian {debian_base.SUITE} (mmdebstrap): "
+                  + " ".join(debian_base.PACKAGES)),
+            Layer(tuple(entries), comment="Ironvisor node binaries and libvirt's qemu.conf"))
 
 
-def spec_rootfs() -> ImageSpec:
-    built = guest_images()
-    return ImageSpec("docker.io/ironvisor/rootfs:busybox", [Layer([
-        Entry("/disk"), Entry("/disk/rootfs.ext4", source=built.rootfs, mode=0o644)],
-        comment="containerDisk: the busybox guest's root disk")])
+def spec_launcher(inputs: Inputs) -> ImageSpec:
+    """The launcher pod's compute container (and its busybox for the init containers)."""
+    return ImageSpec(f"ironvisor/launcher:{VERSION}", _node_layers(inputs),
+                     env=(("PATH", DEFAULT_PATH),))
 
 
-def spec_guest_kernel() -> ImageSpec:
-    from images.catalog import kernel_tag
-    built = guest_images()
-    return ImageSpec(f"docker.io/ironvisor/guest-kernel:{kernel_tag(built.kernel_version)}", [Layer([
-        Entry("/boot/vmlinuz", source=built.vmlinuz, mode=0o644),
-        Entry("/boot/initrd.img", source=built.initrd, mode=0o644),
-        Entry("/boot/vmlinux", source=built.vmlinux, mode=0o644)],
-        comment="kernelBoot: the Debian cloud kernel and the guest initrd")])
+def spec_handler(inputs: Inputs) -> ImageSpec:
+    """The node agent DaemonSet: the same two layers as the launcher."""
+    return ImageSpec(f"ironvisor/handler:{VERSION}", _node_layers(inputs),
+                     env=(("PATH", DEFAULT_PATH),))
 
 
-def spec_launcher(name: str = "launcher") -> ImageSpec:
-    cargo_build(["ironvisor-handler", "ironvisor-launcher", "ironvisor-launcher-qemu"])
-    return ImageSpec(f"docker.io/ironvisor/{name}:{VERSION}",
-                     [Layer(tar=base_rootfs(), comment=f"Debian {BASE_SUITE}: "
-                            + " ".join(BASE_PACKAGES)), node_binaries_layer()])
-
-
-def spec_controller() -> ImageSpec:
-    cargo_build(["ironvisor-controller"])
-    entries = binary_entries(RELEASE / "ironvisor-controller", "/usr/local/bin/ironvisor-controller")
-    entries.append(Entry("/etc/ssl/certs/ca-certificates.crt",
-                         source=Path("/etc/ssl/certs/ca-certificates.crt"), mode=0o644))
-    entries.append(Entry("/tmp", mode=0o1777))
-    return ImageSpec(f"docker.io/ironvisor/controller:{VERSION}", [Layer(entries)],
-                     entrypoint=["/usr/local/bin/ironvisor-controller"], user="65532:65532")
+def spec_controller(inputs: Inputs) -> ImageSpec:
+    """The controller: static if it links so, else with the libraries ldd names."""
+    package = binary = "ironvisor-controller"
+    try:
+        if package not in cargo.workspace_packages():
+            raise Skipped(f"the workspace has no package {package} yet (controller/)")
+        try:
+            path = inputs.static(package, binary)
+            libraries: list[str] = []
+        except cargo.CargoError as static_error:
+            log.warning("controller: static build failed, using the dynamic one: %s",
+                        str(static_error)[-500:])
+            path = cargo.build_release([package], [binary])[binary]
+            libraries = elf.runtime_files(path)
+    except (cargo.CargoError, elf.ElfError) as exc:
+        raise ContainersError(f"controller: {exc}") from exc
+    entries = [Entry(f"/usr/local/bin/{binary}", source=path, mode=0o755),
+               Entry(str(CA_BUNDLE), source=CA_BUNDLE, mode=0o644),
+               Entry("/tmp", mode=0o1777)]
+    entries += [Entry(lib, source=Path(lib).resolve(), mode=0o755) for lib in libraries]
+    return ImageSpec(f"ironvisor/controller:{VERSION}",
+                     (Layer(tuple(entries), comment="ironvisor-controller and CA certificates"),),
+                     entrypoint=(f"/usr/local/bin/{binary}",), user="65532:65532")
 
 
 @dataclass(frozen=True)
 class Image:
-    """A buildable image."""
+    """A buildable image: its short name, its repository and how to make its spec."""
 
     name: str
-    spec: Callable[[], ImageSpec]
+    repository: str
+    spec: Callable[[Inputs], ImageSpec]
 
 
-IMAGES = [
-    Image("pause", spec_pause),
-    Image("rootfs", spec_rootfs),
-    Image("guest-kernel", spec_guest_kernel),
-    Image("launcher", spec_launcher),
-    Image("handler", lambda: spec_launcher("handler")),
-    Image("controller", spec_controller),
-]
+#: In build order: the cluster needs the pause image first.
+IMAGES = (
+    Image("pause", "ironvisor/pause", spec_pause),
+    Image("rootfs", "ironvisor/rootfs", spec_rootfs),
+    Image("guest-kernel", "ironvisor/guest-kernel", spec_guest_kernel),
+    Image("launcher", "ironvisor/launcher", spec_launcher),
+    Image("handler", "ironvisor/handler", spec_handler),
+    Image("controller", "ironvisor/controller", spec_controller),
+)
 
 
 def select(only: list[str] | None) -> list[Image]:
+    """The images named (all of them by default), in build order."""
     if not only:
-        return IMAGES
+        return list(IMAGES)
     known = {image.name: image for image in IMAGES}
     unknown = [name for name in only if name not in known]
     if unknown:
-        raise ContainersError(f"unknown image(s) {', '.join(unknown)}; known: "
-                              f"{', '.join(known)}")
-    return [known[name] for name in only]
+        raise ContainersError(f"unknown image(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [image for image in IMAGES if image.name in only]
+
+
+def listed_reference(image: Image) -> str:
+    """The full reference for `list`, without building anything."""
+    if image.name == "guest-kernel":
+        version = DEFAULT_OUT_DIR / "kernel.version"
+        if not version.is_file():
+            return f"docker.io/{image.repository}:debian-<M.m> (tag from the kernel build)"
+        return normalize_reference(kernel_reference(version.read_text().strip()))
+    tag = {"pause": PAUSE_TAG, "rootfs": "busybox"}.get(image.name, VERSION)
+    return normalize_reference(f"{image.repository}:{tag}")
+
+
+_BUILDER_SOURCES = ("containers.py", "oci.py", "cargo.py", "debian_base.py", "common.py")
 
 
 def input_key(spec: ImageSpec) -> str:
-    """SHA-256 over everything the archive is made of (and this builder's source)."""
+    """SHA-256 of everything the archive is made of, and of this builder's source."""
     digest = hashlib.sha256()
-    for source in (Path(__file__), Path(__file__).with_name("oci.py")):
-        digest.update(source.read_bytes())
-    digest.update(json.dumps([spec.reference, spec.entrypoint, spec.cmd, spec.env, spec.user,
-                              spec.labels]).encode())
+    here = Path(__file__).resolve().parent
+    for name in _BUILDER_SOURCES:
+        digest.update((here / name).read_bytes())
+    settings = [normalize_reference(spec.reference), spec.entrypoint, spec.cmd, spec.env,
+                spec.user, spec.working_dir, spec.labels, os.environ.get("SOURCE_DATE_EPOCH")]
+    digest.update(json.dumps(settings).encode())
     for layer in spec.layers:
         if layer.tar is not None:
-            digest.update(layer.tar.name.encode())
+            stat = layer.tar.stat()
+            digest.update(json.dumps([str(layer.tar), stat.st_size, stat.st_mtime_ns]).encode())
         for entry in layer.entries:
             digest.update(json.dumps([entry.path, entry.link, entry.mode]).encode())
             if entry.data is not None:
-                digest.update(entry.data)
+                digest.update(hashlib.sha256(entry.data).digest())
             if entry.source is not None:
                 digest.update(sha256_file(entry.source).encode())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
-def build_image(image: Image) -> Path:
-    """The image's archive, built unless cached."""
-    spec = image.spec()
+@dataclass(frozen=True)
+class Built:
+    """An image archive and what it imports as."""
+
+    name: str
+    reference: str
+    archive: Path
+    manifest_digest: str
+    cached: bool
+
+
+def build_image(image: Image, inputs: Inputs, out_dir: Path) -> Built:
+    """The image's archive in `out_dir`, written unless its inputs are unchanged."""
+    started = time.monotonic()
+    spec = image.spec(inputs)
     key = input_key(spec)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    archive = CACHE / f"{image.name}-{key}.tar"
-    if archive.is_file():
-        log.info("%s: cached %s", image.name, archive)
-        return archive
+    archive, meta_path = out_dir / f"{image.name}.tar", out_dir / f"{image.name}.json"
+    reference = normalize_reference(spec.reference)
     try:
-        write_archive(spec, archive)
-    except OciError as error:
-        raise ContainersError(f"{image.name}: {error}") from error
-    for stale in CACHE.glob(f"{image.name}-*.tar"):
-        if stale != archive:
-            stale.unlink()
-    log.info("%s: wrote %s (%.1f MiB)", image.name, archive, archive.stat().st_size / 2**20)
-    return archive
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except ValueError:
+        meta = {}
+    if meta.get("key") == key and archive.is_file() and meta.get("size") == archive.stat().st_size:
+        log.info("%s: unchanged, %s", image.name, archive)
+        return Built(image.name, reference, archive, meta["manifest_digest"], True)
+    try:
+        digest = write_archive(spec, archive, layer_cache=inputs.cache / "layers")
+    except OciError as exc:
+        raise ContainersError(f"{image.name}: {exc}") from exc
+    size = archive.stat().st_size
+    meta_path.write_text(json.dumps({"key": key, "reference": reference, "manifest_digest": digest,
+                                     "size": size}, indent=2) + "\n")
+    log.info("%s: wrote %s (%.1f MiB, %.0f s)", image.name, archive, size / 2**20,
+             time.monotonic() - started)
+    return Built(image.name, reference, archive, digest, False)
 
 
-def import_image(image: Image, archive: Path, socket: str) -> None:
-    if not Path(socket).exists():
-        raise ContainersError(f"containerd is not running: no socket {socket} "
-                              "(scripts/cluster.sh up starts it)")
-    ctr = ["ctr", "--address", socket, "-n", "k8s.io"]
-    reference = json.loads(_member(archive, "index.json"))["manifests"][0]["annotations"][
-        "io.containerd.image.name"]
-    run([*ctr, "images", "import", str(archive)], f"importing {image.name} into containerd")
-    listed = run([*ctr, "images", "ls", "-q"], "listing containerd's images").stdout.split()
-    if reference not in listed:
-        raise ContainersError(f"{image.name}: {reference} is not in containerd after the import")
-    log.info("%s: imported as %s", image.name, reference)
+def import_image(built: Built, containerd: Containerd) -> None:
+    """Imports the archive and checks that containerd lists the full name at its digest."""
+    reference = archive_reference(built.archive)
+    if reference != built.reference:
+        raise ContainersError(f"{built.archive} names {reference}, expected {built.reference}")
+    containerd.import_archive(built.archive)
+    if reference not in containerd.image_names():
+        raise ContainersError(f"{built.name}: {reference} is not listed by containerd at "
+                              f"{containerd.socket} after the import")
+    digest = containerd.image_digest(reference)
+    if digest != built.manifest_digest:
+        raise ContainersError(f"{built.name}: containerd has {reference} at {digest}, "
+                              f"the archive at {built.manifest_digest}")
+    log.info("%s: imported as %s (%s)", built.name, reference, digest)
 
 
-def _member(archive: Path, name: str) -> bytes:
-    import tarfile
-    with tarfile.open(archive) as tar:
-        member = tar.extractfile(name)
-        if member is None:
-            raise ContainersError(f"{archive}: no {name}")
-        return member.read()
+def run(command: str, only: list[str] | None, out_dir: Path | None, socket: Path) -> int:
+    images = select(only)
+    cache = cache_dir()
+    out_dir = (out_dir or cache).resolve()
+    containerd = Containerd(socket)
+    if command == "import":
+        log.info("containerd %s at %s", containerd.check_reachable(), socket)
+    inputs = Inputs(cache)
+    with build_lock(cache):
+        for image in images:
+            try:
+                built = build_image(image, inputs, out_dir)
+            except Skipped as skipped:
+                if only:
+                    raise ContainersError(f"{image.name}: cannot build: {skipped}") from None
+                print(f"skipped {image.name}: {skipped}", file=sys.stderr)
+                continue
+            if command == "import":
+                import_image(built, containerd)
+                print(f"{built.reference} {built.manifest_digest}")
+            else:
+                print(built.archive)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Ironvisor's OCI images, built offline")
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python3 -m images.containers",
+                                     description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("build", "import"):
-        p = sub.add_parser(command)
-        p.add_argument("--only", nargs="+", metavar="NAME")
-        if command == "import":
-            p.add_argument("--containerd-socket", default=DEFAULT_SOCKET)
-    sub.add_parser("list")
+    names = [image.name for image in IMAGES]
+    build_p = sub.add_parser("build", help="write the image archives (cached)")
+    import_p = sub.add_parser("import", help="build if needed and import into containerd")
+    for p in (build_p, import_p):
+        p.add_argument("--only", nargs="+", metavar="NAME", choices=names,
+                       help=f"only these images ({', '.join(names)})")
+    build_p.add_argument("--out-dir", type=Path, default=None,
+                         help=f"where to write the archives (default {cache_dir()})")
+    import_p.add_argument("--containerd-socket", type=Path, default=DEFAULT_SOCKET,
+                          help="containerd's socket (default %(default)s); namespace k8s.io")
+    sub.add_parser("list", help="the images and their full names")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="images.containers: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s",
+                        stream=sys.stderr)
+    if args.command == "list":
+        for image in IMAGES:
+            print(f"{image.name:13} {listed_reference(image)}")
+        return 0
     try:
-        if args.command == "list":
-            for image in IMAGES:
-                print(image.name)
-            return 0
-        for image in select(args.only):
-            archive = build_image(image)
-            if args.command == "import":
-                import_image(image, archive, args.containerd_socket)
-            else:
-                print(archive)
-    except ContainersError as error:
-        print(f"images.containers: error: {error}", file=sys.stderr)
+        return run(args.command, args.only, getattr(args, "out_dir", None),
+                   getattr(args, "containerd_socket", DEFAULT_SOCKET))
+    except (ContainersError, ContainerdError, OciError) as exc:
+        print(f"images.containers: error: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["IMAGES", "ContainersError", "build_image", "import_image", "normalize_reference"]

@@ -1,15 +1,18 @@
-"""Writes OCI images offline, as OCI archives that `ctr images import` takes.
+"""Writes OCI images offline, as single-file archives that `ctr images import` takes.
 
 An image is a list of layers plus a config (entrypoint, environment). A layer is built
-from entries (a file, a directory, a symlink, bytes), or is an existing tar (a root file
-system made by mmdebstrap). Archives are deterministic: sorted members, uid/gid 0, fixed
-mtimes (SOURCE_DATE_EPOCH), gzip without a timestamp, so the same inputs give the same
-digests and a rebuild imports nothing new.
+from entries (a host file, bytes, a directory or a symlink), or is an existing tar file
+(a root file system made by mmdebstrap). Everything is deterministic: members sorted,
+uid/gid 0 with no user names, mtimes fixed to SOURCE_DATE_EPOCH (images.common), gzip
+without a name or timestamp, JSON with sorted keys; the same inputs give the same bytes,
+hence the same digests, so re-importing an unchanged image stores nothing new.
 
-Archive layout (OCI image layout 1.0, in one tar):
-    oci-layout, index.json, blobs/sha256/<config>, <manifest>, <layers...>
+Archive layout (OCI image layout 1.0.0, in one tar):
+
+    oci-layout, index.json, blobs/sha256/<config|manifest|layer...>
+
 The index's manifest descriptor carries `io.containerd.image.name` (the full reference
-containerd registers) and `org.opencontainers.image.ref.name` (the tag).
+containerd registers the image under) and `org.opencontainers.image.ref.name` (the tag).
 """
 
 from __future__ import annotations
@@ -18,18 +21,24 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
+
+from images.common import source_date_epoch
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MEDIA_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ANNOTATION_NAME = "io.containerd.image.name"
+ANNOTATION_REF = "org.opencontainers.image.ref.name"
+_CHUNK = 1 << 20
 
 
 class OciError(RuntimeError):
@@ -37,23 +46,35 @@ class OciError(RuntimeError):
 
 
 def normalize_reference(reference: str) -> str:
-    """The full name containerd's CRI looks images up by: `ironvisor/x:1` ->
-    `docker.io/ironvisor/x:1`, `x` -> `docker.io/library/x:latest`."""
+    """The full name containerd's CRI knows an image by, as docker's reference parser
+    normalises it: `ironvisor/x:1` -> `docker.io/ironvisor/x:1`, `x` ->
+    `docker.io/library/x:latest`, `index.docker.io/x/y` -> `docker.io/x/y:latest`."""
+    if not reference or any(c.isspace() for c in reference):
+        raise OciError(f"invalid image reference {reference!r}: empty or with spaces")
     name, _, digest = reference.partition("@")
-    first = name.split("/", 1)[0]
-    has_registry = "/" in name and ("." in first or ":" in first or first == "localhost")
-    if not has_registry:
-        name = f"docker.io/{name}" if "/" in name else f"docker.io/library/{name}"
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last and not digest:
-        name += ":latest"
-    return f"{name}@{digest}" if digest else name
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        domain, path = first, rest
+    else:
+        domain, path = "docker.io", name
+    if domain == "index.docker.io":
+        domain = "docker.io"
+    repository, _, tag = path.partition(":") if ":" in path.rsplit("/", 1)[-1] else (path, "", "")
+    if domain == "docker.io" and "/" not in repository:
+        repository = f"library/{repository}"
+    if repository != repository.lower() or not repository or "//" in repository:
+        raise OciError(f"invalid image reference {reference!r}: bad repository {repository!r}")
+    full = f"{domain}/{repository}"
+    if digest:
+        return f"{full}:{tag}@{digest}" if tag else f"{full}@{digest}"
+    return f"{full}:{tag or 'latest'}"
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One member of a layer: `path` in the image, from `source` (a host file), `data`
-    (bytes), a directory (neither), or a symlink to `link`."""
+    """One member of a layer at `path`: a host file (`source`), `data`, a symlink to
+    `link`, or a directory (none of them). `mode` defaults to the source's permission
+    bits, 0o644 for data and 0o755 for directories."""
 
     path: str
     source: Path | None = None
@@ -62,76 +83,75 @@ class Entry:
     mode: int | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Layer:
-    """A layer from entries, or an existing (uncompressed) tar file."""
+    """A layer from `entries`, or from an existing uncompressed tar file `tar`."""
 
-    entries: list[Entry] = field(default_factory=list)
+    entries: tuple[Entry, ...] = ()
     tar: Path | None = None
     comment: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageSpec:
     """What an image is made of."""
 
     reference: str
-    layers: list[Layer]
-    entrypoint: list[str] | None = None
-    cmd: list[str] | None = None
-    env: dict[str, str] = field(default_factory=lambda: {"PATH": DEFAULT_PATH})
-    user: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-def _mtime() -> int:
-    return int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    layers: tuple[Layer, ...]
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = (("PATH", DEFAULT_PATH),)
+    user: str = ""
+    working_dir: str = "/"
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 def _parents(path: str) -> list[str]:
-    parts = path.strip("/").split("/")[:-1]
+    parts = path.split("/")[:-1]
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _write_entries(entries: list[Entry], out: io.BufferedIOBase) -> None:
-    mtime = _mtime()
+def _tarinfo(entry: Entry, name: str, mtime: int) -> tuple[tarfile.TarInfo, bytes | Path | None]:
+    info = tarfile.TarInfo(name)
+    info.mtime = mtime
+    if entry.link is not None:
+        info.type, info.linkname, info.mode = tarfile.SYMTYPE, entry.link, 0o777
+        return info, None
+    if entry.data is not None:
+        info.size, info.mode = len(entry.data), 0o644 if entry.mode is None else entry.mode
+        return info, entry.data
+    if entry.source is not None:
+        if not entry.source.is_file():
+            raise OciError(f"{entry.source} is not a file (wanted at {entry.path} in the image)")
+        stat = entry.source.stat()
+        info.size = stat.st_size
+        info.mode = stat.st_mode & 0o7777 if entry.mode is None else entry.mode
+        return info, entry.source
+    info.type, info.mode = tarfile.DIRTYPE, 0o755 if entry.mode is None else entry.mode
+    return info, None
+
+
+def write_layer(entries: tuple[Entry, ...] | list[Entry], out: BinaryIO) -> None:
+    """An uncompressed layer tar: parents created (0755), members sorted, owned by 0:0."""
+    mtime = source_date_epoch()
     members: dict[str, tuple[tarfile.TarInfo, bytes | Path | None]] = {}
-
-    def add_dir(name: str) -> None:
-        if name and name not in members:
-            info = tarfile.TarInfo(name)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, mtime
-            members[name] = (info, None)
-
     for entry in entries:
         name = entry.path.strip("/")
-        if not name:
-            raise OciError(f"layer entry with an empty path: {entry}")
-        for parent in _parents(entry.path):
-            add_dir(parent)
-        info = tarfile.TarInfo(name)
-        info.mtime = mtime
-        payload: bytes | Path | None = None
-        if entry.link is not None:
-            info.type, info.linkname, info.mode = tarfile.SYMTYPE, entry.link, 0o777
-        elif entry.data is not None:
-            info.size, info.mode = len(entry.data), entry.mode or 0o644
-            payload = entry.data
-        elif entry.source is not None:
-            if not entry.source.is_file():
-                raise OciError(f"{entry.source}: not a file (for {entry.path} in the image)")
-            info.size = entry.source.stat().st_size
-            info.mode = entry.mode if entry.mode is not None else entry.source.stat().st_mode & 0o777
-            payload = entry.source
-        else:
-            info.type, info.mode = tarfile.DIRTYPE, entry.mode or 0o755
-        members[name] = (info, payload)
-
+        if not name or ".." in name.split("/"):
+            raise OciError(f"layer entry with an invalid path {entry.path!r}")
+        if name in members and members[name][0].type != tarfile.DIRTYPE:
+            raise OciError(f"two layer entries for {entry.path}")
+        for parent in _parents(name):
+            if parent not in members:
+                members[parent] = _tarinfo(Entry(parent), parent, mtime)
+        members[name] = _tarinfo(entry, name, mtime)
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(members):
             info, payload = members[name]
             info.uid = info.gid = 0
             info.uname = info.gname = ""
+            if info.isdir():
+                info.name += "/"
             if isinstance(payload, Path):
                 with payload.open("rb") as f:
                     tar.addfile(info, f)
@@ -141,110 +161,182 @@ def _write_entries(entries: list[Entry], out: io.BufferedIOBase) -> None:
                 tar.addfile(info)
 
 
-def _blob(blobs: Path, data_path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    with data_path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    hexdigest = digest.hexdigest()
-    target = blobs / hexdigest
-    if not target.exists():
-        shutil.move(str(data_path), target)
-    else:
-        data_path.unlink()
-    return f"sha256:{hexdigest}", target.stat().st_size
-
-
-def _blob_bytes(blobs: Path, data: bytes) -> tuple[str, int]:
-    hexdigest = hashlib.sha256(data).hexdigest()
-    (blobs / hexdigest).write_bytes(data)
-    return f"sha256:{hexdigest}", len(data)
-
-
-def _sha256_file(path: Path) -> str:
+def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
+    return digest.hexdigest()
 
 
-def write_archive(spec: ImageSpec, archive: Path) -> str:
-    """Writes `spec` as an OCI archive at `archive`; returns the manifest digest."""
+def _gzip(src: Path, dst: Path) -> None:
+    with src.open("rb") as raw, dst.open("wb") as out:
+        # filename="" and mtime=0: no name and no timestamp in the gzip header.
+        with gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0, compresslevel=6) as gz:
+            shutil.copyfileobj(raw, gz, _CHUNK)
+
+
+@dataclass(frozen=True)
+class _Blob:
+    digest: str
+    size: int
+    path: Path
+
+
+class _Blobs:
+    """Blobs of one archive being written, with an optional cache of compressed layers
+    (keyed by the uncompressed layer's digest) shared between images and builds."""
+
+    def __init__(self, root: Path, layer_cache: Path | None) -> None:
+        self.dir = root / "blobs" / "sha256"
+        self.dir.mkdir(parents=True)
+        self.layer_cache = layer_cache
+
+    def put_bytes(self, data: bytes) -> _Blob:
+        hexdigest = hashlib.sha256(data).hexdigest()
+        path = self.dir / hexdigest
+        path.write_bytes(data)
+        return _Blob(f"sha256:{hexdigest}", len(data), path)
+
+    def put_layer(self, raw: Path) -> tuple[_Blob, str]:
+        """The gzip blob of the uncompressed layer `raw` and the layer's diff_id."""
+        diff_id = _hash_file(raw)
+        cached = self.layer_cache / f"{diff_id}.tar.gz" if self.layer_cache else None
+        compressed = self.dir / "layer.tmp"
+        if cached is not None and cached.is_file():
+            shutil.copyfile(cached, compressed)
+        else:
+            _gzip(raw, compressed)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                partial = cached.with_name(cached.name + ".partial")
+                shutil.copyfile(compressed, partial)
+                partial.replace(cached)
+        hexdigest = _hash_file(compressed)
+        path = self.dir / hexdigest
+        compressed.replace(path)
+        return _Blob(f"sha256:{hexdigest}", path.stat().st_size, path), f"sha256:{diff_id}"
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _image_config(spec: ImageSpec, diff_ids: list[str]) -> dict:
+    config: dict[str, object] = {"Env": [f"{k}={v}" for k, v in spec.env],
+                                 "WorkingDir": spec.working_dir}
+    if spec.entrypoint:
+        config["Entrypoint"] = list(spec.entrypoint)
+    if spec.cmd:
+        config["Cmd"] = list(spec.cmd)
+    if spec.user:
+        config["User"] = spec.user
+    if spec.labels:
+        config["Labels"] = dict(spec.labels)
+    created = _timestamp(source_date_epoch())
+    return {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": created,
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created": created, "created_by": layer.comment or f"layer {i}"}
+                    for i, layer in enumerate(spec.layers)],
+    }
+
+
+def _timestamp(epoch: int) -> str:
+    import datetime
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_archive(spec: ImageSpec, archive: Path, *, layer_cache: Path | None = None) -> str:
+    """Writes `spec` as an OCI archive at `archive` (atomically); returns the manifest
+    digest. `layer_cache` keeps compressed layers across calls (a big base layer is then
+    compressed once for every image and build that uses it)."""
     reference = normalize_reference(spec.reference)
-    tag = reference.rsplit(":", 1)[-1] if "@" not in reference else ""
-    with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
+    if "@" in reference:
+        raise OciError(f"{reference}: an image to write needs a tag, not a digest")
+    if not spec.layers:
+        raise OciError(f"{reference}: an image needs at least one layer")
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=archive.parent, prefix=".oci-") as tmp:
         root = Path(tmp)
-        blobs = root / "blobs" / "sha256"
-        blobs.mkdir(parents=True)
-        layer_descriptors, diff_ids, history = [], [], []
+        blobs = _Blobs(root, layer_cache)
+        layers, diff_ids = [], []
         for index, layer in enumerate(spec.layers):
-            raw = root / f"layer{index}.tar"
             if layer.tar is not None:
                 if not layer.tar.is_file():
-                    raise OciError(f"{reference}: layer tar {layer.tar} does not exist")
-                shutil.copyfile(layer.tar, raw)
+                    raise OciError(f"{reference}: layer {index}: {layer.tar} is not a file")
+                raw = layer.tar
             else:
+                raw = root / "layer.tar"
                 with raw.open("wb") as out:
-                    _write_entries(layer.entries, out)
-            diff_ids.append(_sha256_file(raw))
-            compressed = root / f"layer{index}.tar.gz"
-            with raw.open("rb") as src, compressed.open("wb") as dst:
-                with gzip.GzipFile(fileobj=dst, mode="wb", mtime=0, compresslevel=6) as gz:
-                    shutil.copyfileobj(src, gz, 1 << 20)
-            raw.unlink()
-            digest, size = _blob(blobs, compressed)
-            layer_descriptors.append({"mediaType": MEDIA_LAYER_GZIP, "digest": digest, "size": size})
-            history.append({"created_by": layer.comment or f"ironvisor images: layer {index}"})
-        config: dict = {"Env": [f"{k}={v}" for k, v in sorted(spec.env.items())],
-                        "WorkingDir": "/"}
-        if spec.entrypoint:
-            config["Entrypoint"] = spec.entrypoint
-        if spec.cmd:
-            config["Cmd"] = spec.cmd
-        if spec.user:
-            config["User"] = spec.user
-        if spec.labels:
-            config["Labels"] = dict(sorted(spec.labels.items()))
-        image_config = {
-            "architecture": "amd64",
-            "os": "linux",
-            "created": "1970-01-01T00:00:00Z",
-            "config": config,
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "history": history,
-        }
-        config_digest, config_size = _blob_bytes(
-            blobs, json.dumps(image_config, sort_keys=True, separators=(",", ":")).encode())
-        manifest = {
+                    write_layer(layer.entries, out)
+            blob, diff_id = blobs.put_layer(raw)
+            layers.append({"mediaType": MEDIA_LAYER_GZIP, "digest": blob.digest, "size": blob.size})
+            diff_ids.append(diff_id)
+        config = blobs.put_bytes(_json(_image_config(spec, diff_ids)))
+        manifest = blobs.put_bytes(_json({
             "schemaVersion": 2,
             "mediaType": MEDIA_MANIFEST,
-            "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": config_size},
-            "layers": layer_descriptors,
-        }
-        manifest_digest, manifest_size = _blob_bytes(
-            blobs, json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode())
-        annotations = {"io.containerd.image.name": reference}
-        if tag:
-            annotations["org.opencontainers.image.ref.name"] = tag
-        index = {
+            "config": {"mediaType": MEDIA_CONFIG, "digest": config.digest, "size": config.size},
+            "layers": layers,
+        }))
+        tag = reference.rsplit(":", 1)[1]
+        index_json = _json({
             "schemaVersion": 2,
             "mediaType": MEDIA_INDEX,
-            "manifests": [{"mediaType": MEDIA_MANIFEST, "digest": manifest_digest,
-                           "size": manifest_size, "annotations": annotations,
+            "manifests": [{"mediaType": MEDIA_MANIFEST, "digest": manifest.digest,
+                           "size": manifest.size,
+                           "annotations": {ANNOTATION_NAME: reference, ANNOTATION_REF: tag},
                            "platform": {"architecture": "amd64", "os": "linux"}}],
-        }
-        (root / "index.json").write_text(json.dumps(index, sort_keys=True))
-        (root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-        partial = archive.with_suffix(".partial")
-        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
-            for path in sorted(p for p in root.rglob("*") if p.is_file()
-                               and p.name not in (f"layer{i}.tar" for i in range(len(spec.layers)))):
-                info = tar.gettarinfo(str(path), arcname=str(path.relative_to(root)))
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mtime = _mtime()
-                with path.open("rb") as f:
-                    tar.addfile(info, f)
+        })
+        files = {"oci-layout": _json({"imageLayoutVersion": "1.0.0"}), "index.json": index_json}
+        partial = archive.with_name(archive.name + ".partial")
+        _write_outer_tar(partial, files, sorted(blobs.dir.iterdir()))
         partial.replace(archive)
-    return manifest_digest
+    return manifest.digest
+
+
+def _write_outer_tar(path: Path, files: dict[str, bytes], blobs: list[Path]) -> None:
+    mtime = source_date_epoch()
+
+    def info(name: str, size: int, directory: bool = False) -> tarfile.TarInfo:
+        member = tarfile.TarInfo(name)
+        member.size, member.mtime, member.uid, member.gid = size, mtime, 0, 0
+        member.mode = 0o755 if directory else 0o644
+        if directory:
+            member.type, member.size = tarfile.DIRTYPE, 0
+        return member
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            tar.addfile(info(name, len(data)), io.BytesIO(data))
+        tar.addfile(info("blobs/", 0, True))
+        tar.addfile(info("blobs/sha256/", 0, True))
+        for blob in blobs:
+            with blob.open("rb") as f:
+                tar.addfile(info(f"blobs/sha256/{blob.name}", blob.stat().st_size), f)
+
+
+def read_index(archive: Path) -> dict:
+    """The index.json of an archive written by :func:`write_archive`."""
+    try:
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile("index.json")
+            if member is None:
+                raise OciError(f"{archive}: index.json is not a file")
+            return json.loads(member.read())
+    except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
+        raise OciError(f"{archive}: not a readable OCI archive: {exc}") from exc
+
+
+def archive_reference(archive: Path) -> str:
+    """The full image name an archive imports as."""
+    manifests = read_index(archive).get("manifests") or [{}]
+    name = (manifests[0].get("annotations") or {}).get(ANNOTATION_NAME)
+    if not name:
+        raise OciError(f"{archive}: index.json names no image ({ANNOTATION_NAME})")
+    return name

@@ -1,0 +1,81 @@
+"""Builds the Ironvisor binaries that go into the container images, with cargo.
+
+Static binaries (``pause``, the controller) are linked with ``+crt-static`` for the host
+target in a target directory of their own under the image cache, so that the RUSTFLAGS
+change never invalidates the workspace's ``target/``. Dynamically linked binaries (the
+node binaries, which link the system glibc and libvirt) are the workspace's ordinary
+``target/release`` builds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from images.common import REPO_ROOT
+
+log = logging.getLogger("images.cargo")
+
+#: The target triple static binaries are built for (``--target`` keeps RUSTFLAGS away from
+#: build scripts and proc macros).
+STATIC_TARGET = "x86_64-unknown-linux-gnu"
+
+
+class CargoError(RuntimeError):
+    """cargo failed or a binary is missing; the message has the command and its output."""
+
+
+def _cargo(args: list[str], what: str, env: dict[str, str] | None = None) -> str:
+    cmd = ["nice", "-n", "10", "cargo", *args]
+    try:
+        done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
+                              env={**os.environ, **(env or {})}, check=False)
+    except FileNotFoundError as exc:
+        raise CargoError(f"{what}: cargo is not on PATH") from exc
+    if done.returncode != 0:
+        raise CargoError(f"{what}: `{' '.join(cmd[3:])}` in {REPO_ROOT} exited "
+                         f"{done.returncode}:\n{done.stderr.strip()[-3000:]}")
+    return done.stdout
+
+
+def workspace_packages() -> set[str]:
+    """Names of the workspace's member packages (``cargo metadata --no-deps``)."""
+    out = _cargo(["metadata", "--no-deps", "--format-version", "1", "--offline"],
+                 "reading the workspace's packages")
+    return {package["name"] for package in json.loads(out)["packages"]}
+
+
+def _build_args(packages: list[str]) -> list[str]:
+    args = ["build", "--release", "--locked"]
+    for package in packages:
+        args += ["-p", package]
+    return args
+
+
+def build_release(packages: list[str], binaries: list[str]) -> dict[str, Path]:
+    """``cargo build --release --locked -p ...`` in the workspace; the binaries' paths."""
+    log.info("cargo build --release %s", " ".join(packages))
+    _cargo(_build_args(packages), f"building {', '.join(packages)}")
+    return _existing(REPO_ROOT / "target" / "release", binaries)
+
+
+def build_static(packages: list[str], binaries: list[str], target_dir: Path) -> dict[str, Path]:
+    """The same, statically linked (``+crt-static``), into ``target_dir``; stripped."""
+    log.info("cargo build --release (static) %s into %s", " ".join(packages), target_dir)
+    flags = os.environ.get("RUSTFLAGS", "")
+    env = {"RUSTFLAGS": f"{flags} -C target-feature=+crt-static".strip(),
+           "CARGO_PROFILE_RELEASE_STRIP": "symbols"}
+    _cargo([*_build_args(packages), "--target", STATIC_TARGET, "--target-dir", str(target_dir)],
+           f"building {', '.join(packages)} statically", env)
+    return _existing(target_dir / STATIC_TARGET / "release", binaries)
+
+
+def _existing(directory: Path, binaries: list[str]) -> dict[str, Path]:
+    paths = {name: directory / name for name in binaries}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise CargoError(f"cargo succeeded but did not leave {', '.join(missing)}")
+    return paths
