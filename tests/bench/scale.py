@@ -1,0 +1,234 @@
+"""Control-plane scale benchmark: N VirtualMachineInstances against the real API server,
+their launcher pods placed by the real scheduler on fake nodes that KWOK
+(sigs.k8s.io/kwok, built from its Go module) keeps and whose pods it "runs" without
+processes. What is measured is Ironvisor's controller and the control plane, not guests.
+
+    python3 -m tests.bench.scale --vms 1000 [--vms 10000 ...] [--fake-nodes 10]
+
+Prints per run: time from the first create until every VMI is Running (its launcher pod
+Running and ready, as KWOK reports it), peak RSS of the leading controller (VmHWM),
+API server requests per VM (all clients, from apiserver_request_total) and how each
+grows between runs. Needs the cluster up with Ironvisor deployed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from tests.cluster.kube import Kubectl, KubectlError, cluster_env
+
+KWOK_VERSION = "v0.8.0"
+CACHE = Path(os.environ.get("IRONVISOR_CACHE_DIR", "/var/cache/ironvisor"))
+KWOK = CACHE / "kwok" / KWOK_VERSION / "bin" / "kwok"
+FAKE_LABEL = "ironvisor.io/bench-node"
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run."""
+
+
+def build_kwok() -> Path:
+    """KWOK from its Go module, cached by version."""
+    if KWOK.is_file():
+        return KWOK
+    env = {**os.environ, "GOMODCACHE": str(CACHE / "go" / "mod"),
+           "GOCACHE": str(CACHE / "go" / "build"), "GOWORK": "off", "CGO_ENABLED": "0",
+           "GOTOOLCHAIN": "local", "GOBIN": str(KWOK.parent)}
+    KWOK.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["go", "install", "-ldflags", "-s -w",
+                           f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
+                          env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BenchError(f"building KWOK {KWOK_VERSION} failed: {done.stderr[-2000:]}")
+    return KWOK
+
+
+class Api:
+    """Raw HTTPS calls to the API server with the admin kubeconfig's client certificate."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        config = yaml.safe_load(kubeconfig.read_text())
+        cluster = config["clusters"][0]["cluster"]
+        user = config["users"][0]["user"]
+        self.server = cluster["server"]
+        self.context = ssl.create_default_context(cafile=cluster["certificate-authority"])
+        self.context.load_cert_chain(user["client-certificate"], user["client-key"])
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.server + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, context=self.context, timeout=60) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            raise BenchError(f"{method} {path}: {error.code} {error.read()[:300]!r}") from error
+
+    def list_all(self, path: str) -> list[dict]:
+        items, token = [], ""
+        while True:
+            page = self.call("GET", f"{path}?limit=1000" + (f"&continue={token}" if token else ""))
+            items += page.get("items", [])
+            token = page.get("metadata", {}).get("continue", "")
+            if not token:
+                return items
+
+    def request_count(self) -> int:
+        request = urllib.request.Request(self.server + "/metrics")
+        with urllib.request.urlopen(request, context=self.context, timeout=60) as response:
+            text = response.read().decode()
+        return sum(int(float(m.group(1))) for m in
+                   re.finditer(r"^apiserver_request_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
+
+
+def controller_hwm_kib() -> dict[int, int]:
+    """VmHWM of every ironvisor-controller process on this node, by pid."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() != "ironvisor-cont":
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    out[int(proc.name)] = int(line.split()[1])
+        except OSError:
+            continue
+    return out
+
+
+def fake_node(name: str) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {FAKE_LABEL: "true", "type": "kwok"},
+                     "annotations": {KWOK_ANNOTATION: "fake"}},
+        "spec": {"taints": [{"key": KWOK_ANNOTATION, "value": "fake", "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "64", "memory": "1Ti", "pods": "1100"},
+                   "capacity": {"cpu": "64", "memory": "1Ti", "pods": "1100"}},
+    }
+
+
+def vmi(name: str) -> dict:
+    return {
+        "apiVersion": "ironvisor.io/v1alpha1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name},
+        "spec": {
+            "domain": {"memory": {"guest": "64Mi"},
+                       "firmware": {"kernelBoot": {"container": {
+                           "image": "ironvisor/guest-kernel:debian-6.1",
+                           "kernelPath": "/boot/vmlinuz", "initrdPath": "/boot/initrd.img"}}},
+                       "devices": {"disks": [{"name": "rootdisk"}]}},
+            "volumes": [{"name": "rootdisk", "containerDisk": {"image": "ironvisor/rootfs:busybox"}}],
+            "nodeSelector": {FAKE_LABEL: "true"},
+            "tolerations": [{"key": KWOK_ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }
+
+
+def run_once(api: Api, vms: int, concurrency: int, timeout: float) -> dict[str, float]:
+    namespace = f"bench-scale-{uuid.uuid4().hex[:6]}"
+    api.call("POST", "/api/v1/namespaces",
+             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    path = f"/apis/ironvisor.io/v1alpha1/namespaces/{namespace}/virtualmachineinstances"
+    hwm_before = controller_hwm_kib()
+    requests_before = api.request_count()
+    started = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda i: api.call("POST", path, vmi(f"scale-{i:05d}")), range(vms)))
+    created = time.monotonic() - started
+    running = 0
+    while time.monotonic() - started < timeout:
+        items = api.list_all(path)
+        running = sum(1 for i in items if (i.get("status") or {}).get("phase") == "Running")
+        if running >= vms:
+            break
+        time.sleep(3)
+    elapsed = time.monotonic() - started
+    requests = api.request_count() - requests_before
+    hwm = controller_hwm_kib()
+    if running < vms:
+        raise BenchError(f"{running} of {vms} VMIs Running after {timeout:.0f} s")
+    api.call("DELETE", f"/api/v1/namespaces/{namespace}")
+    return {
+        "vms": vms, "create_s": created, "all_running_s": elapsed,
+        "requests_per_vm": requests / vms,
+        "controller_peak_mib": max(hwm.values(), default=0) / 1024,
+        "controller_peak_before_mib": max(hwm_before.values(), default=0) / 1024,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vms", type=int, action="append", help="repeatable; default 1000")
+    parser.add_argument("--fake-nodes", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args()
+    runs = args.vms or [1000]
+    k = Kubectl(cluster_env())
+    try:
+        k.run("get", "deployment", "-n", "ironvisor-system", "ironvisor-controller")
+        kwok = build_kwok()
+    except (KubectlError, BenchError) as error:
+        print(f"scale benchmark: {error}", file=sys.stderr)
+        return 1
+    api = Api(Path(k.env["KUBECONFIG"]))
+    nodes = [f"kwok-bench-{i}" for i in range(args.fake_nodes)]
+    log = open("/tmp/ironvisor-kwok.log", "w")
+    kwok_proc = subprocess.Popen(
+        [str(kwok), f"--kubeconfig={k.env['KUBECONFIG']}", "--manage-all-nodes=false",
+         f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+         "--cidr=10.245.0.0/16", "--node-ip=10.250.0.2"], stdout=log, stderr=log)
+    results = []
+    try:
+        for name in nodes:
+            try:
+                api.call("POST", "/api/v1/nodes", fake_node(name))
+            except BenchError as error:
+                if "409" not in str(error):
+                    raise
+        for vms in runs:
+            results.append(run_once(api, vms, args.concurrency, args.timeout))
+            r = results[-1]
+            print(f"scale: {vms} VMIs on {len(nodes)} KWOK nodes: created in {r['create_s']:.0f} s, "
+                  f"all Running after {r['all_running_s']:.0f} s; controller peak RSS "
+                  f"{r['controller_peak_mib']:.0f} MiB; {r['requests_per_vm']:.1f} API requests "
+                  "per VM (all clients)", flush=True)
+    except BenchError as error:
+        print(f"scale benchmark: {error}", file=sys.stderr)
+        return 1
+    finally:
+        for name in nodes:
+            try:
+                api.call("DELETE", f"/api/v1/nodes/{name}")
+            except BenchError:
+                pass
+        kwok_proc.terminate()
+        kwok_proc.wait(timeout=30)
+    if len(results) > 1:
+        a, b = results[0], results[-1]
+        factor = b["vms"] / a["vms"]
+        print(f"growth x{factor:.0f} VMs: time x{b['all_running_s'] / a['all_running_s']:.1f}, "
+              f"controller RSS x{b['controller_peak_mib'] / max(a['controller_peak_mib'], 1):.1f}, "
+              f"requests per VM x{b['requests_per_vm'] / a['requests_per_vm']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
