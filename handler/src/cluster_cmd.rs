@@ -1,6 +1,7 @@
 //! `ironvisor-handler cluster`: the node agent in cluster mode (the handler DaemonSet).
-//! Probes the host once, labels the node with what it can run, then follows the
-//! instances placed on this node until SIGTERM.
+//! Probes the host once, labels the node with what it can run, then until SIGTERM serves
+//! the kubelet device plugins (`devices.ironvisor.io/kvm`, `devices.ironvisor.io/tun`)
+//! and follows the instances placed on this node.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,9 @@ pub struct ClusterArgs {
     /// The kubelet's root directory (launcher pods' volumes are under <root>/pods).
     #[arg(long, value_name = "DIR", default_value = pod_volumes::DEFAULT_KUBELET_ROOT)]
     kubelet_root: PathBuf,
+    /// The kubelet's device-plugin directory.
+    #[arg(long, value_name = "DIR", default_value = ironvisor_deviceplugin::config::DEFAULT_PLUGIN_DIR)]
+    device_plugin_dir: PathBuf,
     /// auto (probe the host), kvm, or qemu-tcg (report emulation only).
     #[arg(long, env = BACKEND_ENV, default_value = "auto")]
     backend: BackendMode,
@@ -64,9 +68,22 @@ pub fn run(args: ClusterArgs) -> ExitCode {
             args.node_name.clone(),
             args.kubelet_root.clone(),
         ));
+        let plugins = ironvisor_deviceplugin::DevicePluginConfig {
+            plugin_dir: args.device_plugin_dir.clone(),
+            ..ironvisor_deviceplugin::DevicePluginConfig::default()
+        };
         info!(node = %args.node_name, hardware_kvm, "node agent running in cluster mode");
-        instances::run(context, shutdown).await;
-        ExitCode::SUCCESS
+        let (plugins, ()) = tokio::join!(
+            ironvisor_deviceplugin::run_device_plugins(plugins, shutdown.clone()),
+            instances::run(context, shutdown),
+        );
+        match plugins {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("ironvisor-handler cluster: device plugins: {error}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 
