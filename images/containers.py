@@ -30,7 +30,7 @@ from images import cargo, debian_base, elf
 from images.common import DEFAULT_OUT_DIR, build_lock, sha256_file
 from images.containerd import Containerd, ContainerdError
 from images.oci import (DEFAULT_PATH, Entry, ImageSpec, Layer, OciError, archive_reference,
-                        normalize_reference, write_archive)
+                        normalize_reference, prune_layer_cache, write_archive)
 
 log = logging.getLogger("images.containers")
 
@@ -39,9 +39,11 @@ DEFAULT_SOCKET = Path("/run/ironvisor-cluster/containerd/containerd.sock")
 VERSION = "0.1.0"
 PAUSE_TAG = "3.10"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+#: Compressed base layers unused for this long are removed from the cache.
+LAYER_CACHE_DAYS = 14
 NODE_BINARIES = ("ironvisor-launcher", "ironvisor-launcher-qemu", "ironvisor-handler")
 
-#: libvirt's QEMU driver inside a launcher pod (appended to Debian's qemu.conf). As on the
+#: libvirt's QEMU driver inside a launcher pod (/etc/libvirt/qemu.conf). As on the
 #: host (launcher/qemu/setup-libvirt.sh): QEMU runs as the container's root, libvirt
 #: neither chowns nor relabels files (no dynamic_ownership, remember_owner, security
 #: driver), makes no cgroups (the pod's cgroup holds QEMU; cgroupfs is read-only in a
@@ -154,16 +156,26 @@ def _check_libraries(binaries: dict[str, Path], base: Path) -> None:
                                   "images/debian_base.py")
 
 
+#: libvirt's directories, which Debian's packaging makes only in libvirt-daemon-system
+#: (not installed: it brings systemd units and the polkit/apparmor setup).
+LIBVIRT_DIRS = ("/etc/libvirt", "/run/libvirt", "/var/lib/libvirt/qemu", "/var/log/libvirt/qemu",
+                "/var/cache/libvirt/qemu")
+
+
 def _node_layers(inputs: Inputs) -> tuple[Layer, ...]:
     base, binaries = inputs.base, inputs.node_binaries
     _check_libraries(binaries, base)
-    qemu_conf = debian_base.read_member(base, "/etc/libvirt/qemu.conf") + QEMU_CONF_BLOCK
-    entries = [Entry("/etc/libvirt/qemu.conf", data=qemu_conf, mode=0o644)]
+    present = debian_base.member_names(base)
+    if "etc/libvirt/qemu.conf" in present:
+        raise ContainersError(f"the Debian base {base} has its own /etc/libvirt/qemu.conf now: "
+                              "merge QEMU_CONF_BLOCK into it instead of replacing it")
+    entries = [Entry(path, mode=0o755) for path in LIBVIRT_DIRS]
+    entries.append(Entry("/etc/libvirt/qemu.conf", data=QEMU_CONF_BLOCK.lstrip(), mode=0o644))
     entries += [Entry(f"/usr/local/bin/{name}", source=path, mode=0o755)
                 for name, path in sorted(binaries.items())]
     return (Layer(tar=base, comment=f"Debian {debian_base.SUITE} (mmdebstrap): "
                   + " ".join(debian_base.PACKAGES)),
-            Layer(tuple(entries), comment="Ironvisor node binaries and libvirt's qemu.conf"))
+            Layer(tuple(entries), comment="Ironvisor node binaries, libvirt's qemu.conf and dirs"))
 
 
 def spec_launcher(inputs: Inputs) -> ImageSpec:
@@ -345,6 +357,8 @@ def run(command: str, only: list[str] | None, out_dir: Path | None, socket: Path
                 print(f"{built.reference} {built.manifest_digest}")
             else:
                 print(built.archive)
+        for stale in prune_layer_cache(cache / "layers", LAYER_CACHE_DAYS):
+            log.info("removed %s (unused for %d days)", stale, LAYER_CACHE_DAYS)
     return 0
 
 

@@ -64,6 +64,10 @@ USERS_HOOK = (
     "rm -f /var/log/*.log /var/log/apt/* /var/cache/ldconfig/aux-cache"
 )
 
+#: mmdebstrap's own merged-/usr setup (with usr-is-merged): without it apt satisfies
+#: init-system-helpers with usrmerge, which pulls in perl (about 50 MiB).
+MERGED_USR_HOOK = "/usr/share/mmdebstrap/hooks/merged-usr"
+
 _APT_LISTS = Path("/var/lib/apt/lists")
 
 
@@ -135,7 +139,7 @@ def snapshot_date(sources: list[Source], lists: Path = _APT_LISTS) -> str:
 def mmdebstrap_command(sources: list[Source], output: Path) -> list[str]:
     """The mmdebstrap invocation (without the environment)."""
     cmd = ["mmdebstrap", "--mode=root", "--variant=essential", "--format=tar",
-           "--include=" + ",".join(PACKAGES)]
+           f"--hook-dir={MERGED_USR_HOOK}", "--include=" + ",".join(PACKAGES)]
     cmd += [f"--dpkgopt=path-exclude={p}" for p in EXCLUDED_PATHS]
     cmd += [f"--dpkgopt=path-include={p}" for p in INCLUDED_PATHS]
     cmd += [f"--customize-hook=chroot \"$1\" sh -c '{USERS_HOOK}'", SUITE, str(output)]
@@ -191,18 +195,3 @@ def member_names(base: Path) -> set[str]:
         raise BaseError(f"cannot read the base tar {base}: {exc}") from exc
     cached.write_text(json.dumps(names))
     return set(names)
-
-
-def read_member(base: Path, path: str) -> bytes:
-    """One regular file of the base tar (``path`` absolute, e.g. ``/etc/libvirt/qemu.conf``)."""
-    wanted = {"." + path, path.lstrip("/")}
-    try:
-        with tarfile.open(base) as tar:
-            for member in tar:
-                if member.name in wanted and member.isfile():
-                    data = tar.extractfile(member)
-                    if data is not None:
-                        return data.read()
-    except (OSError, tarfile.TarError) as exc:
-        raise BaseError(f"cannot read {path} from the base tar {base}: {exc}") from exc
-    raise BaseError(f"the base tar {base} has no file {path}")

@@ -21,9 +21,12 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import re
 import shutil
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -39,6 +42,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ANNOTATION_NAME = "io.containerd.image.name"
 ANNOTATION_REF = "org.opencontainers.image.ref.name"
 _CHUNK = 1 << 20
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
 
 
 class OciError(RuntimeError):
@@ -62,8 +68,10 @@ def normalize_reference(reference: str) -> str:
     repository, _, tag = path.partition(":") if ":" in path.rsplit("/", 1)[-1] else (path, "", "")
     if domain == "docker.io" and "/" not in repository:
         repository = f"library/{repository}"
-    if repository != repository.lower() or not repository or "//" in repository:
+    if not _REPOSITORY.fullmatch(repository):
         raise OciError(f"invalid image reference {reference!r}: bad repository {repository!r}")
+    if tag and not _TAG.fullmatch(tag):
+        raise OciError(f"invalid image reference {reference!r}: bad tag {tag!r}")
     full = f"{domain}/{repository}"
     if digest:
         return f"{full}:{tag}@{digest}" if tag else f"{full}@{digest}"
@@ -198,13 +206,14 @@ class _Blobs:
         path.write_bytes(data)
         return _Blob(f"sha256:{hexdigest}", len(data), path)
 
-    def put_layer(self, raw: Path) -> tuple[_Blob, str]:
+    def put_layer(self, raw: Path, *, cache: bool) -> tuple[_Blob, str]:
         """The gzip blob of the uncompressed layer `raw` and the layer's diff_id."""
         diff_id = _hash_file(raw)
-        cached = self.layer_cache / f"{diff_id}.tar.gz" if self.layer_cache else None
+        cached = self.layer_cache / f"{diff_id}.tar.gz" if self.layer_cache and cache else None
         compressed = self.dir / "layer.tmp"
         if cached is not None and cached.is_file():
             shutil.copyfile(cached, compressed)
+            os.utime(cached)  # last use, for prune_layer_cache
         else:
             _gzip(raw, compressed)
             if cached is not None:
@@ -216,6 +225,17 @@ class _Blobs:
         path = self.dir / hexdigest
         compressed.replace(path)
         return _Blob(f"sha256:{hexdigest}", path.stat().st_size, path), f"sha256:{diff_id}"
+
+
+def prune_layer_cache(layer_cache: Path, max_age_days: float) -> list[Path]:
+    """Removes the cached layers not used for `max_age_days`; returns them."""
+    cutoff = time.time() - max_age_days * 86400
+    removed = []
+    for path in layer_cache.glob("*.tar.gz*") if layer_cache.is_dir() else []:
+        if path.stat().st_mtime < cutoff:
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def _json(value: object) -> bytes:
@@ -253,8 +273,8 @@ def _timestamp(epoch: int) -> str:
 
 def write_archive(spec: ImageSpec, archive: Path, *, layer_cache: Path | None = None) -> str:
     """Writes `spec` as an OCI archive at `archive` (atomically); returns the manifest
-    digest. `layer_cache` keeps compressed layers across calls (a big base layer is then
-    compressed once for every image and build that uses it)."""
+    digest. `layer_cache` keeps the compressed tar-file layers across calls (a big base
+    layer is then compressed once for every image and build that uses it)."""
     reference = normalize_reference(spec.reference)
     if "@" in reference:
         raise OciError(f"{reference}: an image to write needs a tag, not a digest")
@@ -274,7 +294,7 @@ def write_archive(spec: ImageSpec, archive: Path, *, layer_cache: Path | None = 
                 raw = root / "layer.tar"
                 with raw.open("wb") as out:
                     write_layer(layer.entries, out)
-            blob, diff_id = blobs.put_layer(raw)
+            blob, diff_id = blobs.put_layer(raw, cache=layer.tar is not None)
             layers.append({"mediaType": MEDIA_LAYER_GZIP, "digest": blob.digest, "size": blob.size})
             diff_ids.append(diff_id)
         config = blobs.put_bytes(_json(_image_config(spec, diff_ids)))
