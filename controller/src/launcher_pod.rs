@@ -43,6 +43,8 @@ const KERNEL_DIR: &str = "/var/run/ironvisor/kernel";
 const SOCKETS_DIR: &str = "/var/run/ironvisor/sockets";
 /// Seconds the launcher gets beyond the guest's grace period to hard-stop and clean up.
 const LAUNCHER_EXTRA_GRACE_SECONDS: i64 = 15;
+/// The node agent's device-plugin resource for `/dev/kvm`.
+pub const KVM_RESOURCE: &str = "devices.ironvisor.io/kvm";
 
 /// Why no pod can be made for an instance (the instance fails with this reason).
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -407,7 +409,14 @@ fn compute_container(
             u64::from(vcpus) * u64::from(settings.cpu_request_millis_per_vcpu)
         ))
     };
-    let mut limits = BTreeMap::from([("memory".to_string(), memory.clone())]);
+    // /dev/kvm comes from the node agent's device plugin, so the pod needs no privilege
+    // and is only placed on nodes whose agent serves it. (Extended resources are requested
+    // and limited alike.)
+    let kvm = Quantity("1".into());
+    let mut limits = BTreeMap::from([
+        ("memory".to_string(), memory.clone()),
+        (KVM_RESOURCE.to_string(), kvm.clone()),
+    ]);
     if dedicated {
         limits.insert("cpu".into(), cpu.clone());
     }
@@ -431,6 +440,7 @@ fn compute_container(
             requests: Some(BTreeMap::from([
                 ("cpu".to_string(), cpu),
                 ("memory".to_string(), memory),
+                (KVM_RESOURCE.to_string(), kvm),
             ])),
             limits: Some(limits),
             ..ResourceRequirements::default()
@@ -530,6 +540,8 @@ mod tests {
         let limits = resources.limits.as_ref().unwrap();
         assert_eq!(limits["memory"], Quantity("456Mi".into()));
         assert!(!limits.contains_key("cpu"));
+        assert_eq!(requests[KVM_RESOURCE], Quantity("1".into()));
+        assert_eq!(limits[KVM_RESOURCE], Quantity("1".into()));
     }
 
     #[test]
