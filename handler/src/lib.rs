@@ -14,6 +14,7 @@
 //! - [`cpus`]: dedicated host CPUs for `dedicatedCpuPlacement` VMs.
 //! - [`translate`]: VM spec → the launcher's `LaunchConfig`, kernel images.
 //! - [`daemon`]: wiring and the `serve` command; [`config`]: its settings.
+//! - [`volumes`]: a VM's disks as volume requests, in guest order (both modes).
 
 pub mod backend;
 pub mod cgroup;
@@ -31,3 +32,4 @@ pub mod status;
 pub mod store;
 pub mod strategy;
 pub mod translate;
+pub mod volumes;

@@ -21,7 +21,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use ironvisor_crds::quantity;
-use ironvisor_crds::v1alpha1::{KernelBootContainer, VirtualMachineInstanceSpec};
+use ironvisor_crds::v1alpha1::{KernelBoot, KernelBootContainer, VirtualMachineInstanceSpec};
 use ironvisor_launcher_api::config::{
     ConsoleConfig, DiskConfig, KernelConfig, LaunchConfig, NetConfig,
 };
@@ -145,21 +145,8 @@ impl KernelImages {
         spec: &VirtualMachineInstanceSpec,
     ) -> Result<BootFiles, TranslateError> {
         let vm = key.to_string();
-        let kernel_boot = spec
-            .domain
-            .firmware
-            .as_ref()
-            .and_then(|f| f.kernel_boot.as_ref());
-        let mut cmdline = BASE_CMDLINE.to_string();
-        if let Some(args) = kernel_boot
-            .and_then(|k| k.kernel_args.as_deref())
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-        {
-            cmdline.push(' ');
-            cmdline.push_str(args);
-        }
-        match kernel_boot.and_then(|k| k.container.as_ref()) {
+        let cmdline = cmdline(spec);
+        match kernel_boot(spec).and_then(|k| k.container.as_ref()) {
             Some(container) => {
                 let (kernel, initrd) = self.image_files(&vm, container)?;
                 Ok(BootFiles {
@@ -265,6 +252,28 @@ impl KernelImages {
     }
 }
 
+/// The VM's `firmware.kernelBoot`, if it has one.
+pub fn kernel_boot(spec: &VirtualMachineInstanceSpec) -> Option<&KernelBoot> {
+    spec.domain
+        .firmware
+        .as_ref()
+        .and_then(|f| f.kernel_boot.as_ref())
+}
+
+/// The kernel command line of a VM: [`BASE_CMDLINE`] followed by `kernelArgs`.
+pub fn cmdline(spec: &VirtualMachineInstanceSpec) -> String {
+    let mut cmdline = BASE_CMDLINE.to_string();
+    if let Some(args) = kernel_boot(spec)
+        .and_then(|k| k.kernel_args.as_deref())
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        cmdline.push(' ');
+        cmdline.push_str(args);
+    }
+    cmdline
+}
+
 /// The directory of an image reference, relative to the images directory (see the
 /// module documentation). References are parsed like the disk image store's.
 pub fn image_dir(reference: &str) -> Result<PathBuf, String> {
@@ -340,7 +349,7 @@ pub fn launch_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ironvisor_crds::v1alpha1::{Cpu, Firmware, KernelBoot, Memory};
+    use ironvisor_crds::v1alpha1::{Cpu, Firmware, Memory};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn spec(kernel_boot: Option<KernelBoot>) -> VirtualMachineInstanceSpec {

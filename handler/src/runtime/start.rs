@@ -7,12 +7,10 @@ use std::path::PathBuf;
 use ironvisor_crds::quantity;
 use ironvisor_crds::v1alpha1::{
     IsolationMode, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceNetworkInterface,
-    VirtualMachineInstancePhase, VirtualMachineInstanceSpec, Volume,
+    VirtualMachineInstancePhase, VirtualMachineInstanceSpec,
 };
-use ironvisor_disks::{
-    DiskContext, DiskError, DiskFormat, ImageStoreError, PreparedDisk, VolumeRequest, VolumeSource,
-};
-use ironvisor_launcher_api::config::{DiskConfig, ImageFormat, NetConfig};
+use ironvisor_disks::{DiskContext, VolumeSource};
+use ironvisor_launcher_api::config::{DiskConfig, NetConfig};
 use ironvisor_net::{Binding, VmNetwork, VmNetworkRequest};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use tracing::{info, warn};
@@ -30,6 +28,7 @@ use crate::status::{
 use crate::store::{StoreError, VmSnapshot};
 use crate::strategy::StartReason;
 use crate::translate::{self, LaunchPlan};
+use crate::volumes;
 
 /// A start that failed before the launcher ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -596,45 +595,17 @@ fn try_prepare_and_spawn(
     })
 }
 
-/// The VM's disks in boot order (disks with `bootOrder` first, by value, then the rest
-/// in listed order), each backed by its volume.
+/// The VM's disks in boot order (see [`crate::volumes`]), each backed by its volume.
 fn prepare_disks(
     ctx: &RuntimeContext,
     key: &VmKey,
     spec: &VirtualMachineInstanceSpec,
     uid: &str,
 ) -> Result<(Vec<DiskConfig>, Vec<PathBuf>), StartFailure> {
-    let mut disks: Vec<_> = spec.domain.devices.disks.iter().collect();
-    disks.sort_by_key(|d| d.boot_order.unwrap_or(u32::MAX));
-    let mut requests = Vec::with_capacity(disks.len());
-    for disk in &disks {
-        let volume = spec
-            .volumes
-            .iter()
-            .find(|v| v.name == disk.name)
-            .ok_or_else(|| StartFailure {
-                reason: "VolumeMissing",
-                message: format!("VM {key}: disk {:?} has no volume", disk.name),
-            })?;
-        let cdrom_ro = disk
-            .cdrom
-            .as_ref()
-            .is_some_and(|c| c.readonly.unwrap_or(true));
-        let source = volume_source(key, volume)?;
-        let pvc_ro = matches!(
-            source,
-            VolumeSource::Pvc {
-                read_only: true,
-                ..
-            }
-        );
-        requests.push(VolumeRequest {
-            name: volume.name.clone(),
-            source,
-            read_only: cdrom_ro || pvc_ro,
-            serial: disk.serial.clone(),
-        });
-    }
+    let requests = volumes::disk_requests(key, spec).map_err(|e| StartFailure {
+        reason: e.reason(),
+        message: e.to_string(),
+    })?;
     if requests.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
@@ -646,7 +617,7 @@ fn prepare_disks(
         volumes_dir: ctx.config.volumes_dir(),
     };
     let prepared = ironvisor_disks::prepare(&context, &requests).map_err(|e| StartFailure {
-        reason: disk_reason(&e),
+        reason: volumes::disk_error_reason(&e),
         message: format!("VM {key}: {e}"),
     })?;
     let ephemeral = prepared
@@ -655,83 +626,10 @@ fn prepare_disks(
         .filter(|(_, r)| matches!(r.source, VolumeSource::EmptyDisk { .. }))
         .map(|(d, _)| d.path.clone())
         .collect();
-    Ok((prepared.into_iter().map(disk_config).collect(), ephemeral))
-}
-
-fn disk_config(disk: PreparedDisk) -> DiskConfig {
-    DiskConfig {
-        id: disk.name,
-        path: disk.path,
-        format: match disk.format {
-            DiskFormat::Raw => ImageFormat::Raw,
-            DiskFormat::Qcow2 => ImageFormat::Qcow2,
-        },
-        read_only: disk.read_only,
-        serial: disk.serial,
-    }
-}
-
-fn disk_reason(error: &DiskError) -> &'static str {
-    match error {
-        DiskError::Image {
-            source: ImageStoreError::NotFound { .. } | ImageStoreError::InvalidReference { .. },
-            ..
-        } => "ImageNotFound",
-        DiskError::Image { .. } => "ImageUnusable",
-        DiskError::NoSpace { .. } => "NoSpace",
-        DiskError::HostDiskMissing { .. } | DiskError::HostDiskNoCapacity { .. } => {
-            "HostDiskNotFound"
-        }
-        DiskError::PvcMissing { .. } => "PvcNotFound",
-        _ => "DiskPreparationFailed",
-    }
-}
-
-fn volume_source(key: &VmKey, volume: &Volume) -> Result<VolumeSource, StartFailure> {
-    let bytes = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity, field: &str| {
-        quantity::to_bytes(q).map_err(|e| StartFailure {
-            reason: "InvalidCapacity",
-            message: format!("VM {key}: volume {}: {field}: {e}", volume.name),
-        })
-    };
-    if let Some(cd) = &volume.container_disk {
-        return Ok(VolumeSource::ContainerDisk {
-            image: cd.image.clone(),
-        });
-    }
-    if let Some(empty) = &volume.empty_disk {
-        return Ok(VolumeSource::EmptyDisk {
-            capacity_bytes: bytes(&empty.capacity, "emptyDisk.capacity")?,
-        });
-    }
-    if let Some(host) = &volume.host_disk {
-        return Ok(VolumeSource::HostDisk {
-            path: PathBuf::from(&host.path),
-            create: host.type_ == ironvisor_crds::v1alpha1::HostDiskType::DiskOrCreate,
-            capacity_bytes: host
-                .capacity
-                .as_ref()
-                .map(|c| bytes(c, "hostDisk.capacity"))
-                .transpose()?,
-        });
-    }
-    if let Some(pvc) = &volume.persistent_volume_claim {
-        return Ok(VolumeSource::Pvc {
-            claim: pvc.claim_name.clone(),
-            read_only: pvc.read_only.unwrap_or(false),
-        });
-    }
-    if let Some(ci) = &volume.cloud_init_no_cloud {
-        return Ok(VolumeSource::CloudInitNoCloud {
-            user_data: ci.user_data.clone(),
-            user_data_base64: ci.user_data_base64.clone(),
-            network_data: ci.network_data.clone(),
-        });
-    }
-    Err(StartFailure {
-        reason: "VolumeInvalid",
-        message: format!("VM {key}: volume {} has no source", volume.name),
-    })
+    Ok((
+        prepared.into_iter().map(volumes::disk_config).collect(),
+        ephemeral,
+    ))
 }
 
 /// Sets up the pod network of the VM's one interface, if it has one.
