@@ -312,7 +312,8 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<ProcessIdentity, LauncherErro
     Ok(identity)
 }
 
-fn is_executable(path: &Path) -> bool {
+/// Whether `path` is an executable file.
+pub(crate) fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

@@ -15,6 +15,8 @@
 //! - [`translate`]: VM spec → the launcher's `LaunchConfig`, kernel images.
 //! - [`daemon`]: wiring and the `serve` command; [`config`]: its settings.
 //! - [`volumes`]: a VM's disks as volume requests, in guest order (both modes).
+//! - [`pod`]: cluster mode's `virt-launcher` (the launcher pod's `compute` container)
+//!   and its readiness probe.
 
 pub mod backend;
 pub mod cgroup;
@@ -24,6 +26,7 @@ pub mod daemon;
 pub mod files;
 pub mod launcher_proc;
 pub mod monitor;
+pub mod pod;
 pub mod procfs;
 pub mod records;
 pub mod runtime;

@@ -2,6 +2,9 @@
 //!
 //! - `serve`: the daemon (store, reconcile loop, API socket).
 //! - `monitor` (hidden): the per-instance launcher monitor the daemon starts.
+//! - `cluster`: the node agent as the cluster's DaemonSet runs it.
+//! - `virt-launcher`, `virt-launcher-ready`: a launcher pod's `compute` container and its
+//!   readiness probe (see `ironvisor_handler::pod`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -18,6 +21,7 @@ use ironvisor_handler::config::{
 use ironvisor_handler::monitor::{self, MonitorArgs};
 
 mod cluster_cmd;
+mod virt_launcher_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +43,10 @@ enum Command {
     Monitor(MonitorCli),
     /// Run as the cluster's node agent (the handler DaemonSet).
     Cluster(cluster_cmd::ClusterArgs),
+    /// Run one VirtualMachineInstance in a launcher pod (the `compute` container).
+    VirtLauncher(Box<virt_launcher_cmd::VirtLauncherArgs>),
+    /// Readiness probe of a launcher pod: exit 0 iff the launcher answers and the guest runs.
+    VirtLauncherReady(virt_launcher_cmd::ReadyArgs),
 }
 
 #[derive(Args)]
@@ -134,6 +142,11 @@ fn main() -> ExitCode {
             init_tracing();
             cluster_cmd::run(args)
         }
+        Command::VirtLauncher(args) => {
+            init_tracing();
+            virt_launcher_cmd::run(*args)
+        }
+        Command::VirtLauncherReady(args) => virt_launcher_cmd::ready(args),
     }
 }
 

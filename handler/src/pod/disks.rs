@@ -1,0 +1,252 @@
+//! The instance's disks in the pod, in guest order ([`crate::volumes`]):
+//!
+//! | volume | disk |
+//! |---|---|
+//! | `containerDisk` | the one file in `<container-disks>/<volume>/` ([`super::container_disk`]), used in place |
+//! | `emptyDisk` | `<run-dir>/disks/<volume>.empty.img`, sparse raw (`ironvisor-disks`) |
+//! | `cloudInitNoCloud` | `<run-dir>/disks/<volume>.cidata.img` (`ironvisor-disks`) |
+//! | `hostDisk`, `persistentVolumeClaim` | refused: not supported in cluster mode yet |
+
+use std::path::{Path, PathBuf};
+
+use ironvisor_crds::v1alpha1::VirtualMachineInstanceSpec;
+use ironvisor_disks::{DiskContext, DiskError, ImageStore, VolumeRequest, VolumeSource};
+use ironvisor_launcher_api::config::DiskConfig;
+
+use super::container_disk::{self, ContainerDiskError};
+use crate::records::VmKey;
+use crate::volumes::{self, VolumeError};
+
+/// Why the disks cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PodDiskError {
+    /// The disks and volumes do not fit together.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// A volume source the pod cannot provide yet.
+    #[error("volume {volume}: {kind} volumes are not supported in cluster mode yet")]
+    Unsupported {
+        /// The volume.
+        volume: String,
+        /// `hostDisk` or `persistentVolumeClaim`.
+        kind: &'static str,
+    },
+    /// A containerDisk has no usable file.
+    #[error(transparent)]
+    ContainerDisk(#[from] ContainerDiskError),
+    /// An emptyDisk or cloud-init seed cannot be made.
+    #[error("cannot create the disks in {dir}: {source}")]
+    Prepare {
+        /// Where they are made.
+        dir: PathBuf,
+        /// The cause (names the volume).
+        #[source]
+        source: Box<DiskError>,
+    },
+}
+
+impl PodDiskError {
+    /// A CamelCase reason for the termination message.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Volume(e) => e.reason(),
+            Self::Unsupported { .. } => "UnsupportedVolume",
+            Self::ContainerDisk(_) => "ContainerDiskUnusable",
+            Self::Prepare { source, .. } => volumes::disk_error_reason(source),
+        }
+    }
+}
+
+/// Where the pod's volumes are.
+#[derive(Debug, Clone, Copy)]
+pub struct PodVolumes<'a> {
+    /// `<container-disks>/<volume>/` per containerDisk.
+    pub container_disks: &'a Path,
+    /// The run directory; emptyDisks and seeds go to its `disks/`.
+    pub run_dir: &'a Path,
+}
+
+/// The launcher's disks of the instance, in guest order.
+pub fn prepare(
+    dirs: PodVolumes<'_>,
+    key: &VmKey,
+    uid: &str,
+    spec: &VirtualMachineInstanceSpec,
+) -> Result<Vec<DiskConfig>, PodDiskError> {
+    let requests = volumes::disk_requests(key, spec)?;
+    // Disks by guest position; the ones `ironvisor-disks` makes are filled in after.
+    let mut disks: Vec<Option<DiskConfig>> = Vec::with_capacity(requests.len());
+    let mut made: Vec<(usize, VolumeRequest)> = Vec::new();
+    for request in requests {
+        match &request.source {
+            VolumeSource::ContainerDisk { .. } => {
+                let file = container_disk::find(dirs.container_disks, &request.name)?;
+                tracing::info!(
+                    volume = %request.name,
+                    path = %file.path.display(),
+                    format = %file.format,
+                    "containerDisk used in place"
+                );
+                disks.push(Some(DiskConfig {
+                    id: request.name,
+                    path: file.path,
+                    format: volumes::image_format(file.format),
+                    read_only: request.read_only,
+                    serial: request.serial,
+                }));
+            }
+            VolumeSource::EmptyDisk { .. } | VolumeSource::CloudInitNoCloud { .. } => {
+                made.push((disks.len(), request));
+                disks.push(None);
+            }
+            VolumeSource::HostDisk { .. } => return Err(unsupported(request, "hostDisk")),
+            VolumeSource::Pvc { .. } => return Err(unsupported(request, "persistentVolumeClaim")),
+        }
+    }
+    if !made.is_empty() {
+        let context = DiskContext {
+            vm_dir: dirs.run_dir.to_path_buf(),
+            vm_name: key.name.clone(),
+            vm_uid: uid.to_string(),
+            // Neither is used for emptyDisks and seeds.
+            images: ImageStore::new(dirs.container_disks),
+            volumes_dir: dirs.run_dir.to_path_buf(),
+        };
+        let requests: Vec<VolumeRequest> = made.iter().map(|(_, r)| r.clone()).collect();
+        let prepared = ironvisor_disks::prepare(&context, &requests).map_err(|source| {
+            PodDiskError::Prepare {
+                dir: ironvisor_disks::disks_dir(dirs.run_dir),
+                source: Box::new(source),
+            }
+        })?;
+        for ((index, _), disk) in made.iter().zip(prepared) {
+            if let Some(slot) = disks.get_mut(*index) {
+                *slot = Some(volumes::disk_config(disk));
+            }
+        }
+    }
+    Ok(disks.into_iter().flatten().collect())
+}
+
+fn unsupported(request: VolumeRequest, kind: &'static str) -> PodDiskError {
+    PodDiskError::Unsupported {
+        volume: request.name,
+        kind,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironvisor_crds::v1alpha1::{
+        CloudInitNoCloudSource, ContainerDiskSource, Disk, EmptyDiskSource, HostDisk,
+        PersistentVolumeClaimSource, Volume,
+    };
+    use ironvisor_launcher_api::config::ImageFormat;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn spec(volumes: Vec<Volume>) -> VirtualMachineInstanceSpec {
+        let mut spec = VirtualMachineInstanceSpec::default();
+        spec.domain.devices.disks = volumes
+            .iter()
+            .map(|v| Disk {
+                name: v.name.clone(),
+                ..Disk::default()
+            })
+            .collect();
+        spec.volumes = volumes;
+        spec
+    }
+
+    #[test]
+    fn container_disks_are_used_in_place_and_the_rest_made_in_the_run_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let container_disks = root.path().join("container-disks");
+        let run_dir = root.path().join("sockets");
+        std::fs::create_dir_all(container_disks.join("rootdisk")).unwrap();
+        std::fs::create_dir_all(&run_dir).unwrap();
+        std::fs::write(container_disks.join("rootdisk/rootfs.ext4"), [0u8; 4096]).unwrap();
+        let spec = spec(vec![
+            Volume {
+                name: "rootdisk".into(),
+                container_disk: Some(ContainerDiskSource {
+                    image: "ironvisor/rootfs:1".into(),
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "scratch".into(),
+                empty_disk: Some(EmptyDiskSource {
+                    capacity: Quantity("1Mi".into()),
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "cloudinit".into(),
+                cloud_init_no_cloud: Some(CloudInitNoCloudSource {
+                    user_data: Some("#cloud-config\n".into()),
+                    ..CloudInitNoCloudSource::default()
+                }),
+                ..Volume::default()
+            },
+        ]);
+        let key = VmKey::new("default", "vm");
+        let dirs = PodVolumes {
+            container_disks: &container_disks,
+            run_dir: &run_dir,
+        };
+        let disks = prepare(dirs, &key, "uid-1", &spec).unwrap();
+        let ids: Vec<&str> = disks.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["rootdisk", "scratch", "cloudinit"]);
+        assert_eq!(disks[0].path, container_disks.join("rootdisk/rootfs.ext4"));
+        assert_eq!(disks[0].format, ImageFormat::Raw);
+        assert!(disks[1].path.starts_with(run_dir.join("disks")));
+        assert_eq!(std::fs::metadata(&disks[1].path).unwrap().len(), 1 << 20);
+        assert!(disks[2].path.starts_with(run_dir.join("disks")));
+    }
+
+    #[test]
+    fn host_disks_and_claims_are_refused_by_name() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = PodVolumes {
+            container_disks: root.path(),
+            run_dir: root.path(),
+        };
+        let key = VmKey::new("default", "vm");
+        let host = spec(vec![Volume {
+            name: "host".into(),
+            host_disk: Some(HostDisk {
+                path: "/data/disk.img".into(),
+                ..HostDisk::default()
+            }),
+            ..Volume::default()
+        }]);
+        let error = prepare(dirs, &key, "u", &host).unwrap_err();
+        assert_eq!(error.reason(), "UnsupportedVolume");
+        assert_eq!(
+            error.to_string(),
+            "volume host: hostDisk volumes are not supported in cluster mode yet"
+        );
+        let claim = spec(vec![Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimSource {
+                claim_name: "data".into(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        }]);
+        let error = prepare(dirs, &key, "u", &claim).unwrap_err();
+        assert!(
+            error.to_string().contains("persistentVolumeClaim"),
+            "{error}"
+        );
+
+        let missing = spec(vec![Volume {
+            name: "rootdisk".into(),
+            container_disk: Some(ContainerDiskSource { image: "x".into() }),
+            ..Volume::default()
+        }]);
+        let error = prepare(dirs, &key, "u", &missing).unwrap_err();
+        assert_eq!(error.reason(), "ContainerDiskUnusable");
+    }
+}

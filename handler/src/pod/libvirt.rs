@@ -1,0 +1,181 @@
+//! libvirt inside the `compute` container, for software emulation: the launcher image
+//! carries `virtlogd` and `libvirtd` (with a `qemu.conf` for in-container use, see
+//! `launcher/qemu/setup-libvirt.sh` for the same settings on a host). When nothing
+//! answers on the libvirt socket yet, both daemons are started with `-d` (they fork into
+//! the background; this process, the container's init, reaps them) and the socket is
+//! waited for, within a bound.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+/// The socket of the system libvirtd (`qemu:///system`).
+pub const DEFAULT_SOCKET: &str = "/var/run/libvirt/libvirt-sock";
+/// How long to wait for libvirtd to answer by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Directories libvirtd and virtlogd need and a fresh container lacks.
+const DIRS: [&str; 5] = [
+    "/var/log/libvirt/qemu",
+    "/var/run/libvirt",
+    "/var/lib/libvirt/qemu",
+    "/var/cache/libvirt/qemu",
+    "/etc/libvirt",
+];
+const POLL: Duration = Duration::from_millis(100);
+
+/// Why libvirt is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum LibvirtError {
+    /// A directory cannot be created.
+    #[error("cannot create {path} for libvirtd: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A daemon cannot be started.
+    #[error("cannot start {program} -d: {source}")]
+    Spawn {
+        /// The daemon.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A daemon's start failed.
+    #[error("{program} -d failed ({status}); see its messages above")]
+    Failed {
+        /// The daemon.
+        program: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
+    /// Nothing answered on the socket in time.
+    #[error("libvirtd did not answer on {socket} within {} s: {last_error}", .timeout.as_secs())]
+    Timeout {
+        /// The socket.
+        socket: PathBuf,
+        /// The bound.
+        timeout: Duration,
+        /// The last connection error.
+        last_error: String,
+    },
+}
+
+/// How to get libvirt running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibvirtSetup {
+    /// The libvirtd socket.
+    pub socket: PathBuf,
+    /// How long to wait for it.
+    pub timeout: Duration,
+    /// The daemons to start, in order (`virtlogd`, `libvirtd`).
+    pub daemons: Vec<String>,
+}
+
+impl LibvirtSetup {
+    /// The system libvirtd with the given socket and bound.
+    pub fn new(socket: PathBuf, timeout: Duration) -> Self {
+        Self {
+            socket,
+            timeout,
+            daemons: vec!["virtlogd".into(), "libvirtd".into()],
+        }
+    }
+
+    /// Makes sure libvirtd answers on the socket; returns whether the daemons were
+    /// started here.
+    pub fn ensure_running(&self) -> Result<bool, LibvirtError> {
+        let _span = tracing::info_span!("libvirt", socket = %self.socket.display()).entered();
+        if answers(&self.socket).is_ok() {
+            info!("libvirtd already answers");
+            return Ok(false);
+        }
+        for dir in DIRS {
+            std::fs::create_dir_all(dir).map_err(|source| LibvirtError::Dir {
+                path: dir.into(),
+                source,
+            })?;
+        }
+        for program in &self.daemons {
+            info!(%program, "starting");
+            // `-d` forks the daemon and returns; the foreground process reports failures.
+            let status = super::supervise::with_signals_unblocked(&mut Command::new(program))
+                .arg("-d")
+                .stdin(Stdio::null())
+                .status()
+                .map_err(|source| LibvirtError::Spawn {
+                    program: program.clone(),
+                    source,
+                })?;
+            if !status.success() {
+                return Err(LibvirtError::Failed {
+                    program: program.clone(),
+                    status,
+                });
+            }
+        }
+        self.wait()?;
+        info!("libvirtd answers");
+        Ok(true)
+    }
+
+    fn wait(&self) -> Result<(), LibvirtError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let error = match answers(&self.socket) {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            if Instant::now() >= deadline {
+                return Err(LibvirtError::Timeout {
+                    socket: self.socket.clone(),
+                    timeout: self.timeout,
+                    last_error: error.to_string(),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// Whether something accepts connections on the socket.
+fn answers(socket: &Path) -> io::Result<()> {
+    UnixStream::connect(socket).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn a_listening_socket_starts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("libvirt-sock");
+        let _listener = UnixListener::bind(&socket).unwrap();
+        let mut setup = LibvirtSetup::new(socket, Duration::from_millis(10));
+        setup.daemons = vec!["/nonexistent/libvirtd".into()];
+        assert!(!setup.ensure_running().unwrap());
+    }
+
+    #[test]
+    fn the_wait_is_bounded_and_names_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("libvirt-sock");
+        let setup = LibvirtSetup::new(socket.clone(), Duration::from_millis(250));
+        let started = Instant::now();
+        let error = setup.wait().unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(
+            error.to_string().contains(&socket.display().to_string()),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! `ironvisor-handler virt-launcher` and `virt-launcher-ready`: command lines of the
+//! launcher pod's `compute` container and of its readiness probe (the work is in
+//! `ironvisor_handler::pod`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use ironvisor_handler::backend::{BackendMode, BACKEND_ENV};
+use ironvisor_handler::config::{sibling_binary, LAUNCHER_BINARY, LAUNCHER_QEMU_BINARY};
+use ironvisor_handler::pod::libvirt::{self, LibvirtSetup};
+use ironvisor_handler::pod::termination::DEFAULT_TERMINATION_LOG;
+use ironvisor_handler::pod::{
+    self, VirtLauncherConfig, DEFAULT_CONTAINER_DISKS, DEFAULT_KERNEL_DIR, DEFAULT_RUN_DIR,
+    DEFAULT_VMI_FILE,
+};
+
+/// Command line of `virt-launcher`.
+#[derive(Args)]
+pub struct VirtLauncherArgs {
+    /// The instance as JSON (the pod's downward-API file).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_VMI_FILE)]
+    vmi: PathBuf,
+    /// containerDisk volumes: one directory per volume holding one disk file.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CONTAINER_DISKS)]
+    container_disks: PathBuf,
+    /// `kernel` and `initrd` copied from the kernel-boot container image.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_KERNEL_DIR)]
+    kernel_dir: PathBuf,
+    /// The launcher's sockets, configuration, status, emptyDisks and cloud-init seeds.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// The KVM launcher [default: ironvisor-launcher next to this binary].
+    #[arg(long, value_name = "PATH")]
+    launcher: Option<PathBuf>,
+    /// The software-emulation launcher [default: ironvisor-launcher-qemu next to this binary].
+    #[arg(long, value_name = "PATH")]
+    launcher_qemu: Option<PathBuf>,
+    /// Which launcher runs the VM: auto (hardware KVM if usable, else emulation), kvm, qemu-tcg.
+    #[arg(long, env = BACKEND_ENV, default_value = "auto")]
+    backend: BackendMode,
+    /// Where to write the termination message (ignored when not writable).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_TERMINATION_LOG)]
+    termination_log: PathBuf,
+    /// The libvirtd socket (software emulation).
+    #[arg(long, hide = true, value_name = "PATH", default_value = libvirt::DEFAULT_SOCKET)]
+    libvirt_socket: PathBuf,
+    /// Seconds to wait for libvirtd to answer after starting it.
+    #[arg(long, hide = true, default_value_t = libvirt::DEFAULT_TIMEOUT.as_secs())]
+    libvirt_timeout_secs: u64,
+}
+
+/// Command line of `virt-launcher-ready`.
+#[derive(Args)]
+pub struct ReadyArgs {
+    /// The run directory of `virt-launcher`.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+}
+
+/// Runs the instance; the exit code is the launcher's.
+pub fn run(args: VirtLauncherArgs) -> ExitCode {
+    let config = VirtLauncherConfig {
+        vmi_file: args.vmi,
+        container_disks: args.container_disks,
+        kernel_dir: args.kernel_dir,
+        run_dir: args.run_dir,
+        launcher: args
+            .launcher
+            .unwrap_or_else(|| sibling_binary(LAUNCHER_BINARY)),
+        launcher_qemu: args
+            .launcher_qemu
+            .unwrap_or_else(|| sibling_binary(LAUNCHER_QEMU_BINARY)),
+        backend: args.backend,
+        termination_log: args.termination_log,
+        libvirt: LibvirtSetup::new(
+            args.libvirt_socket,
+            Duration::from_secs(args.libvirt_timeout_secs),
+        ),
+    };
+    let code = pod::run(&config);
+    ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
+}
+
+/// The readiness probe: one line on stdout when ready, on stderr otherwise.
+pub fn ready(args: ReadyArgs) -> ExitCode {
+    match pod::ready::check(&args.run_dir) {
+        Ok(summary) => {
+            println!("ready: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            eprintln!("not ready: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
