@@ -77,7 +77,7 @@ take_lock() {
 # ---------------------------------------------------------------- prerequisites
 
 DEBIAN_PACKAGES=(containerd runc containernetworking-plugins iptables nftables conntrack kmod
-                 openssl curl iproute2 util-linux procps python3)
+                 openssl curl iproute2 iputils-ping util-linux procps python3)
 
 install_packages() {
 	local missing=() p
@@ -497,24 +497,33 @@ import_pause_image() {
 	has_pause_image || die "the pause image $PAUSE_IMAGE is not in containerd after its import"
 }
 
+# node_ready [SINCE]: the node is Ready, by a status the kubelet posted at SINCE (an
+# RFC 3339 UTC time) or later: right after a restart, the Ready of the kubelet before
+# is still there for a while.
 node_ready() {
-	[ "$(kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+	local since=${1:-} ready
+	ready=$(kubectl get node "$NODE_NAME" \
+		-o jsonpath='{range .status.conditions[?(@.type=="Ready")]}{.status} {.lastHeartbeatTime}{end}' 2>/dev/null) ||
+		return 1
+	[ "${ready%% *}" = True ] || return 1
+	[ -z "$since" ] || [[ ! ${ready#* } < $since ]]
 }
 
 cmd_up() {
 	need_root up
 	take_lock
-	local started=$SECONDS name
+	local started=$SECONDS name since=""
 	install_packages
 	"$HERE/cluster/build.sh"
 	generate_pki
 	write_configs
 	prepare_host
 	for name in "${COMPONENTS[@]}"; do
+		[ "$name" = kubelet ] && ! running kubelet && since=$(date -u +%FT%TZ)
 		ensure "$name"
 		[ "$name" = containerd ] && import_pause_image
 	done
-	wait_until "node $NODE_NAME Ready" node_ready
+	wait_until "node $NODE_NAME Ready" node_ready "$since"
 	wait_until "the default service account" kubectl get serviceaccount default -n default
 	log "cluster up in $((SECONDS - started)) s: node $NODE_NAME ($NODE_IP); eval \"\$($0 env)\" for kubectl"
 }
@@ -605,18 +614,36 @@ kill_leftovers() {
 	kill_all "${pids[@]}"
 }
 
+# flush_chains iptables|ip6tables: removes every KUBE-* and CNI-* chain (kube-proxy's, the
+# kubelet's, the bridge plugin's ipMasq and portmap chains) and the jumps into them.
 flush_chains() {
-	local tool=$1 table chain rule
+	local tool=$1 table rules rule chain chains
+	command -v "$tool" >/dev/null || return 0
 	for table in nat filter mangle raw; do
-		"$tool" -t "$table" -S >/dev/null 2>&1 || continue
-		# Jumps into the chains first, then the chains themselves.
-		"$tool" -t "$table" -S | grep -E -- '^-A .* -j (KUBE-|CNI-)' | grep -vE '^-A (KUBE-|CNI-)' |
-			sed 's/^-A/-D/' | while read -r rule; do eval "$tool -t $table $rule" 2>/dev/null || true; done
-		for chain in $("$tool" -t "$table" -S | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
-			"$tool" -t "$table" -F "$chain" 2>/dev/null || true
-		done
-		for chain in $("$tool" -t "$table" -S | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
-			"$tool" -t "$table" -X "$chain" 2>/dev/null || true
+		rules=$("$tool" -t "$table" -S 2>/dev/null) || continue
+		chains=$(awk '/^-N (KUBE-|CNI-)/ {print $2}' <<<"$rules")
+		[ -n "$chains" ] || continue
+		# Jumps from the other chains first, then the chains' own rules, then the chains.
+		while read -r rule; do
+			[ -n "$rule" ] && eval "$tool -t $table ${rule/#-A/-D}" 2>/dev/null || true
+		done < <(awk '/^-A / && $2 !~ /^(KUBE-|CNI-)/ && / -j (KUBE-|CNI-)/' <<<"$rules")
+		for chain in $chains; do "$tool" -t "$table" -F "$chain" 2>/dev/null || true; done
+		for chain in $chains; do "$tool" -t "$table" -X "$chain" 2>/dev/null || true; done
+	done
+}
+
+# drop_empty_tables: the iptables-nft tables that were made for the cluster's rules and now
+# hold nothing but empty built-in chains that accept (nftables' view; needs `nft`).
+drop_empty_tables() {
+	command -v nft >/dev/null || return 0
+	local family table tool rules
+	for family in ip ip6; do
+		tool=iptables; [ "$family" = ip6 ] && tool=ip6tables
+		for table in nat filter mangle raw; do
+			nft list table "$family" "$table" >/dev/null 2>&1 || continue
+			rules=$("$tool" -t "$table" -S 2>/dev/null) || continue
+			grep -qvE '^-P [A-Z]+ ACCEPT$' <<<"$rules" && continue
+			nft delete table "$family" "$table" 2>/dev/null || true
 		done
 	done
 }
@@ -624,7 +651,7 @@ flush_chains() {
 cleanup_host() {
 	local m dir
 	# Mounts: pod volumes, container root file systems, sandboxes' shm and netns.
-	for m in $(findmnt -rn -o TARGET | grep -E "^($KUBELET_ROOT|$RUN|$STATE)/" | sort -r); do
+	for m in $(grep -E "^($KUBELET_ROOT|$RUN|$STATE)/" <<<"$(findmnt -rn -o TARGET)" | sort -r || true); do
 		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"
 	done
 	# With nothing mounted under it any more, what is left of pod folders goes too (the
@@ -643,6 +670,7 @@ cleanup_host() {
 	fi
 	flush_chains iptables
 	flush_chains ip6tables
+	drop_empty_tables
 	if command -v nft >/dev/null; then
 		for m in "ip kube-proxy" "ip6 kube-proxy"; do nft delete table $m 2>/dev/null || true; done
 	fi
