@@ -530,23 +530,28 @@ cmd_up() {
 
 # ---------------------------------------------------------------- down
 
-# stop NAME [GRACE]: SIGTERM, then SIGKILL after GRACE seconds (default 20).
+# stop NAME [GRACE]: SIGTERM to NAME (by its pid file, or every process that is this
+# cluster's NAME when the pid file is lost), then SIGKILL after GRACE seconds (default 20).
 stop() {
-	local name=$1 grace=${2:-20} pid i
-	if ! pid=$(pid_of "$name"); then
-		rm -f "$PIDS/$name.pid"
-		return 0
-	fi
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < grace * 10; i++)); do
-		[ -d "/proc/$pid" ] || break
-		sleep 0.1
-	done
-	if [ -d "/proc/$pid" ]; then
-		log "$name (pid $pid) ignored SIGTERM for ${grace}s: SIGKILL"
-		kill -KILL "$pid" 2>/dev/null || true
+	local name=$1 grace=${2:-20} pids=() pid i alive
+	if pid=$(pid_of "$name"); then
+		pids=("$pid")
+	else
+		mapfile -t pids < <(pids_of_component "$name")
 	fi
 	rm -f "$PIDS/$name.pid"
+	[ "${#pids[@]}" -gt 0 ] || return 0
+	kill -TERM "${pids[@]}" 2>/dev/null || true
+	for ((i = 0; i < grace * 10; i++)); do
+		alive=()
+		for pid in "${pids[@]}"; do [ -d "/proc/$pid" ] && alive+=("$pid"); done
+		[ "${#alive[@]}" -eq 0 ] && break
+		sleep 0.1
+	done
+	if [ "${#alive[@]}" -gt 0 ]; then
+		log "$name (pid ${alive[*]}) ignored SIGTERM for ${grace}s: SIGKILL"
+		kill_all "${alive[@]}"
+	fi
 	log "stopped $name"
 }
 
