@@ -308,6 +308,7 @@ EOF
 # ---------------------------------------------------------------- processes
 
 # command_of NAME: sets CMD to the component's command line.
+# shellcheck disable=SC2054 # the commas are inside flag values (Node,RBAC)
 command_of() {
 	local kc=$STATE/kubeconfigs
 	case $1 in
@@ -387,17 +388,17 @@ pid_of() {
 running() { pid_of "$1" >/dev/null; }
 
 start() {
-	local name=$1 pid stray
+	local name=$1 pid strays
 	if running "$name"; then
 		log "$name already running (pid $(pid_of "$name"))"
 		return
 	fi
 	# One started by an earlier `up` whose pid file was lost: adopt it rather than start
 	# a second one that would fight it over ports and files.
-	stray=$(pids_of_component "$name" | head -n1)
-	if [ -n "$stray" ]; then
-		echo "$stray" >"$PIDS/$name.pid"
-		log "$name already running (pid $stray, adopted)"
+	mapfile -t strays < <(pids_of_component "$name")
+	if [ "${#strays[@]}" -gt 0 ]; then
+		echo "${strays[0]}" >"$PIDS/$name.pid"
+		log "$name already running (pid ${strays[0]}, adopted)"
 		return
 	fi
 	command_of "$name"
@@ -630,7 +631,7 @@ flush_chains() {
 		[ -n "$chains" ] || continue
 		# Jumps from the other chains first, then the chains' own rules, then the chains.
 		while read -r rule; do
-			[ -n "$rule" ] && eval "$tool -t $table ${rule/#-A/-D}" 2>/dev/null || true
+			if [ -n "$rule" ]; then eval "$tool -t $table ${rule/#-A/-D}" 2>/dev/null || true; fi
 		done < <(awk '/^-A / && $2 !~ /^(KUBE-|CNI-)/ && / -j (KUBE-|CNI-)/' <<<"$rules")
 		for chain in $chains; do "$tool" -t "$table" -F "$chain" 2>/dev/null || true; done
 		for chain in $chains; do "$tool" -t "$table" -X "$chain" 2>/dev/null || true; done
@@ -677,7 +678,7 @@ cleanup_host() {
 	flush_chains ip6tables
 	drop_empty_tables
 	if command -v nft >/dev/null; then
-		for m in "ip kube-proxy" "ip6 kube-proxy"; do nft delete table $m 2>/dev/null || true; done
+		for m in ip ip6; do nft delete table "$m" kube-proxy 2>/dev/null || true; done
 	fi
 	# The cgroups the kubelet made: kubepods, its QoS and pod children, in every hierarchy.
 	for dir in $(kubepods_cgroups); do
@@ -722,7 +723,7 @@ cmd_status() {
 			printf '%-24s running (pid %s), not healthy\n' "$name" "$(pid_of "$name")"; status=1
 		fi
 	done
-	if running kube-apiserver && node_ready; then
+	if running kube-apiserver && node_ready ""; then
 		printf '%-24s Ready (%s)\n' "node $NODE_NAME" "$NODE_IP"
 	else
 		printf '%-24s not Ready\n' "node $NODE_NAME"; status=1
