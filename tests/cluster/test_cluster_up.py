@@ -50,7 +50,7 @@ def sh(*args: str, check: bool = True, timeout: float = 120,
     return done
 
 
-def cluster(command: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def cluster(command: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     return sh(str(CLUSTER_SH), command, timeout=timeout)
 
 
