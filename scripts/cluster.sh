@@ -387,6 +387,15 @@ pid_of() {
 }
 running() { pid_of "$1" >/dev/null; }
 
+# alive PID: the process exists and is not a zombie (PID 1 here reaps orphans only now
+# and then, and a zombie is as good as gone).
+alive() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	stat=${stat##*) }
+	[ "${stat%% *}" != Z ]
+}
+
 start() {
 	local name=$1 pid strays
 	if running "$name"; then
@@ -534,7 +543,7 @@ cmd_up() {
 # stop NAME [GRACE]: SIGTERM to NAME (by its pid file, or every process that is this
 # cluster's NAME when the pid file is lost), then SIGKILL after GRACE seconds (default 20).
 stop() {
-	local name=$1 grace=${2:-20} pids=() pid i alive
+	local name=$1 grace=${2:-20} pids=() pid i left=()
 	if pid=$(pid_of "$name"); then
 		pids=("$pid")
 	else
@@ -544,14 +553,14 @@ stop() {
 	[ "${#pids[@]}" -gt 0 ] || return 0
 	kill -TERM "${pids[@]}" 2>/dev/null || true
 	for ((i = 0; i < grace * 10; i++)); do
-		alive=()
-		for pid in "${pids[@]}"; do [ -d "/proc/$pid" ] && alive+=("$pid"); done
-		[ "${#alive[@]}" -eq 0 ] && break
+		left=()
+		for pid in "${pids[@]}"; do alive "$pid" && left+=("$pid"); done
+		[ "${#left[@]}" -eq 0 ] && break
 		sleep 0.1
 	done
-	if [ "${#alive[@]}" -gt 0 ]; then
-		log "$name (pid ${alive[*]}) ignored SIGTERM for ${grace}s: SIGKILL"
-		kill_all "${alive[@]}"
+	if [ "${#left[@]}" -gt 0 ]; then
+		log "$name (pid ${left[*]}) ignored SIGTERM for ${grace}s: SIGKILL"
+		kill_all "${left[@]}"
 	fi
 	log "stopped $name"
 }
@@ -586,13 +595,13 @@ remove_containers() {
 
 # kill_all PIDS...: SIGKILL, then wait (up to 10 s) until they are gone.
 kill_all() {
-	local pid i alive
+	local pid i left
 	[ "$#" -gt 0 ] || return 0
 	kill -KILL "$@" 2>/dev/null || true
 	for ((i = 0; i < 100; i++)); do
-		alive=0
-		for pid in "$@"; do [ -d "/proc/$pid" ] && alive=1; done
-		[ "$alive" -eq 0 ] && return 0
+		left=0
+		for pid in "$@"; do alive "$pid" && left=1; done
+		[ "$left" -eq 0 ] && return 0
 		sleep 0.1
 	done
 	log "processes still there after SIGKILL: $*"
@@ -603,6 +612,7 @@ kubepods_cgroups() {
 	for dir in /sys/fs/cgroup/*/kubepods* /sys/fs/cgroup/kubepods*; do
 		[ -d "$dir" ] && echo "$dir"
 	done
+	return 0
 }
 
 # Whatever is left of this cluster's processes: strays without a pid file, containerd's
