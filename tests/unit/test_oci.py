@@ -286,3 +286,11 @@ def test_layer_cache_prune_removes_only_long_unused_layers(tmp_path: Path) -> No
     assert prune_layer_cache(tmp_path, 14) == [old]
     assert [p.name for p in tmp_path.iterdir()] == ["b.tar.gz"]
     assert prune_layer_cache(tmp_path / "missing", 14) == []
+
+
+def test_import_without_containerd_names_the_socket(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    socket = tmp_path / "no" / "containerd.sock"
+    assert containers.main(["import", "--only", "pause", "--containerd-socket", str(socket)]) == 1
+    err = capsys.readouterr().err
+    assert "containerd is not reachable" in err and str(socket) in err
