@@ -25,12 +25,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from images import cargo, debian_base, elf
 from images.common import DEFAULT_OUT_DIR, build_lock, sha256_file
 from images.containerd import Containerd, ContainerdError
 from images.oci import (DEFAULT_PATH, Entry, ImageSpec, Layer, OciError, archive_reference,
                         normalize_reference, prune_layer_cache, write_archive)
+
+if TYPE_CHECKING:
+    from images.build import Images
 
 log = logging.getLogger("images.containers")
 
@@ -80,8 +84,9 @@ class Inputs:
         self.cache = cache
 
     @functools.cached_property
-    def guest(self):  # images.build.Images; imported lazily (pause needs none of it)
-        from images.build import BuildError, build
+    def guest(self) -> Images:
+        """The guest kernel, initrd and root disk (images/build.py, cached there)."""
+        from images.build import BuildError, build  # lazily: pause needs none of it
         try:
             return build(DEFAULT_OUT_DIR)
         except BuildError as exc:
@@ -89,6 +94,7 @@ class Inputs:
 
     @functools.cached_property
     def base(self) -> Path:
+        """The Debian base tar of the node images."""
         try:
             return debian_base.base_rootfs(self.cache)
         except debian_base.BaseError as exc:
@@ -96,12 +102,14 @@ class Inputs:
 
     @functools.cached_property
     def node_binaries(self) -> dict[str, Path]:
+        """The dynamically linked node binaries (workspace target/release)."""
         try:
             return cargo.build_release(list(NODE_BINARIES), list(NODE_BINARIES))
         except cargo.CargoError as exc:
             raise ContainersError(f"node binaries: {exc}") from exc
 
     def static(self, package: str, binary: str) -> Path:
+        """A static binary from cache/cargo-static."""
         return cargo.build_static([package], [binary], self.cache / "cargo-static")[binary]
 
 
