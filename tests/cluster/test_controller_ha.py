@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 
 from tests.cluster.conftest import NAMESPACE_SYSTEM, diagnostics, leader
-from tests.cluster.kube import REPO_ROOT, Kubectl, phase, wait_for
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.cluster.kube import CLUSTER_SH, REPO_ROOT, Kubectl, phase, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -71,5 +77,33 @@ def test_controller_killed_mid_reconcile_converges(ironvisor: Kubectl, namespace
     pods = k.json("get", "pods", "-n", ns, "-l",
                   "app.kubernetes.io/component=virt-launcher")["items"]
     assert len(pods) == 1, "exactly one launcher pod, none duplicated by the restart"
+    k.run("rollout", "status", "-n", NAMESPACE_SYSTEM, "deployment/ironvisor-controller",
+          "--timeout=180s", timeout=200)
+
+
+def test_nothing_is_lost_when_the_api_server_restarts(ironvisor: Kubectl, namespace: str) -> None:
+    k, ns = ironvisor, namespace
+    k.apply(EXAMPLE, ns)
+    before = wait_for("the VMI Running", lambda: phase(k.get("vmi", "small", ns)) == "Running"
+                      and k.get("vmi", "small", ns), 300, describe=lambda: diagnostics(k, ns))
+    pid_file = Path("/var/lib/ironvisor-cluster/pids/kube-apiserver.pid")
+    pid = int(pid_file.read_text().split()[0])
+    # Killed outright: a crash, not a graceful stop (which takes the API server over a
+    # minute with watches open). Its state is etcd's.
+    os.kill(pid, signal.SIGKILL)
+    wait_for("the API server to exit", lambda: not Path(f"/proc/{pid}").exists()
+             or "zombie" in Path(f"/proc/{pid}/status").read_text(errors="replace"), 30)
+    time.sleep(2)
+    up = subprocess.run([str(CLUSTER_SH), "up"], capture_output=True, text=True)
+    assert up.returncode == 0, up.stderr[-2000:]
+    after = wait_for("the same VMI Running again", lambda: phase(k.get("vmi", "small", ns))
+                     == "Running" and k.get("vmi", "small", ns), 180,
+                     describe=lambda: diagnostics(k, ns))
+    assert after["metadata"]["uid"] == before["metadata"]["uid"], "the instance was replaced"
+    assert k.get("vm", "small", ns) is not None
+    pods = k.json("get", "pods", "-n", ns, "-l",
+                  "app.kubernetes.io/component=virt-launcher")["items"]
+    assert [p["metadata"]["labels"]["ironvisor.io/created-by"] for p in pods] == [
+        before["metadata"]["uid"]]
     k.run("rollout", "status", "-n", NAMESPACE_SYSTEM, "deployment/ironvisor-controller",
           "--timeout=180s", timeout=200)

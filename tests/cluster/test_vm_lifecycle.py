@@ -84,6 +84,20 @@ def test_example_vm_runs_in_a_launcher_pod(ironvisor: Kubectl, namespace: str) -
     assert "Running" in table and node in table
     reasons = {e["reason"] for e in k.events(ns, "small")}
     assert {"SuccessfulCreate", "Started"} <= reasons, reasons
+    # The node agent: the node says what it can run, /dev/kvm and /dev/net/tun are
+    # device-plugin resources, and the instance says how it is isolated, with a warning.
+    node_obj = k.get("node", node)
+    labels = node_obj["metadata"]["labels"]
+    assert labels["ironvisor.io/isolation"] in ("hardware", "emulation")
+    allocatable = node_obj["status"]["allocatable"]
+    assert int(allocatable["devices.ironvisor.io/kvm"]) > 0, allocatable
+    assert int(allocatable["devices.ironvisor.io/tun"]) > 0, allocatable
+    assert compute["resources"]["limits"]["devices.ironvisor.io/kvm"] == "1"
+    if labels["ironvisor.io/isolation"] == "emulation":
+        wait_for("status.isolation Emulation and a SoftwareEmulation event", lambda: (
+            (k.get("vmi", "small", ns) or {}).get("status", {}).get("isolation") == "Emulation"
+            and "SoftwareEmulation" in {e["reason"] for e in k.events(ns, "small")}), 60,
+            describe=lambda: diagnostics(k, ns))
 
 
 def test_stop_start_restart_by_run_strategy(ironvisor: Kubectl, namespace: str) -> None:
