@@ -52,6 +52,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("IRONVISOR_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Plain text in container logs; colours only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let overhead = match quantity::to_bytes(&Quantity(cli.launcher_memory_overhead.clone())) {
