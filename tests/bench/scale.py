@@ -42,6 +42,28 @@ class BenchError(RuntimeError):
     """The benchmark could not run."""
 
 
+#: KWOK's own "fast" stage profile (node initialize + lease heartbeat, pod ready/complete/
+#: delete), read from its module at run time: the plain `kwok` binary loads no stages of
+#: its own, kwokctl would pass these.
+KWOK_STAGES = ["node/fast/node-initialize.yaml",
+               "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+               "pod/fast/pod-ready.yaml", "pod/fast/pod-complete.yaml", "pod/fast/pod-delete.yaml"]
+
+
+def kwok_config() -> Path:
+    """A KWOK config file with the stages of its fast profile."""
+    stages = CACHE / "go" / "mod" / f"sigs.k8s.io/kwok@{KWOK_VERSION}" / "kustomize" / "stage"
+    documents = []
+    for name in KWOK_STAGES:
+        path = stages / name
+        if not path.is_file():
+            raise BenchError(f"KWOK stage {path} is missing (is the KWOK module in the cache?)")
+        documents.append(path.read_text())
+    out = KWOK.parent / "stages.yaml"
+    out.write_text("\n---\n".join(documents))
+    return out
+
+
 def build_kwok() -> Path:
     """KWOK from its Go module, cached by version."""
     if KWOK.is_file():
@@ -103,7 +125,8 @@ def controller_hwm_kib() -> dict[int, int]:
         if not proc.name.isdigit():
             continue
         try:
-            if (proc / "comm").read_text().strip() != "ironvisor-cont":
+            # comm is the name cut to 15 characters: "ironvisor-contr".
+            if not (proc / "comm").read_text().strip().startswith("ironvisor-cont"):
                 continue
             for line in (proc / "status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -119,8 +142,11 @@ def fake_node(name: str) -> dict:
         "metadata": {"name": name, "labels": {FAKE_LABEL: "true", "type": "kwok"},
                      "annotations": {KWOK_ANNOTATION: "fake"}},
         "spec": {"taints": [{"key": KWOK_ANNOTATION, "value": "fake", "effect": "NoSchedule"}]},
-        "status": {"allocatable": {"cpu": "64", "memory": "1Ti", "pods": "1100"},
-                   "capacity": {"cpu": "64", "memory": "1Ti", "pods": "1100"}},
+        # Launcher pods also ask for /dev/kvm, which a real node's agent advertises.
+        "status": {"allocatable": {"cpu": "64", "memory": "1Ti", "pods": "1100",
+                                   "devices.ironvisor.io/kvm": "1100"},
+                   "capacity": {"cpu": "64", "memory": "1Ti", "pods": "1100",
+                                "devices.ironvisor.io/kvm": "1100"}},
     }
 
 
@@ -192,7 +218,8 @@ def main() -> int:
     nodes = [f"kwok-bench-{i}" for i in range(args.fake_nodes)]
     log = open("/tmp/ironvisor-kwok.log", "w")
     kwok_proc = subprocess.Popen(
-        [str(kwok), f"--kubeconfig={k.env['KUBECONFIG']}", "--manage-all-nodes=false",
+        [str(kwok), f"--kubeconfig={k.env['KUBECONFIG']}", f"--config={kwok_config()}",
+         "--manage-all-nodes=false", "--node-lease-duration-seconds=40",
          f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
          "--cidr=10.245.0.0/16", "--node-ip=10.250.0.2"], stdout=log, stderr=log)
     results = []
