@@ -13,7 +13,7 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::launcher_pod::LauncherPodSettings;
-use crate::metrics::Metrics;
+use crate::metrics::{ControllerKind, Metrics};
 use ironvisor_crds::cluster::FIELD_MANAGER;
 
 /// Why a reconcile failed (the variant name is the error's metric label).
@@ -119,6 +119,24 @@ impl Context {
             warn!(%error, reason, "could not publish an event");
         }
     }
+}
+
+/// Runs one reconcile of `object`, counting it (and its error, if any) in the metrics.
+pub async fn measured<T>(
+    ctx: &Context,
+    kind: ControllerKind,
+    object: &str,
+    reconcile: impl std::future::Future<Output = Result<T, ReconcileError>>,
+) -> Result<T, ReconcileError> {
+    let started = std::time::Instant::now();
+    ctx.metrics.reconcile_started(kind, object);
+    let result = reconcile.await;
+    ctx.metrics.reconcile_finished(
+        kind,
+        started.elapsed(),
+        result.as_ref().err().map(ReconcileError::metric_label),
+    );
+    result
 }
 
 /// Now, as a Kubernetes `Time`.

@@ -3,7 +3,7 @@
 //! instance gracefully before letting the VM go.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ironvisor_crds::defaults;
 use ironvisor_crds::v1alpha1::{VirtualMachine, VirtualMachineInstance};
@@ -14,7 +14,8 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use crate::context::{
-    apply_status, ensure_finalizer, key, kube_error, now, remove_finalizer, Context, ReconcileError,
+    apply_status, ensure_finalizer, key, kube_error, measured, now, remove_finalizer, Context,
+    ReconcileError,
 };
 use crate::metrics::ControllerKind;
 use crate::vm_status::{vm_status, VmObservation};
@@ -29,17 +30,14 @@ pub async fn reconcile(
     vm: Arc<VirtualMachine>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let started = Instant::now();
     let object = key(vm.as_ref());
-    ctx.metrics
-        .reconcile_started(ControllerKind::VirtualMachine, &object);
-    let result = reconcile_inner(&vm, &ctx).await;
-    ctx.metrics.reconcile_finished(
+    measured(
+        &ctx,
         ControllerKind::VirtualMachine,
-        started.elapsed(),
-        result.as_ref().err().map(ReconcileError::metric_label),
-    );
-    result
+        &object,
+        reconcile_inner(&vm, &ctx),
+    )
+    .await
 }
 
 /// Requeue policy after an error.

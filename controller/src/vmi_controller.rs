@@ -4,7 +4,7 @@
 //! letting the instance go.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ironvisor_crds::v1alpha1::{
     VirtualMachineInstance, VirtualMachineInstancePhase as Phase, VirtualMachineInstanceStatus,
@@ -16,7 +16,8 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use crate::context::{
-    apply_status, ensure_finalizer, key, kube_error, now, remove_finalizer, Context, ReconcileError,
+    apply_status, ensure_finalizer, key, kube_error, measured, now, remove_finalizer, Context,
+    ReconcileError,
 };
 use crate::launcher_pod::launcher_pod;
 use crate::metrics::ControllerKind;
@@ -33,17 +34,14 @@ pub async fn reconcile(
     vmi: Arc<VirtualMachineInstance>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let started = Instant::now();
     let object = key(vmi.as_ref());
-    ctx.metrics
-        .reconcile_started(ControllerKind::VirtualMachineInstance, &object);
-    let result = reconcile_inner(&vmi, &ctx).await;
-    ctx.metrics.reconcile_finished(
+    measured(
+        &ctx,
         ControllerKind::VirtualMachineInstance,
-        started.elapsed(),
-        result.as_ref().err().map(ReconcileError::metric_label),
-    );
-    result
+        &object,
+        reconcile_inner(&vmi, &ctx),
+    )
+    .await
 }
 
 /// Requeue policy after an error.

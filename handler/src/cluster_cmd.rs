@@ -34,16 +34,9 @@ pub struct ClusterArgs {
 pub fn run(args: ClusterArgs) -> ExitCode {
     let selector = BackendSelector::probe(args.backend);
     let hardware_kvm = selector.hardware_problem().is_none();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::async_runtime("cluster") {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("ironvisor-handler cluster: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let client = match kube::Client::try_default().await {

@@ -150,6 +150,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The two-thread tokio runtime the long-running subcommands run on; on failure the
+/// error is printed, naming `command`.
+fn async_runtime(command: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("ironvisor-handler {command}: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        })
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IRONVISOR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -200,16 +213,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         store_min_free_bytes: args.store_min_free_bytes,
         data_dir: args.data_dir,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime("serve") {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("ironvisor-handler: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(ironvisor_handler::daemon::serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
