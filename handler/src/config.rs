@@ -154,6 +154,18 @@ pub fn sibling_binary(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// The KVM and software-emulation launchers: the paths given, else the binaries next to
+/// this one.
+pub fn launcher_binaries(
+    launcher: Option<PathBuf>,
+    launcher_qemu: Option<PathBuf>,
+) -> (PathBuf, PathBuf) {
+    (
+        launcher.unwrap_or_else(|| sibling_binary(LAUNCHER_BINARY)),
+        launcher_qemu.unwrap_or_else(|| sibling_binary(LAUNCHER_QEMU_BINARY)),
+    )
+}
+
 /// The machine's host name (the default node name).
 pub fn hostname() -> String {
     first_host_name(

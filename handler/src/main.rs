@@ -15,8 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use ironvisor_handler::backend::{BackendMode, BACKEND_ENV};
 use ironvisor_handler::cgroup::DEFAULT_CGROUP_PARENT;
 use ironvisor_handler::config::{
-    hostname, sibling_binary, BackoffPolicy, DaemonConfig, DEFAULT_DATA_DIR, DEFAULT_RUN_DIR,
-    DEFAULT_SOCKET, LAUNCHER_BINARY, LAUNCHER_QEMU_BINARY,
+    hostname, launcher_binaries, BackoffPolicy, DaemonConfig, DEFAULT_DATA_DIR, DEFAULT_RUN_DIR,
+    DEFAULT_SOCKET,
 };
 use ironvisor_handler::monitor::{self, MonitorArgs};
 
@@ -185,16 +185,13 @@ fn serve(args: ServeArgs) -> ExitCode {
     let images_dir = args
         .images_dir
         .unwrap_or_else(|| args.data_dir.join("images"));
+    let (launcher, launcher_qemu) = launcher_binaries(args.launcher, args.launcher_qemu);
     let config = DaemonConfig {
         images_dir,
         socket: args.socket,
         run_dir: args.run_dir,
-        launcher: args
-            .launcher
-            .unwrap_or_else(|| sibling_binary(LAUNCHER_BINARY)),
-        launcher_qemu: args
-            .launcher_qemu
-            .unwrap_or_else(|| sibling_binary(LAUNCHER_QEMU_BINARY)),
+        launcher,
+        launcher_qemu,
         default_kernel: args.default_kernel,
         default_initrd: args.default_initrd,
         node_name: args.node_name.unwrap_or_else(hostname),

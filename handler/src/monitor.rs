@@ -172,7 +172,9 @@ fn prepare_and_spawn(args: &MonitorArgs, log: &File) -> Result<Child, MonitorErr
         })
 }
 
-fn forwarded_signals() -> SigSet {
+/// The signals a launcher's supervisor blocks and handles itself (SIGCHLD to reap, the
+/// stop signals to forward); shared with the launcher pod's supervisor.
+pub fn forwarded_signals() -> SigSet {
     let mut set = SigSet::empty();
     for signal in [
         Signal::SIGCHLD,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use ironvisor_handler::backend::{BackendMode, BACKEND_ENV};
-use ironvisor_handler::config::{sibling_binary, LAUNCHER_BINARY, LAUNCHER_QEMU_BINARY};
+use ironvisor_handler::config::launcher_binaries;
 use ironvisor_handler::pod::libvirt::{self, LibvirtSetup};
 use ironvisor_handler::pod::termination::DEFAULT_TERMINATION_LOG;
 use ironvisor_handler::pod::{
@@ -61,17 +61,14 @@ pub struct ReadyArgs {
 
 /// Runs the instance; the exit code is the launcher's.
 pub fn run(args: VirtLauncherArgs) -> ExitCode {
+    let (launcher, launcher_qemu) = launcher_binaries(args.launcher, args.launcher_qemu);
     let config = VirtLauncherConfig {
         vmi_file: args.vmi,
         container_disks: args.container_disks,
         kernel_dir: args.kernel_dir,
         run_dir: args.run_dir,
-        launcher: args
-            .launcher
-            .unwrap_or_else(|| sibling_binary(LAUNCHER_BINARY)),
-        launcher_qemu: args
-            .launcher_qemu
-            .unwrap_or_else(|| sibling_binary(LAUNCHER_QEMU_BINARY)),
+        launcher,
+        launcher_qemu,
         backend: args.backend,
         termination_log: args.termination_log,
         libvirt: LibvirtSetup::new(

@@ -73,16 +73,7 @@ impl Signals {
     /// later inherit the mask; children start with an empty one) and makes this process
     /// the reaper of its orphaned descendants. Call first, before anything is started.
     pub fn block() -> Result<Self, SuperviseError> {
-        let mut set = SigSet::empty();
-        for signal in [
-            Signal::SIGCHLD,
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGQUIT,
-        ] {
-            set.add(signal);
-        }
+        let set = crate::monitor::forwarded_signals();
         set.thread_block()
             .map_err(|source| SuperviseError::Signals {
                 action: "block signals",
