@@ -42,6 +42,7 @@ DEFAULT_SOCKET = Path("/run/ironvisor-cluster/containerd/containerd.sock")
 #: The workspace version the Ironvisor components are tagged with.
 VERSION = "0.1.0"
 PAUSE_TAG = "3.10"
+BUSYBOX_TAG = "1.35"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 #: Compressed base layers unused for this long are removed from the cache.
 LAYER_CACHE_DAYS = 14
@@ -132,6 +133,24 @@ def spec_rootfs(inputs: Inputs) -> ImageSpec:
     return ImageSpec("ironvisor/rootfs:busybox", (Layer((
         Entry("/disk/rootfs.ext4", source=inputs.guest.rootfs, mode=0o644),),
         comment="containerDisk: the busybox guest's ext4 root disk (images/build.py)"),))
+
+
+def spec_busybox(inputs: Inputs) -> ImageSpec:
+    """A plain container image for workloads next to the VMs (tests, demos): Debian's
+    static busybox, run as ``/bin/busybox <applet> ...``."""
+    base = inputs.base
+    try:
+        busybox = debian_base.extract_member(
+            base, "usr/bin/busybox", inputs.cache / "busybox" / f"{base.stem}.busybox")
+    except debian_base.BaseError as exc:
+        raise ContainersError(f"busybox: {exc}") from exc
+    if elf.elf_interpreter(busybox) is not None:
+        raise ContainersError(f"busybox: {busybox} is not the static busybox")
+    return ImageSpec(f"ironvisor/busybox:{BUSYBOX_TAG}", (Layer((
+        Entry("/bin/busybox", source=busybox, mode=0o755),
+        Entry("/tmp", mode=0o1777)),
+        comment="Debian's busybox-static (from the node images' base)"),),
+        entrypoint=("/bin/busybox",))
 
 
 def kernel_reference(kernel_version: str) -> str:
@@ -236,6 +255,7 @@ class Image:
 IMAGES = (
     Image("pause", "ironvisor/pause", spec_pause),
     Image("rootfs", "ironvisor/rootfs", spec_rootfs),
+    Image("busybox", "ironvisor/busybox", spec_busybox),
     Image("guest-kernel", "ironvisor/guest-kernel", spec_guest_kernel),
     Image("launcher", "ironvisor/launcher", spec_launcher),
     Image("handler", "ironvisor/handler", spec_handler),
@@ -261,7 +281,8 @@ def listed_reference(image: Image) -> str:
         if not version.is_file():
             return f"docker.io/{image.repository}:debian-<M.m> (tag from the kernel build)"
         return normalize_reference(kernel_reference(version.read_text().strip()))
-    tag = {"pause": PAUSE_TAG, "rootfs": "busybox"}.get(image.name, VERSION)
+    tag = {"pause": PAUSE_TAG, "rootfs": "busybox", "busybox": BUSYBOX_TAG}.get(
+        image.name, VERSION)
     return normalize_reference(f"{image.repository}:{tag}")
 
 

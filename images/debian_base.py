@@ -195,3 +195,25 @@ def member_names(base: Path) -> set[str]:
         raise BaseError(f"cannot read the base tar {base}: {exc}") from exc
     cached.write_text(json.dumps(names))
     return set(names)
+
+
+def extract_member(base: Path, member: str, out: Path) -> Path:
+    """One regular file of the base tar (``usr/bin/busybox``), copied to ``out`` unless it
+    is there already; named by the base tar's key, so a new base gives a new copy."""
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with tarfile.open(base) as tar:
+            source = tar.extractfile(f"./{member}")
+            if source is None:
+                raise BaseError(f"{member} in {base} is not a regular file")
+            with source, open(partial, "wb") as sink:
+                shutil.copyfileobj(source, sink)
+    except KeyError as exc:
+        raise BaseError(f"the base tar {base} has no {member}") from exc
+    except (OSError, tarfile.TarError) as exc:
+        raise BaseError(f"cannot read {member} from the base tar {base}: {exc}") from exc
+    partial.replace(out)
+    return out

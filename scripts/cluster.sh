@@ -462,7 +462,9 @@ ensure() {
 	local name=$1 deadline=$((SECONDS + WAIT_SECS))
 	start "$name"
 	until healthy "$name" >/dev/null 2>&1; do
-		if ! running "$name"; then
+		# Not `running`: between fork and exec the child's command line is still this
+		# shell's, so only a pid that is gone (or a zombie) means the component exited.
+		if ! alive "$(cat "$PIDS/$name.pid" 2>/dev/null || echo none)"; then
 			tail -n 30 "$LOGS/$name.log" >&2
 			die "$name exited right after its start (above: the end of $LOGS/$name.log)"
 		fi

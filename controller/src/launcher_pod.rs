@@ -29,9 +29,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 use serde_json::json;
 
+pub use ironvisor_crds::cluster::KVM_RESOURCE;
 use ironvisor_crds::cluster::{
     launcher_pod_name, ANNOTATION_VMI, COMPONENT_LAUNCHER, COMPUTE_CONTAINER, LABEL_COMPONENT,
-    LABEL_CREATED_BY, LABEL_VMI_NAME, NODE_LABEL_HARDWARE_KVM,
+    LABEL_CREATED_BY, LABEL_VMI_NAME, NODE_LABEL_HARDWARE_KVM, TUN_RESOURCE,
 };
 
 const VMI_DIR: &str = "/var/run/ironvisor/vmi";
@@ -43,8 +44,6 @@ const KERNEL_DIR: &str = "/var/run/ironvisor/kernel";
 const SOCKETS_DIR: &str = "/var/run/ironvisor/sockets";
 /// Seconds the launcher gets beyond the guest's grace period to hard-stop and clean up.
 const LAUNCHER_EXTRA_GRACE_SECONDS: i64 = 15;
-/// The node agent's device-plugin resource for `/dev/kvm`.
-pub const KVM_RESOURCE: &str = "devices.ironvisor.io/kvm";
 
 /// Why no pod can be made for an instance (the instance fails with this reason).
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -185,6 +184,7 @@ pub fn launcher_pod(
                 guest_bytes,
                 spec.vcpus(),
                 spec.dedicated_cpu_placement(),
+                !spec.domain.devices.interfaces.is_empty(),
             )],
             volumes: Some(volumes),
             restart_policy: Some("Never".into()),
@@ -394,6 +394,7 @@ fn compute_container(
     guest_bytes: u64,
     vcpus: u32,
     dedicated: bool,
+    with_interfaces: bool,
 ) -> Container {
     let memory = Quantity(
         (guest_bytes + settings.memory_overhead_bytes)
@@ -412,11 +413,22 @@ fn compute_container(
     // /dev/kvm comes from the node agent's device plugin, so the pod needs no privilege
     // and is only placed on nodes whose agent serves it. (Extended resources are requested
     // and limited alike.)
-    let kvm = Quantity("1".into());
-    let mut limits = BTreeMap::from([
-        ("memory".to_string(), memory.clone()),
-        (KVM_RESOURCE.to_string(), kvm.clone()),
+    let one = Quantity("1".into());
+    let mut devices = vec![KVM_RESOURCE];
+    // The guest's tap is made by the node agent; the launcher opens it through
+    // /dev/net/tun, which the agent's other device plugin grants.
+    if with_interfaces {
+        devices.push(TUN_RESOURCE);
+    }
+    let mut limits = BTreeMap::from([("memory".to_string(), memory.clone())]);
+    let mut requests = BTreeMap::from([
+        ("cpu".to_string(), cpu.clone()),
+        ("memory".to_string(), memory),
     ]);
+    for device in devices {
+        limits.insert(device.to_string(), one.clone());
+        requests.insert(device.to_string(), one.clone());
+    }
     if dedicated {
         limits.insert("cpu".into(), cpu.clone());
     }
@@ -437,11 +449,7 @@ fn compute_container(
             SOCKETS_DIR.into(),
         ]),
         resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_string(), cpu),
-                ("memory".to_string(), memory),
-                (KVM_RESOURCE.to_string(), kvm),
-            ])),
+            requests: Some(requests),
             limits: Some(limits),
             ..ResourceRequirements::default()
         }),
@@ -542,6 +550,26 @@ mod tests {
         assert!(!limits.contains_key("cpu"));
         assert_eq!(requests[KVM_RESOURCE], Quantity("1".into()));
         assert_eq!(limits[KVM_RESOURCE], Quantity("1".into()));
+    }
+
+    #[test]
+    fn an_interface_asks_for_the_tun_device() {
+        let mut vmi = vmi();
+        vmi.spec.domain.devices.interfaces.clear();
+        vmi.spec.domain.devices.autoattach_pod_interface = Some(false);
+        let pod = launcher_pod(&vmi, &settings()).unwrap();
+        let requests = compute(&pod).resources.as_ref().unwrap().requests.clone();
+        assert!(
+            !requests.unwrap().contains_key(TUN_RESOURCE),
+            "no interface, no tap"
+        );
+        vmi.spec.domain.devices.interfaces =
+            serde_json::from_str(r#"[{"name": "default", "masquerade": {}}]"#).unwrap();
+        let pod = launcher_pod(&vmi, &settings()).unwrap();
+        let resources = compute(&pod).resources.as_ref().unwrap();
+        let one = Quantity("1".into());
+        assert_eq!(resources.requests.as_ref().unwrap()[TUN_RESOURCE], one);
+        assert_eq!(resources.limits.as_ref().unwrap()[TUN_RESOURCE], one);
     }
 
     #[test]

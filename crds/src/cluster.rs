@@ -8,6 +8,12 @@ pub const FIELD_MANAGER: &str = "ironvisor-controller";
 /// Field manager of the node agent's status writes.
 pub const HANDLER_FIELD_MANAGER: &str = "ironvisor-handler";
 
+/// The node agent's device-plugin resource that grants `/dev/kvm`.
+pub const KVM_RESOURCE: &str = "devices.ironvisor.io/kvm";
+
+/// The node agent's device-plugin resource that grants `/dev/net/tun` (the guest's tap).
+pub const TUN_RESOURCE: &str = "devices.ironvisor.io/tun";
+
 /// Instance label: the node that runs it (set by the controller once the launcher pod is
 /// placed, so each node agent watches only its own instances).
 pub const LABEL_NODE_NAME: &str = "ironvisor.io/node-name";

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::Args;
 use futures::FutureExt;
 use ironvisor_handler::backend::{BackendMode, BackendSelector, BACKEND_ENV};
-use ironvisor_handler_cluster::{capability, instances, pod_volumes};
+use ironvisor_handler_cluster::{capability, console, instances, pod_volumes};
 use tracing::{error, info, warn};
 
 /// Command line of `cluster`.
@@ -28,6 +28,48 @@ pub struct ClusterArgs {
     /// auto (probe the host), kvm, or qemu-tcg (report emulation only).
     #[arg(long, env = BACKEND_ENV, default_value = "auto")]
     backend: BackendMode,
+}
+
+/// Command line of `console`.
+#[derive(Args)]
+pub struct ConsoleArgs {
+    /// The instance, as NAMESPACE/NAME.
+    #[arg(value_name = "NAMESPACE/NAME")]
+    instance: String,
+    /// This node's name (the DaemonSet sets NODE_NAME).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// The kubelet's root directory.
+    #[arg(long, value_name = "DIR", default_value = pod_volumes::DEFAULT_KUBELET_ROOT)]
+    kubelet_root: PathBuf,
+}
+
+/// Attaches to the console of an instance on this node until it closes, standard input
+/// ends or Ctrl+] arrives.
+pub fn console(args: ConsoleArgs) -> ExitCode {
+    let runtime = match crate::async_runtime("console") {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async move {
+        let client = match kube::Client::try_default().await {
+            Ok(client) => client,
+            Err(error) => {
+                eprintln!(
+                    "ironvisor-handler console: cannot configure the Kubernetes client \
+                     (in-cluster or KUBECONFIG): {error}"
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        match console::attach(client, &args.node_name, &args.kubelet_root, &args.instance).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("ironvisor-handler console: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// Runs the cluster agent until SIGTERM or SIGINT.
@@ -66,9 +108,10 @@ pub fn run(args: ClusterArgs) -> ExitCode {
             ..ironvisor_deviceplugin::DevicePluginConfig::default()
         };
         info!(node = %args.node_name, hardware_kvm, "node agent running in cluster mode");
-        let (plugins, ()) = tokio::join!(
+        let (plugins, (), ()) = tokio::join!(
             ironvisor_deviceplugin::run_device_plugins(plugins, shutdown.clone()),
-            instances::run(context, shutdown),
+            instances::run(context.clone(), shutdown.clone()),
+            instances::sweep_networks(context, shutdown),
         );
         match plugins {
             Ok(()) => ExitCode::SUCCESS,

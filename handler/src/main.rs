@@ -3,6 +3,7 @@
 //! - `serve`: the daemon (store, reconcile loop, API socket).
 //! - `monitor` (hidden): the per-instance launcher monitor the daemon starts.
 //! - `cluster`: the node agent as the cluster's DaemonSet runs it.
+//! - `console`: an instance's serial console, through the agent (in the agent's pod).
 //! - `virt-launcher`, `virt-launcher-ready`: a launcher pod's `compute` container and its
 //!   readiness probe (see `ironvisor_handler::pod`).
 
@@ -43,6 +44,8 @@ enum Command {
     Monitor(MonitorCli),
     /// Run as the cluster's node agent (the handler DaemonSet).
     Cluster(cluster_cmd::ClusterArgs),
+    /// Attach to the serial console of an instance on this node (in the agent's pod).
+    Console(cluster_cmd::ConsoleArgs),
     /// Run one VirtualMachineInstance in a launcher pod (the `compute` container).
     VirtLauncher(Box<virt_launcher_cmd::VirtLauncherArgs>),
     /// Readiness probe of a launcher pod: exit 0 iff the launcher answers and the guest runs.
@@ -147,6 +150,8 @@ fn main() -> ExitCode {
             virt_launcher_cmd::run(*args)
         }
         Command::VirtLauncherReady(args) => virt_launcher_cmd::ready(args),
+        // No log lines: standard output is the guest's console.
+        Command::Console(args) => cluster_cmd::console(args),
     }
 }
 

@@ -49,6 +49,9 @@ pub struct VirtLauncherArgs {
     /// Seconds to wait for libvirtd to answer after starting it.
     #[arg(long, hide = true, default_value_t = libvirt::DEFAULT_TIMEOUT.as_secs())]
     libvirt_timeout_secs: u64,
+    /// Seconds to wait for the node agent to wire the pod network of a VM with an interface.
+    #[arg(long, value_name = "SECONDS", default_value_t = pod::network::DEFAULT_NETWORK_WAIT.as_secs())]
+    network_wait_secs: u64,
 }
 
 /// Command line of `virt-launcher-ready`.
@@ -75,6 +78,7 @@ pub fn run(args: VirtLauncherArgs) -> ExitCode {
             args.libvirt_socket,
             Duration::from_secs(args.libvirt_timeout_secs),
         ),
+        network_wait: Duration::from_secs(args.network_wait_secs),
     };
     let code = pod::run(&config);
     ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))

@@ -63,9 +63,11 @@ def ironvisor(kubectl: Kubectl) -> Kubectl:
     kubectl.run("wait", "--for=condition=Established", "--timeout=60s",
                 "crd/virtualmachines.ironvisor.io", "crd/virtualmachineinstances.ironvisor.io")
     # Pick up freshly imported images even when the manifests did not change.
-    kubectl.run("rollout", "restart", "-n", NAMESPACE_SYSTEM, "deployment/ironvisor-controller")
-    kubectl.run("rollout", "status", "-n", NAMESPACE_SYSTEM,
-                "deployment/ironvisor-controller", "--timeout=180s", timeout=200)
+    for workload in ("deployment/ironvisor-controller", "daemonset/ironvisor-handler"):
+        kubectl.run("rollout", "restart", "-n", NAMESPACE_SYSTEM, workload)
+    for workload in ("deployment/ironvisor-controller", "daemonset/ironvisor-handler"):
+        kubectl.run("rollout", "status", "-n", NAMESPACE_SYSTEM, workload, "--timeout=180s",
+                    timeout=200)
     wait_for("a controller replica to hold the leader lease",
              lambda: leader(kubectl), timeout=60,
              describe=lambda: diagnostics(kubectl, NAMESPACE_SYSTEM))

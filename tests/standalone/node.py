@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import threading
+import tty
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,10 +176,15 @@ class Console:
         self._reader.start()
 
     @classmethod
-    def spawn(cls, argv: list[str]) -> Console:
+    def spawn(cls, argv: list[str], raw: bool = False,
+              env: dict[str, str] | None = None) -> Console:
+        """``raw``: the pty passes bytes as they are typed, without echo (for programs
+        that do not put their terminal in raw mode themselves, as virtctl does)."""
         master, slave = pty.openpty()
+        if raw:
+            tty.setraw(slave)
         proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True, env=env)
         os.close(slave)
         return cls(proc, master)
 

@@ -1,7 +1,9 @@
-//! The instances on this node: for each running one, ask its launcher (through the API
-//! socket in the launcher pod's `sockets` volume) which backend runs the guest, report it
-//! as `status.isolation` (server-side apply under the node agent's own field manager) and
-//! publish a `SoftwareEmulation` warning Event when the guest is emulated.
+//! The instances on this node: wire each one's launcher pod network as soon as the pod
+//! has a process ([`crate::pod_network`]); once running, ask its launcher (through the API
+//! socket in the launcher pod's `sockets` volume) which backend runs the guest; report
+//! both as `status.interfaces` and `status.isolation` (server-side apply under the node
+//! agent's own field manager); publish a `SoftwareEmulation` warning Event when the guest
+//! is emulated; and release the wiring when the instance ends.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,11 +14,12 @@ use ironvisor_crds::cluster::{
     launcher_pod_name, HANDLER_FIELD_MANAGER, LABEL_CREATED_BY, LABEL_NODE_NAME,
 };
 use ironvisor_crds::v1alpha1::{
-    IsolationMode, VirtualMachineInstance, VirtualMachineInstancePhase as Phase,
+    IsolationMode, VirtualMachineInstance, VirtualMachineInstanceNetworkInterface,
+    VirtualMachineInstancePhase as Phase,
 };
 use ironvisor_launcher_api::{ClientOptions, LauncherClient};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -25,12 +28,19 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
+use crate::pod_network::{self, PodNetworkError, PodNetworkSettings, Wiring};
 use crate::pod_volumes::launcher_api_socket;
 
 /// How long one launcher status call may take.
 const LAUNCHER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an instance whose launcher did not answer yet is looked at again.
 const RETRY: Duration = Duration::from_secs(3);
+/// How often a pod that has no process yet is looked at again for wiring.
+const WIRE_RETRY: Duration = Duration::from_millis(500);
+/// How often a settled instance is looked at again.
+const RESYNC: Duration = Duration::from_secs(60);
+/// How often wirings of instances that are gone are looked for.
+const SWEEP: Duration = Duration::from_secs(15);
 
 /// Why an instance could not be reconciled.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +55,14 @@ pub enum InstanceError {
         /// The client error.
         source: kube::Error,
     },
+    /// The instance's pod network could not be wired.
+    #[error("wiring the pod network of {object}: {source}")]
+    Network {
+        /// `namespace/name`.
+        object: String,
+        /// What failed.
+        source: PodNetworkError,
+    },
 }
 
 /// What the instance reconciler shares.
@@ -57,6 +75,8 @@ pub struct InstanceContext {
     pub kubelet_root: PathBuf,
     /// Publishes Events.
     pub recorder: Recorder,
+    /// Where and how launcher pods are wired.
+    pub network: PodNetworkSettings,
 }
 
 impl InstanceContext {
@@ -68,6 +88,7 @@ impl InstanceContext {
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
+            network: PodNetworkSettings::new(kubelet_root.clone()),
             client,
             node_name,
             kubelet_root,
@@ -117,13 +138,18 @@ async fn reconcile(
     ctx: Arc<InstanceContext>,
 ) -> Result<Action, InstanceError> {
     let status = vmi.status.clone().unwrap_or_default();
-    if status.phase != Some(Phase::Running) || status.isolation.is_some() {
-        return Ok(Action::await_change());
-    }
     let (Some(namespace), Some(uid)) = (vmi.namespace(), vmi.uid()) else {
         return Ok(Action::await_change());
     };
     let object = format!("{namespace}/{}", vmi.name_any());
+    let finished = matches!(status.phase, Some(Phase::Succeeded | Phase::Failed));
+    if finished || vmi.meta().deletion_timestamp.is_some() {
+        release_network(&ctx, &uid, &object).await;
+        return Ok(Action::await_change());
+    }
+    if !matches!(status.phase, Some(Phase::Scheduled | Phase::Running)) {
+        return Ok(Action::await_change());
+    }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let pod = pods
         .get_opt(&launcher_pod_name(&vmi.name_any(), &uid))
@@ -138,62 +164,242 @@ async fn reconcile(
     let Some(pod_uid) = pod.and_then(|p| p.uid()) else {
         return Ok(Action::requeue(RETRY));
     };
-    let Some(socket) = launcher_api_socket(&ctx.kubelet_root, &pod_uid) else {
-        return Ok(Action::await_change());
+
+    let mut pending = false;
+    let interfaces = match wire_network(&ctx, &vmi, &object, &uid, &pod_uid).await? {
+        NetworkOutcome::NoInterface => Vec::new(),
+        NetworkOutcome::NotYet => {
+            pending = true;
+            Vec::new()
+        }
+        NetworkOutcome::Wired(interface) => vec![interface],
     };
+    let mut isolation = status.isolation;
+    let mut newly_emulated = false;
+    if status.phase == Some(Phase::Running) && isolation.is_none() {
+        match launcher_isolation(&ctx, &pod_uid).await {
+            Some(found) => {
+                newly_emulated = found == IsolationMode::Emulation;
+                isolation = Some(found);
+            }
+            None => pending = true,
+        }
+    }
+    if isolation != status.isolation || interfaces != status.interfaces {
+        report_status(
+            &ctx,
+            &namespace,
+            &vmi.name_any(),
+            &object,
+            isolation,
+            &interfaces,
+        )
+        .await?;
+        info!(
+            ?isolation,
+            interfaces = interfaces.len(),
+            "reported the node's view"
+        );
+    }
+    if newly_emulated {
+        publish_emulation_warning(&ctx, &vmi).await;
+    }
+    Ok(if pending {
+        Action::requeue(if status.phase == Some(Phase::Running) {
+            RETRY
+        } else {
+            WIRE_RETRY
+        })
+    } else {
+        // Looked at again now and then: a DHCP server that died is restarted.
+        Action::requeue(RESYNC)
+    })
+}
+
+/// What became of the instance's network on this pass.
+enum NetworkOutcome {
+    /// The instance has no interface.
+    NoInterface,
+    /// The pod has no process yet.
+    NotYet,
+    /// Wired; its status entry.
+    Wired(VirtualMachineInstanceNetworkInterface),
+}
+
+async fn wire_network(
+    ctx: &InstanceContext,
+    vmi: &VirtualMachineInstance,
+    object: &str,
+    uid: &str,
+    pod_uid: &str,
+) -> Result<NetworkOutcome, InstanceError> {
+    // Defaulted as the controller does for the pod, so both see the same interfaces.
+    let mut spec = vmi.spec.clone();
+    ironvisor_crds::defaults::apply_instance_spec(&mut spec);
+    let request = ironvisor_net::request_for(object, uid, &spec, |interface| {
+        ironvisor_launcher_api::config::generated_mac(object, interface)
+    })
+    .map_err(|e| InstanceError::Network {
+        object: object.to_string(),
+        source: PodNetworkError::Request(e),
+    })?;
+    let Some(request) = request else {
+        return Ok(NetworkOutcome::NoInterface);
+    };
+    let settings = ctx.network.clone();
+    let pod_uid = pod_uid.to_string();
+    let wiring = tokio::task::spawn_blocking(move || {
+        pod_network::ensure_wired(&settings, &request, &pod_uid)
+    })
+    .await
+    .map_err(|e| PodNetworkError::Task(e.to_string()))
+    .and_then(|result| result)
+    .map_err(|source| InstanceError::Network {
+        object: object.to_string(),
+        source,
+    })?;
+    Ok(match wiring {
+        Wiring::NotYet => NetworkOutcome::NotYet,
+        Wiring::Done(network) => NetworkOutcome::Wired(pod_network::interface_status(&network)),
+    })
+}
+
+/// Lets go of the instance's pod network; failures are logged and retried by the sweep.
+async fn release_network(ctx: &InstanceContext, uid: &str, object: &str) {
+    let settings = ctx.network.clone();
+    let vm_uid = uid.to_string();
+    match tokio::task::spawn_blocking(move || pod_network::release(&settings, &vm_uid)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(vmi = %object, %error, "releasing the pod network"),
+        Err(error) => warn!(vmi = %object, %error, "releasing the pod network"),
+    }
+}
+
+/// Releases the wirings of instances that are no longer running on this node (deleted
+/// while the agent was away, or finished), every `SWEEP` until `shutdown`.
+pub async fn sweep_networks(
+    context: Arc<InstanceContext>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(SWEEP) => {}
+        }
+        let settings = context.network.clone();
+        let wired = match tokio::task::spawn_blocking(move || pod_network::wired(&settings)).await {
+            Ok(Ok(wired)) => wired,
+            Ok(Err(error)) => {
+                warn!(%error, "listing pod networks");
+                continue;
+            }
+            Err(error) => {
+                warn!(%error, "listing pod networks");
+                continue;
+            }
+        };
+        if wired.is_empty() {
+            continue;
+        }
+        let vmis: Api<VirtualMachineInstance> = Api::all(context.client.clone());
+        let selector = format!("{LABEL_NODE_NAME}={}", context.node_name);
+        let live: Vec<String> = match vmis.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter(|v| v.meta().deletion_timestamp.is_none())
+                .filter(|v| {
+                    let phase = v.status.as_ref().and_then(|s| s.phase);
+                    !matches!(phase, Some(Phase::Succeeded | Phase::Failed))
+                })
+                .filter_map(|v| v.uid())
+                .collect(),
+            Err(error) => {
+                warn!(%error, "listing the instances of this node");
+                continue;
+            }
+        };
+        for uid in wired.iter().filter(|uid| !live.contains(uid)) {
+            info!(uid = %uid, "releasing the pod network of an instance that is gone");
+            release_network(&context, uid, uid).await;
+        }
+    }
+}
+
+/// The isolation of the guest, from its launcher; `None` while it does not answer.
+async fn launcher_isolation(ctx: &InstanceContext, pod_uid: &str) -> Option<IsolationMode> {
+    let socket = launcher_api_socket(&ctx.kubelet_root, pod_uid)?;
     let options = ClientOptions {
         connect_timeout: LAUNCHER_CALL_TIMEOUT,
         request_timeout: LAUNCHER_CALL_TIMEOUT,
     };
-    let backend = match LauncherClient::connect_with(&socket, options).await {
+    match LauncherClient::connect_with(&socket, options).await {
         Ok(client) => match client.status().await {
-            Ok(status) => status.backend,
+            Ok(status) => Some(isolation_of(&status.backend)),
             Err(error) => {
                 warn!(%error, socket = %socket.display(), "launcher status");
-                return Ok(Action::requeue(RETRY));
+                None
             }
         },
         Err(error) => {
             warn!(%error, socket = %socket.display(), "launcher not reachable yet");
-            return Ok(Action::requeue(RETRY));
+            None
         }
-    };
-    let isolation = isolation_of(&backend);
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &namespace);
+    }
+}
+
+/// Applies the status fields the node agent owns, under its own field manager.
+async fn report_status(
+    ctx: &InstanceContext,
+    namespace: &str,
+    name: &str,
+    object: &str,
+    isolation: Option<IsolationMode>,
+    interfaces: &[VirtualMachineInstanceNetworkInterface],
+) -> Result<(), InstanceError> {
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut status = serde_json::Map::new();
+    if let Some(isolation) = isolation {
+        status.insert("isolation".into(), json!(isolation));
+    }
+    if !interfaces.is_empty() {
+        status.insert("interfaces".into(), json!(interfaces));
+    }
     let patch = json!({
         "apiVersion": ironvisor_crds::v1alpha1::API_VERSION,
         "kind": ironvisor_crds::v1alpha1::VIRTUAL_MACHINE_INSTANCE_KIND,
-        "status": {"isolation": isolation},
+        "status": status,
     });
     vmis.patch_status(
-        &vmi.name_any(),
+        name,
         &PatchParams::apply(HANDLER_FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
     .await
+    .map(drop)
     .map_err(|source| InstanceError::Kube {
-        action: "reporting the isolation of",
-        object: object.clone(),
+        action: "reporting the node's view of",
+        object: object.to_string(),
         source,
-    })?;
-    info!(?isolation, %backend, "reported the isolation");
-    if isolation == IsolationMode::Emulation {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "SoftwareEmulation".into(),
-            note: Some(format!(
-                "node {} has no hardware-assisted virtualization for this guest: it runs under \
-                 software emulation (QEMU TCG), without hardware isolation and much slower",
-                ctx.node_name
-            )),
-            action: "Start".into(),
-            secondary: None,
-        };
-        if let Err(error) = ctx.recorder.publish(&event, &vmi.object_ref(&())).await {
-            warn!(%error, "could not publish the SoftwareEmulation event");
-        }
+    })
+}
+
+async fn publish_emulation_warning(ctx: &InstanceContext, vmi: &VirtualMachineInstance) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "SoftwareEmulation".into(),
+        note: Some(format!(
+            "node {} has no hardware-assisted virtualization for this guest: it runs under \
+             software emulation (QEMU TCG), without hardware isolation and much slower",
+            ctx.node_name
+        )),
+        action: "Start".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &vmi.object_ref(&())).await {
+        warn!(%error, "could not publish the SoftwareEmulation event");
     }
-    Ok(Action::await_change())
 }
 
 #[cfg(test)]

@@ -8,9 +8,14 @@
 //!   `ironvisor.io/node-name`), asks each one's launcher, through the API socket in the
 //!   launcher pod's `sockets` volume, how the guest is isolated, reports it in the
 //!   instance status and warns with an Event when it is software emulation;
+//! - [`pod_network`]: wires each instance into its launcher pod's network namespace
+//!   (masquerade or bridge binding, DHCP) and reports the interface in the status;
+//! - [`console`]: the serial console of an instance on this node, through the agent;
 //! - [`pod_volumes`]: where a pod's volumes are on the node.
 #![deny(missing_docs)]
 
 pub mod capability;
+pub mod console;
 pub mod instances;
+pub mod pod_network;
 pub mod pod_volumes;

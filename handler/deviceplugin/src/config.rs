@@ -11,10 +11,7 @@ pub const DEFAULT_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";
 pub const DEFAULT_DEVICE_COUNT: usize = 110;
 /// The kubelet's registration socket, inside the plugin directory.
 pub const KUBELET_SOCKET: &str = "kubelet.sock";
-/// The resource that grants `/dev/kvm`.
-pub const KVM_RESOURCE: &str = "devices.ironvisor.io/kvm";
-/// The resource that grants `/dev/net/tun`.
-pub const TUN_RESOURCE: &str = "devices.ironvisor.io/tun";
+pub use ironvisor_crds::cluster::{KVM_RESOURCE, TUN_RESOURCE};
 
 /// Why a [`DevicePluginConfig`] is unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -180,6 +180,23 @@ pub(crate) fn setup_bridge(netns: &str) -> Result<LinkInfo, BindingError> {
         "attaching eth0 to the VM bridge",
         netns::ip(netns).args(["link", "set", "dev", POD_IFNAME, "master", BRIDGE_IFNAME]),
     )?;
+    // A node bridge in hairpin mode (the CNI bridge plugin's hairpinMode, which kube-proxy
+    // needs) sends the guest's broadcasts back in through eth0; learning the guest's MAC
+    // there would send every reply to the guest back out of eth0. Only the tap learns.
+    step(
+        netns,
+        "turning off MAC learning on eth0",
+        netns::ip(netns).args([
+            "link",
+            "set",
+            "dev",
+            POD_IFNAME,
+            "type",
+            "bridge_slave",
+            "learning",
+            "off",
+        ]),
+    )?;
     let server = format!("{BRIDGE_BINDING_SERVER}/32");
     step(
         netns,
@@ -243,6 +260,93 @@ pub(crate) fn stand_in_pod_interface(
     )
 }
 
+/// The address the cluster's CNI gave the pod interface of an existing namespace (cluster
+/// mode, where the kubelet ran CNI ADD): eth0's IPv4 address and the default gateway.
+pub(crate) fn pod_attachment(netns: &str) -> Result<Attachment, BindingError> {
+    let read = |step: &'static str, invocation: Invocation| {
+        invocation
+            .run()
+            .map(|output| output.stdout)
+            .map_err(|source| BindingError::Tool {
+                step,
+                netns: netns.to_string(),
+                source,
+            })
+    };
+    let links = read(
+        "reading the pod address",
+        netns::ip(netns).args(["-j", "addr", "show", "dev", POD_IFNAME]),
+    )?;
+    let routes = read(
+        "reading the pod's default route",
+        netns::ip(netns).args(["-j", "-4", "route", "show", "default"]),
+    )?;
+    parse_attachment(&links, &routes).map_err(|problem| BindingError::LinkInfo {
+        ifname: POD_IFNAME,
+        netns: netns.to_string(),
+        problem,
+    })
+}
+
+/// The pod address out of `ip -j addr show dev eth0` and the gateway out of
+/// `ip -j -4 route show default`.
+fn parse_attachment(links: &str, routes: &str) -> Result<Attachment, String> {
+    #[derive(Deserialize)]
+    struct AddrInfo {
+        family: String,
+        /// IPv4 or IPv6 (both families are listed).
+        local: Option<String>,
+        prefixlen: u8,
+    }
+    #[derive(Deserialize)]
+    struct Link {
+        addr_info: Vec<AddrInfo>,
+    }
+    #[derive(Deserialize)]
+    struct Route {
+        gateway: Option<Ipv4Addr>,
+    }
+    let parsed: Vec<Link> =
+        serde_json::from_str(links).map_err(|e| format!("{e}; output was {links:?}"))?;
+    let (address, prefix_len) = parsed
+        .iter()
+        .flat_map(|link| &link.addr_info)
+        .filter(|a| a.family == "inet")
+        .find_map(|a| Some((a.local.as_deref()?.parse::<Ipv4Addr>().ok()?, a.prefixlen)))
+        .ok_or("no IPv4 address (did the cluster's CNI configure it?)")?;
+    let parsed: Vec<Route> = serde_json::from_str(routes)
+        .map_err(|e| format!("default route: {e}; output was {routes:?}"))?;
+    let gateway = parsed
+        .iter()
+        .find_map(|r| r.gateway)
+        .ok_or("no IPv4 default route")?;
+    Ok(Attachment {
+        address,
+        prefix_len,
+        gateway,
+    })
+}
+
+/// Undoes a binding that was set up (perhaps half-way) in a namespace that stays, such as
+/// a launcher pod's: the VM bridge, the tap and the nftables table go, and the pod address
+/// is back on eth0. Best effort: each step runs whatever the one before did.
+pub(crate) fn reset(netns: &str, attachment: &Attachment) {
+    let steps = [
+        netns::ip(netns).args(["link", "del", BRIDGE_IFNAME]),
+        netns::ip(netns).args(["link", "del", TAP_IFNAME]),
+        netns::exec(netns, "nft").args(["delete", "table", "ip", NFT_TABLE]),
+        netns::exec(netns, "nft").args(["delete", "table", "bridge", NFT_TABLE]),
+    ];
+    for invocation in steps {
+        if let Err(error) = invocation.run() {
+            tracing::debug!(%error, "reset step had nothing to undo");
+        }
+    }
+    if let Err(error) = restore_pod_address(netns, attachment) {
+        tracing::warn!(%error, "pod address not restored");
+    }
+}
+
 /// The masquerade NAT rules: new connections arriving on eth0 go to the guest, and the
 /// guest's connections leave eth0 with the pod address.
 pub(crate) fn masquerade_ruleset() -> String {
@@ -283,6 +387,25 @@ pub(crate) fn bridge_ruleset() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pod_address_is_the_ipv4_one_of_eth0_and_the_gateway_the_default_route() {
+        let links = r#"[{"ifindex":2,"ifname":"eth0","mtu":1500,"addr_info":[
+            {"family":"inet6","local":"fe80::1","prefixlen":64},
+            {"family":"inet","local":"10.244.0.7","prefixlen":24}]}]"#;
+        let routes = r#"[{"dst":"default","gateway":"10.244.0.1","dev":"eth0"}]"#;
+        let attachment = parse_attachment(links, routes).unwrap();
+        assert_eq!(attachment.address, Ipv4Addr::new(10, 244, 0, 7));
+        assert_eq!(attachment.prefix_len, 24);
+        assert_eq!(attachment.gateway, Ipv4Addr::new(10, 244, 0, 1));
+        let v6_only = r#"[{"addr_info":[{"family":"inet6","local":"fe80::1","prefixlen":64}]}]"#;
+        assert!(parse_attachment(v6_only, routes)
+            .unwrap_err()
+            .contains("no IPv4 address"));
+        assert!(parse_attachment(links, "[]")
+            .unwrap_err()
+            .contains("no IPv4 default route"));
+    }
 
     #[test]
     fn masquerade_rules_dnat_inbound_and_masquerade_outbound() {

@@ -242,7 +242,7 @@ pub(crate) fn stop(dir: &Path) -> Result<(), DhcpError> {
 
 /// The name servers in a resolv.conf that a guest behind NAT can reach: IPv4, and not
 /// loopback (a node-local caching resolver such as 127.0.0.53 is not reachable from the VM).
-pub(crate) fn reachable_nameservers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+pub fn reachable_nameservers(resolv_conf: &str) -> Vec<Ipv4Addr> {
     let mut servers = Vec::new();
     for line in resolv_conf.lines() {
         let mut words = line.split_whitespace();

@@ -23,6 +23,8 @@ mod cni;
 mod config;
 mod dhcp;
 mod netns;
+mod pod;
+mod request;
 mod state;
 mod tool;
 
@@ -41,8 +43,12 @@ pub use config::{
     format_mac, parse_mac, Binding, ConfigError, NetworkConfig, VmNetworkRequest, DEFAULT_BRIDGE,
     DEFAULT_CNI_BIN_DIR, DEFAULT_SUBNET,
 };
-pub use dhcp::DhcpError;
+pub use dhcp::{reachable_nameservers, DhcpError};
 pub use netns::{NetnsError, NETNS_RUN_DIR};
+pub use pod::{
+    pod_netns_name, resume_pod, unwire_pod, wire_pod, wired_pods, PodNamespace, POD_NETWORK_FILE,
+};
+pub use request::{request_for, RequestError};
 pub use state::StateError;
 pub use tool::{Failure, ToolError};
 
@@ -454,6 +460,40 @@ fn build(
         source,
     })?;
 
+    bind_and_serve(
+        req,
+        st,
+        dir,
+        netns_path,
+        attachment,
+        dhcp::host_nameservers(),
+        &NodeNeighbours::Bridge(&cfg.bridge),
+    )
+}
+
+/// Where the node keeps its neighbour entry for a pod IP (bridge binding moves the pod IP
+/// to the guest's MAC).
+pub(crate) enum NodeNeighbours<'a> {
+    /// The node bridge, in this process's namespace (standalone mode).
+    Bridge(&'a str),
+    /// The node's network namespace, entered by path (cluster mode, where the node agent
+    /// runs in its own pod namespace).
+    Namespace(&'a Path),
+}
+
+/// The steps after the pod interface has its address: the binding inside the namespace,
+/// the DHCP server, and the completed state. `st.attachment` must be recorded already.
+pub(crate) fn bind_and_serve(
+    req: &VmNetworkRequest,
+    st: &mut VmState,
+    dir: &Path,
+    netns_path: PathBuf,
+    attachment: Attachment,
+    dns_servers: Vec<Ipv4Addr>,
+    neighbours: &NodeNeighbours<'_>,
+) -> Result<VmNetwork, NetError> {
+    let vm_key = &req.vm_key;
+    let ns = st.netns_name.clone();
     let binding_err = |source| NetError::Binding {
         vm_key: vm_key.clone(),
         binding: req.binding,
@@ -472,7 +512,7 @@ fn build(
         ),
         Binding::Bridge => {
             let link = binding::setup_bridge(&ns).map_err(binding_err)?;
-            forget_pod_neighbour(&cfg.bridge, attachment.address);
+            forget_pod_neighbour(neighbours, attachment.address);
             (link, attachment.address, attachment.gateway, pod_net)
         }
     };
@@ -493,7 +533,7 @@ fn build(
         prefix_len: guest_net.prefix_len,
         mac: req.mac,
         mtu: link.mtu,
-        dns_servers: dhcp::host_nameservers(),
+        dns_servers,
     };
     dhcp_server(&network, dir)
         .start()
@@ -511,12 +551,16 @@ fn build(
 
 /// With bridge binding the pod IP moves from eth0's MAC to the guest's; drop the node's
 /// cached neighbour entry so the node does not send to the old MAC until it expires.
-fn forget_pod_neighbour(bridge: &str, pod_ip: Ipv4Addr) {
-    let result = Invocation::new("ip")
-        .args(["neigh", "flush", "to"])
-        .arg(pod_ip.to_string())
-        .args(["dev", bridge])
-        .run();
+fn forget_pod_neighbour(neighbours: &NodeNeighbours<'_>, pod_ip: Ipv4Addr) {
+    let flush = |ip: Invocation| ip.args(["neigh", "flush", "to"]).arg(pod_ip.to_string());
+    let result = match neighbours {
+        NodeNeighbours::Bridge(bridge) => flush(Invocation::new("ip")).args(["dev", bridge]).run(),
+        NodeNeighbours::Namespace(path) => {
+            let mut net = std::ffi::OsString::from("--net=");
+            net.push(path.as_os_str());
+            flush(Invocation::new("nsenter").arg(net).arg("ip")).run()
+        }
+    };
     if let Err(error) = result {
         tracing::warn!(%error, "could not flush the node's neighbour entry for the pod IP");
     }

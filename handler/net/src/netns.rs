@@ -64,6 +64,20 @@ pub(crate) fn create(name: &str) -> Result<(), NetnsError> {
         })
 }
 
+/// Names the network namespace of process `pid` (`ip netns attach`): a bind mount of
+/// `/proc/<pid>/ns/net`, so the namespace can be entered by name while that mount exists.
+pub(crate) fn attach(name: &str, pid: u32) -> Result<(), NetnsError> {
+    Invocation::new("ip")
+        .args(["netns", "attach", name])
+        .arg(pid.to_string())
+        .run()
+        .map(drop)
+        .map_err(|source| NetnsError::Create {
+            name: name.to_string(),
+            source,
+        })
+}
+
 /// Deletes the namespace `name`; does nothing if it does not exist.
 pub(crate) fn delete(name: &str) -> Result<(), NetnsError> {
     if !exists(name) {

@@ -15,13 +15,14 @@
 //! 7. write `<run-dir>/status.json` and the termination message ([`termination`]) and
 //!    exit with the launcher's exit code.
 //!
-//! Network interfaces are not wired in cluster mode yet: the VM starts without NICs and
-//! one warning names the interfaces left out.
+//! With an interface, step 4 first waits for the node agent to wire the pod's network
+//! namespace ([`network`]): the pod itself has no privilege to make a tap.
 
 pub mod container_disk;
 pub mod disks;
 pub mod kernel;
 pub mod libvirt;
+pub mod network;
 pub mod ready;
 pub mod supervise;
 pub mod termination;
@@ -81,6 +82,8 @@ pub struct VirtLauncherConfig {
     pub termination_log: PathBuf,
     /// How to reach (or start) libvirt for emulation.
     pub libvirt: LibvirtSetup,
+    /// How long to wait for the node agent to wire the pod network.
+    pub network_wait: std::time::Duration,
 }
 
 /// Why the launcher could not be started.
@@ -140,6 +143,12 @@ pub enum PodError {
     /// libvirt is not available for emulation.
     #[error(transparent)]
     Libvirt(#[from] LibvirtError),
+    /// The instance's interfaces cannot be wired.
+    #[error(transparent)]
+    NetworkRequest(#[from] ironvisor_net::RequestError),
+    /// The node agent did not wire the pod network.
+    #[error(transparent)]
+    Network(#[from] network::PodNetworkError),
 }
 
 impl PodError {
@@ -158,6 +167,8 @@ impl PodError {
             Self::Disks { source, .. } => source.reason(),
             Self::Translate(e) => e.reason(),
             Self::Libvirt(_) => "LibvirtUnavailable",
+            Self::NetworkRequest(e) => e.reason(),
+            Self::Network(e) => e.reason(),
         }
     }
 }
@@ -239,21 +250,6 @@ fn prepare(config: &VirtLauncherConfig, span: &tracing::Span) -> Result<Prepared
     if let Some(why) = &selection.emulation_reason {
         warn!(reason = %why, "no hardware-assisted KVM: the VM runs under software emulation (QEMU TCG)");
     }
-    let interfaces: Vec<&str> = spec
-        .domain
-        .devices
-        .interfaces
-        .iter()
-        .map(|i| i.name.as_str())
-        .collect();
-    if !interfaces.is_empty() {
-        warn!(
-            "interfaces {} are not wired in cluster mode yet: the VM starts without network \
-             interfaces",
-            interfaces.join(", ")
-        );
-    }
-
     std::fs::create_dir_all(&config.run_dir).map_err(|source| PodError::RunDir {
         path: config.run_dir.clone(),
         source,
@@ -271,13 +267,25 @@ fn prepare(config: &VirtLauncherConfig, span: &tracing::Span) -> Result<Prepared
         vm: vm.clone(),
         source: Box::new(source),
     })?;
+    let request = ironvisor_net::request_for(&vm, &uid, &spec, |interface| {
+        ironvisor_launcher_api::config::generated_mac(&vm, interface)
+    })?;
+    let nets = match request {
+        Some(request) => vec![network::await_wiring(
+            &config.run_dir,
+            &request,
+            config.network_wait,
+            Signals::stop_pending,
+        )?],
+        None => Vec::new(),
+    };
     let mut launch = translate::launch_config(
         &key,
         &spec,
         LaunchPlan {
             boot,
             disks,
-            nets: Vec::new(),
+            nets,
             console_socket: config.run_dir.join(CONSOLE_SOCKET),
             api_socket: config.run_dir.join(API_SOCKET),
             vcpu_affinity: Vec::new(),

@@ -11,7 +11,7 @@ use ironvisor_crds::v1alpha1::{
 };
 use ironvisor_disks::{DiskContext, VolumeSource};
 use ironvisor_launcher_api::config::{DiskConfig, NetConfig};
-use ironvisor_net::{Binding, VmNetwork, VmNetworkRequest};
+use ironvisor_net::VmNetwork;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use tracing::{info, warn};
 
@@ -640,49 +640,15 @@ fn setup_network(
     uid: &str,
     rollback: &mut Rollback,
 ) -> Result<Option<VmNetwork>, StartFailure> {
-    let interfaces = &spec.domain.devices.interfaces;
-    let Some(interface) = interfaces.first() else {
+    let request = ironvisor_net::request_for(&key.to_string(), uid, spec, |interface| {
+        ironvisor_launcher_api::config::generated_mac(&key.to_string(), interface)
+    })
+    .map_err(|e| StartFailure {
+        reason: e.reason(),
+        message: e.to_string(),
+    })?;
+    let Some(request) = request else {
         return Ok(None);
-    };
-    let unsupported = |message: String| StartFailure {
-        reason: "NetworkUnsupported",
-        message,
-    };
-    if interfaces.len() > 1 {
-        return Err(unsupported(format!(
-            "VM {key}: {} interfaces; the standalone node agent attaches one pod network \
-             interface per VM",
-            interfaces.len()
-        )));
-    }
-    let network = spec.networks.iter().find(|n| n.name == interface.name);
-    if network.is_none_or(|n| n.pod.is_none()) {
-        return Err(unsupported(format!(
-            "VM {key}: interface {:?} is not on a pod network; Multus networks need a cluster",
-            interface.name
-        )));
-    }
-    let binding = if interface.bridge.is_some() {
-        Binding::Bridge
-    } else {
-        Binding::Masquerade
-    };
-    let mac = match interface.mac_address.as_deref() {
-        Some(text) => ironvisor_net::parse_mac(text).ok_or_else(|| StartFailure {
-            reason: "InvalidMac",
-            message: format!(
-                "VM {key}: interface {}: {text:?} is not a MAC address",
-                interface.name
-            ),
-        })?,
-        None => ironvisor_launcher_api::config::generated_mac(&key.to_string(), &interface.name),
-    };
-    let request = VmNetworkRequest {
-        vm_key: key.to_string(),
-        vm_uid: uid.to_string(),
-        interface: interface.name.clone(),
-        binding,
-        mac,
     };
     // A network left by an earlier instance (a crash before its teardown) goes first.
     if let Err(error) = ironvisor_net::teardown(&ctx.network, &key.to_string()) {

@@ -1,0 +1,264 @@
+//! The network of the launcher pods on this node: the agent (hostPID, privileged) finds a
+//! process of each pod, wires the VM into that pod's network namespace with the same
+//! bindings as standalone mode (`ironvisor_net::wire_pod`) and hands the result to the
+//! pod's `virt-launcher` as `network.json` in the pod's `sockets` volume. That file is also
+//! the record a restarted agent takes the wiring up from (`ironvisor_net::resume_pod`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ironvisor_crds::v1alpha1::VirtualMachineInstanceNetworkInterface;
+use ironvisor_net::{PodNamespace, VmNetwork, VmNetworkRequest};
+
+use crate::pod_volumes::{empty_dir, SOCKETS_VOLUME};
+
+use ironvisor_net::POD_NETWORK_FILE as NETWORK_FILE;
+/// Where the agent keeps its per-pod wiring state (inside its own container: the named
+/// namespaces and DHCP servers it records live and die with the container too).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ironvisor/pod-network";
+/// The node's network namespace as the agent sees it with the host's pid namespace.
+pub const NODE_NETNS: &str = "/proc/1/ns/net";
+/// The guest's interface name as reported in status.
+const GUEST_IFNAME: &str = "eth0";
+
+/// Why a pod could not be wired.
+#[derive(Debug, thiserror::Error)]
+pub enum PodNetworkError {
+    /// The instance's interfaces cannot be wired.
+    #[error(transparent)]
+    Request(#[from] ironvisor_net::RequestError),
+    /// Wiring failed.
+    #[error(transparent)]
+    Net(#[from] ironvisor_net::NetError),
+    /// The pod's `network.json` could not be written or read.
+    #[error("{path}: {problem}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
+    /// The blocking task panicked or was cancelled.
+    #[error("wiring task failed: {0}")]
+    Task(String),
+}
+
+/// Where the wiring happens.
+#[derive(Debug, Clone)]
+pub struct PodNetworkSettings {
+    /// The kubelet's root directory as seen by the agent.
+    pub kubelet_root: PathBuf,
+    /// The agent's wiring state.
+    pub state_dir: PathBuf,
+    /// The node's network namespace.
+    pub node_netns: PathBuf,
+    /// Where process information is (`/proc` of the host's pid namespace).
+    pub proc_root: PathBuf,
+}
+
+impl PodNetworkSettings {
+    /// The defaults of the DaemonSet.
+    pub fn new(kubelet_root: PathBuf) -> Self {
+        Self {
+            kubelet_root,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            node_netns: PathBuf::from(NODE_NETNS),
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+/// What wiring a pod came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wiring {
+    /// The pod has no process yet (its sandbox is being made); try again shortly.
+    NotYet,
+    /// Wired (now or earlier).
+    Done(Box<VmNetwork>),
+}
+
+/// Wires `request` into the pod `pod_uid`, or takes up an earlier wiring. Blocking.
+pub fn ensure_wired(
+    settings: &PodNetworkSettings,
+    request: &VmNetworkRequest,
+    pod_uid: &str,
+) -> Result<Wiring, PodNetworkError> {
+    let Some(file) = empty_dir(&settings.kubelet_root, pod_uid, SOCKETS_VOLUME)
+        .map(|dir| dir.join(NETWORK_FILE))
+    else {
+        return Err(PodNetworkError::File {
+            path: PathBuf::from(pod_uid),
+            problem: "not a pod UID".into(),
+        });
+    };
+    let Some(pid) = pod_processes(&settings.proc_root, pod_uid)
+        .into_iter()
+        .next()
+    else {
+        return Ok(Wiring::NotYet);
+    };
+    if let Some(network) = read_wiring(&file)? {
+        if network.vm_uid == request.vm_uid {
+            ironvisor_net::resume_pod(&settings.state_dir, &network, pid)?;
+            return Ok(Wiring::Done(Box::new(network)));
+        }
+    }
+    let pod = PodNamespace {
+        pid,
+        dns_servers: pod_nameservers(&settings.proc_root, pod_uid),
+        node_netns: &settings.node_netns,
+    };
+    let network = ironvisor_net::wire_pod(&settings.state_dir, request, &pod)?;
+    write_wiring(&file, &network)?;
+    Ok(Wiring::Done(Box::new(network)))
+}
+
+/// Lets go of the wiring of instance `vm_uid` (its pod is gone or going). Blocking.
+pub fn release(settings: &PodNetworkSettings, vm_uid: &str) -> Result<(), PodNetworkError> {
+    Ok(ironvisor_net::unwire_pod(&settings.state_dir, vm_uid)?)
+}
+
+/// The instance UIDs this agent has wired.
+pub fn wired(settings: &PodNetworkSettings) -> Result<Vec<String>, PodNetworkError> {
+    Ok(ironvisor_net::wired_pods(&settings.state_dir)?)
+}
+
+/// The status entry of a wired interface: the pod IP, as KubeVirt reports it for both
+/// bindings.
+pub fn interface_status(network: &VmNetwork) -> VirtualMachineInstanceNetworkInterface {
+    let ip = network.reported_ip().to_string();
+    VirtualMachineInstanceNetworkInterface {
+        name: Some(network.interface.clone()),
+        ip_address: Some(ip.clone()),
+        ip_addresses: vec![ip],
+        mac: Some(network.mac_string()),
+        interface_name: Some(GUEST_IFNAME.into()),
+    }
+}
+
+/// Host pids of the processes in the pod's cgroup (cgroupfs `pod<uid>` or systemd
+/// `pod<uid with underscores>.slice`), which share the pod's network namespace. Processes
+/// in the agent's own network namespace (a host-network pod) are left out.
+pub fn pod_processes(proc_root: &Path, pod_uid: &str) -> Vec<u32> {
+    let cgroupfs = format!("/pod{pod_uid}/");
+    let systemd = format!("-pod{}.slice", pod_uid.replace('-', "_"));
+    let own_netns = std::fs::read_link(proc_root.join("self/ns/net")).ok();
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let dir = proc_root.join(pid.to_string());
+            let in_pod = std::fs::read_to_string(dir.join("cgroup")).is_ok_and(|cgroups| {
+                cgroups
+                    .lines()
+                    .any(|l| l.contains(&cgroupfs) || l.contains(&systemd))
+            });
+            in_pod && std::fs::read_link(dir.join("ns/net")).ok() != own_netns
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The pod's own name servers (its resolv.conf as the kubelet wrote it), reachable ones only.
+fn pod_nameservers(proc_root: &Path, pod_uid: &str) -> Vec<std::net::Ipv4Addr> {
+    pod_processes(proc_root, pod_uid)
+        .into_iter()
+        .find_map(|pid| {
+            std::fs::read_to_string(proc_root.join(format!("{pid}/root/etc/resolv.conf"))).ok()
+        })
+        .map(|text| ironvisor_net::reachable_nameservers(&text))
+        .unwrap_or_default()
+}
+
+fn read_wiring(file: &Path) -> Result<Option<VmNetwork>, PodNetworkError> {
+    match std::fs::read(file) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(network) => Ok(Some(network)),
+            Err(error) => {
+                tracing::warn!(file = %file.display(), %error, "unreadable wiring; wiring again");
+                Ok(None)
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PodNetworkError::File {
+            path: file.to_path_buf(),
+            problem: e.to_string(),
+        }),
+    }
+}
+
+/// Writes the wiring for `virt-launcher`: a temporary file renamed into place, so the
+/// launcher never reads half of it.
+fn write_wiring(file: &Path, network: &VmNetwork) -> Result<(), PodNetworkError> {
+    let err = |e: std::io::Error| PodNetworkError::File {
+        path: file.to_path_buf(),
+        problem: e.to_string(),
+    };
+    let json = serde_json::to_vec_pretty(network).map_err(|e| err(std::io::Error::other(e)))?;
+    let tmp = file.with_extension("json.tmp");
+    let mut out = std::fs::File::create(&tmp).map_err(err)?;
+    out.write_all(&json).map_err(err)?;
+    out.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, file).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_proc(root: &Path, pid: u32, cgroup: &str, netns: &str) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(dir.join("ns")).unwrap();
+        std::fs::write(dir.join("cgroup"), cgroup).unwrap();
+        std::os::unix::fs::symlink(netns, dir.join("ns/net")).unwrap();
+    }
+
+    #[test]
+    fn pod_processes_are_found_by_cgroup_in_both_drivers_layouts() {
+        let root = tempfile::tempdir().unwrap();
+        let uid = "0b6f1c2d-aaaa-bbbb-cccc-000000000001";
+        std::fs::create_dir_all(root.path().join("self/ns")).unwrap();
+        std::os::unix::fs::symlink("net:[1]", root.path().join("self/ns/net")).unwrap();
+        fake_proc(
+            root.path(),
+            10,
+            &format!("4:memory:/kubepods/besteffort/pod{uid}/abc\n"),
+            "net:[2]",
+        );
+        let systemd = uid.replace('-', "_");
+        fake_proc(
+            root.path(),
+            11,
+            &format!("0::/kubepods.slice/kubepods-burstable-pod{systemd}.slice/cri-x\n"),
+            "net:[2]",
+        );
+        fake_proc(
+            root.path(),
+            12,
+            "4:memory:/kubepods/besteffort/podother/abc\n",
+            "net:[3]",
+        );
+        // Host network: the agent's own namespace.
+        fake_proc(
+            root.path(),
+            13,
+            &format!("4:memory:/kubepods/besteffort/pod{uid}/def\n"),
+            "net:[1]",
+        );
+        assert_eq!(pod_processes(root.path(), uid), vec![10, 11]);
+        assert!(pod_processes(root.path(), "missing").is_empty());
+    }
+
+    #[test]
+    fn the_wiring_file_round_trips_and_a_corrupt_one_is_wired_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(NETWORK_FILE);
+        assert!(read_wiring(&file).unwrap().is_none());
+        std::fs::write(&file, b"{not json").unwrap();
+        assert!(read_wiring(&file).unwrap().is_none());
+    }
+}
