@@ -146,16 +146,38 @@ def test_delete_leaves_nothing(ironvisor: Kubectl, namespace: str) -> None:
     k.apply(EXAMPLE, ns)
     vmi = vmi_running(k, ns)
     pod = launcher_pod(k, ns, vmi)["metadata"]["name"]
+    # The node agent serves the guest's DHCP inside the pod's network namespace.
+    uid = vmi["metadata"]["uid"]
+    assert dhcp_servers_of(uid), "no DHCP server for the wired guest"
     k.run("delete", "vm", "small", "-n", ns, "--wait=true", "--timeout=180s", timeout=200)
     assert gone(k, ns, "vm", "small")
     assert gone(k, ns, "vmi", "small")
     wait_for("the launcher pod to be gone", lambda: gone(k, ns, "pod", pod), 60)
     # Nothing of the VM runs on the node any more: no QEMU or launcher of this pod.
     def node_clean() -> bool:
-        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
         return not [line for line in ps.splitlines()
                     if "qemu-system" in line and f"guest={ns}" in line or pod in line]
     wait_for("no process of the VM on the node", node_clean, 60)
+    # ... and the node agent let go of the pod's network: no DHCP server, no named netns.
+    wait_for("the node agent to release the pod network", lambda: not dhcp_servers_of(uid), 60)
+
+
+def dhcp_servers_of(vmi_uid: str) -> list[str]:
+    """dnsmasq processes the node agent runs for an instance (seen with the host's pids;
+    their state directory is named after the instance's pod namespace)."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    netns = pod_netns_name(vmi_uid)
+    return [line for line in ps.splitlines()
+            if "dnsmasq" in line and f"/pod-network/{netns}/" in line]
+
+
+def pod_netns_name(vmi_uid: str) -> str:
+    """ironvisor_net::pod_netns_name: `iv-` and 10 hex digits of FNV-1a of `pod:<uid>`."""
+    value = 0xcbf29ce484222325
+    for byte in f"pod:{vmi_uid}".encode():
+        value = ((value ^ byte) * 0x100000001b3) % (1 << 64)
+    return f"iv-{value >> 24:010x}"
 
 
 def test_vm_needing_more_memory_than_the_node_is_unschedulable(
