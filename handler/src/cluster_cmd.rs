@@ -52,15 +52,9 @@ pub fn console(args: ConsoleArgs) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let client = match kube::Client::try_default().await {
+        let client = match kube_client("console").await {
             Ok(client) => client,
-            Err(error) => {
-                eprintln!(
-                    "ironvisor-handler console: cannot configure the Kubernetes client \
-                     (in-cluster or KUBECONFIG): {error}"
-                );
-                return ExitCode::FAILURE;
-            }
+            Err(code) => return code,
         };
         match console::attach(client, &args.node_name, &args.kubelet_root, &args.instance).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -81,15 +75,9 @@ pub fn run(args: ClusterArgs) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let client = match kube::Client::try_default().await {
+        let client = match kube_client("cluster").await {
             Ok(client) => client,
-            Err(error) => {
-                eprintln!(
-                    "ironvisor-handler cluster: cannot configure the Kubernetes client \
-                     (in-cluster or KUBECONFIG): {error}"
-                );
-                return ExitCode::FAILURE;
-            }
+            Err(code) => return code,
         };
         if let Err(error) =
             capability::label_node(client.clone(), &args.node_name, hardware_kvm).await
@@ -120,6 +108,18 @@ pub fn run(args: ClusterArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    })
+}
+
+/// The in-cluster (or KUBECONFIG) client; on failure the error is printed, naming
+/// `command`.
+async fn kube_client(command: &str) -> Result<kube::Client, ExitCode> {
+    kube::Client::try_default().await.map_err(|error| {
+        eprintln!(
+            "ironvisor-handler {command}: cannot configure the Kubernetes client \
+             (in-cluster or KUBECONFIG): {error}"
+        );
+        ExitCode::FAILURE
     })
 }
 

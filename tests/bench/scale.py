@@ -36,6 +36,8 @@ CACHE = Path(os.environ.get("IRONVISOR_CACHE_DIR", "/var/cache/ironvisor"))
 KWOK = CACHE / "kwok" / KWOK_VERSION / "bin" / "kwok"
 FAKE_LABEL = "ironvisor.io/bench-node"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+FAKE_NODE_RESOURCES = {"cpu": "64", "memory": "1Ti", "pods": "1100",
+                       "devices.ironvisor.io/kvm": "1100", "devices.ironvisor.io/tun": "1100"}
 
 
 class BenchError(RuntimeError):
@@ -142,11 +144,9 @@ def fake_node(name: str) -> dict:
         "metadata": {"name": name, "labels": {FAKE_LABEL: "true", "type": "kwok"},
                      "annotations": {KWOK_ANNOTATION: "fake"}},
         "spec": {"taints": [{"key": KWOK_ANNOTATION, "value": "fake", "effect": "NoSchedule"}]},
-        # Launcher pods also ask for /dev/kvm, which a real node's agent advertises.
-        "status": {"allocatable": {"cpu": "64", "memory": "1Ti", "pods": "1100",
-                                   "devices.ironvisor.io/kvm": "1100"},
-                   "capacity": {"cpu": "64", "memory": "1Ti", "pods": "1100",
-                                "devices.ironvisor.io/kvm": "1100"}},
+        # Launcher pods also ask for /dev/kvm and (with an interface) /dev/net/tun, which a
+        # real node's agent advertises.
+        "status": {"allocatable": FAKE_NODE_RESOURCES, "capacity": FAKE_NODE_RESOURCES},
     }
 
 

@@ -156,3 +156,33 @@ def test_console_through_the_node_agent_names_what_is_wrong(ironvisor: Kubectl,
     done = ironvisor.run("exec", "-n", NAMESPACE_SYSTEM, handler, "--", "ironvisor-handler",
                          "console", "no-slash", check=False)
     assert done.returncode != 0 and "is not NAMESPACE/NAME" in done.stderr, done.stderr
+
+
+def test_an_interface_off_the_pod_network_fails_the_instance_saying_why(
+        ironvisor: Kubectl, namespace: str) -> None:
+    """Multus networks need a meta plugin this cluster does not run: the instance fails
+    with the reason and a message that names the interface, and the node agent says so
+    in an event; nothing waits forever."""
+    k, ns = ironvisor, namespace
+    vmi = {
+        "apiVersion": "ironvisor.io/v1alpha1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "multus"},
+        "spec": {
+            "domain": {"memory": {"guest": "64Mi"},
+                       "firmware": {"kernelBoot": {"container": {
+                           "image": "ironvisor/guest-kernel:debian-6.1",
+                           "kernelPath": "/boot/vmlinuz", "initrdPath": "/boot/initrd.img"}}},
+                       "devices": {"disks": [{"name": "rootdisk"}],
+                                   "interfaces": [{"name": "secondary", "bridge": {}}]}},
+            "networks": [{"name": "secondary", "multus": {"networkName": "net1"}}],
+            "volumes": [{"name": "rootdisk",
+                         "containerDisk": {"image": "ironvisor/rootfs:busybox"}}],
+        },
+    }
+    k.apply(json.dumps(vmi), ns)
+    failed = wait_for("the VMI to fail", lambda: (lambda v: v if v and v.get(
+        "status", {}).get("phase") == "Failed" else None)(k.get("vmi", "multus", ns)), 180,
+        describe=lambda: diagnostics(k, ns))
+    assert failed["status"].get("reason") == "NetworkUnsupported", failed["status"]
+    described = k.run("describe", "vmi", "multus", "-n", ns).stdout
+    assert 'interface "secondary" is not on a pod network' in described, described

@@ -166,7 +166,15 @@ async fn reconcile(
     };
 
     let mut pending = false;
-    let interfaces = match wire_network(&ctx, &vmi, &object, &uid, &pod_uid).await? {
+    let wired = match wire_network(&ctx, &vmi, &object, &uid, &pod_uid).await {
+        Ok(wired) => wired,
+        Err(error) => {
+            // Said on the instance too: its launcher waits for the wiring meanwhile.
+            publish_warning(&ctx, &vmi, "NetworkSetupFailed", error.to_string()).await;
+            return Err(error);
+        }
+    };
+    let interfaces = match wired {
         NetworkOutcome::NoInterface => Vec::new(),
         NetworkOutcome::NotYet => {
             pending = true;
@@ -202,7 +210,12 @@ async fn reconcile(
         );
     }
     if newly_emulated {
-        publish_emulation_warning(&ctx, &vmi).await;
+        let note = format!(
+            "node {} has no hardware-assisted virtualization for this guest: it runs under \
+             software emulation (QEMU TCG), without hardware isolation and much slower",
+            ctx.node_name
+        );
+        publish_warning(&ctx, &vmi, "SoftwareEmulation", note).await;
     }
     Ok(if pending {
         Action::requeue(if status.phase == Some(Phase::Running) {
@@ -385,20 +398,22 @@ async fn report_status(
     })
 }
 
-async fn publish_emulation_warning(ctx: &InstanceContext, vmi: &VirtualMachineInstance) {
+/// A Warning event on the instance (the recorder folds repeats into a series).
+async fn publish_warning(
+    ctx: &InstanceContext,
+    vmi: &VirtualMachineInstance,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_: EventType::Warning,
-        reason: "SoftwareEmulation".into(),
-        note: Some(format!(
-            "node {} has no hardware-assisted virtualization for this guest: it runs under \
-             software emulation (QEMU TCG), without hardware isolation and much slower",
-            ctx.node_name
-        )),
+        reason: reason.into(),
+        note: Some(note),
         action: "Start".into(),
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &vmi.object_ref(&())).await {
-        warn!(%error, "could not publish the SoftwareEmulation event");
+        warn!(%error, reason, "could not publish an event");
     }
 }
 

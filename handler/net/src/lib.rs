@@ -647,6 +647,17 @@ fn teardown_state(st: &VmState, dir: &Path) -> Result<(), NetError> {
     if let Err(error) = del_result {
         errors.push(error);
     }
+    drop_name_and_state(st, dir, errors)
+}
+
+/// The last teardown steps of both modes: the namespace name goes, then the state file,
+/// but only if no step (`errors`, so far) failed, so that teardown can be retried.
+pub(crate) fn drop_name_and_state(
+    st: &VmState,
+    dir: &Path,
+    mut errors: Vec<NetError>,
+) -> Result<(), NetError> {
+    let vm_key = &st.vm_key;
     if let Err(source) = netns::delete(&st.netns_name) {
         errors.push(NetError::Netns {
             vm_key: vm_key.clone(),

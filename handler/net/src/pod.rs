@@ -17,8 +17,8 @@ use crate::binding;
 use crate::netns;
 use crate::state::{self, VmState, STATE_VERSION};
 use crate::{
-    bind_and_serve, ensure_dhcp_running, netns_name, NetError, NodeNeighbours, VmNetwork,
-    VmNetworkRequest,
+    bind_and_serve, drop_name_and_state, ensure_dhcp_running, netns_name, NetError, NodeNeighbours,
+    VmNetwork, VmNetworkRequest,
 };
 
 /// The file in a launcher pod's run directory that carries the agent's wiring (a
@@ -260,22 +260,7 @@ fn unwire_state(st: &VmState, dir: &Path) -> Result<(), NetError> {
     if let (Some(attachment), true) = (&st.attachment, netns::exists(&st.netns_name)) {
         binding::reset(&st.netns_name, attachment);
     }
-    if let Err(source) = netns::delete(&st.netns_name) {
-        errors.push(NetError::Netns {
-            vm_key: vm_key.clone(),
-            source,
-        });
-    }
-    if !errors.is_empty() {
-        return Err(NetError::TeardownIncomplete {
-            vm_key: vm_key.clone(),
-            errors,
-        });
-    }
-    state::remove(dir).map_err(|source| NetError::State {
-        vm_key: vm_key.clone(),
-        source,
-    })
+    drop_name_and_state(st, dir, errors)
 }
 
 #[cfg(test)]
