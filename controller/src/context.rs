@@ -2,6 +2,7 @@
 //! settings and the metrics; plus the small API helpers both reconcilers use.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -48,6 +49,27 @@ pub enum ReconcileError {
 }
 
 impl ReconcileError {
+    /// When to try again. Creating in a namespace that is being deleted is refused until
+    /// the namespace controller has deleted the object too: retrying that every few
+    /// seconds for thousands of objects would crowd out the deletions themselves.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Self::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } if status.code == 403 && status.message.contains("being terminated") => {
+                NAMESPACE_TERMINATING_RETRY
+            }
+            _ => ERROR_RETRY,
+        }
+    }
+
+    /// Whether the error is worth a warning (not the expected refusal in a namespace that
+    /// is being deleted).
+    pub fn is_expected(&self) -> bool {
+        self.retry_after() == NAMESPACE_TERMINATING_RETRY
+    }
+
     /// Metric label of the error.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -57,6 +79,11 @@ impl ReconcileError {
         }
     }
 }
+
+/// How soon a failed reconcile is retried.
+const ERROR_RETRY: Duration = Duration::from_secs(5);
+/// How soon a create refused in a terminating namespace is retried.
+const NAMESPACE_TERMINATING_RETRY: Duration = Duration::from_secs(60);
 
 /// Shorthand for an API error with context.
 pub fn kube_error<'a>(
@@ -251,4 +278,32 @@ where
     .await
     .map_err(kube_error("writing the status of", &key(object)))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_refused_in_a_terminating_namespace_are_retried_slowly_and_quietly() {
+        let refused = |code: u16, message: &str| ReconcileError::Kube {
+            action: "creating the launcher pod of",
+            object: "ns/vm".into(),
+            source: kube::Error::Api(
+                kube::core::Status::failure(message, "Forbidden")
+                    .with_code(code)
+                    .boxed(),
+            ),
+        };
+        let terminating = refused(
+            403,
+            "pods \"p\" is forbidden: unable to create new content in namespace ns because \
+             it is being terminated",
+        );
+        assert_eq!(terminating.retry_after(), NAMESPACE_TERMINATING_RETRY);
+        assert!(terminating.is_expected());
+        let other = refused(403, "pods \"p\" is forbidden: exceeded quota");
+        assert_eq!(other.retry_after(), ERROR_RETRY);
+        assert!(!other.is_expected());
+    }
 }

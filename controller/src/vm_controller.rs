@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::context::{
     apply_status, ensure_finalizer, key, kube_error, measured, now, remove_finalizer, Context,
@@ -46,8 +46,12 @@ pub fn error_policy(
     error: &ReconcileError,
     _ctx: Arc<Context>,
 ) -> Action {
-    warn!(%error, "virtual machine reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    if error.is_expected() {
+        debug!(%error, "virtual machine reconcile refused; its namespace is being deleted");
+    } else {
+        warn!(%error, "virtual machine reconcile failed");
+    }
+    Action::requeue(error.retry_after())
 }
 
 /// The instance a VM creates: its template, defaulted, owned by the VM.

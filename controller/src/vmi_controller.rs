@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::context::{
     apply_status, ensure_finalizer, key, kube_error, measured, now, remove_finalizer, Context,
@@ -50,8 +50,12 @@ pub fn error_policy(
     error: &ReconcileError,
     _ctx: Arc<Context>,
 ) -> Action {
-    warn!(%error, "instance reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    if error.is_expected() {
+        debug!(%error, "instance reconcile refused; its namespace is being deleted");
+    } else {
+        warn!(%error, "instance reconcile failed");
+    }
+    Action::requeue(error.retry_after())
 }
 
 #[instrument(skip_all, fields(vmi = %key(vmi)))]
