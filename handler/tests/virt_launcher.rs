@@ -24,6 +24,10 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 const HANDLER: &str = env!("CARGO_BIN_EXE_ironvisor-handler");
+const VMI_UID: &str = "6a1c0f3e-1111-4222-8333-944455556666";
+/// The interface's MAC in the instance (as the controller's defaults would leave a
+/// generated one, a fixed one keeps the test independent of the generator).
+const MAC: &str = "52:54:00:12:34:56";
 
 /// A pod's directories in a temporary directory.
 struct PodDir {
@@ -42,6 +46,32 @@ impl PodDir {
         pod
     }
 
+    /// Plays the node agent: the wiring of the instance's interface, as
+    /// `ironvisor_net::wire_pod` leaves it in the run directory (nothing is made on the
+    /// host: the fake launcher opens no tap).
+    fn wire_network(&self) {
+        let network = json!({
+            "vm_key": "default/small",
+            "vm_uid": VMI_UID,
+            "interface": "default",
+            "binding": "masquerade",
+            "netns_name": "iv-0000000000",
+            "netns_path": "/var/run/netns/iv-0000000000",
+            "tap": "tap0",
+            "pod_ip": "10.244.0.7",
+            "pod_gateway": "10.244.0.1",
+            "pod_prefix_len": 24,
+            "guest_ip": "10.0.2.2",
+            "gateway": "10.0.2.1",
+            "prefix_len": 24,
+            "mac": MAC,
+            "mtu": 1500,
+            "dns_servers": []
+        });
+        std::fs::write(self.path("sockets/network.json"), network.to_string())
+            .expect("network.json");
+    }
+
     fn path(&self, relative: &str) -> PathBuf {
         self.dir.path().join(relative)
     }
@@ -50,8 +80,9 @@ impl PodDir {
         std::fs::write(self.path("vmi/vmi.json"), text).expect("vmi.json");
     }
 
-    /// Fake kernel files and a small raw root disk.
+    /// Fake kernel files and a small raw root disk, and the node agent's wiring.
     fn fake_images(&self) {
+        self.wire_network();
         std::fs::write(self.path("kernel/kernel"), b"kernel").unwrap();
         std::fs::write(self.path("kernel/initrd"), b"initrd").unwrap();
         std::fs::write(self.path("container-disks/rootdisk/disk.img"), [0u8; 4096]).unwrap();
@@ -75,7 +106,7 @@ fn vmi(kernel_args: &str) -> Value {
     json!({
         "apiVersion": "ironvisor.io/v1alpha1",
         "kind": "VirtualMachineInstance",
-        "metadata": {"name": "small", "namespace": "default", "uid": "6a1c0f3e-1111-4222-8333-944455556666"},
+        "metadata": {"name": "small", "namespace": "default", "uid": VMI_UID},
         "spec": {
             "domain": {
                 "cpu": {"cores": 1, "sockets": 1, "threads": 1},
@@ -94,7 +125,7 @@ fn vmi(kernel_args: &str) -> Value {
                         {"name": "scratch", "disk": {"bus": "virtio"}},
                         {"name": "cloudinitdisk", "disk": {"bus": "virtio"}}
                     ],
-                    "interfaces": [{"name": "default", "masquerade": {}}]
+                    "interfaces": [{"name": "default", "masquerade": {}, "macAddress": MAC}]
                 }
             },
             "networks": [{"name": "default", "pod": {}}],
@@ -136,6 +167,16 @@ fn collect(mut from: impl Read + Send + 'static, echo: bool) -> Arc<Mutex<Vec<u8
 
 impl VirtLauncher {
     fn start(pod: &PodDir, backend: &str, launcher: &Path, launcher_qemu: &Path) -> Self {
+        Self::start_with(pod, backend, launcher, launcher_qemu, &[])
+    }
+
+    fn start_with(
+        pod: &PodDir,
+        backend: &str,
+        launcher: &Path,
+        launcher_qemu: &Path,
+        extra: &[&str],
+    ) -> Self {
         let mut child = Command::new(HANDLER)
             .arg("virt-launcher")
             .arg("--vmi")
@@ -154,6 +195,7 @@ impl VirtLauncher {
             .arg(backend)
             .arg("--termination-log")
             .arg(pod.path("termination-log"))
+            .args(extra)
             .env_remove("IRONVISOR_BACKEND")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -298,7 +340,7 @@ fn fake_launcher_runs_is_ready_and_stops_gracefully_on_sigterm() {
         Duration::from_secs(5),
     );
 
-    // The configuration: sockets in the run dir, console also on stdout, no NICs, the
+    // The configuration: sockets in the run dir, console also on stdout, the NIC, the
     // disks in order with the containerDisk used in place, the grace period.
     let config = pod.launch_config();
     let sockets = pod.path("sockets");
@@ -311,7 +353,11 @@ fn fake_launcher_runs_is_ready_and_stops_gracefully_on_sigterm() {
         config["api_socket"],
         sockets.join("api.sock").display().to_string()
     );
-    assert_eq!(config["nets"], json!([]));
+    // The NIC is the tap the node agent wired, with the instance's MAC.
+    assert_eq!(
+        config["nets"],
+        json!([{"id": "default", "tap": "tap0", "mac": MAC}])
+    );
     assert_eq!(config["shutdown_timeout_secs"], 7);
     assert_eq!(
         config["kernel"]["cmdline"],
@@ -337,12 +383,6 @@ fn fake_launcher_runs_is_ready_and_stops_gracefully_on_sigterm() {
             .unwrap()
             .starts_with(&sockets.display().to_string()));
     }
-    assert!(
-        run.stderr()
-            .contains("interfaces default are not wired in cluster mode yet"),
-        "{}",
-        run.stderr()
-    );
 
     // Pod deletion: SIGTERM is forwarded, the guest stops gracefully (exit 5).
     run.signal(Signal::SIGTERM);
@@ -398,6 +438,31 @@ fn a_launcher_error_carries_the_launchers_message() {
             .contains("fake-launcher: error: VM small failed to build (fake.mode=fail)"),
         "{message}"
     );
+}
+
+#[test]
+fn without_the_node_agents_wiring_the_guest_does_not_start() {
+    let pod = PodDir::new(&vmi(""));
+    pod.fake_images();
+    std::fs::remove_file(pod.path("sockets/network.json")).unwrap();
+    let fake = common::fake_launcher();
+    let mut run = VirtLauncher::start_with(
+        &pod,
+        "kvm",
+        &fake,
+        Path::new("/nonexistent/qemu"),
+        &["--network-wait-secs", "1"],
+    );
+    let status = run.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", run.stderr());
+    let message = pod.termination();
+    assert_eq!(message["reason"], "NetworkNotWired");
+    let text = message["message"].as_str().unwrap();
+    assert!(
+        text.contains("interface default") && text.contains("network.json"),
+        "{message}"
+    );
+    assert!(!pod.path("sockets/launcher.json").exists());
 }
 
 #[test]
@@ -538,6 +603,11 @@ fn the_guest_boots_under_qemu_tcg_and_stops_on_sigterm() {
 
     let mut spec = vmi("root=/dev/vda rw");
     spec["spec"]["terminationGracePeriodSeconds"] = json!(60);
+    // No NIC: a real tap needs the node agent's wiring in a pod network namespace (the
+    // cluster e2e tests cover that).
+    spec["spec"]["domain"]["devices"]["interfaces"] = json!([]);
+    spec["spec"]["domain"]["devices"]["autoattachPodInterface"] = json!(false);
+    spec["spec"]["networks"] = json!([]);
     let pod = PodDir::new(&spec);
     std::fs::copy(&kernel, pod.path("kernel/kernel")).unwrap();
     std::fs::copy(&initrd, pod.path("kernel/initrd")).unwrap();
