@@ -13,6 +13,8 @@ packages=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   # node networking (handler/net/DEPENDENCIES)
   containernetworking-plugins iptables iproute2 nftables dnsmasq-base procps
+  # the cloud-init seed checks (handler/disks): fsck.fat and mtype read the FAT image
+  dosfstools mtools
   # cluster mode: offline container images (images/containers.py); the test cluster's
   # own packages (containerd, runc, iptables, ...) are installed by scripts/cluster.sh
   mmdebstrap

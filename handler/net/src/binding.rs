@@ -425,17 +425,17 @@ mod tests {
         assert!(rules.contains("oifname \"eth0\" udp dport 67 drop"));
     }
 
-    /// `nft -c` parses and checks rules without loading them; run it when nft is there.
+    /// `nft -c` parses and checks rules without loading them (needs root and nftables).
     #[test]
     fn rulesets_pass_nft_check() {
-        if !crate::tool::is_executable(std::ffi::OsStr::new("nft")) {
-            eprintln!("skipping: nft is not installed");
-            return;
-        }
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipping: nft -c needs root");
-            return;
-        }
+        assert!(
+            crate::tool::is_executable(std::ffi::OsStr::new("nft")),
+            "nft is not installed (nftables; scripts/install-deps.sh installs it)"
+        );
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "nft -c needs root: run the tests as root, as scripts/test-all.sh does"
+        );
         for rules in [masquerade_ruleset(), bridge_ruleset()] {
             let result = Invocation::new("nft")
                 .args(["-c", "-f", "-"])
