@@ -91,10 +91,8 @@ pub fn ensure_wired(
             problem: "not a pod UID".into(),
         });
     };
-    let Some(pid) = pod_processes(&settings.proc_root, pod_uid)
-        .into_iter()
-        .next()
-    else {
+    let pids = pod_processes(&settings.proc_root, pod_uid);
+    let Some(&pid) = pids.first() else {
         return Ok(Wiring::NotYet);
     };
     if let Some(network) = read_wiring(&file)? {
@@ -105,7 +103,7 @@ pub fn ensure_wired(
     }
     let pod = PodNamespace {
         pid,
-        dns_servers: pod_nameservers(&settings.proc_root, pod_uid),
+        dns_servers: pod_nameservers(&settings.proc_root, &pids),
         node_netns: &settings.node_netns,
     };
     let network = ironvisor_net::wire_pod(&settings.state_dir, request, &pod)?;
@@ -164,9 +162,8 @@ pub fn pod_processes(proc_root: &Path, pod_uid: &str) -> Vec<u32> {
 }
 
 /// The pod's own name servers (its resolv.conf as the kubelet wrote it), reachable ones only.
-fn pod_nameservers(proc_root: &Path, pod_uid: &str) -> Vec<std::net::Ipv4Addr> {
-    pod_processes(proc_root, pod_uid)
-        .into_iter()
+fn pod_nameservers(proc_root: &Path, pids: &[u32]) -> Vec<std::net::Ipv4Addr> {
+    pids.iter()
         .find_map(|pid| {
             std::fs::read_to_string(proc_root.join(format!("{pid}/root/etc/resolv.conf"))).ok()
         })
