@@ -129,18 +129,42 @@ fn invocation(
         .stdin(config.to_string())
 }
 
+/// What CNI ADD made: the pod interface's address and the node side of its link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Added {
+    pub(crate) attachment: Attachment,
+    /// The node-side interface (the bridge plugin's veth peer), when the result names one.
+    pub(crate) host_interface: Option<String>,
+}
+
 /// Runs CNI ADD: creates the pod interface in `netns_path` and returns its address.
 pub(crate) fn add(
     cni_bin_dir: &Path,
     config: &Value,
     container_id: &str,
     netns_path: &Path,
-) -> Result<Attachment, CniError> {
+) -> Result<Added, CniError> {
     let plugin = plugin_path(cni_bin_dir, config);
     let output = invocation("ADD", cni_bin_dir, config, container_id, netns_path)
         .run()
         .map_err(|source| classify("ADD", container_id, &plugin, source))?;
-    parse_add_result(&plugin, &output.stdout)
+    let attachment = parse_add_result(&plugin, &output.stdout)?;
+    let bridge = config.get("bridge").and_then(Value::as_str);
+    Ok(Added {
+        attachment,
+        host_interface: host_interface(&output.stdout, bridge),
+    })
+}
+
+/// The interface of an ADD result that lives on the node (no sandbox) and is not the
+/// bridge itself: the node end of the pod's veth.
+fn host_interface(stdout: &str, bridge: Option<&str>) -> Option<String> {
+    let result: AddResult = serde_json::from_str(stdout).ok()?;
+    result
+        .interfaces
+        .into_iter()
+        .find(|i| i.sandbox.is_none() && Some(i.name.as_str()) != bridge)
+        .map(|i| i.name)
 }
 
 /// Runs CNI DEL: releases the IPAM lease, the masquerade rules and the pod interface.
@@ -288,6 +312,17 @@ mod tests {
                 gateway: Ipv4Addr::new(10, 222, 0, 1),
             }
         );
+    }
+
+    #[test]
+    fn add_result_names_the_node_end_of_the_veth() {
+        assert_eq!(
+            host_interface(RESULT, Some("ironvisor0")).as_deref(),
+            Some("veth2866f431")
+        );
+        let only_pod = r#"{"interfaces": [{"name": "eth0", "sandbox": "/x"}], "ips": []}"#;
+        assert_eq!(host_interface(only_pod, Some("ironvisor0")), None);
+        assert_eq!(host_interface("not json", None), None);
     }
 
     #[test]

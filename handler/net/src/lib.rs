@@ -133,6 +133,17 @@ pub enum NetError {
         #[source]
         source: NetnsError,
     },
+    /// The node end of a lost namespace's veth could not be removed.
+    #[error("VM {vm_key}: removing the node interface {interface}: {source}")]
+    NodeLink {
+        /// The VM.
+        vm_key: String,
+        /// The interface.
+        interface: String,
+        /// The failed command.
+        #[source]
+        source: ToolError,
+    },
     /// The CNI plugin failed.
     #[error("VM {vm_key}: {source}")]
     Cni {
@@ -360,6 +371,7 @@ pub fn setup(cfg: &NetworkConfig, req: &VmNetworkRequest) -> Result<VmNetwork, N
         cni_bin_dir: cfg.cni_bin_dir.clone(),
         cni_config: cni::network_config(cfg),
         attachment: None,
+        host_interface: None,
         network: None,
     };
     state::write(&dir, &st).map_err(state_err)?;
@@ -446,15 +458,17 @@ fn build(
     })?;
     let netns_path = netns::path(&ns);
 
-    let attachment =
+    let added =
         cni::add(&st.cni_bin_dir, &st.cni_config, &st.vm_uid, &netns_path).map_err(|source| {
             NetError::Cni {
                 vm_key: vm_key.clone(),
                 source,
             }
         })?;
+    let attachment = added.attachment;
     tracing::debug!(pod_ip = %attachment.address, gateway = %attachment.gateway, "CNI ADD done");
     st.attachment = Some(attachment);
+    st.host_interface = added.host_interface;
     state::write(dir, st).map_err(|source| NetError::State {
         vm_key: vm_key.clone(),
         source,
@@ -706,7 +720,34 @@ fn del_with_stand_in(st: &VmState, attachment: Attachment) -> Result<(), NetErro
             })
         });
     let deleted = netns::delete(&st.netns_name).map_err(netns_err);
-    result.and(deleted)
+    // The lost namespace is freed by the kernel in the background once its last process
+    // is gone, and its veth with it; remove the node end now so teardown leaves nothing.
+    let unlinked = match &st.host_interface {
+        Some(name) => remove_node_link(name).map_err(|source| NetError::NodeLink {
+            vm_key: vm_key.clone(),
+            interface: name.clone(),
+            source,
+        }),
+        None => Ok(()),
+    };
+    result.and(deleted).and(unlinked)
+}
+
+/// Deletes the node interface `name` if it still exists.
+fn remove_node_link(name: &str) -> Result<(), ToolError> {
+    let exists = || Path::new("/sys/class/net").join(name).exists();
+    if !exists() {
+        return Ok(());
+    }
+    let result = Invocation::new("ip")
+        .args(["link", "del", "dev", name])
+        .run();
+    match result {
+        Ok(_) => Ok(()),
+        // The kernel may have removed it between the check and the delete.
+        Err(_) if !exists() => Ok(()),
+        Err(source) => Err(source),
+    }
 }
 
 /// The VM's network as recorded by [`setup`], after a daemon restart. `None` if the VM
@@ -846,6 +887,7 @@ mod tests {
             cni_bin_dir: "/usr/lib/cni".into(),
             cni_config: cni::network_config(&cfg),
             attachment: None,
+            host_interface: None,
             network: None,
         };
         state::write(&state::vm_dir(root.path(), &ns), &st).unwrap();

@@ -108,6 +108,7 @@ pub fn wire_pod(
                 cni_bin_dir: Default::default(),
                 cni_config: Value::Null,
                 attachment: Some(attachment),
+                host_interface: None,
                 network: None,
             };
             state::write(&dir, &st).map_err(state_err)?;
@@ -187,6 +188,7 @@ pub fn resume_pod(state_dir: &Path, network: &VmNetwork, pid: u32) -> Result<(),
                 prefix_len: network.pod_prefix_len,
                 gateway: network.pod_gateway,
             }),
+            host_interface: None,
             network: Some(network),
         };
         state::write(&dir, &st).map_err(|source| NetError::State {

@@ -96,6 +96,10 @@ pub(crate) struct VmState {
     pub(crate) cni_config: Value,
     /// Set once CNI ADD returned.
     pub(crate) attachment: Option<Attachment>,
+    /// The node end of the pod's veth, from the ADD result: removed by teardown when the
+    /// namespace was lost and the kernel has not removed it yet.
+    #[serde(default)]
+    pub(crate) host_interface: Option<String>,
     /// Set once setup completed.
     pub(crate) network: Option<VmNetwork>,
 }
@@ -189,6 +193,7 @@ mod tests {
                 prefix_len: 24,
                 gateway: "10.222.0.1".parse().unwrap(),
             }),
+            host_interface: None,
             network: None,
         }
     }
