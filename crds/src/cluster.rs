@@ -46,6 +46,23 @@ pub const NODE_LABEL_HARDWARE_KVM: &str = "ironvisor.io/hardware-kvm";
 /// Name of the launcher pod's main container.
 pub const COMPUTE_CONTAINER: &str = "compute";
 
+/// The node link: the api-server reaches the node agent on this TCP port of the agent's
+/// pod (consoles, pause), over mutual TLS with certificates from the api-server's CA.
+pub const NODE_LINK_PORT: u16 = 8186;
+
+/// The name the node agents' link certificate is issued for (and checked under).
+pub const NODE_LINK_SERVER_NAME: &str = "ironvisor-handler";
+
+/// The common name of the api-server's client certificate on the node link.
+pub const NODE_LINK_CLIENT_NAME: &str = "ironvisor-apiserver";
+
+/// The Secret (in the Ironvisor namespace) holding the node agents' link certificate, its
+/// key and the CA bundle, written by the api-server.
+pub const NODE_LINK_SECRET: &str = "ironvisor-handler-certs";
+
+/// Label of the node agent's pods (the api-server finds the agent of a node by it).
+pub const HANDLER_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "ironvisor-handler");
+
 /// Launcher pod name of an instance: `virt-launcher-<vmi>-<5 chars of its UID>`.
 ///
 /// Deterministic, so a create retried after a crash (or from a stale cache) finds the

@@ -50,6 +50,7 @@ pub mod cluster;
 pub mod crd;
 pub mod decode;
 pub mod defaults;
+pub mod node_link;
 pub mod quantity;
 pub mod v1alpha1;
 pub mod validate;

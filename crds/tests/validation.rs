@@ -659,6 +659,19 @@ fn cloud_init_rules() {
         }),
         vec![]
     );
+    // Megabytes of userData are refused by size, naming the field.
+    let huge = format!("#cloud-config\n{}", "x".repeat(2 << 20));
+    assert_eq!(
+        cloud(CloudInitNoCloudSource {
+            user_data: Some(huge.clone()),
+            ..CloudInitNoCloudSource::default()
+        }),
+        vec![ValidationError::CloudInitTooLarge {
+            path: format!("{path}.userData"),
+            bytes: huge.len(),
+            max: ironvisor_crds::validate::MAX_CLOUD_INIT_BYTES,
+        }]
+    );
 }
 
 #[test]

@@ -314,6 +314,16 @@ pub enum ValidationError {
         /// The decoder's complaint.
         reason: String,
     },
+    /// Cloud-init data larger than the seed disk takes.
+    #[error("{path}: {bytes} bytes is larger than the {max}-byte limit for cloud-init data")]
+    CloudInitTooLarge {
+        /// Field path.
+        path: String,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// `kernelBoot` without `container`.
     #[error("{path}: kernelBoot needs a container that provides the kernel")]
     KernelBootWithoutContainer {
@@ -391,6 +401,7 @@ impl ValidationError {
             | Self::CloudInitUserDataConflict { path }
             | Self::CloudInitEmpty { path }
             | Self::InvalidBase64 { path, .. }
+            | Self::CloudInitTooLarge { path, .. }
             | Self::KernelBootWithoutContainer { path }
             | Self::KernelBootPathsMissing { path }
             | Self::InvalidKernelArgs { path, .. }

@@ -39,6 +39,10 @@ pub const MAX_VIRTIO_DEVICES: usize = 18;
 pub const MAX_KERNEL_ARGS_BYTES: usize = 2048;
 /// Longest disk serial number (virtio-blk `GET_ID` returns 20 bytes).
 pub const MAX_SERIAL_BYTES: usize = 20;
+/// Largest `userData`, `userDataBase64` or `networkData` of a `cloudInitNoCloud` volume
+/// (each, as written in the manifest). Real cloud-configs are kilobytes; the limit keeps a
+/// hostile megabyte out of the node's seed disk and well under the API's object limit.
+pub const MAX_CLOUD_INIT_BYTES: usize = 256 * 1024;
 /// The annotation Ironvisor does *not* use for hardware isolation (the field
 /// `domain.features.hardwareIsolation` does); setting it is reported so it is not
 /// silently ignored.
@@ -569,6 +573,23 @@ fn volume_source(volume: &Volume, path: &FieldPath, errors: &mut Vec<ValidationE
                 });
             }
             _ => {}
+        }
+        for (field, data) in [
+            ("userData", &cloud_init.user_data),
+            ("userDataBase64", &cloud_init.user_data_base64),
+            ("networkData", &cloud_init.network_data),
+        ] {
+            if let Some(bytes) = data
+                .as_ref()
+                .map(String::len)
+                .filter(|n| *n > MAX_CLOUD_INIT_BYTES)
+            {
+                errors.push(ValidationError::CloudInitTooLarge {
+                    path: cloud_path.child(field).into(),
+                    bytes,
+                    max: MAX_CLOUD_INIT_BYTES,
+                });
+            }
         }
         if let Some(encoded) = &cloud_init.user_data_base64 {
             // YAML block scalars wrap long base64 text over lines.
