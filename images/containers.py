@@ -217,29 +217,40 @@ def spec_handler(inputs: Inputs) -> ImageSpec:
                      env=(("PATH", DEFAULT_PATH),))
 
 
-def spec_controller(inputs: Inputs) -> ImageSpec:
-    """The controller: static if it links so, else with the libraries ldd names."""
-    package = binary = "ironvisor-controller"
+def _static_service(inputs: Inputs, package: str, short: str, folder: str) -> ImageSpec:
+    """A cluster service: one binary (static if it links so, else with the libraries
+    ldd names), the CA certificates, a writable /tmp, running as 65532."""
+    binary = package
     try:
         if package not in cargo.workspace_packages():
-            raise Skipped(f"the workspace has no package {package} yet (controller/)")
+            raise Skipped(f"the workspace has no package {package} yet ({folder}/)")
         try:
             path = inputs.static(package, binary)
             libraries: list[str] = []
         except cargo.CargoError as static_error:
-            log.warning("controller: static build failed, using the dynamic one: %s",
+            log.warning("%s: static build failed, using the dynamic one: %s", short,
                         str(static_error)[-500:])
             path = cargo.build_release([package], [binary])[binary]
             libraries = elf.runtime_files(path)
     except (cargo.CargoError, elf.ElfError) as exc:
-        raise ContainersError(f"controller: {exc}") from exc
+        raise ContainersError(f"{short}: {exc}") from exc
     entries = [Entry(f"/usr/local/bin/{binary}", source=path, mode=0o755),
                Entry(str(CA_BUNDLE), source=CA_BUNDLE, mode=0o644),
                Entry("/tmp", mode=0o1777)]
     entries += [Entry(lib, source=Path(lib).resolve(), mode=0o755) for lib in libraries]
-    return ImageSpec(f"ironvisor/controller:{VERSION}",
-                     (Layer(tuple(entries), comment="ironvisor-controller and CA certificates"),),
+    return ImageSpec(f"ironvisor/{short}:{VERSION}",
+                     (Layer(tuple(entries), comment=f"{binary} and CA certificates"),),
                      entrypoint=(f"/usr/local/bin/{binary}",), user="65532:65532")
+
+
+def spec_controller(inputs: Inputs) -> ImageSpec:
+    """The controller."""
+    return _static_service(inputs, "ironvisor-controller", "controller", "controller")
+
+
+def spec_apiserver(inputs: Inputs) -> ImageSpec:
+    """The api-server (admission webhooks, subresource API)."""
+    return _static_service(inputs, "ironvisor-apiserver", "apiserver", "api-server")
 
 
 @dataclass(frozen=True)
@@ -260,6 +271,7 @@ IMAGES = (
     Image("launcher", "ironvisor/launcher", spec_launcher),
     Image("handler", "ironvisor/handler", spec_handler),
     Image("controller", "ironvisor/controller", spec_controller),
+    Image("apiserver", "ironvisor/apiserver", spec_apiserver),
 )
 
 

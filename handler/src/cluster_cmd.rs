@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::Args;
 use futures::FutureExt;
 use ironvisor_handler::backend::{BackendMode, BackendSelector, BACKEND_ENV};
-use ironvisor_handler_cluster::{capability, console, instances, pod_volumes};
+use ironvisor_handler_cluster::{capability, console, instances, node_link, pod_volumes};
 use tracing::{error, info, warn};
 
 /// Command line of `cluster`.
@@ -28,6 +28,9 @@ pub struct ClusterArgs {
     /// auto (probe the host), kvm, or qemu-tcg (report emulation only).
     #[arg(long, env = BACKEND_ENV, default_value = "auto")]
     backend: BackendMode,
+    /// Ironvisor's namespace (where the node link Secret is).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ironvisor-system")]
+    namespace: String,
 }
 
 /// Command line of `console`.
@@ -96,11 +99,22 @@ pub fn run(args: ClusterArgs) -> ExitCode {
             ..ironvisor_deviceplugin::DevicePluginConfig::default()
         };
         info!(node = %args.node_name, hardware_kvm, "node agent running in cluster mode");
-        let (plugins, (), ()) = tokio::join!(
-            ironvisor_deviceplugin::run_device_plugins(plugins, shutdown.clone()),
-            instances::run(context.clone(), shutdown.clone()),
-            instances::sweep_networks(context, shutdown),
-        );
+        let link = node_link::serve(context.clone(), args.namespace.clone(), shutdown.clone());
+        let agent = async {
+            tokio::join!(
+                ironvisor_deviceplugin::run_device_plugins(plugins, shutdown.clone()),
+                instances::run(context.clone(), shutdown.clone()),
+                instances::sweep_networks(context, shutdown),
+            )
+        };
+        // The link returns Ok only at shutdown; an error (the port taken) ends the agent.
+        let plugins = tokio::select! {
+            (plugins, (), ()) = agent => plugins,
+            Err(error) = link => {
+                eprintln!("ironvisor-handler cluster: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
         match plugins {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

@@ -51,10 +51,16 @@ def diagnostics(k: Kubectl, namespace: str) -> str:
     return "\n".join(parts)
 
 
+WORKLOADS = ("deployment/ironvisor-controller", "daemonset/ironvisor-handler",
+             "deployment/ironvisor-apiserver")
+SUBRESOURCE_API_SERVICE = "v1alpha1.subresources.ironvisor.io"
+
+
 @pytest.fixture(scope="session")
 def ironvisor(kubectl: Kubectl) -> Kubectl:
     """Ironvisor deployed on the cluster: images imported, `kubectl apply -k deploy/`,
-    both controller replicas ready and one of them leading."""
+    both controller replicas ready and one of them leading, the api-server's webhooks and
+    subresource API available."""
     done = subprocess.run(["python3", "-m", "images.containers", "import"], cwd=REPO_ROOT,
                           capture_output=True, text=True)
     if done.returncode != 0:
@@ -63,11 +69,13 @@ def ironvisor(kubectl: Kubectl) -> Kubectl:
     kubectl.run("wait", "--for=condition=Established", "--timeout=60s",
                 "crd/virtualmachines.ironvisor.io", "crd/virtualmachineinstances.ironvisor.io")
     # Pick up freshly imported images even when the manifests did not change.
-    for workload in ("deployment/ironvisor-controller", "daemonset/ironvisor-handler"):
+    for workload in WORKLOADS:
         kubectl.run("rollout", "restart", "-n", NAMESPACE_SYSTEM, workload)
-    for workload in ("deployment/ironvisor-controller", "daemonset/ironvisor-handler"):
+    for workload in WORKLOADS:
         kubectl.run("rollout", "status", "-n", NAMESPACE_SYSTEM, workload, "--timeout=180s",
                     timeout=200)
+    kubectl.run("wait", "--for=condition=Available", "--timeout=120s",
+                f"apiservice/{SUBRESOURCE_API_SERVICE}", timeout=130)
     wait_for("a controller replica to hold the leader lease",
              lambda: leader(kubectl), timeout=60,
              describe=lambda: diagnostics(kubectl, NAMESPACE_SYSTEM))

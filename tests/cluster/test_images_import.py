@@ -201,11 +201,13 @@ def _layers(reference: str) -> list[str]:
     return [layer["digest"] for layer in manifest["layers"]]
 
 
-def test_controller_image_runs_its_binary(imported: dict[str, str], tmp_path: Path) -> None:
-    reference = f"docker.io/ironvisor/controller:{containers.VERSION}"
+@pytest.mark.parametrize("short, binary", [("controller", "ironvisor-controller"),
+                                           ("apiserver", "ironvisor-apiserver")])
+def test_service_image_runs_its_binary(imported: dict[str, str], tmp_path: Path,
+                                       short: str, binary: str) -> None:
+    reference = f"docker.io/ironvisor/{short}:{containers.VERSION}"
     with mounted(reference, tmp_path) as root:
-        binary = root / "usr/local/bin/ironvisor-controller"
-        assert binary.is_file()
+        assert (root / f"usr/local/bin/{binary}").is_file()
         assert (root / "etc/ssl/certs/ca-certificates.crt").stat().st_size > 100_000
-        done = run_in(root, "/usr/local/bin/ironvisor-controller", "--help")
+        done = run_in(root, f"/usr/local/bin/{binary}", "--help")
         assert done.returncode == 0, done.stderr

@@ -93,10 +93,23 @@ pub async fn attach(
         .split_once('/')
         .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
         .ok_or_else(|| ConsoleError::BadName(object.to_string()))?;
+    let stream = open(client, node_name, kubelet_root, namespace, name).await?;
+    pump(stream, object).await
+}
+
+/// The launcher pod of `namespace/name`, which must run on `node_name`.
+pub async fn launcher_pod(
+    client: Client,
+    node_name: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Pod, ConsoleError> {
+    let object = format!("{namespace}/{name}");
     let kube_err = |what| {
+        let object = object.clone();
         move |source| ConsoleError::Kube {
             what,
-            object: object.to_string(),
+            object,
             source,
         }
     };
@@ -104,14 +117,14 @@ pub async fn attach(
         .get_opt(name)
         .await
         .map_err(kube_err("virtualmachineinstance"))?
-        .ok_or_else(|| ConsoleError::NoInstance(object.to_string()))?;
+        .ok_or_else(|| ConsoleError::NoInstance(object.clone()))?;
     let uid = vmi.uid().unwrap_or_default();
     let pod = Api::<Pod>::namespaced(client, namespace)
         .get_opt(&launcher_pod_name(name, &uid))
         .await
         .map_err(kube_err("the launcher pod of"))?
         .filter(|p| p.labels().get(LABEL_CREATED_BY) == Some(&uid))
-        .ok_or_else(|| ConsoleError::NoPod(object.to_string()))?;
+        .ok_or_else(|| ConsoleError::NoPod(object.clone()))?;
     let pod_node = pod
         .spec
         .as_ref()
@@ -119,18 +132,31 @@ pub async fn attach(
         .unwrap_or_default();
     if pod_node != node_name {
         return Err(ConsoleError::OtherNode {
-            object: object.to_string(),
+            object,
             pod_node,
             node: node_name.to_string(),
         });
     }
+    Ok(pod)
+}
+
+/// A connection to the console socket of `namespace/name` on this node.
+pub async fn open(
+    client: Client,
+    node_name: &str,
+    kubelet_root: &std::path::Path,
+    namespace: &str,
+    name: &str,
+) -> Result<UnixStream, ConsoleError> {
+    let object = format!("{namespace}/{name}");
+    let pod = launcher_pod(client, node_name, namespace, name).await?;
     let path = pod
         .uid()
         .and_then(|pod_uid| launcher_console_socket(kubelet_root, &pod_uid))
-        .ok_or_else(|| ConsoleError::NoPod(object.to_string()))?;
-    let stream = connect(&path, object).await?;
+        .ok_or_else(|| ConsoleError::NoPod(object.clone()))?;
+    let stream = connect(&path, &object).await?;
     info!(socket = %path.display(), "console attached");
-    pump(stream, object).await
+    Ok(stream)
 }
 
 async fn connect(path: &std::path::Path, object: &str) -> Result<UnixStream, ConsoleError> {

@@ -11,11 +11,14 @@
 //! - [`pod_network`]: wires each instance into its launcher pod's network namespace
 //!   (masquerade or bridge binding, DHCP) and reports the interface in the status;
 //! - [`console`]: the serial console of an instance on this node, through the agent;
+//! - [`node_link`]: the mutual-TLS server through which the api-server reaches the
+//!   instances on this node (console, pause, unpause);
 //! - [`pod_volumes`]: where a pod's volumes are on the node.
 #![deny(missing_docs)]
 
 pub mod capability;
 pub mod console;
 pub mod instances;
+pub mod node_link;
 pub mod pod_network;
 pub mod pod_volumes;
