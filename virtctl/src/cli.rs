@@ -36,22 +36,61 @@ pub enum ArgsError {
     NameWithAllNamespaces,
 }
 
-/// Manage Ironvisor virtual machines through the node daemon (a KubeVirt-like virtctl).
+/// Manage Ironvisor virtual machines (a KubeVirt-like virtctl): on a Kubernetes cluster
+/// through its API with your kubeconfig, or on a standalone node through its daemon.
 #[derive(Debug, Parser)]
-#[command(name = "virtctl", version)]
+#[command(
+    name = "virtctl",
+    version,
+    after_help = "Cluster mode is used when a kubeconfig is configured (--kubeconfig, KUBECONFIG or \
+~/.kube/config); --node, --socket or IRONVISOR_SOCKET talk to the standalone node daemon.
+
+Examples:
+  virtctl start small -n demo           start VirtualMachine demo/small
+  virtctl stop small --grace-period 0   stop it at once
+  virtctl restart small
+  virtctl console small                 serial console (Ctrl+] detaches)
+  virtctl --node apply -f vm.yaml       create a VM on the standalone node
+  virtctl completion bash > /etc/bash_completion.d/virtctl"
+)]
 pub struct Cli {
-    /// Unix socket of the node daemon.
-    #[arg(long, global = true, env = SOCKET_ENV, default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-    /// Namespace of the VM (default "default").
+    /// Unix socket of the node daemon; giving it (or IRONVISOR_SOCKET) means the
+    /// standalone node [default: /run/ironvisor/handler.sock].
+    #[arg(long, global = true, env = SOCKET_ENV)]
+    pub socket: Option<PathBuf>,
+    /// Namespace of the VM (default: the kubeconfig context's, or "default").
     #[arg(short = 'n', long, global = true)]
     pub namespace: Option<String>,
+    /// Kubeconfig file (cluster mode; default: KUBECONFIG or ~/.kube/config).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use (cluster mode).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Talk to the standalone node daemon (--socket) even when a cluster is configured.
+    #[arg(long, global = true)]
+    pub node: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
 impl Cli {
+    /// The node daemon's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    }
+
+    /// Whether to talk to the standalone node: `--node` or a socket was given, or no
+    /// cluster is configured.
+    pub fn standalone(&self) -> bool {
+        self.node
+            || self.socket.is_some()
+            || !crate::cluster::configured(self.kubeconfig.as_deref())
+    }
+
     /// The namespace to act in: `--namespace`, or "default".
     pub fn namespace(&self) -> &str {
         self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
@@ -85,6 +124,16 @@ pub enum Command {
     Console(ConsoleArgs),
     /// Print the launcher log of a VM's current (or last) run.
     Logs(LogsArgs),
+    /// Print a shell completion script.
+    Completion(CompletionArgs),
+}
+
+/// Arguments of `completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Arguments of `apply`.
@@ -268,11 +317,20 @@ mod tests {
         let cli = parse(&["get"]);
         assert_eq!(cli.namespace(), "default");
         if std::env::var_os(SOCKET_ENV).is_none() {
-            assert_eq!(cli.socket, PathBuf::from(DEFAULT_SOCKET));
+            assert_eq!(cli.socket(), PathBuf::from(DEFAULT_SOCKET));
         }
         let cli = parse(&["describe", "web", "-n", "prod", "--socket", "/tmp/h.sock"]);
         assert_eq!(cli.namespace(), "prod");
-        assert_eq!(cli.socket, PathBuf::from("/tmp/h.sock"));
+        assert_eq!(cli.socket(), PathBuf::from("/tmp/h.sock"));
+        assert!(
+            cli.standalone(),
+            "an explicit socket means the standalone node"
+        );
+        let cli = parse(&["--kubeconfig", "/tmp/kc", "start", "web"]);
+        if std::env::var_os(SOCKET_ENV).is_none() {
+            assert!(!cli.standalone());
+        }
+        assert!(parse(&["--kubeconfig", "/tmp/kc", "--node", "start", "web"]).standalone());
     }
 
     #[test]

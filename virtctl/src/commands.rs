@@ -23,6 +23,17 @@ pub enum CommandError {
     /// The arguments cannot be used together.
     #[error(transparent)]
     Args(#[from] ArgsError),
+    /// A cluster call failed.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    /// The command is kubectl's job in cluster mode.
+    #[error("virtctl {command} works on the standalone node only; on a cluster use `{instead}` (or pass --node for the standalone node)")]
+    NotInClusterMode {
+        /// The subcommand.
+        command: &'static str,
+        /// The kubectl command to use.
+        instead: String,
+    },
     /// The node daemon cannot be reached.
     #[error(transparent)]
     Connect(Box<ClientError>),
@@ -113,13 +124,21 @@ pub fn detail(error: &ClientError) -> String {
 /// Runs the command line.
 pub async fn run(cli: Cli) -> Result<(), CommandError> {
     cli::check(&cli)?;
+    if let Command::Completion(args) = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(args.shell, &mut command, "virtctl", &mut io::stdout());
+        return Ok(());
+    }
+    if !cli.standalone() {
+        return crate::cluster_commands::run(&cli).await;
+    }
     // Read local files before connecting, so a wrong path is reported as such even when
     // the daemon is down.
     let inputs = match &cli.command {
         Command::Apply(args) => read_inputs(&args.files)?,
         _ => Vec::new(),
     };
-    let client = HandlerClient::connect(&cli.socket)
+    let client = HandlerClient::connect(&cli.socket())
         .await
         .map_err(|e| CommandError::Connect(Box::new(e)))?;
     let namespace = cli.namespace().to_string();
@@ -198,6 +217,7 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
             Ok(())
         }
         Command::Logs(args) => logs(&client, vm(&args.name), args.follow).await,
+        Command::Completion(_) => Ok(()),
     }
 }
 

@@ -62,6 +62,14 @@ pub enum ConsoleError {
         /// The VM.
         vm: ObjectRef,
     },
+    /// The cluster refused the console or its WebSocket broke.
+    #[error("console of VM {vm}: {message}")]
+    Cluster {
+        /// The VM.
+        vm: ObjectRef,
+        /// What the cluster said.
+        message: String,
+    },
     /// The console stream broke.
     #[error("the console of VM {vm} failed: {}", crate::commands::detail(source))]
     Stream {
@@ -172,7 +180,23 @@ pub async fn run(
         let Some((mut output, input)) = open(client, &vm, options, started, deadline).await? else {
             return Ok(ConsoleEnd::TimedOut);
         };
+        session(&vm, options, &mut output, input, deadline, &mut signals).await
+    }
+    .instrument(span)
+    .await
+}
 
+/// The session on an open console: raw mode if interactive, the banner, then bytes both
+/// ways until it ends; says how it ended.
+pub(crate) async fn session(
+    vm: &ObjectRef,
+    options: ConsoleOptions,
+    output: &mut impl ConsoleSource,
+    input: mpsc::Sender<Vec<u8>>,
+    deadline: Option<Instant>,
+    signals: &mut Signals,
+) -> Result<ConsoleEnd, ConsoleError> {
+    {
         let guard = if options.interactive {
             Some(
                 RawModeGuard::enable().map_err(|source| ConsoleError::Terminal {
@@ -190,7 +214,7 @@ pub async fn run(
         );
 
         let stdin = spawn_stdin_reader();
-        let end = pump(&vm, &mut output, input, stdin, deadline, &mut signals).await;
+        let end = pump(vm, output, input, stdin, deadline, signals).await;
         drop(guard);
         match &end {
             Ok(ConsoleEnd::Detached) => eprintln!("\nDetached from the console of VM {vm}."),
@@ -200,8 +224,24 @@ pub async fn run(
         }
         end
     }
-    .instrument(span)
-    .await
+}
+
+/// Where console output comes from: the node daemon's stream, or a cluster WebSocket.
+pub(crate) trait ConsoleSource {
+    /// The next chunk; `None` when the console closed.
+    fn next_chunk(
+        &mut self,
+        vm: &ObjectRef,
+    ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>, ConsoleError>>;
+}
+
+impl ConsoleSource for ConsoleStream {
+    async fn next_chunk(&mut self, vm: &ObjectRef) -> Result<Option<Vec<u8>>, ConsoleError> {
+        self.next().await.map_err(|source| ConsoleError::Stream {
+            vm: vm.clone(),
+            source: Box::new(source),
+        })
+    }
 }
 
 /// Opens the console, retrying while the VM is starting. `None` when the deadline passed
@@ -272,7 +312,7 @@ async fn halted(client: &HandlerClient, vm: &ObjectRef) -> bool {
 /// session ends.
 async fn pump(
     vm: &ObjectRef,
-    output: &mut ConsoleStream,
+    output: &mut impl ConsoleSource,
     input: mpsc::Sender<Vec<u8>>,
     mut stdin: mpsc::Receiver<io::Result<Vec<u8>>>,
     deadline: Option<Instant>,
@@ -289,11 +329,11 @@ async fn pump(
     tokio::pin!(timeout);
     loop {
         tokio::select! {
-            chunk = output.next() => match chunk {
+            chunk = output.next_chunk(vm) => match chunk {
                 Ok(Some(bytes)) => write_stdout(&bytes)
                     .map_err(|source| ConsoleError::Stdout { vm: vm.clone(), source })?,
                 Ok(None) => return Ok(ConsoleEnd::Closed),
-                Err(source) => return Err(ConsoleError::Stream { vm: vm.clone(), source: Box::new(source) }),
+                Err(error) => return Err(error),
             },
             read = stdin.recv(), if stdin_open => match read {
                 Some(Ok(bytes)) => {
@@ -364,14 +404,14 @@ fn spawn_stdin_reader() -> mpsc::Receiver<io::Result<Vec<u8>>> {
 
 /// The signals that end a session (and, in raw mode, would otherwise leave the terminal
 /// unusable).
-struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn install(vm: &ObjectRef) -> Result<Self, ConsoleError> {
+    pub(crate) fn install(vm: &ObjectRef) -> Result<Self, ConsoleError> {
         let one = |kind: SignalKind, name: &'static str| {
             signal(kind).map_err(|source| ConsoleError::Signal {
                 vm: vm.clone(),

@@ -7,10 +7,14 @@
 //! - [`format`]: ages, tables, JSON / YAML output.
 //! - [`describe`]: the `describe` text.
 //! - [`console`] and [`terminal`]: the interactive serial console.
+//! - [`cluster`]: cluster mode, through kube-apiserver and Ironvisor's subresource API.
 
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod cluster;
+pub mod cluster_commands;
+pub mod cluster_console;
 pub mod commands;
 pub mod console;
 pub mod describe;
