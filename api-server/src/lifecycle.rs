@@ -198,39 +198,15 @@ pub async fn carry_out(
     let what = format!("VirtualMachine {namespace}/{name}");
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), namespace);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), namespace);
-    let vm = match vms.get_opt(name).await {
-        Ok(Some(vm)) => vm,
-        Ok(None) => return Reply::not_found(format!("{what} not found")),
-        Err(error) => return kube_reply("reading", &what, error),
-    };
-    let vmi = match vmis.get_opt(name).await {
-        Ok(vmi) => vmi,
-        Err(error) => return kube_reply("reading the instance of", &what, error),
-    };
-    let strategy = effective_strategy(&vm.spec);
-    let steps = match plan(request, strategy, Instance::of(vmi.as_ref()), &what) {
-        Ok(steps) => steps,
-        Err(reply) => return reply,
-    };
-    for step in steps {
-        let result = match step {
-            Step::SetStrategy(target) => set_strategy(&vms, &vm, target).await,
-            Step::DeleteInstance {
-                grace_period_seconds,
-            } => delete_instance(&vmis, name, grace_period_seconds).await,
-            Step::CreateInstanceWhenGone => {
-                let instance = match instance_for(&vm) {
-                    Ok(instance) => instance,
-                    Err(error) => return Reply::internal(format!("{what}: {error}")),
-                };
-                tokio::spawn(
-                    create_when_gone(vmis.clone(), instance, what.clone()).in_current_span(),
-                );
-                Ok(())
-            }
-        };
-        if let Err(error) = result {
-            return kube_reply(request.name(), &what, error);
+    // The controller writes the VM too (status, finalizers): a run-strategy change made on
+    // a version that changed meanwhile is read, planned and tried again.
+    let mut attempt = 1;
+    loop {
+        match attempt_once(&vms, &vmis, name, request, &what).await {
+            Err(Attempt::Conflict(_)) if attempt < CONFLICT_ATTEMPTS => attempt += 1,
+            Err(Attempt::Conflict(error)) => return kube_reply(request.name(), &what, error),
+            Err(Attempt::Refused(reply)) => return reply,
+            Ok(()) => break,
         }
     }
     info!("accepted");
@@ -241,25 +217,100 @@ pub async fn carry_out(
     })
 }
 
-/// Sets the run strategy (or `running`, if the machine uses it), on the version read.
+/// How often a request is tried when the VM keeps changing under it.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Why one attempt did not carry the request out.
+enum Attempt {
+    /// The VM changed between read and write: try again.
+    Conflict(kube::Error),
+    /// The answer to give.
+    Refused(Reply),
+}
+
+/// Reads the VM and its instance, plans and carries out the steps.
+async fn attempt_once(
+    vms: &Api<VirtualMachine>,
+    vmis: &Api<VirtualMachineInstance>,
+    name: &str,
+    request: Lifecycle,
+    what: &str,
+) -> Result<(), Attempt> {
+    let refused = Attempt::Refused;
+    let vm = match vms.get_opt(name).await {
+        Ok(Some(vm)) => vm,
+        Ok(None) => return Err(refused(Reply::not_found(format!("{what} not found")))),
+        Err(error) => return Err(refused(kube_reply("reading", what, error))),
+    };
+    let vmi = vmis
+        .get_opt(name)
+        .await
+        .map_err(|error| refused(kube_reply("reading the instance of", what, error)))?;
+    let strategy = effective_strategy(&vm.spec);
+    let steps = plan(request, strategy, Instance::of(vmi.as_ref()), what).map_err(refused)?;
+    for step in steps {
+        let result = match step {
+            Step::SetStrategy(target) => match set_strategy(vms, &vm, target).await {
+                // 409: a conflict; 422: the patch's test failed, the field changed.
+                Err(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => {
+                    return Err(Attempt::Conflict(kube::Error::Api(status)))
+                }
+                other => other,
+            },
+            Step::DeleteInstance {
+                grace_period_seconds,
+            } => delete_instance(vmis, name, grace_period_seconds).await,
+            Step::CreateInstanceWhenGone => {
+                let instance = instance_for(&vm)
+                    .map_err(|error| refused(Reply::internal(format!("{what}: {error}"))))?;
+                tokio::spawn(
+                    create_when_gone(vmis.clone(), instance, what.to_string()).in_current_span(),
+                );
+                Ok(())
+            }
+        };
+        result.map_err(|error| refused(kube_reply(request.name(), what, error)))?;
+    }
+    Ok(())
+}
+
+/// Sets the run strategy (or `running`, if the machine uses it). A JSON patch whose `test`
+/// operation checks the field still holds what was read: a concurrent change of that field
+/// fails it (and the request is planned again), while the controller's writes of status
+/// and finalizers do not get in the way.
 async fn set_strategy(
     vms: &Api<VirtualMachine>,
     vm: &VirtualMachine,
     target: RunStrategy,
 ) -> Result<(), kube::Error> {
-    let spec = match (vm.spec.running.is_some(), target) {
-        (true, RunStrategy::Always) => json!({"running": true}),
-        (true, RunStrategy::Halted) => json!({"running": false}),
-        _ => json!({"runStrategy": target, "running": null}),
-    };
-    let patch = json!({
-        "metadata": {"resourceVersion": vm.metadata.resource_version},
-        "spec": spec,
-    });
     let name = vm.metadata.name.as_deref().unwrap_or_default();
-    vms.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+    let patch: json_patch::Patch =
+        serde_json::from_value(strategy_patch(vm, target)).map_err(kube::Error::SerdeError)?;
+    vms.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await?;
     Ok(())
+}
+
+/// The JSON patch operations of [`set_strategy`].
+fn strategy_patch(vm: &VirtualMachine, target: RunStrategy) -> serde_json::Value {
+    match (vm.spec.run_strategy, vm.spec.running) {
+        (Some(current), _) => json!([
+            {"op": "test", "path": "/spec/runStrategy", "value": current},
+            {"op": "replace", "path": "/spec/runStrategy", "value": target},
+        ]),
+        (None, Some(running)) if matches!(target, RunStrategy::Always | RunStrategy::Halted) => {
+            json!([
+                {"op": "test", "path": "/spec/running", "value": running},
+                {"op": "replace", "path": "/spec/running", "value": target == RunStrategy::Always},
+            ])
+        }
+        (None, Some(running)) => json!([
+            {"op": "test", "path": "/spec/running", "value": running},
+            {"op": "remove", "path": "/spec/running"},
+            {"op": "add", "path": "/spec/runStrategy", "value": target},
+        ]),
+        (None, None) => json!([{"op": "add", "path": "/spec/runStrategy", "value": target}]),
+    }
 }
 
 async fn delete_instance(
@@ -372,6 +423,30 @@ mod tests {
                 }
             ])
         );
+    }
+
+    #[test]
+    fn the_strategy_patch_tests_the_field_it_changes() {
+        let mut vm = VirtualMachine::new("small", Default::default());
+        vm.spec.run_strategy = Some(Halted);
+        assert_eq!(
+            strategy_patch(&vm, Always),
+            json!([
+                {"op": "test", "path": "/spec/runStrategy", "value": "Halted"},
+                {"op": "replace", "path": "/spec/runStrategy", "value": "Always"},
+            ])
+        );
+        vm.spec.run_strategy = None;
+        vm.spec.running = Some(false);
+        assert_eq!(strategy_patch(&vm, Always)[1]["value"], json!(true));
+        assert_eq!(strategy_patch(&vm, Manual)[2]["value"], json!("Manual"));
+        vm.spec.running = None;
+        assert_eq!(strategy_patch(&vm, Always)[0]["op"], "add");
+        for target in [Always, Halted, Manual] {
+            let patch: json_patch::Patch =
+                serde_json::from_value(strategy_patch(&vm, target)).unwrap();
+            assert!(!patch.0.is_empty());
+        }
     }
 
     #[test]
