@@ -74,12 +74,20 @@ def ironvisor(kubectl: Kubectl) -> Kubectl:
     for workload in WORKLOADS:
         kubectl.run("rollout", "status", "-n", NAMESPACE_SYSTEM, workload, "--timeout=180s",
                     timeout=200)
-    kubectl.run("wait", "--for=condition=Available", "--timeout=120s",
-                f"apiservice/{SUBRESOURCE_API_SERVICE}", timeout=130)
-    wait_for("a controller replica to hold the leader lease",
-             lambda: leader(kubectl), timeout=60,
-             describe=lambda: diagnostics(kubectl, NAMESPACE_SYSTEM))
+    wait_ready(kubectl)
     return kubectl
+
+
+def wait_ready(k: Kubectl) -> None:
+    """Waits until the subresource API is available (the api-server answers, so do its
+    webhooks) and a running controller replica holds the leader lease: after the
+    deployment, and again after anything restarted the cluster (test_cluster_up's
+    down/up)."""
+    k.run("wait", "--for=condition=Available", "--timeout=180s",
+          f"apiservice/{SUBRESOURCE_API_SERVICE}", timeout=190)
+    wait_for("a controller replica to hold the leader lease",
+             lambda: leader(k), timeout=120,
+             describe=lambda: diagnostics(k, NAMESPACE_SYSTEM))
 
 
 def leader(k: Kubectl) -> str | None:
@@ -98,6 +106,7 @@ def leader(k: Kubectl) -> str | None:
 @pytest.fixture()
 def namespace(ironvisor: Kubectl):
     """A fresh namespace per test, deleted afterwards (with everything in it)."""
+    wait_ready(ironvisor)
     name = f"e2e-{uuid.uuid4().hex[:6]}"
     ironvisor.run("create", "namespace", name)
     yield name

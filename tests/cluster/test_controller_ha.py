@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cluster.conftest import NAMESPACE_SYSTEM, diagnostics, leader
+from tests.cluster.conftest import NAMESPACE_SYSTEM, diagnostics, leader, wait_ready
 import os
 import signal
 import subprocess
@@ -28,6 +28,7 @@ def controller_pods(k: Kubectl) -> list[dict]:
 
 def test_two_replicas_one_leader(ironvisor: Kubectl) -> None:
     k = ironvisor
+    wait_ready(k)
     pods = controller_pods(k)
     assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
     holder = leader(k)
