@@ -194,21 +194,13 @@ impl CertStore {
             return Ok(());
         }
         let resource_version = existing.and_then(|s| s.metadata.resource_version);
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(NODE_LINK_SECRET.to_string()),
-                namespace: Some(self.namespace.clone()),
-                resource_version: resource_version.clone(),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/part-of".to_string(),
-                    "ironvisor".to_string(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            type_: Some("kubernetes.io/tls".into()),
-            data: Some(data),
-            ..Secret::default()
-        };
+        let secret = tls_secret(
+            NODE_LINK_SECRET,
+            &self.namespace,
+            resource_version.clone(),
+            None,
+            data,
+        );
         let written = match resource_version {
             Some(_) => {
                 self.api
@@ -248,25 +240,17 @@ impl CertStore {
         if let Some(previous) = &certificates.previous_ca_pem {
             put(PREVIOUS_CA_CERT, previous);
         }
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(self.name.clone()),
-                namespace: Some(self.namespace.clone()),
-                resource_version,
-                annotations: Some(BTreeMap::from([(
-                    DNS_NAMES_ANNOTATION.to_string(),
-                    certificates.dns_names.join(","),
-                )])),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/part-of".to_string(),
-                    "ironvisor".to_string(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            type_: Some("kubernetes.io/tls".into()),
-            data: Some(data),
-            ..Secret::default()
-        }
+        let annotations = BTreeMap::from([(
+            DNS_NAMES_ANNOTATION.to_string(),
+            certificates.dns_names.join(","),
+        )]);
+        tls_secret(
+            &self.name,
+            &self.namespace,
+            resource_version,
+            Some(annotations),
+            data,
+        )
     }
 
     fn certificates_in(&self, secret: &Secret) -> Result<Certificates, StoreError> {
@@ -305,5 +289,31 @@ impl CertStore {
             node_client_pem: text(NODE_CLIENT_CERT)?.unwrap_or_default(),
             node_client_key_pem: text(NODE_CLIENT_KEY)?.unwrap_or_default(),
         })
+    }
+}
+
+/// A `kubernetes.io/tls` Secret of Ironvisor's holding `data`.
+fn tls_secret(
+    name: &str,
+    namespace: &str,
+    resource_version: Option<String>,
+    annotations: Option<BTreeMap<String, String>>,
+    data: BTreeMap<String, ByteString>,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            resource_version,
+            annotations,
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/part-of".to_string(),
+                "ironvisor".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(data),
+        ..Secret::default()
     }
 }
