@@ -12,6 +12,20 @@ root=$(pwd)
 
 log() { printf '\n=== %s ===\n' "$*"; }
 
+# A clean checkout builds everything once: incremental state would only double the size
+# of target/ (CI runs on a fresh clone, so there is nothing to reuse).
+export CARGO_INCREMENTAL=0
+
+# The build, the guest images and the cluster's cache need room; running out half-way
+# shows up as a linker crash, so say it up front.
+need_gib=25
+free_gib=$(df --output=avail -BG "$root" | tail -1 | tr -dc '0-9')
+if [ "${free_gib:-0}" -lt "$need_gib" ]; then
+  echo "test-all: only ${free_gib} GiB free on $(df --output=target "$root" | tail -1)" \
+       "(${root}); the full test run needs about ${need_gib} GiB" >&2
+  exit 1
+fi
+
 log "system packages"
 "$root/scripts/install-deps.sh"
 
