@@ -32,6 +32,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.flaky(reruns=NESTED_RERUNS, reruns_delay=2))
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Counts what would otherwise hide flakiness: reruns of failed tests, L1 retries after
+    an L1 kernel panic, and skips; the last line is for scripts/test-all.sh's summary."""
+    from tests.nested import l1
+
+    reruns = [r.nodeid for r in terminalreporter.stats.get("rerun", [])]
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])]
+    write = terminalreporter.write_line
+    terminalreporter.section("Ironvisor: reruns, L1 retries, skips")
+    write(f"reruns of failed tests: {len(reruns)}")
+    for nodeid in reruns:
+        write(f"  rerun: {nodeid}")
+    write(f"L1 retries after an L1 kernel panic: {len(l1.RETRIES)}")
+    for retry in l1.RETRIES:
+        write(f"  L1 retry: {retry}")
+    write(f"skipped: {len(skipped)}")
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        write(f"  skipped: {report.nodeid}: {reason}")
+    write(f"IRONVISOR-TEST-COUNTS reruns={len(reruns)} l1_retries={len(l1.RETRIES)} "
+          f"skipped={len(skipped)}")
+
+
 @pytest.fixture(scope="session")
 def images() -> Images:
     """The guest images in .cache/images (built or reused, once per session)."""

@@ -139,6 +139,11 @@ impl CgroupLayout {
         Self::detect(Path::new(DEFAULT_CGROUP_ROOT), parent, &own)
     }
 
+    /// The parent directories of the VM cgroups, one per hierarchy used.
+    pub fn parents(&self) -> &[PathBuf] {
+        &self.parents
+    }
+
     /// Whether this is the v2 unified hierarchy.
     pub fn is_unified(&self) -> bool {
         self.unified

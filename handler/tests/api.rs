@@ -283,6 +283,7 @@ async fn start_stop_pause_console_and_logs() {
     assert!(text.contains("fake-launcher: VM m with 1 vCPUs"), "{text}");
 
     // A graceful stop: the launcher exits 5, the VMI is removed, the VM is Stopped.
+    daemon.assert_vm_cgroup_in_use("m");
     let uid = vmi_uid(&view).unwrap();
     client.stop(vm("m"), false, 0).await.unwrap();
     let view = wait_for(&client, "m", "Stopped after stop", |v| {
@@ -320,17 +321,14 @@ async fn start_stop_pause_console_and_logs() {
     assert_eq!(second.run_strategy, "Manual");
 
     // Deleting a running VM stops it and leaves nothing behind.
+    daemon.assert_vm_cgroup_in_use("m");
     let second_uid = vmi_uid(&second).unwrap();
     client.delete(vm("m")).await.unwrap();
     assert!(daemon.vm_processes("m").is_empty());
     assert!(!daemon.run_dir.join("vmi").join(&second_uid).exists());
     assert!(!daemon.data_dir.join("vms/default/m").exists());
-    for dir in daemon.cgroup_dirs() {
-        assert!(
-            !dir.join("default_m").exists(),
-            "cgroup {} left",
-            dir.display()
-        );
+    for dir in daemon.vm_cgroups("m") {
+        assert!(!dir.exists(), "cgroup {} left", dir.display());
     }
 }
 

@@ -171,7 +171,7 @@ async fn missing_base_image_and_host_disk_fail_with_reasons() {
     assert!(message.contains("/nonexistent/host.img"), "{message}");
     // Nothing half-made is left: no runtime directory, no cgroup.
     assert!(std::fs::read_dir(daemon.run_dir.join("vmi")).map_or(true, |mut d| d.next().is_none()));
-    for dir in daemon.cgroup_dirs() {
-        assert!(!dir.join("default_nohost").exists());
+    for dir in daemon.vm_cgroups("nohost") {
+        assert!(!dir.exists(), "cgroup {} left", dir.display());
     }
 }

@@ -2,76 +2,36 @@
 //! TCG through libvirt) and the project's guest kernel and initramfs: start, boot log on
 //! the console, graceful stop, delete.
 //!
-//! Runs when everything it needs is there, and says why it is skipped otherwise:
-//! - the launcher binary: `IRONVISOR_LAUNCHER_QEMU`, else the newest
-//!   `target/*/debug/ironvisor-launcher-qemu` of the workspace;
-//! - the guest images from `python3 images/build.py` (`.cache/images/vmlinuz`,
-//!   `initrd.cpio.gz`), or `IRONVISOR_GUEST_KERNEL` / `IRONVISOR_GUEST_INITRD`;
-//! - a running `libvirtd`.
+//! Needs root, a running libvirtd, `ironvisor-launcher-qemu` (`IRONVISOR_LAUNCHER_QEMU`,
+//! else the newest one under `target/`) and the guest images (`python3 images/build.py`,
+//! or `IRONVISOR_GUEST_KERNEL` / `IRONVISOR_GUEST_INITRD`), so it is `#[ignore]`d with
+//! that reason and runs with `--include-ignored`; a missing prerequisite fails it.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{manifest, vm, wait_for_within, Daemon, Options};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn launcher_qemu() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("IRONVISOR_LAUNCHER_QEMU") {
-        return Some(PathBuf::from(path)).filter(|p| p.is_file());
+/// A guest image file: `$env` when set, else the image build's.
+fn guest_file(env: &str, name: &str) -> PathBuf {
+    match std::env::var_os(env) {
+        Some(path) => ironvisor_prereq::path(PathBuf::from(path), &format!("{env} names it")),
+        None => ironvisor_prereq::guest_image(name),
     }
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> =
-        std::fs::read_dir(workspace().join("target"))
-            .ok()?
-            .flatten()
-            .map(|e| e.path().join("debug/ironvisor-launcher-qemu"))
-            .chain(std::iter::once(
-                workspace().join("target/debug/ironvisor-launcher-qemu"),
-            ))
-            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-            .collect();
-    found.sort();
-    found.pop().map(|(_, p)| p)
-}
-
-fn guest_file(env: &str, name: &str) -> Option<PathBuf> {
-    std::env::var_os(env)
-        .map(PathBuf::from)
-        .or_else(|| Some(workspace().join(".cache/images").join(name)))
-        .filter(|p| p.is_file())
-}
-
-fn libvirtd_running() -> bool {
-    Command::new("pgrep")
-        .args(["-x", "libvirtd"])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, a running libvirtd, ironvisor-launcher-qemu and the guest images \
+            (python3 images/build.py)"]
 async fn a_vm_boots_under_qemu_tcg_and_stops_cleanly() {
-    let (Some(launcher), Some(kernel), Some(initrd)) = (
-        launcher_qemu(),
-        guest_file("IRONVISOR_GUEST_KERNEL", "vmlinuz"),
-        guest_file("IRONVISOR_GUEST_INITRD", "initrd.cpio.gz"),
-    ) else {
-        eprintln!(
-            "skipped: needs ironvisor-launcher-qemu and the guest images (see the module docs)"
-        );
-        return;
-    };
-    if !common::is_root() || !libvirtd_running() {
-        eprintln!("skipped: needs root and a running libvirtd");
-        return;
-    }
+    ironvisor_prereq::root();
+    ironvisor_prereq::libvirtd();
+    let launcher =
+        ironvisor_prereq::workspace_binary("ironvisor-launcher-qemu", "IRONVISOR_LAUNCHER_QEMU");
+    let kernel = guest_file("IRONVISOR_GUEST_KERNEL", "vmlinuz");
+    let initrd = guest_file("IRONVISOR_GUEST_INITRD", "initrd");
     eprintln!("using {}", launcher.display());
     let daemon = Daemon::start(Options {
         launcher_qemu: Some(launcher),
@@ -120,6 +80,7 @@ async fn a_vm_boots_under_qemu_tcg_and_stops_cleanly() {
     drop(input_tx);
 
     // A graceful stop: the guest shuts down by itself (exit 5).
+    daemon.assert_vm_cgroup_in_use("tcg");
     client.stop(vm("tcg"), false, 0).await.unwrap();
     let view = wait_for_within(&client, "tcg", "Stopped", Duration::from_secs(120), |v| {
         v.status == "Stopped"

@@ -151,6 +151,7 @@ async fn kill_9_of_a_launcher_fails_the_instance_then_the_strategy_applies() {
 
     for (name, restarts) in [("k-rerun", true), ("k-manual", false), ("k-always", true)] {
         let view = wait_for(&client, name, "Running", |v| v.status == "Running").await;
+        daemon.assert_vm_cgroup_in_use(name);
         let uid = vmi_uid(&view).unwrap();
         let pid = common::vmi_json(&view)["status"]["launcherPid"]
             .as_u64()

@@ -541,64 +541,18 @@ fn missing_pod_files_are_named() {
 
 // ---- the real software-emulation launcher -------------------------------------------
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// `IRONVISOR_LAUNCHER_QEMU`, else the newest `target/**/debug/ironvisor-launcher-qemu`.
-fn launcher_qemu() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("IRONVISOR_LAUNCHER_QEMU") {
-        return Some(PathBuf::from(path)).filter(|p| p.is_file());
-    }
-    let target = workspace().join("target");
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&target)
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("debug/ironvisor-launcher-qemu"))
-        .chain(std::iter::once(
-            target.join("debug/ironvisor-launcher-qemu"),
-        ))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .collect();
-    found.sort();
-    found.pop().map(|(_, p)| p)
-}
-
-fn prerequisite<T>(what: Option<T>, missing: &str) -> T {
-    what.unwrap_or_else(|| panic!("prerequisite missing: {missing}"))
-}
-
 #[test]
 #[ignore = "needs root, a running libvirtd, ironvisor-launcher-qemu (cargo build -p \
-            ironvisor-launcher-qemu) and the guest images (python3 images/build.py); run with \
-            --ignored"]
+            ironvisor-launcher-qemu) and the guest images (python3 images/build.py)"]
 fn the_guest_boots_under_qemu_tcg_and_stops_on_sigterm() {
-    let images = workspace().join(".cache/images");
-    let launcher = prerequisite(
-        launcher_qemu(),
-        "ironvisor-launcher-qemu (cargo build -p ironvisor-launcher-qemu, or IRONVISOR_LAUNCHER_QEMU)",
-    );
-    let image = |name: &str| {
-        let path = images.join(name);
-        prerequisite(
-            path.is_file().then_some(path),
-            &format!("{name} in {} (python3 images/build.py)", images.display()),
-        )
-    };
+    ironvisor_prereq::root();
+    ironvisor_prereq::libvirtd();
+    let launcher =
+        ironvisor_prereq::workspace_binary("ironvisor-launcher-qemu", "IRONVISOR_LAUNCHER_QEMU");
     let (kernel, initrd, rootfs) = (
-        image("vmlinuz"),
-        image("initrd.cpio.gz"),
-        image("rootfs.ext4"),
-    );
-    prerequisite(common::is_root().then_some(()), "root");
-    prerequisite(
-        Path::new("/var/run/libvirt/libvirt-sock")
-            .exists()
-            .then_some(()),
-        "a running libvirtd (launcher/qemu/setup-libvirt.sh)",
+        ironvisor_prereq::guest_image("vmlinuz"),
+        ironvisor_prereq::guest_image("initrd"),
+        ironvisor_prereq::guest_image("rootfs"),
     );
 
     let mut spec = vmi("root=/dev/vda rw");

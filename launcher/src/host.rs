@@ -558,12 +558,10 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs /dev/kvm"]
     fn real_kvm_device_speaks_api_12() {
-        let device = Path::new(DEFAULT_KVM_DEVICE);
-        if !device.exists() {
-            eprintln!("skipped: no {DEFAULT_KVM_DEVICE} on this host");
-            return;
-        }
+        let device = ironvisor_prereq::path(DEFAULT_KVM_DEVICE, "the KVM device (kvm module)");
+        let device = device.as_path();
         let kvm = open_kvm_device(device).unwrap();
         assert_eq!(kvm.get_api_version(), KVM_API_VERSION);
     }

@@ -128,7 +128,8 @@ def test_l1_scenario_completed(facts: Facts) -> None:
 def test_apply_runs_on_the_kvm_launcher(facts: Facts) -> None:
     _need(facts, "apply_to_running_ms", "get_status", "describe_backend")
     f = facts.l1
-    assert f["apply_rc"] == "0"
+    assert f["apply_rc"] == "0", f.get("apply_output")
+    assert "virtualmachine.ironvisor.io/dedicated created" in f["apply_output"], f["apply_output"]
     assert f["apply_to_running_ms"].isdigit(), f["apply_to_running_ms"]
     assert f["get_status"] == "Running"
     assert f["get_phase"] == "Running"

@@ -346,11 +346,17 @@ def run(spec: L1Spec, base: L1Base | None = None) -> L1Result:
         log.warning("%s", warning)
         print(f"\nWARNING: {warning}", file=sys.stderr)
         retry_log = log_path.with_name(log_path.stem + "-retry" + log_path.suffix)
+        RETRIES.append(f"{spec.name}: {panic}")
         result = _boot(cmd, spec, retry_log)
         result.retried_after = panic
         return result
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+#: Every retry after an L1 kernel panic in this process ("scenario: panic"), so the test
+#: session's summary can count them (tests/conftest.py).
+RETRIES: list[str] = []
 
 
 #: An L1 kernel panic as the L1 kernel prints it on its console (lines of L2 guests that

@@ -344,10 +344,13 @@ mod tests {
         assert!(s.matches_image(&path));
     }
 
-    /// Cross-check with the Linux tools when they are installed (dosfstools, util-linux,
-    /// mtools).
+    /// Cross-check with the Linux tools: fsck.fat, blkid and mtype read the image.
     #[test]
+    #[ignore = "needs fsck.fat, blkid and mtype (Debian packages dosfstools, util-linux, mtools)"]
     fn fsck_and_blkid_accept_the_seed() {
+        ironvisor_prereq::tool("fsck.fat", "dosfstools");
+        ironvisor_prereq::tool("blkid", "util-linux");
+        ironvisor_prereq::tool("mtype", "mtools");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seed.img");
         write_seed(&path, &seed(Some("#cloud-config\n"), Some("version: 2\n"))).unwrap();

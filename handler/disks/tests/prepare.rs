@@ -467,8 +467,7 @@ fn changed_cloud_init_data_replaces_the_seed() {
     assert_ne!(fs::read(&first[0].path).unwrap(), before);
 }
 
-/// Runs `f` in a private mount namespace with a small tmpfs mounted at `at`. Returns false
-/// (and prints SKIPPED) when mount namespaces are not available (not root).
+/// Runs `f` in a private mount namespace with a small tmpfs mounted at `at`; needs root.
 fn with_small_tmpfs(at: &Path, size: &str, f: impl FnOnce() + Send + 'static) -> bool {
     use nix::mount::{mount, MsFlags};
     use nix::sched::{unshare, CloneFlags};
@@ -523,7 +522,9 @@ fn fill(dir: &Path, leave: u64) {
 }
 
 #[test]
+#[ignore = "needs root (a private mount namespace with a small tmpfs)"]
 fn full_filesystem_gives_no_space_and_leaves_no_half_made_file() {
+    ironvisor_prereq::root();
     let n = node();
     let vm_dir = n.ctx.vm_dir.clone();
     fs::create_dir_all(&vm_dir).unwrap();

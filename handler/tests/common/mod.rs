@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ironvisor_handler::cgroup::{self, CgroupLayout};
+use ironvisor_handler::records::VmKey;
 use ironvisor_handler_api::proto::{ObjectRef, VmView};
 use ironvisor_handler_api::HandlerClient;
 
@@ -244,46 +246,41 @@ impl Daemon {
             .expect("connect to the daemon")
     }
 
-    /// The VM's cgroup directories (pids and memory hierarchies, v1).
-    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let mut dirs = Vec::new();
-        for hierarchy in ["pids", "memory"] {
-            let own_path = own
-                .lines()
-                .find_map(|l| {
-                    let mut parts = l.splitn(3, ':');
-                    let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-                    controllers
-                        .split(',')
-                        .any(|c| c == hierarchy)
-                        .then(|| path.to_string())
-                })
-                .unwrap_or_default();
-            dirs.push(
-                Path::new("/sys/fs/cgroup")
-                    .join(hierarchy)
-                    .join(own_path.trim_start_matches('/'))
-                    .join(&self.cgroup_parent),
-            );
-        }
-        dirs
+    /// Where this daemon's VM cgroups go on this host, cgroup v1 or v2, worked out by the
+    /// node agent's own cgroup module.
+    pub fn cgroup_layout(&self) -> CgroupLayout {
+        CgroupLayout::detect_host(&self.cgroup_parent)
+            .unwrap_or_else(|error| panic!("this host's cgroup layout: {error}"))
     }
 
-    /// Processes in the VM cgroup of `namespace/name`.
+    /// The parents of this daemon's VM cgroups (one per hierarchy used).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup_layout().parents().to_vec()
+    }
+
+    /// The cgroup directories of the VM `default/name` (existing or not).
+    pub fn vm_cgroups(&self, name: &str) -> Vec<PathBuf> {
+        self.cgroup_layout().paths_for(&VmKey::new("default", name))
+    }
+
+    /// Processes in the VM cgroup of `default/name` (none when it does not exist).
     pub fn vm_processes(&self, name: &str) -> Vec<i32> {
-        let mut pids = Vec::new();
-        for dir in self.cgroup_dirs() {
-            let procs = dir.join(format!("default_{name}")).join("cgroup.procs");
-            if let Ok(text) = std::fs::read_to_string(procs) {
-                for pid in text.lines().filter_map(|l| l.trim().parse().ok()) {
-                    if !pids.contains(&pid) {
-                        pids.push(pid);
-                    }
-                }
-            }
-        }
-        pids
+        cgroup::members(&self.vm_cgroups(name))
+            .unwrap_or_else(|error| panic!("listing the processes of VM {name}: {error}"))
+    }
+
+    /// Asserts that the VM `default/name` runs in its own cgroup right now, so a later
+    /// "no process left" check is known to look in the right place.
+    pub fn assert_vm_cgroup_in_use(&self, name: &str) {
+        let dirs = self.vm_cgroups(name);
+        assert!(
+            dirs.iter().all(|dir| dir.is_dir()),
+            "VM {name}: cgroups {dirs:?} do not all exist while it runs"
+        );
+        assert!(
+            !self.vm_processes(name).is_empty(),
+            "VM {name}: no process in its cgroups {dirs:?} while it runs"
+        );
     }
 }
 
@@ -291,36 +288,20 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         // Kill every launcher and monitor this daemon started, then remove the cgroups.
-        for dir in self.cgroup_dirs() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if !path.is_dir() {
+        if let Ok(layout) = CgroupLayout::detect_host(&self.cgroup_parent) {
+            for dir in layout.parents() {
+                let Ok(entries) = std::fs::read_dir(dir) else {
                     continue;
-                }
-                for _ in 0..50 {
-                    let procs =
-                        std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
-                    let pids: Vec<i32> = procs
-                        .lines()
-                        .filter_map(|l| l.trim().parse().ok())
-                        .collect();
-                    if pids.is_empty() {
-                        break;
-                    }
-                    for pid in pids {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = std::fs::remove_dir(&path);
+                };
+                let vms: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|entry| entry.path())
+                    .filter(|path| path.is_dir())
+                    .collect();
+                let _ = cgroup::kill_all(&vms, Duration::from_secs(2));
+                let _ = cgroup::remove(&vms);
+                let _ = std::fs::remove_dir(dir);
             }
-            let _ = std::fs::remove_dir(&dir);
         }
         if std::thread::panicking() {
             eprintln!("---- daemon log ----\n{}", self.log());

@@ -2,7 +2,7 @@
 //! `qemu-utils`): overlays written through `DiskImage` must pass `qemu-img check` and convert
 //! to exactly the expected bytes, and overlays written by QEMU must read back here.
 //!
-//! Each test prints SKIPPED and returns when `qemu-img` is not installed.
+//! Each test is `#[ignore]`d with that need and, when run, fails if `qemu-img` is missing.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,12 +10,9 @@ use std::process::Command;
 
 use ironvisor_diskimage::{create_overlay, inspect, open, open_as, DiskFormat};
 
-fn have_qemu_img() -> bool {
-    let found = Command::new("qemu-img").arg("--version").output().is_ok();
-    if !found {
-        eprintln!("SKIPPED: qemu-img not installed (apt-get install qemu-utils)");
-    }
-    found
+fn require_qemu_img() {
+    ironvisor_prereq::tool("qemu-img", "qemu-utils");
+    ironvisor_prereq::tool("qemu-io", "qemu-utils");
 }
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
@@ -83,10 +80,9 @@ fn make_base(dir: &Path, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
 }
 
 #[test]
+#[ignore = "needs qemu-img and qemu-io (Debian package qemu-utils)"]
 fn overlay_written_here_passes_qemu_img_check_and_converts_to_expected_bytes() {
-    if !have_qemu_img() {
-        return;
-    }
+    require_qemu_img();
     let dir = tempfile::tempdir().unwrap();
     let size = 16 << 20;
     let (base, mut model) = make_base(dir.path(), size, 7);
@@ -143,10 +139,9 @@ fn overlay_written_here_passes_qemu_img_check_and_converts_to_expected_bytes() {
 }
 
 #[test]
+#[ignore = "needs qemu-img and qemu-io (Debian package qemu-utils)"]
 fn overlay_made_by_qemu_img_is_read_and_written_here() {
-    if !have_qemu_img() {
-        return;
-    }
+    require_qemu_img();
     let dir = tempfile::tempdir().unwrap();
     let size = 4 << 20;
     let (base, mut model) = make_base(dir.path(), size, 3);
@@ -199,10 +194,9 @@ fn overlay_made_by_qemu_img_is_read_and_written_here() {
 }
 
 #[test]
+#[ignore = "needs qemu-img and qemu-io (Debian package qemu-utils)"]
 fn standalone_qcow2_from_qemu_img_grows_and_stays_consistent() {
-    if !have_qemu_img() {
-        return;
-    }
+    require_qemu_img();
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("plain.qcow2");
     let (ok, text) = qemu_img(&["create", "-f", "qcow2", image.to_str().unwrap(), "8M"]);

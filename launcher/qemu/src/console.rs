@@ -280,11 +280,26 @@ mod tests {
 
     #[test]
     fn close_cuts_a_socket_that_stays_open() {
-        let (ours, _qemu) = UnixStream::pair().unwrap();
+        let (ours, mut qemu) = UnixStream::pair().unwrap();
         let hub = ConsoleHub::new(1024);
         let mut pump = SerialPump::with_stream(Path::new("/test/s.sock"), ours, &hub).unwrap();
+        // QEMU's end never closes; close() must not wait for it and must cut the socket.
         pump.close();
+        assert!(
+            pump.output_thread.is_none(),
+            "the output thread was not joined"
+        );
+        qemu.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            qemu.read(&mut buf).unwrap(),
+            0,
+            "QEMU's end did not see the socket shut down"
+        );
+        // Closing again is a no-op.
         pump.close();
+        assert!(pump.output_thread.is_none());
     }
 
     #[test]

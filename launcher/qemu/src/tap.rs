@@ -237,14 +237,10 @@ mod tests {
     use std::path::Path;
     use std::process::Command;
 
-    fn can_make_taps() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() == 0 };
-        if !root || !Path::new(TUN_PATH).exists() {
-            eprintln!("skipped: needs root and {TUN_PATH}");
-            return false;
-        }
-        true
+    /// Taps need root and the tun driver; without them these tests cannot run.
+    fn require_taps() {
+        ironvisor_prereq::root();
+        ironvisor_prereq::path(TUN_PATH, "the tun driver: modprobe tun");
     }
 
     fn ip(args: &[&str]) -> bool {
@@ -259,9 +255,13 @@ mod tests {
     struct Netns(String);
 
     impl Netns {
-        fn create(name: &str) -> Option<Self> {
+        fn create(name: &str) -> Self {
             let _ = Command::new("ip").args(["netns", "del", name]).output();
-            ip(&["netns", "add", name]).then(|| Netns(name.to_string()))
+            assert!(
+                ip(&["netns", "add", name]),
+                "ip netns add {name} failed as root"
+            );
+            Netns(name.to_string())
         }
 
         /// Runs `f` on a thread that joined this namespace (setns affects one thread).
@@ -293,20 +293,18 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root and /dev/net/tun"]
     fn existing_interface_that_is_not_a_tap_is_refused() {
-        if !can_make_taps() {
-            return;
-        }
+        require_taps();
         let err = TapGuard::ensure("lo").unwrap_err();
         assert!(matches!(err, TapError::NotTap { .. }), "{err}");
         assert!(err.to_string().contains("lo"));
     }
 
     #[test]
+    #[ignore = "needs root and /dev/net/tun"]
     fn missing_tap_is_created_up_and_removed() {
-        if !can_make_taps() {
-            return;
-        }
+        require_taps();
         let name = format!("ivq{}", std::process::id() % 100_000);
         let sys = Path::new("/sys/class/net").join(&name);
         let guard = TapGuard::ensure(&name).unwrap();
@@ -320,15 +318,12 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root and /dev/net/tun"]
     fn existence_is_judged_in_the_threads_network_namespace() {
-        if !can_make_taps() {
-            return;
-        }
+        require_taps();
         let pid = std::process::id() % 100_000;
-        let Some(ns) = Netns::create(&format!("ivq-tap{pid}")) else {
-            eprintln!("skipped: ip netns add failed");
-            return;
-        };
+        ironvisor_prereq::tool("ip", "iproute2");
+        let ns = Netns::create(&format!("ivq-tap{pid}"));
         let tap = format!("ivn{pid}");
         assert!(ip(&[
             "-n", &ns.0, "tuntap", "add", "dev", &tap, "mode", "tap"
@@ -372,10 +367,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root and /dev/net/tun"]
     fn a_tap_in_use_is_reported_busy() {
-        if !can_make_taps() {
-            return;
-        }
+        require_taps();
         let name = format!("ivb{}", std::process::id() % 100_000);
         let first = TapGuard::ensure(&name).unwrap();
         let err = TapGuard::ensure(&name).unwrap_err();

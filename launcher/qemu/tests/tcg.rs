@@ -1,10 +1,10 @@
 //! End-to-end tests: real guests booted by `ironvisor-launcher-qemu` under QEMU TCG
 //! through libvirt, driven over the console socket, the control API (`ctl`) and signals.
 //!
-//! Needs root, libvirtd and the guest images. libvirtd is started with
-//! `setup-libvirt.sh` when it is not answering, and the images are built with
-//! `python3 images/build.py` when missing; a test is skipped (with the reason printed)
-//! only if one of these cannot be had. VMs run one at a time: the machine has two cores.
+//! Needs root, libvirtd and the guest images, so every test here is `#[ignore]`d with that
+//! reason and runs with `--include-ignored` (scripts/test-all.sh). libvirtd is started
+//! with `setup-libvirt.sh` when it is not answering; a missing prerequisite fails the test
+//! with what is missing. VMs run one at a time: the machine has two cores.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -24,10 +24,6 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
 const URI: &str = "qemu:///system";
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// Serializes the VMs of all tests in this binary.
 fn vm_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -39,30 +35,19 @@ struct Images {
     initrd: PathBuf,
 }
 
-/// The guest images and a running libvirtd, or why the test cannot run.
-fn environment() -> Result<&'static Images, String> {
-    static ENV: OnceLock<Result<Images, String>> = OnceLock::new();
+/// The guest images and a running libvirtd; fails the test when either cannot be had.
+fn environment() -> &'static Images {
+    static ENV: OnceLock<Images> = OnceLock::new();
     ENV.get_or_init(|| {
-        ensure_libvirt()?;
-        let dir = workspace().join(".cache/images");
-        let kernel = dir.join("vmlinuz");
-        let initrd = dir.join("initrd.cpio.gz");
-        if !kernel.exists() || !initrd.exists() {
-            let status = Command::new("python3")
-                .arg(workspace().join("images/build.py"))
-                .current_dir(workspace())
-                .status()
-                .map_err(|e| format!("running images/build.py: {e}"))?;
-            if !status.success() || !kernel.exists() || !initrd.exists() {
-                return Err(format!(
-                    "images/build.py failed ({status}); no guest images"
-                ));
-            }
+        ironvisor_prereq::root();
+        if let Err(reason) = ensure_libvirt() {
+            ironvisor_prereq::missing(reason);
         }
-        Ok(Images { kernel, initrd })
+        Images {
+            kernel: ironvisor_prereq::guest_image("vmlinuz"),
+            initrd: ironvisor_prereq::guest_image("initrd"),
+        }
     })
-    .as_ref()
-    .map_err(Clone::clone)
 }
 
 fn libvirt_answers() -> bool {
@@ -93,18 +78,6 @@ fn ensure_libvirt() -> Result<(), String> {
             String::from_utf8_lossy(&output.stderr)
         ))
     }
-}
-
-macro_rules! require_env {
-    () => {
-        match environment() {
-            Ok(images) => images,
-            Err(reason) => {
-                eprintln!("SKIPPED: {reason}");
-                return;
-            }
-        }
-    };
 }
 
 fn domains() -> Vec<String> {
@@ -461,8 +434,9 @@ fn assert_no_domain(name: &str) {
 }
 
 #[test]
+#[ignore = "needs root, libvirtd (setup-libvirt.sh) and the guest images (python3 images/build.py)"]
 fn bench_guest_boots_to_the_marker_powers_off_and_exits_0() {
-    let images = require_env!();
+    let images = environment();
     let _vm = vm_lock();
     let mut vm = Launcher::spawn(
         "tcg-bench",
@@ -500,8 +474,9 @@ fn bench_guest_boots_to_the_marker_powers_off_and_exits_0() {
 }
 
 #[test]
+#[ignore = "needs root, libvirtd (setup-libvirt.sh) and the guest images (python3 images/build.py)"]
 fn api_answers_while_running_and_sigterm_stops_gracefully_with_5() {
-    let images = require_env!();
+    let images = environment();
     let _vm = vm_lock();
     let mut vm = Launcher::spawn(
         "tcg-api",
@@ -577,8 +552,9 @@ fn api_answers_while_running_and_sigterm_stops_gracefully_with_5() {
 }
 
 #[test]
+#[ignore = "needs root, libvirtd (setup-libvirt.sh) and the guest images (python3 images/build.py)"]
 fn forced_shutdown_exits_6_and_leaves_no_domain() {
-    let images = require_env!();
+    let images = environment();
     let _vm = vm_lock();
     let mut vm = Launcher::spawn("tcg-force", images, "console=ttyS0 reboot=k panic=1", &[]);
     vm.wait_console(MARKER);
@@ -589,8 +565,9 @@ fn forced_shutdown_exits_6_and_leaves_no_domain() {
 }
 
 #[test]
+#[ignore = "needs root, libvirtd (setup-libvirt.sh) and the guest images (python3 images/build.py)"]
 fn guest_reboot_exits_3() {
-    let images = require_env!();
+    let images = environment();
     let _vm = vm_lock();
     let mut vm = Launcher::spawn("tcg-reboot", images, "console=ttyS0 reboot=k panic=1", &[]);
     vm.wait_console(READY);
@@ -605,8 +582,9 @@ fn guest_reboot_exits_3() {
 }
 
 #[test]
+#[ignore = "needs root, libvirtd (setup-libvirt.sh) and the guest images (python3 images/build.py)"]
 fn graceful_timeout_stops_hard_with_6() {
-    let images = require_env!();
+    let images = environment();
     let _vm = vm_lock();
     let mut vm = Launcher::spawn(
         "tcg-timeout",
@@ -637,8 +615,9 @@ fn graceful_timeout_stops_hard_with_6() {
 }
 
 #[test]
+#[ignore = "needs root, libvirtd (setup-libvirt.sh) and the guest images (python3 images/build.py)"]
 fn second_launcher_is_refused_and_a_killed_launchers_domain_is_destroyed() {
-    let images = require_env!();
+    let images = environment();
     let _vm = vm_lock();
     let mut first = Launcher::spawn("tcg-stale", images, "console=ttyS0 reboot=k panic=1", &[]);
     first.wait_console(MARKER);
@@ -700,19 +679,17 @@ fn scenario_overlay(dir: &Path, scenarios: &[(&str, &str)]) -> PathBuf {
         .unwrap();
     assert!(status.success());
     let combined = dir.join("initrd-scenarios.cpio.gz");
-    let mut bytes = std::fs::read(workspace().join(".cache/images/initrd.cpio.gz")).unwrap();
+    let mut bytes = std::fs::read(ironvisor_prereq::guest_image("initrd")).unwrap();
     bytes.extend(std::fs::read(&archive).unwrap());
     std::fs::write(&combined, bytes).unwrap();
     combined
 }
 
 #[test]
+#[ignore = "needs root, libvirtd (setup-libvirt.sh) and the guest images (python3 images/build.py)"]
 fn disks_and_nic_reach_the_guest_over_virtio_pci() {
-    let images = require_env!();
-    if !Path::new("/usr/bin/qemu-img").exists() {
-        eprintln!("SKIPPED: qemu-img (qemu-utils) is not installed");
-        return;
-    }
+    let images = environment();
+    ironvisor_prereq::tool("qemu-img", "qemu-utils");
     let _vm = vm_lock();
     let work = tempfile::tempdir().unwrap();
     let raw = work.path().join("root.raw");
@@ -877,8 +854,9 @@ fn tcp_echo_in(ns: &Netns) -> std::thread::JoinHandle<Result<String, String>> {
 }
 
 #[test]
+#[ignore = "needs root, libvirtd (setup-libvirt.sh) and the guest images (python3 images/build.py)"]
 fn tap_inside_a_network_namespace_reaches_the_guest_through_the_relay() {
-    let images = require_env!();
+    let images = environment();
     let _vm = vm_lock();
     let pid = std::process::id() % 100_000;
     let ns = Netns::create(&format!("ivq-e2e{pid}"));

@@ -1,7 +1,9 @@
-//! The guardian as separate processes, without KVM: a helper "launcher" process (this
-//! test binary, re-run as [`helper_entry`]) binds two sockets, starts a guardian (this test
-//! binary again, which runs [`run_process`] like `ironvisor-launcher __socket-guardian`
-//! does), reports the sockets and waits; the tests SIGKILL it or make it exit.
+//! The guardian as separate processes, without KVM. Each test re-runs itself (this test
+//! binary, `--exact` that test) with a role in the environment: as the helper "launcher"
+//! it binds two sockets, starts a guardian (the same test again, which runs
+//! [`run_process`] like `ironvisor-launcher __socket-guardian` does), reports the sockets
+//! and waits; the test itself then SIGKILLs it or makes it exit. A re-run acting a role
+//! never returns to the test's body.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
@@ -21,35 +23,41 @@ const DIR_ENV: &str = "IRONVISOR_GUARDIAN_TEST_DIR";
 const TIMEOUT: Duration = Duration::from_secs(20);
 const SOCKETS: [&str; 2] = ["api.sock", "console.sock"];
 
-/// Runs this test binary's [`helper_entry`] in `role`.
-fn helper_command(role: &str, dir: &Path) -> Command {
+const TEST_ENV: &str = "IRONVISOR_GUARDIAN_TEST_NAME";
+
+/// Re-runs the test `test` of this binary as a helper process acting `role`.
+fn helper_command(role: &str, dir: &Path, test: &str) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .args([
             "--exact",
-            "guardian::tests::helper_entry",
+            &format!("guardian::tests::{test}"),
+            "--include-ignored",
             "--nocapture",
             "--test-threads=1",
             "-q",
         ])
         .env(ROLE_ENV, role)
-        .env(DIR_ENV, dir);
+        .env(DIR_ENV, dir)
+        .env(TEST_ENV, test);
     command
 }
 
-/// Not a test of its own: the helper processes' entry point (does nothing otherwise).
-#[test]
-fn helper_entry() {
+/// In a re-run with a role, acts it and exits; in the test itself, returns.
+fn act_role_if_asked() {
+    let dir = || PathBuf::from(std::env::var_os(DIR_ENV).unwrap());
+    let test = || std::env::var(TEST_ENV).unwrap();
     match std::env::var(ROLE_ENV).as_deref() {
         Ok("guardian") => std::process::exit(i32::from(run_process())),
-        Ok("launcher") => launcher_helper(&PathBuf::from(std::env::var_os(DIR_ENV).unwrap())),
-        _ => {}
+        Ok("launcher") => launcher_helper(&dir(), &test()),
+        Ok(other) => panic!("unknown helper role {other:?}"),
+        Err(_) => {}
     }
 }
 
 /// What a launcher does with its guardian, then waits for orders on stdin: `release`
 /// (a normal exit, sockets left as they are) or end of file (exit without releasing).
-fn launcher_helper(dir: &Path) -> ! {
+fn launcher_helper(dir: &Path, test: &str) -> ! {
     let listeners: Vec<UnixListener> = SOCKETS
         .iter()
         .map(|name| UnixListener::bind(dir.join(name)).unwrap())
@@ -58,7 +66,7 @@ fn launcher_helper(dir: &Path) -> ! {
     // the guardian must not keep it.
     let leak = std::fs::File::create(dir.join("leak")).unwrap();
     let leaked: OwnedFd = nix::unistd::dup(&leak).unwrap();
-    let guardian = Guardian::spawn_command(helper_command("guardian", dir)).unwrap();
+    let guardian = Guardian::spawn_command(helper_command("guardian", dir, test)).unwrap();
     drop(leaked);
     for name in SOCKETS {
         guardian.watch(&dir.join(name)).unwrap();
@@ -86,9 +94,12 @@ struct Launcher {
 }
 
 impl Launcher {
-    fn start() -> Launcher {
+    /// Starts the helper launcher for the test named `test`, which must call this first:
+    /// in the helper processes' re-runs of that test, this is where they act their role.
+    fn start(test: &str) -> Launcher {
+        act_role_if_asked();
         let dir = tempfile::tempdir().unwrap();
-        let mut child = helper_command("launcher", dir.path())
+        let mut child = helper_command("launcher", dir.path(), test)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -175,7 +186,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn sockets_are_removed_when_the_launcher_is_killed() {
-    let mut launcher = Launcher::start();
+    let mut launcher = Launcher::start("sockets_are_removed_when_the_launcher_is_killed");
     for name in SOCKETS {
         assert!(launcher.path(name).exists());
     }
@@ -188,7 +199,7 @@ fn sockets_are_removed_when_the_launcher_is_killed() {
 
 #[test]
 fn a_replaced_socket_is_left_alone() {
-    let mut launcher = Launcher::start();
+    let mut launcher = Launcher::start("a_replaced_socket_is_left_alone");
     // A newer launcher took over the API path: removed the old socket, bound its own.
     let api = launcher.path("api.sock");
     let old_ino = std::fs::symlink_metadata(&api).unwrap().ino();
@@ -206,7 +217,7 @@ fn a_replaced_socket_is_left_alone() {
 
 #[test]
 fn release_makes_the_guardian_exit_without_touching_files() {
-    let mut launcher = Launcher::start();
+    let mut launcher = Launcher::start("release_makes_the_guardian_exit_without_touching_files");
     let started = Instant::now();
     let mut stdin = launcher.stdin.take().unwrap();
     stdin.write_all(b"release\n").unwrap();
@@ -223,7 +234,7 @@ fn release_makes_the_guardian_exit_without_touching_files() {
 
 #[test]
 fn the_guardian_holds_only_its_pipe_and_ignores_stop_signals() {
-    let mut launcher = Launcher::start();
+    let mut launcher = Launcher::start("the_guardian_holds_only_its_pipe_and_ignores_stop_signals");
     let fd_dir = launcher.guardian_proc("fd");
     let mut fds: Vec<(String, String)> = std::fs::read_dir(&fd_dir)
         .unwrap()

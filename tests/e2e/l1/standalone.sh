@@ -182,8 +182,10 @@ start_handler
 # ---------------------------------------------------------------- 1. apply
 step "1. apply"
 t_apply=$(now_ms)
-$VIRTCTL apply -f /e2e/vm-dedicated.yaml || die "virtctl apply failed"
-fact apply_rc 0
+if $VIRTCTL apply -f /e2e/vm-dedicated.yaml >/tmp/apply.out 2>&1; then apply_rc=0; else apply_rc=$?; fi
+fact apply_rc "$apply_rc"
+fact apply_output "$(tr '\n' ' ' </tmp/apply.out | head -c 300)"
+[ "$apply_rc" -eq 0 ] || die "virtctl apply failed ($apply_rc): $(cat /tmp/apply.out)"
 if wait_until 120 is_running; then
 	t_running=$(now_ms)
 	fact apply_to_running_ms $((t_running - t_apply))

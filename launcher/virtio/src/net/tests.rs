@@ -116,26 +116,22 @@ fn tap_name() -> String {
     format!("ivt{}n{n}", std::process::id() % 1_000_000)
 }
 
-/// Creates a device on a fresh tap, set up and quiet (no IPv6 chatter); `None` (with the
-/// reason printed) when this host does not allow it.
-fn test_device() -> Option<NetDevice> {
+/// Creates a device on a fresh tap, set up and quiet (no IPv6 chatter). The host must
+/// allow taps (root, /dev/net/tun); once it does, any failure is the device's.
+fn test_device() -> NetDevice {
+    ironvisor_prereq::root();
+    ironvisor_prereq::path("/dev/net/tun", "the tun driver: modprobe tun");
     let name = tap_name();
-    let device = match NetDevice::new(&name, GUEST_MAC) {
-        Ok(device) => device,
-        Err(err) => {
-            eprintln!("skipping tap test: cannot create tap {name}: {err}");
-            return None;
-        }
-    };
+    let device = NetDevice::new(&name, GUEST_MAC)
+        .unwrap_or_else(|err| panic!("creating tap {name} as root: {err}"));
     let _ = std::fs::write(
         format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", device.tap_name()),
         "1",
     );
-    if let Err(err) = device.set_link_up() {
-        eprintln!("skipping tap test: {err}");
-        return None;
-    }
-    Some(device)
+    device
+        .set_link_up()
+        .unwrap_or_else(|err| panic!("setting tap {name} up: {err}"));
+    device
 }
 
 /// An AF_PACKET socket on the host side of the tap, for our test ethertype.
@@ -247,10 +243,9 @@ fn sync_worker(
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun"]
 fn tap_device_identity_and_config() {
-    let Some(device) = test_device() else {
-        return;
-    };
+    let device = test_device();
     assert!(device.tap_name().starts_with("ivt"));
     assert_eq!(device.mac(), GUEST_MAC);
     assert_eq!(device.device_type(), VIRTIO_ID_NET);
@@ -272,10 +267,9 @@ fn tap_device_identity_and_config() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun"]
 fn tap_tx_reaches_the_host() {
-    let Some(device) = test_device() else {
-        return;
-    };
+    let device = test_device();
     let host = PacketSocket::bind(device.tap_name());
     let mem = test_memory();
     let rx_driver = QueueDriver::new_at(&mem, 0, 16);
@@ -300,10 +294,9 @@ fn tap_tx_reaches_the_host() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun"]
 fn tap_rx_drops_oversized_frames_and_keeps_the_buffer() {
-    let Some(device) = test_device() else {
-        return;
-    };
+    let device = test_device();
     let host = PacketSocket::bind(device.tap_name());
     let mem = test_memory();
     let mut rx_driver = QueueDriver::new_at(&mem, 0, 16);
@@ -335,10 +328,9 @@ fn tap_rx_drops_oversized_frames_and_keeps_the_buffer() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun"]
 fn tap_rx_waits_for_guest_buffers_then_delivers() {
-    let Some(mut device) = test_device() else {
-        return;
-    };
+    let mut device = test_device();
     let host = PacketSocket::bind(device.tap_name());
     let mem = test_memory();
     let mut rx_driver = QueueDriver::new_at(&mem, 0, 16);
