@@ -81,6 +81,16 @@ impl VcpuPinning {
         })
     }
 
+    /// The host CPUs vCPU `vcpu`'s thread is pinned to by [`Self::spawn_pinned`] (it
+    /// inherits the set the spawning thread had); empty when it is not pinned.
+    pub fn host_cpus(&self, vcpu: u32) -> Vec<u32> {
+        usize::try_from(vcpu)
+            .ok()
+            .and_then(|i| self.per_vcpu.get(i))
+            .map(cpulist::of_cpu_set)
+            .unwrap_or_default()
+    }
+
     /// Runs `spawn` (which starts vCPU `vcpu`'s thread) with the calling thread pinned
     /// to that vCPU's CPUs, then restores the calling thread's own set.
     pub fn spawn_pinned<T>(

@@ -123,7 +123,7 @@ pub async fn run_vm_guarded<B: Backend>(
     let status = main_loop(
         instance.as_ref(),
         &mut events_rx,
-        &mut signals,
+        Some(&mut signals),
         stdio.as_ref(),
         graceful_timeout,
     )
@@ -187,10 +187,12 @@ impl Signals {
 }
 
 /// Waits for the event that ends the VM, handling graceful shutdown requests on the way.
+/// SIGTERM/SIGINT (when `signals` is given) and the console escape (when `stdio` is) ask
+/// for a graceful shutdown with `default_timeout`.
 async fn main_loop<I: VmInstance + ?Sized>(
     instance: &I,
     events: &mut mpsc::UnboundedReceiver<VmEvent>,
-    signals: &mut Signals,
+    mut signals: Option<&mut Signals>,
     stdio: Option<&StdioGuard>,
     default_timeout: Duration,
 ) -> ExitStatus {
@@ -205,6 +207,12 @@ async fn main_loop<I: VmInstance + ?Sized>(
                 None => std::future::pending().await,
             }
         };
+        let signal = async {
+            match signals.as_deref_mut() {
+                Some(signals) => signals.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let escape = async {
             match stdio {
                 Some(guard) => guard.escape_pressed().await,
@@ -213,7 +221,7 @@ async fn main_loop<I: VmInstance + ?Sized>(
         };
         let event = tokio::select! {
             event = events.recv() => event,
-            name = signals.recv() => {
+            name = signal => {
                 tracing::info!(signal = name, "graceful shutdown requested");
                 Some(VmEvent::ShutdownRequested(graceful))
             }
@@ -256,3 +264,6 @@ async fn main_loop<I: VmInstance + ?Sized>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,13 +4,16 @@
 //! kicking until every thread acknowledges, which closes the race of a signal landing just
 //! before the thread enters KVM_RUN.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ironvisor_arch::boot::KernelEntry;
 use ironvisor_arch::cpu;
-use kvm_bindings::{Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    Msrs, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -84,6 +87,33 @@ struct RunState {
     acknowledged: u32,
 }
 
+impl RunState {
+    /// Records a pause or stop request; a new request starts a new count of
+    /// acknowledgements. Returns false, changing nothing, once the set is stopping: a stop
+    /// is final.
+    fn set_request(&mut self, request: Request) -> bool {
+        if self.request == Request::Stop {
+            return false;
+        }
+        if self.request != request {
+            self.request = request;
+            self.acknowledged = 0;
+        }
+        true
+    }
+
+    /// Turns a pause back into running. Returns whether anything changed: resuming a
+    /// running or stopping set does nothing.
+    fn resume(&mut self) -> bool {
+        if self.request != Request::Pause {
+            return false;
+        }
+        self.request = Request::Run;
+        self.acknowledged = 0;
+        true
+    }
+}
+
 /// State shared by the controller and all vCPU threads.
 #[derive(Debug)]
 struct Shared {
@@ -92,10 +122,71 @@ struct Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, RunState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(RunState {
+                request: Request::Run,
+                acknowledged: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RunState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, state: MutexGuard<'a, RunState>) -> MutexGuard<'a, RunState> {
+        self.changed
+            .wait(state)
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Called by a vCPU thread before each KVM_RUN: returns true at once while running,
+    /// sits out a pause (acknowledging it), and returns false once asked to stop
+    /// (acknowledging that too); the thread must then exit.
+    fn wait_until_runnable(&self) -> bool {
+        let mut state = self.lock();
+        loop {
+            match state.request {
+                Request::Run => return true,
+                Request::Stop => {
+                    state.acknowledged += 1;
+                    self.changed.notify_all();
+                    return false;
+                }
+                Request::Pause => {
+                    state.acknowledged += 1;
+                    self.changed.notify_all();
+                    while state.request == Request::Pause {
+                        state = self.wait(state);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Called by a vCPU thread whose guest is finished: it never runs again, but counts as
+    /// paused for a pause request and returns (acknowledged) once asked to stop.
+    fn park_until_stopped(&self) {
+        let mut state = self.lock();
+        loop {
+            match state.request {
+                Request::Stop => {
+                    state.acknowledged += 1;
+                    self.changed.notify_all();
+                    return;
+                }
+                Request::Pause => {
+                    state.acknowledged += 1;
+                    self.changed.notify_all();
+                    while state.request == Request::Pause {
+                        state = self.wait(state);
+                    }
+                }
+                Request::Run => state = self.wait(state),
+            }
+        }
     }
 }
 
@@ -192,6 +283,8 @@ pub struct VcpuSet {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     count: u32,
+    /// Per vCPU, the host CPUs its thread was started pinned to (empty: not pinned).
+    pinned: Vec<Vec<u32>>,
 }
 
 impl VcpuSet {
@@ -202,42 +295,66 @@ impl VcpuSet {
         buses: Arc<IoBuses>,
         events: EventSender,
     ) -> Result<Self, VcpuError> {
+        let shared = Arc::new(Shared::new());
+        let bodies = (0u32..)
+            .zip(vcpus)
+            .map(|(index, vcpu)| {
+                let thread = VcpuThread {
+                    index,
+                    vcpu,
+                    buses: buses.clone(),
+                    shared: shared.clone(),
+                    events: events.clone(),
+                };
+                move || thread.run()
+            })
+            .collect();
+        Self::spawn(shared, bodies, pinning)
+    }
+
+    /// Installs the kick signal handler and starts one thread per body, all sharing
+    /// `shared`, which must say "run".
+    fn spawn<B>(
+        shared: Arc<Shared>,
+        bodies: Vec<B>,
+        pinning: &VcpuPinning,
+    ) -> Result<Self, VcpuError>
+    where
+        B: FnOnce() + Send + 'static,
+    {
         register_signal_handler(kick_signal(), handle_kick).map_err(VcpuError::SignalHandler)?;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(RunState {
-                request: Request::Run,
-                acknowledged: 0,
-            }),
-            changed: Condvar::new(),
-        });
-        let count = u32::try_from(vcpus.len()).unwrap_or(u32::MAX);
-        let mut threads = Vec::with_capacity(vcpus.len());
-        for (index, vcpu) in (0u32..).zip(vcpus) {
-            let thread = VcpuThread {
-                index,
-                vcpu,
-                buses: buses.clone(),
-                shared: shared.clone(),
-                events: events.clone(),
-            };
+        let count = u32::try_from(bodies.len()).unwrap_or(u32::MAX);
+        let mut threads = Vec::with_capacity(bodies.len());
+        for (index, body) in (0u32..).zip(bodies) {
             let handle = pinning
                 .spawn_pinned(index, || {
                     std::thread::Builder::new()
                         .name(format!("vcpu{index}"))
-                        .spawn(move || thread.run())
+                        .spawn(body)
                 })?
                 .map_err(|source| VcpuError::Spawn { index, source })?;
             threads.push(handle);
         }
+        let pinned = (0..count).map(|index| pinning.host_cpus(index)).collect();
         Ok(Self {
             shared,
             threads: Mutex::new(threads),
             count,
+            pinned,
         })
     }
 
     pub fn count(&self) -> u32 {
         self.count
+    }
+
+    /// Per vCPU, the host CPUs its thread runs pinned to; empty lists (or none at all)
+    /// when nothing is pinned.
+    pub fn pinned(&self) -> Vec<Vec<u32>> {
+        if self.pinned.iter().all(Vec::is_empty) {
+            return Vec::new();
+        }
+        self.pinned.clone()
     }
 
     /// Parks every vCPU outside KVM_RUN; returns when all have acknowledged.
@@ -247,10 +364,7 @@ impl VcpuSet {
 
     /// Lets parked vCPUs run again.
     pub fn resume(&self) {
-        let mut state = self.shared.lock();
-        if state.request == Request::Pause {
-            state.request = Request::Run;
-            state.acknowledged = 0;
+        if self.shared.lock().resume() {
             self.shared.changed.notify_all();
         }
     }
@@ -258,12 +372,8 @@ impl VcpuSet {
     /// Stops every vCPU thread and joins them. Idempotent.
     pub fn stop(&self) -> Result<(), VcpuError> {
         let result = self.request_and_wait(Request::Stop, "stop");
-        let threads = std::mem::take(
-            &mut *self
-                .threads
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
         if result.is_ok() {
             for handle in threads {
                 if handle.join().is_err() {
@@ -275,17 +385,11 @@ impl VcpuSet {
     }
 
     fn request_and_wait(&self, request: Request, what: &'static str) -> Result<(), VcpuError> {
-        {
-            let mut state = self.shared.lock();
-            if state.request == Request::Stop {
-                return Ok(());
-            }
-            if state.request != request {
-                state.request = request;
-                state.acknowledged = 0;
-                self.shared.changed.notify_all();
-            }
+        if !self.shared.lock().set_request(request) {
+            // Already stopping: nothing more to ask for.
+            return Ok(());
         }
+        self.shared.changed.notify_all();
         let deadline = Instant::now() + ACK_TIMEOUT;
         loop {
             let acknowledged = self.shared.lock().acknowledged;
@@ -306,10 +410,7 @@ impl VcpuSet {
     }
 
     fn kick_all(&self) {
-        let threads = self
-            .threads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
         for handle in threads.iter() {
             if let Err(err) = handle.kill(kick_signal()) {
                 tracing::debug!(%err, "kicking a vCPU thread failed (already gone?)");
@@ -339,135 +440,31 @@ impl VcpuThread {
         let span = tracing::info_span!("vcpu", index = self.index);
         let _guard = span.enter();
         loop {
-            if !self.wait_until_runnable() {
+            if !self.shared.wait_until_runnable() {
                 return;
             }
             match self.run_once() {
                 Next::Continue => {}
                 Next::Done => {
                     // Park until the main loop stops everyone.
-                    self.park_until_stopped();
+                    self.shared.park_until_stopped();
                     return;
-                }
-            }
-        }
-    }
-
-    /// Honours pause/stop requests. Returns false when the thread must exit.
-    fn wait_until_runnable(&self) -> bool {
-        let mut state = self.shared.lock();
-        loop {
-            match state.request {
-                Request::Run => return true,
-                Request::Stop => {
-                    state.acknowledged += 1;
-                    self.shared.changed.notify_all();
-                    return false;
-                }
-                Request::Pause => {
-                    state.acknowledged += 1;
-                    self.shared.changed.notify_all();
-                    while state.request == Request::Pause {
-                        state = self
-                            .shared
-                            .changed
-                            .wait(state)
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    }
-                }
-            }
-        }
-    }
-
-    fn park_until_stopped(&self) {
-        let mut state = self.shared.lock();
-        loop {
-            match state.request {
-                Request::Stop => {
-                    state.acknowledged += 1;
-                    self.shared.changed.notify_all();
-                    return;
-                }
-                Request::Pause => {
-                    // A parked vCPU counts as paused.
-                    state.acknowledged += 1;
-                    self.shared.changed.notify_all();
-                    while state.request == Request::Pause {
-                        state = self
-                            .shared
-                            .changed
-                            .wait(state)
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    }
-                }
-                Request::Run => {
-                    state = self
-                        .shared
-                        .changed
-                        .wait(state)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
             }
         }
     }
 
     fn run_once(&mut self) -> Next {
-        let index = self.index;
-        match self.vcpu.run() {
-            Ok(exit) => match exit {
-                VcpuExit::IoIn(port, data) => {
-                    self.buses.pio.read(u64::from(port), data);
-                    Next::Continue
-                }
-                VcpuExit::IoOut(port, data) => {
-                    self.buses.pio.write(u64::from(port), data);
-                    Next::Continue
-                }
-                VcpuExit::MmioRead(addr, data) => {
-                    if !self.buses.mmio.read(addr, data) {
-                        tracing::trace!(addr, "MMIO read of an unmapped address");
-                    }
-                    Next::Continue
-                }
-                VcpuExit::MmioWrite(addr, data) => {
-                    if !self.buses.mmio.write(addr, data) {
-                        tracing::trace!(addr, "MMIO write to an unmapped address");
-                    }
-                    Next::Continue
-                }
-                VcpuExit::Shutdown => {
+        match dispatch_exit(self.vcpu.run(), &self.buses, self.index) {
+            ExitOutcome::Continue => Next::Continue,
+            ExitOutcome::Finished(event) => {
+                if let VmEvent::TripleFault { .. } = event {
                     tracing::warn!(state = %self.cpu_state(), "triple fault (KVM_EXIT_SHUTDOWN)");
-                    self.events.send(VmEvent::TripleFault { vcpu: index });
-                    Next::Done
                 }
-                VcpuExit::Hlt => {
-                    tracing::info!("vCPU halted with interrupts off");
-                    self.events.send(VmEvent::GuestPoweroff);
-                    Next::Done
-                }
-                VcpuExit::Intr => Next::Continue,
-                VcpuExit::FailEntry(reason, cpu) => self.fail(format!(
-                    "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host CPU {cpu}"
-                )),
-                VcpuExit::InternalError => self.fail(
-                    "KVM_EXIT_INTERNAL_ERROR: KVM could not emulate a guest instruction \
-                     (this /dev/kvm may not support hardware-assisted guests)"
-                        .to_string(),
-                ),
-                VcpuExit::SystemEvent(kind, _) => {
-                    tracing::info!(kind, "KVM system event");
-                    self.events.send(VmEvent::GuestPoweroff);
-                    Next::Done
-                }
-                other => {
-                    let reason = format!("unexpected vCPU exit {other:?}");
-                    self.fail(reason)
-                }
-            },
-            Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {
-                Next::Continue
+                self.events.send(event);
+                Next::Done
             }
-            Err(err) => self.fail(format!("KVM_RUN failed: {err}")),
+            ExitOutcome::Failed(reason) => self.fail(reason),
         }
     }
 
@@ -505,3 +502,83 @@ impl VcpuThread {
         Next::Done
     }
 }
+
+/// What one return from KVM_RUN leads to.
+#[derive(Debug, PartialEq, Eq)]
+enum ExitOutcome {
+    /// Handled, or nothing to handle: run the guest again.
+    Continue,
+    /// The guest is finished on this vCPU: the main loop gets this event, the thread parks.
+    Finished(VmEvent),
+    /// The vCPU cannot go on: the main loop gets [`VmEvent::VcpuFailed`] with this reason.
+    Failed(String),
+}
+
+/// Handles one return from KVM_RUN of vCPU `vcpu`: port I/O and MMIO go to their bus, the
+/// exits that end the guest become an event, an interrupted run just runs again, and
+/// anything else fails the vCPU.
+fn dispatch_exit(
+    exit: Result<VcpuExit<'_>, kvm_ioctls::Error>,
+    buses: &IoBuses,
+    vcpu: u32,
+) -> ExitOutcome {
+    let exit = match exit {
+        Ok(exit) => exit,
+        // A kick: the run loop looks at pause and stop requests before running again.
+        Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {
+            return ExitOutcome::Continue
+        }
+        Err(err) => return ExitOutcome::Failed(format!("KVM_RUN failed: {err}")),
+    };
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            buses.pio.read(u64::from(port), data);
+            ExitOutcome::Continue
+        }
+        VcpuExit::IoOut(port, data) => {
+            buses.pio.write(u64::from(port), data);
+            ExitOutcome::Continue
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !buses.mmio.read(addr, data) {
+                tracing::trace!(addr, "MMIO read of an unmapped address");
+            }
+            ExitOutcome::Continue
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !buses.mmio.write(addr, data) {
+                tracing::trace!(addr, "MMIO write to an unmapped address");
+            }
+            ExitOutcome::Continue
+        }
+        VcpuExit::Intr => ExitOutcome::Continue,
+        VcpuExit::Shutdown => ExitOutcome::Finished(VmEvent::TripleFault { vcpu }),
+        VcpuExit::Hlt => {
+            tracing::info!("vCPU halted with interrupts off");
+            ExitOutcome::Finished(VmEvent::GuestPoweroff)
+        }
+        VcpuExit::SystemEvent(kind, _) => {
+            tracing::info!(kind, "KVM system event");
+            match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => ExitOutcome::Finished(VmEvent::GuestPoweroff),
+                KVM_SYSTEM_EVENT_RESET => ExitOutcome::Finished(VmEvent::GuestReboot),
+                KVM_SYSTEM_EVENT_CRASH => ExitOutcome::Failed(
+                    "the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)".to_string(),
+                ),
+                other => ExitOutcome::Failed(format!("unexpected KVM system event {other}")),
+            }
+        }
+        VcpuExit::FailEntry(reason, cpu) => ExitOutcome::Failed(format!(
+            "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host CPU {cpu}"
+        )),
+        VcpuExit::InternalError => ExitOutcome::Failed(
+            "KVM_EXIT_INTERNAL_ERROR: KVM could not emulate a guest instruction \
+             (this /dev/kvm may not support hardware-assisted guests)"
+                .to_string(),
+        ),
+        other => ExitOutcome::Failed(format!("unexpected vCPU exit {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests;
