@@ -9,7 +9,12 @@ use std::path::{Path, PathBuf};
 use common::{condition, manifest, vm, wait_for, Daemon, Options};
 
 fn dedicated(name: &str, cores: usize) -> String {
-    manifest(name, "Always", "").replace(
+    dedicated_with_args(name, cores, "")
+}
+
+/// A dedicated-CPU VM whose (fake) launcher behaves as `kernel_args` say.
+fn dedicated_with_args(name: &str, cores: usize, kernel_args: &str) -> String {
+    manifest(name, "Always", kernel_args).replace(
         "      domain:\n",
         &format!("      domain:\n        cpu:\n          cores: {cores}\n          dedicatedCpuPlacement: true\n"),
     )
@@ -116,4 +121,68 @@ async fn vcpus_get_dedicated_cpus_until_none_are_left() {
             .iter()
             .any(|e| e.reason == "DedicatedCpus" && e.message.ends_with(&expected)));
     }
+}
+
+/// Where `reason` is in the VM's events (the first time), if at all.
+fn event_index(view: &ironvisor_handler_api::proto::VmView, reason: &str) -> Option<usize> {
+    view.events.iter().position(|e| e.reason == reason)
+}
+
+/// The pinning event states what the launcher reports once the guest runs: nothing while
+/// the launcher is still starting, then the CPUs it pinned (between the instance's
+/// creation and its start), or a warning when it did not pin as asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pinning_event_follows_what_the_launcher_reports() {
+    let daemon = Daemon::start(Options::default());
+    let client = daemon.client().await;
+
+    let yaml = dedicated_with_args("slow", 1, "fake.boot_ms=3000");
+    client.apply(yaml, "slow.yaml".into()).await.unwrap();
+    let starting = wait_for(&client, "slow", "its instance created", |v| {
+        event_index(v, "SuccessfulCreate").is_some()
+    })
+    .await;
+    assert_ne!(
+        starting.status,
+        "Running",
+        "{}",
+        common::summarize(&starting)
+    );
+    assert_eq!(
+        event_index(&starting, "DedicatedCpus"),
+        None,
+        "pinning reported before the launcher ran: {}",
+        common::summarize(&starting)
+    );
+    let running = wait_for(&client, "slow", "Running", |v| v.status == "Running").await;
+    let (created, pinned, started) = (
+        event_index(&running, "SuccessfulCreate"),
+        event_index(&running, "DedicatedCpus"),
+        event_index(&running, "Started"),
+    );
+    assert!(
+        created < pinned && pinned < started && created.is_some(),
+        "events out of order: {}",
+        common::summarize(&running)
+    );
+    client.stop(vm("slow"), false, 0).await.unwrap();
+    wait_for(&client, "slow", "Stopped", |v| v.status == "Stopped").await;
+
+    let yaml = dedicated_with_args("unpinned", 1, "fake.pinning=none");
+    client.apply(yaml, "unpinned.yaml".into()).await.unwrap();
+    let view = wait_for(&client, "unpinned", "Running", |v| v.status == "Running").await;
+    assert_eq!(event_index(&view, "DedicatedCpus"), None);
+    let warning = view
+        .events
+        .iter()
+        .find(|e| e.reason == "DedicatedCpusNotApplied")
+        .unwrap_or_else(|| panic!("no warning: {}", common::summarize(&view)));
+    assert_eq!(warning.r#type, "Warning");
+    assert!(
+        warning
+            .message
+            .ends_with("but the launcher reports no pinning"),
+        "{}",
+        warning.message
+    );
 }

@@ -11,6 +11,7 @@
 //! the same VM at once; API requests only write their intent (spec, start/stop requests,
 //! deletion) to the store and wake the loop.
 
+mod pinning;
 mod start;
 mod stop;
 
@@ -22,7 +23,7 @@ use ironvisor_crds::v1alpha1::{
     RunStrategy, VirtualMachineInstancePhase, VirtualMachineInstanceStatus,
 };
 use ironvisor_disks::ImageStore;
-use ironvisor_launcher_api::control::VmState;
+use ironvisor_launcher_api::control::{VmState, VmStatus};
 use ironvisor_launcher_api::LauncherClient;
 use ironvisor_net::NetworkConfig;
 use tokio::sync::{watch, Notify};
@@ -323,7 +324,15 @@ impl Runtime {
                 self.enforce_stop_deadline(key, launcher, stop, now).await?;
             }
         }
-        let state = self.launcher_state(launcher).await;
+        let status = self.launcher_status(launcher).await;
+        let state = status.as_ref().map(|status| status.state);
+        let pinning = (!launcher.dedicated_cpus.is_empty()).then(|| {
+            let applied = status
+                .as_ref()
+                .map(|status| status.vcpu_affinity.clone())
+                .unwrap_or_default();
+            pinning::pinning_event(&launcher.dedicated_cpus, &applied)
+        });
         let launcher_identity = launcher
             .launcher
             .or_else(|| launcher_proc::launcher_identity(launcher));
@@ -388,6 +397,9 @@ impl Runtime {
                         }
                     }
                     if becomes_running {
+                        if let Some(pinning) = pinning {
+                            t.push_event(key, pinning)?;
+                        }
                         t.push_event(
                             key,
                             event(
@@ -410,8 +422,8 @@ impl Runtime {
         Ok(())
     }
 
-    /// The guest's state from the launcher's API, or `None` if it does not answer (yet).
-    async fn launcher_state(&self, launcher: &LauncherRecord) -> Option<VmState> {
+    /// The guest's status from the launcher's API, or `None` if it does not answer (yet).
+    async fn launcher_status(&self, launcher: &LauncherRecord) -> Option<VmStatus> {
         let cached = self
             .clients
             .lock()
@@ -428,7 +440,7 @@ impl Runtime {
             }
         };
         match client.status().await {
-            Ok(status) => Some(status.state),
+            Ok(status) => Some(status),
             Err(error) => {
                 debug!(%error, "launcher status unavailable");
                 self.forget_client(&launcher.vmi_uid);

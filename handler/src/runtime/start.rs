@@ -141,21 +141,6 @@ impl Runtime {
                         t.put_vm(&key, &rec)?;
                         t.put_vmi(&key, &vmi)?;
                         t.put_launcher(&key, &record)?;
-                        if !record.dedicated_cpus.is_empty() {
-                            t.push_event(
-                                &key,
-                                event(
-                                    EventType::Normal,
-                                    "DedicatedCpus",
-                                    format!(
-                                        "vCPUs pinned to dedicated host CPUs {}",
-                                        ironvisor_launcher_api::cpulist::format(
-                                            &record.dedicated_cpus
-                                        )
-                                    ),
-                                ),
-                            )?;
-                        }
                         t.push_event(
                             &key,
                             event(

@@ -7,6 +7,8 @@
 //! - `fake.boot_ms=N`: report `Starting` for N ms before `Running` (default 0);
 //! - `fake.exit=C fake.after_ms=N`: exit with code C after N ms of running;
 //! - `fake.mode=fail`: fail at once (exit 1) with a message on stderr.
+//! - `fake.pinning=none`: report no vCPU pinning even when the configuration asks for some
+//!   (by default it reports the configuration's `vcpu_affinity` as applied).
 //!
 //! Typing on the console: `poweroff` exits 0, `crash` exits 4, `reboot` exits 3, `fail`
 //! exits 1; anything else is echoed. A graceful shutdown (API or SIGTERM) exits 5, a forced
@@ -35,6 +37,7 @@ struct Fake {
     paused: Mutex<bool>,
     exit: mpsc::UnboundedSender<i32>,
     devices: Vec<DeviceStatus>,
+    vcpu_affinity: Vec<Vec<u32>>,
 }
 
 impl VmControl for Fake {
@@ -55,6 +58,7 @@ impl VmControl for Fake {
             devices: self.devices.clone(),
             uptime: self.started.elapsed(),
             backend: "fake".into(),
+            vcpu_affinity: self.vcpu_affinity.clone(),
         }
     }
 
@@ -168,6 +172,11 @@ async fn run(config: LaunchConfig, opts: HashMap<String, String>) -> i32 {
         paused: Mutex::new(false),
         exit: exit_tx.clone(),
         devices,
+        vcpu_affinity: if opts.get("pinning").is_some_and(|p| p == "none") {
+            Vec::new()
+        } else {
+            config.vcpu_affinity.clone()
+        },
     });
     println!(
         "fake-launcher: VM {} with {} vCPUs, {} MiB, cmdline {:?}",

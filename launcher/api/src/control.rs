@@ -47,6 +47,9 @@ pub struct VmStatus {
     pub uptime: Duration,
     /// Which backend runs the VM ("kvm" or "qemu-tcg").
     pub backend: String,
+    /// The pinning the launcher applied: per vCPU, the host CPUs its thread is pinned to
+    /// (an empty list for an unpinned vCPU; no entries when nothing is pinned).
+    pub vcpu_affinity: Vec<Vec<u32>>,
 }
 
 /// How to stop the VM.

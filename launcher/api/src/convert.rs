@@ -71,6 +71,13 @@ pub fn status_to_proto(status: &VmStatus) -> proto::StatusReply {
             .collect(),
         uptime_ms: u64::try_from(status.uptime.as_millis()).unwrap_or(u64::MAX),
         backend: status.backend.clone(),
+        vcpu_affinity: status
+            .vcpu_affinity
+            .iter()
+            .map(|cpus| proto::VcpuAffinity {
+                host_cpus: cpus.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -94,6 +101,11 @@ pub fn status_from_proto(reply: proto::StatusReply) -> Result<VmStatus, Conversi
             .collect(),
         uptime: Duration::from_millis(reply.uptime_ms),
         backend: reply.backend,
+        vcpu_affinity: reply
+            .vcpu_affinity
+            .into_iter()
+            .map(|vcpu| vcpu.host_cpus)
+            .collect(),
     })
 }
 
@@ -237,6 +249,7 @@ mod tests {
             }],
             uptime: Duration::from_millis(12_345),
             backend: "kvm".into(),
+            vcpu_affinity: vec![vec![2], vec![], vec![3, 5]],
         };
         assert_eq!(status_from_proto(status_to_proto(&status)), Ok(status));
     }

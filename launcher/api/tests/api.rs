@@ -60,6 +60,7 @@ fn fake_status(state: VmState) -> VmStatus {
         ],
         uptime: Duration::from_millis(4321),
         backend: "kvm".into(),
+        vcpu_affinity: vec![vec![1], vec![2, 3]],
     }
 }
 

@@ -311,6 +311,7 @@ impl PreparedInstance for PreparedQemu {
             vcpus: plan.vcpus,
             memory_mib: plan.memory_mib,
             devices,
+            vcpu_affinity: plan.vcpu_affinity.clone(),
             dom,
             events,
             state: Mutex::new(VmState::Running),
@@ -327,6 +328,8 @@ pub struct QemuInstance {
     vcpus: u32,
     memory_mib: u64,
     devices: Vec<DeviceStatus>,
+    /// The vCPU pinning in the domain's `<cputune>`.
+    vcpu_affinity: Vec<Vec<u32>>,
     dom: Domain,
     events: EventSender,
     /// The launcher's view: Running, Paused, ShuttingDown or Stopped.
@@ -444,6 +447,9 @@ impl VmControl for QemuInstance {
             devices: self.devices.clone(),
             uptime: self.started.elapsed(),
             backend: BACKEND_NAME.into(),
+            // libvirt pins QEMU's vCPU threads from the domain's <cputune> when it starts
+            // the domain, and refuses to start it when it cannot.
+            vcpu_affinity: self.vcpu_affinity.clone(),
         }
     }
 

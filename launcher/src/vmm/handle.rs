@@ -94,6 +94,7 @@ impl VmControl for VmHandle {
             devices: self.devices.clone(),
             uptime: self.started.elapsed(),
             backend: "kvm".into(),
+            vcpu_affinity: self.vcpus.pinned(),
         }
     }
 
