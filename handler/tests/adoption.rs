@@ -24,7 +24,9 @@ fn launcher_pid(view: &ironvisor_handler_api::proto::VmView) -> i32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the node agent makes cgroups and namespaces for each VM"]
 async fn launchers_survive_a_daemon_kill_and_are_readopted() {
+    ironvisor_prereq::root();
     let mut daemon = Daemon::start(Options::default());
     let client = daemon.client().await;
     let yaml = [

@@ -186,7 +186,9 @@ async fn bad_input_is_refused_with_locations_and_nothing_is_applied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the node agent makes cgroups and namespaces for each VM"]
 async fn start_stop_pause_console_and_logs() {
+    ironvisor_prereq::root();
     let daemon = Daemon::start(Options::default());
     let client = daemon.client().await;
     client
@@ -333,7 +335,9 @@ async fn start_stop_pause_console_and_logs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the node agent makes cgroups and namespaces for each VM"]
 async fn start_and_stop_follow_kubevirt_verbs() {
+    ironvisor_prereq::root();
     let daemon = Daemon::start(Options::default());
     let client = daemon.client().await;
     // start on Halted switches to Always; stop on Always switches to Halted.
@@ -374,7 +378,9 @@ async fn start_and_stop_follow_kubevirt_verbs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the node agent makes cgroups and namespaces for each VM"]
 async fn logs_follow_until_the_instance_ends() {
+    ironvisor_prereq::root();
     let daemon = Daemon::start(Options::default());
     let client = daemon.client().await;
     let (code, message) = rejected(&client.logs(vm("ghost"), false).await.unwrap_err());

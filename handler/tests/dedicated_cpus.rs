@@ -47,7 +47,9 @@ fn affinity_of(config: &Path) -> (String, serde_json::Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the node agent makes cgroups and namespaces for each VM"]
 async fn vcpus_get_dedicated_cpus_until_none_are_left() {
+    ironvisor_prereq::root();
     let cpus = ironvisor_launcher_api::cpulist::of_this_thread().unwrap();
     // The lowest CPU stays shared on nodes with more than one.
     let pool: Vec<u32> = if cpus.len() > 1 {
@@ -132,7 +134,9 @@ fn event_index(view: &ironvisor_handler_api::proto::VmView, reason: &str) -> Opt
 /// the launcher is still starting, then the CPUs it pinned (between the instance's
 /// creation and its start), or a warning when it did not pin as asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the node agent makes cgroups and namespaces for each VM"]
 async fn the_pinning_event_follows_what_the_launcher_reports() {
+    ironvisor_prereq::root();
     let daemon = Daemon::start(Options::default());
     let client = daemon.client().await;
 

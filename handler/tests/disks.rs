@@ -64,7 +64,9 @@ fn launch_disks(daemon: &Daemon, name: &str) -> Vec<serde_json::Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the node agent makes cgroups and namespaces for each VM"]
 async fn volumes_become_disks_with_the_right_lifetimes() {
+    ironvisor_prereq::root();
     let daemon = Daemon::start(Options::default());
     let base = daemon.images_dir().join("test/rootfs/1.img");
     std::fs::create_dir_all(base.parent().unwrap()).unwrap();
@@ -127,7 +129,9 @@ async fn volumes_become_disks_with_the_right_lifetimes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the node agent makes cgroups and namespaces for each VM"]
 async fn missing_base_image_and_host_disk_fail_with_reasons() {
+    ironvisor_prereq::root();
     let daemon = Daemon::start(Options::default());
     let client = daemon.client().await;
     let yaml = format!(

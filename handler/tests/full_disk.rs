@@ -64,12 +64,14 @@ fn big_vm(name: &str) -> String {
 /// With the daemon's free-space reserve: changes are refused before the database runs
 /// out of space.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: it mounts a small tmpfs"]
 async fn a_full_data_dir_refuses_changes_and_keeps_the_state() {
     fill_up(None, "6m").await;
 }
 
 /// Without the reserve: the database itself hits ENOSPC mid-commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: it mounts a small tmpfs"]
 async fn enospc_inside_the_database_loses_nothing() {
     fill_up(Some(0), "5m").await;
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use common::{condition, manifest, vm, wait_for, Daemon, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the node agent makes cgroups and namespaces for each VM"]
 async fn hardware_isolation_required_is_refused_without_kvm() {
+    ironvisor_prereq::root();
     // The real host check decides (`--backend auto`) when it fails here, as on the
     // project's PVM machines; on a host with hardware KVM, emulation is forced instead.
     let host_check = ironvisor_launcher::host::HostCaps::probe().check_hardware_kvm();

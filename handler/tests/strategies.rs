@@ -47,7 +47,9 @@ async fn restarted(client: &HandlerClient, name: &str, old: &str) -> VmView {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the node agent makes cgroups and namespaces for each VM"]
 async fn exit_codes_under_each_strategy() {
+    ironvisor_prereq::root();
     let daemon = Daemon::start(Options::default());
     let client = daemon.client().await;
     // (name, strategy, exit code, restarted?)
@@ -137,7 +139,9 @@ async fn exit_codes_under_each_strategy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the node agent makes cgroups and namespaces for each VM"]
 async fn kill_9_of_a_launcher_fails_the_instance_then_the_strategy_applies() {
+    ironvisor_prereq::root();
     let daemon = Daemon::start(Options::default());
     let client = daemon.client().await;
     let yaml = [
@@ -186,7 +190,9 @@ async fn kill_9_of_a_launcher_fails_the_instance_then_the_strategy_applies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: the node agent makes cgroups and namespaces for each VM"]
 async fn manual_runs_between_start_and_stop_and_reboots_in_place() {
+    ironvisor_prereq::root();
     let daemon = Daemon::start(Options::default());
     let client = daemon.client().await;
     client

@@ -296,7 +296,9 @@ async fn a_second_instance_is_refused_and_leaves_the_first_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and /dev/net/tun"]
 async fn the_real_tun_device_is_healthy() {
+    ironvisor_prereq::root();
     let tun = Path::new("/dev/net/tun");
     assert!(
         tun.exists(),

@@ -469,6 +469,7 @@ fn assert_gone(fixture: &Fixture, network: &VmNetwork) {
 }
 
 #[test]
+#[ignore = "needs root, the CNI plugins, ip, nft and dnsmasq (scripts/install-deps.sh)"]
 fn masquerade_binding_end_to_end() {
     require_prerequisites!();
     let mut fx = Fixture::new("ivt-masq0", "10.231.1.0/24");
@@ -578,6 +579,7 @@ fn masquerade_binding_end_to_end() {
 }
 
 #[test]
+#[ignore = "needs root, the CNI plugins, ip, nft and dnsmasq (scripts/install-deps.sh)"]
 fn bridge_binding_gives_the_guest_the_pod_ip() {
     require_prerequisites!();
     let mut fx = Fixture::new("ivt-brdg0", "10.231.2.0/24");
@@ -623,6 +625,7 @@ fn bridge_binding_gives_the_guest_the_pod_ip() {
 }
 
 #[test]
+#[ignore = "needs root, the CNI plugins, ip, nft and dnsmasq (scripts/install-deps.sh)"]
 fn two_vms_at_once_get_different_pod_ips() {
     require_prerequisites!();
     let mut fx = Fixture::new("ivt-two0", "10.231.3.0/24");
@@ -684,6 +687,7 @@ fn two_vms_at_once_get_different_pod_ips() {
 }
 
 #[test]
+#[ignore = "needs root, the CNI plugins, ip, nft and dnsmasq (scripts/install-deps.sh)"]
 fn teardown_recovers_after_the_namespace_was_lost() {
     require_prerequisites!();
     let mut fx = Fixture::new("ivt-lost0", "10.231.4.0/24");
@@ -710,6 +714,7 @@ fn teardown_recovers_after_the_namespace_was_lost() {
 }
 
 #[test]
+#[ignore = "needs root, the CNI plugins, ip, nft and dnsmasq (scripts/install-deps.sh)"]
 fn interrupted_setup_is_redone_by_the_next_setup() {
     require_prerequisites!();
     let mut fx = Fixture::new("ivt-intr0", "10.231.5.0/24");
@@ -740,6 +745,7 @@ fn interrupted_setup_is_redone_by_the_next_setup() {
 }
 
 #[test]
+#[ignore = "needs root, the CNI plugins, ip, nft and dnsmasq (scripts/install-deps.sh)"]
 fn failure_after_cni_add_rolls_everything_back() {
     require_prerequisites!();
     let mut fx = Fixture::new("ivt-roll0", "10.231.6.0/24");
@@ -791,6 +797,7 @@ fn failure_after_cni_add_rolls_everything_back() {
 }
 
 #[test]
+#[ignore = "needs root, the CNI plugins, ip, nft and dnsmasq (scripts/install-deps.sh)"]
 fn missing_plugins_are_reported_before_anything_is_created() {
     require_prerequisites!();
     let mut fx = Fixture::new("ivt-miss0", "10.231.7.0/24");
