@@ -5,6 +5,7 @@
 //! - [`LaunchArgs`] is the command line: either `--config FILE` or one flag per field.
 //! - [`LaunchConfig::validate`] checks everything that can be checked before the VM is
 //!   built, against the host's [`HostLimits`], and reports every problem at once.
+//! - [`SystemIdentity`] (module `system`): the SMBIOS system UUID and serial number.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +18,12 @@ use ironvisor_arch::layout::{CMDLINE_MAX_SIZE, IOAPIC_PINS, VIRTIO_FIRST_GSI};
 use serde::{Deserialize, Serialize};
 
 use crate::cpulist;
+
+mod system;
+pub use system::{
+    SystemIdentity, MAX_SYSTEM_SERIAL_BYTES, SYSTEM_MANUFACTURER, SYSTEM_PRODUCT_NAME,
+    SYSTEM_VERSION,
+};
 
 /// Everything needed to build and run one VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +65,10 @@ pub struct LaunchConfig {
     /// Which hypervisor backend runs the guest.
     #[serde(default)]
     pub backend: BackendKind,
+    /// System UUID and serial number the guest sees in its SMBIOS tables (KubeVirt's
+    /// `firmware.uuid` and `firmware.serial`). Absent: neither.
+    #[serde(default, skip_serializing_if = "SystemIdentity::is_empty")]
+    pub system: SystemIdentity,
 }
 
 /// Kernel, initramfs and command line (direct kernel boot).
@@ -376,6 +387,7 @@ impl LaunchConfig {
         self.check_device_ids(&mut issues);
         self.check_sockets(&mut issues);
         self.check_device_count(&mut issues);
+        self.system.check(&mut issues);
         if self.console.ring_bytes == 0 {
             issues.push("console.ring_bytes", "must be greater than 0");
         } else if self.console.ring_bytes > MAX_CONSOLE_RING_BYTES {
@@ -1211,6 +1223,7 @@ impl LaunchArgs {
                 .shutdown_timeout_secs
                 .unwrap_or_else(default_shutdown_timeout_secs),
             backend: BackendKind::default(),
+            system: SystemIdentity::default(),
         })
     }
 
@@ -1300,6 +1313,7 @@ mod tests {
                 api_socket: Some(dir.path().join("api.sock")),
                 shutdown_timeout_secs: 30,
                 backend: BackendKind::Kvm,
+                system: SystemIdentity::default(),
             };
             Self { dir, config }
         }
@@ -2049,6 +2063,7 @@ mod tests {
             api_socket: Some("/run/api.sock".into()),
             shutdown_timeout_secs: 5,
             backend: BackendKind::Kvm,
+            system: SystemIdentity::default(),
         };
         assert_eq!(config, expected);
     }

@@ -33,8 +33,15 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const RSDP_START: u64 = 0xe0000;
 /// ACPI tables (XSDT, FADT, DSDT, MADT) follow the RSDP.
 pub const ACPI_TABLES_START: u64 = 0xe0100;
-/// End (exclusive) of the area reserved for ACPI tables.
-pub const ACPI_TABLES_END: u64 = 0x100000;
+/// End (exclusive) of the area reserved for ACPI tables: the SMBIOS area starts here.
+pub const ACPI_TABLES_END: u64 = SMBIOS_START;
+/// SMBIOS 3.0 entry point (`_SM3_`), at the start of the 64 KiB that Linux scans on
+/// 16-byte boundaries for an SMBIOS entry point when it boots without EFI.
+pub const SMBIOS_START: u64 = 0xf0000;
+/// SMBIOS structure table, after the 24-byte entry point (16-byte aligned).
+pub const SMBIOS_TABLES_START: u64 = 0xf0020;
+/// End (exclusive) of the SMBIOS area, the end of the BIOS read-only area.
+pub const SMBIOS_END: u64 = 0x100000;
 /// First byte of high RAM, where the kernel is loaded.
 pub const HIGH_RAM_START: u64 = 0x100000;
 

@@ -9,6 +9,12 @@
 //! `on_reboot=destroy` exactly like a poweroff, so that setting would lose the
 //! distinction).
 //!
+//! The guest's SMBIOS system information names the same manufacturer, product and version
+//! as under the KVM launcher (`<sysinfo type='smbios'>` with `<smbios mode='sysinfo'/>`),
+//! with the configured serial number and UUID; the UUID is also the domain's `<uuid>`,
+//! which libvirt requires to match. Without a configured UUID libvirt picks a random one,
+//! so unlike the KVM launcher's all-zero UUID the guest sees some UUID.
+//!
 //! NICs are not libvirt `<interface>`s: libvirtd opens those in its own network namespace.
 //! Each NIC is a `-netdev dgram` + `virtio-net-pci` pair passed through with
 //! `<qemu:commandline>` ([`crate::qemu_args`]), talking to the launcher's frame relay
@@ -18,7 +24,9 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use ironvisor_launcher::config::{format_mac, ImageFormat, LaunchConfig};
+use ironvisor_launcher::config::{
+    format_mac, ImageFormat, LaunchConfig, SYSTEM_MANUFACTURER, SYSTEM_PRODUCT_NAME, SYSTEM_VERSION,
+};
 use ironvisor_launcher_api::control::DeviceStatus;
 
 use crate::qemu_args::{self, QEMU_NAMESPACE, QEMU_PREFIX};
@@ -172,6 +180,11 @@ pub struct DomainPlan {
     pub serial_socket: PathBuf,
     /// Unix socket QEMU listens on for the guest agent's virtio-serial port.
     pub agent_socket: Option<PathBuf>,
+    /// System UUID (lowercase RFC 4122 text): the domain's `<uuid>` and the SMBIOS system
+    /// UUID. `None`: libvirt generates the domain's UUID.
+    pub system_uuid: Option<String>,
+    /// SMBIOS system serial number (`None` when not configured or empty).
+    pub system_serial: Option<String>,
 }
 
 impl DomainPlan {
@@ -243,6 +256,8 @@ impl DomainPlan {
             nets,
             serial_socket,
             agent_socket,
+            system_uuid: config.system.uuid.as_ref().map(|u| u.to_ascii_lowercase()),
+            system_serial: config.system.serial.clone().filter(|s| !s.is_empty()),
         })
     }
 
@@ -309,6 +324,9 @@ impl DomainPlan {
             ),
         );
         line(x, 1, &format!("<name>{}</name>", escape(&self.domain_name)));
+        if let Some(uuid) = &self.system_uuid {
+            line(x, 1, &format!("<uuid>{}</uuid>", escape(uuid)));
+        }
         line(
             x,
             1,
@@ -360,12 +378,15 @@ impl DomainPlan {
             }
             line(x, 1, "</cputune>");
         }
+        self.sysinfo_xml(x);
         line(x, 1, "<os>");
         line(
             x,
             2,
             &format!("<type arch='x86_64' machine='{MACHINE_TYPE}'>hvm</type>"),
         );
+        // SMBIOS type 1 from <sysinfo> rather than QEMU's defaults.
+        line(x, 2, "<smbios mode='sysinfo'/>");
         line(
             x,
             2,
@@ -436,6 +457,30 @@ impl DomainPlan {
         }
         line(x, 0, "</domain>");
         xml
+    }
+
+    /// `<sysinfo type='smbios'>`: the SMBIOS system information (type 1) entries.
+    fn sysinfo_xml(&self, x: &mut String) {
+        let entry = |x: &mut String, name: &str, value: &str| {
+            line(
+                x,
+                3,
+                &format!("<entry name='{name}'>{}</entry>", escape(value)),
+            );
+        };
+        line(x, 1, "<sysinfo type='smbios'>");
+        line(x, 2, "<system>");
+        entry(x, "manufacturer", SYSTEM_MANUFACTURER);
+        entry(x, "product", SYSTEM_PRODUCT_NAME);
+        entry(x, "version", SYSTEM_VERSION);
+        if let Some(serial) = &self.system_serial {
+            entry(x, "serial", serial);
+        }
+        if let Some(uuid) = &self.system_uuid {
+            entry(x, "uuid", uuid);
+        }
+        line(x, 2, "</system>");
+        line(x, 1, "</sysinfo>");
     }
 
     fn disk_xml(&self, x: &mut String, disk: &PlannedDisk) {
@@ -528,388 +573,4 @@ fn absolute_socket(what: &'static str, path: &Path) -> Result<PathBuf, DomainErr
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ironvisor_launcher::config::{ConsoleConfig, DiskConfig, KernelConfig, NetConfig};
-
-    struct Fixture {
-        dir: tempfile::TempDir,
-        config: LaunchConfig,
-    }
-
-    fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path();
-        std::fs::write(p.join("vmlinuz"), b"kernel").unwrap();
-        std::fs::write(p.join("initrd.img"), b"initrd").unwrap();
-        std::fs::write(p.join("root.raw"), vec![0u8; 1024]).unwrap();
-        let mut qcow = QCOW2_MAGIC.to_vec();
-        qcow.resize(1024, 0);
-        std::fs::write(p.join("data.img"), qcow).unwrap();
-        let config = LaunchConfig {
-            name: "web-1".into(),
-            vcpus: 2,
-            vcpu_affinity: vec![vec![1], vec![2, 3]],
-            memory_mib: 384,
-            kernel: KernelConfig {
-                path: p.join("vmlinuz"),
-                initrd: Some(p.join("initrd.img")),
-                cmdline: "console=ttyS0 reboot=k panic=1 a=<b>&c".into(),
-            },
-            disks: vec![
-                DiskConfig {
-                    id: "root".into(),
-                    path: p.join("root.raw"),
-                    format: ImageFormat::Raw,
-                    read_only: false,
-                    serial: None,
-                },
-                DiskConfig {
-                    id: "data".into(),
-                    path: p.join("data.img"),
-                    format: ImageFormat::Qcow2,
-                    read_only: true,
-                    serial: Some("SN-'7'".into()),
-                },
-            ],
-            nets: vec![
-                NetConfig {
-                    id: "net0".into(),
-                    tap: "tap-web1".into(),
-                    mac: Some("52:54:00:aa:bb:cc".into()),
-                },
-                NetConfig {
-                    id: "net1".into(),
-                    tap: "tap-web1b".into(),
-                    mac: None,
-                },
-            ],
-            console: ConsoleConfig::default(),
-            agent_socket: Some(p.join("agent.sock")),
-            api_socket: None,
-            shutdown_timeout_secs: 30,
-            backend: Default::default(),
-        };
-        Fixture { dir, config }
-    }
-
-    fn plan(fx: &Fixture) -> DomainPlan {
-        DomainPlan::from_config(&fx.config, fx.dir.path(), 4242).unwrap()
-    }
-
-    fn child<'a>(node: roxmltree::Node<'a, 'a>, name: &str) -> roxmltree::Node<'a, 'a> {
-        node.children()
-            .find(|n| n.has_tag_name(name))
-            .unwrap_or_else(|| panic!("no <{name}> under <{}>", node.tag_name().name()))
-    }
-
-    fn text<'a>(node: roxmltree::Node<'a, 'a>, name: &str) -> &'a str {
-        child(node, name).text().unwrap_or("")
-    }
-
-    #[test]
-    fn disk_targets_follow_the_linux_naming() {
-        let names: Vec<String> = [0, 1, 25, 26, 27, 51, 52, 701, 702]
-            .into_iter()
-            .map(disk_target)
-            .collect();
-        assert_eq!(
-            names,
-            ["vda", "vdb", "vdz", "vdaa", "vdab", "vdaz", "vdba", "vdzz", "vdaaa"]
-        );
-    }
-
-    #[test]
-    fn plan_resolves_paths_formats_serials_and_macs() {
-        let fx = fixture();
-        let plan = plan(&fx);
-        assert_eq!(plan.domain_name, "ironvisor-web-1");
-        assert!(plan.kernel.is_absolute());
-        assert_eq!(plan.disks[0].format, DiskFormat::Raw);
-        assert_eq!(plan.disks[0].serial, "root");
-        assert_eq!(plan.disks[0].target, "vda");
-        assert_eq!(plan.disks[1].format, DiskFormat::Qcow2);
-        assert_eq!(plan.disks[1].target, "vdb");
-        assert_eq!(plan.nets[0].mac, "52:54:00:aa:bb:cc");
-        // Generated MACs are the same as the KVM launcher's.
-        assert_eq!(
-            plan.nets[1].mac,
-            format_mac(&ironvisor_launcher::config::generated_mac("web-1", "net1"))
-        );
-    }
-
-    #[test]
-    fn plan_names_a_missing_disk() {
-        let mut fx = fixture();
-        fx.config.disks[1].path = fx.dir.path().join("gone.img");
-        let err = DomainPlan::from_config(&fx.config, Path::new("/run"), 1).unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("disks[1] (data)"), "{text}");
-        assert!(text.contains("gone.img"), "{text}");
-    }
-
-    #[test]
-    fn relative_agent_socket_becomes_absolute() {
-        let mut fx = fixture();
-        fx.config.agent_socket = Some("agent.sock".into());
-        let plan = plan(&fx);
-        let agent = plan.agent_socket.unwrap();
-        assert!(agent.is_absolute());
-        assert!(agent.ends_with("agent.sock"));
-    }
-
-    #[test]
-    fn xml_describes_a_tcg_guest_with_direct_kernel_boot() {
-        let fx = fixture();
-        let plan = plan(&fx);
-        let xml = plan.to_xml();
-        let doc = roxmltree::Document::parse(&xml).unwrap();
-        let domain = doc.root_element();
-        assert_eq!(domain.tag_name().name(), "domain");
-        assert_eq!(domain.attribute("type"), Some("qemu"));
-        assert_eq!(text(domain, "name"), "ironvisor-web-1");
-        let memory = child(domain, "memory");
-        assert_eq!(
-            (memory.attribute("unit"), memory.text()),
-            (Some("MiB"), Some("384"))
-        );
-        assert_eq!(text(domain, "vcpu"), "2");
-        let pins: Vec<_> = child(domain, "cputune")
-            .children()
-            .filter(|n| n.has_tag_name("vcpupin"))
-            .map(|n| (n.attribute("vcpu").unwrap(), n.attribute("cpuset").unwrap()))
-            .collect();
-        assert_eq!(pins, [("0", "1"), ("1", "2-3")]);
-        let os = child(domain, "os");
-        let os_type = child(os, "type");
-        assert_eq!(os_type.attribute("machine"), Some(MACHINE_TYPE));
-        assert_eq!(os_type.text(), Some("hvm"));
-        assert_eq!(text(os, "kernel"), plan.kernel.to_str().unwrap());
-        assert_eq!(
-            text(os, "initrd"),
-            plan.initrd.as_ref().unwrap().to_str().unwrap()
-        );
-        // Escaped on the way in, identical on the way out.
-        assert_eq!(
-            text(os, "cmdline"),
-            "console=ttyS0 reboot=k panic=1 a=<b>&c"
-        );
-        assert_eq!(text(domain, "on_poweroff"), "destroy");
-        assert_eq!(text(domain, "on_reboot"), "restart");
-        assert_eq!(text(domain, "on_crash"), "destroy");
-        let launcher = child(child(domain, "metadata"), "launcher");
-        assert_eq!(launcher.tag_name().namespace(), Some(METADATA_NAMESPACE));
-        assert_eq!(launcher.attribute("pid"), Some("4242"));
-        assert_eq!(launcher_pid_from_metadata(&xml), Some(4242));
-    }
-
-    #[test]
-    fn xml_has_virtio_pci_disks_nics_and_the_serial_socket() {
-        let fx = fixture();
-        let plan = plan(&fx);
-        let xml = plan.to_xml();
-        let doc = roxmltree::Document::parse(&xml).unwrap();
-        let devices = child(doc.root_element(), "devices");
-
-        let disks: Vec<_> = devices
-            .children()
-            .filter(|n| n.has_tag_name("disk"))
-            .collect();
-        assert_eq!(disks.len(), 2);
-        for (disk, planned) in disks.iter().zip(&plan.disks) {
-            assert_eq!(disk.attribute("type"), Some("file"));
-            assert_eq!(
-                child(*disk, "driver").attribute("type"),
-                Some(planned.format.as_str())
-            );
-            assert_eq!(
-                child(*disk, "source").attribute("file"),
-                planned.path.to_str()
-            );
-            let target = child(*disk, "target");
-            assert_eq!(target.attribute("bus"), Some("virtio"));
-            assert_eq!(target.attribute("dev"), Some(planned.target.as_str()));
-            assert_eq!(text(*disk, "serial"), planned.serial);
-            let readonly = disk.children().any(|n| n.has_tag_name("readonly"));
-            assert_eq!(readonly, planned.read_only, "{}", planned.id);
-        }
-        assert_eq!(child(disks[1], "driver").attribute("type"), Some("qcow2"));
-        assert_eq!(text(disks[1], "serial"), "SN-'7'");
-
-        // NICs are not libvirt interfaces (libvirtd would look the tap up in its own
-        // network namespace); see xml_passes_nics_through_to_qemu.
-        assert!(!devices.children().any(|n| n.has_tag_name("interface")));
-
-        let serial = child(devices, "serial");
-        assert_eq!(serial.attribute("type"), Some("unix"));
-        let source = child(serial, "source");
-        assert_eq!(source.attribute("mode"), Some("bind"));
-        assert_eq!(source.attribute("path"), plan.serial_socket.to_str());
-
-        let console = child(devices, "console");
-        assert_eq!(console.attribute("type"), Some("unix"));
-        assert_eq!(
-            child(console, "source").attribute("path"),
-            plan.agent_socket.as_ref().unwrap().to_str()
-        );
-        assert_eq!(child(console, "target").attribute("type"), Some("virtio"));
-    }
-
-    /// The `<qemu:arg value>`s of the domain, in order.
-    fn qemu_args_of(xml: &str) -> Vec<String> {
-        let doc = roxmltree::Document::parse(xml).unwrap();
-        let commandline = doc
-            .root_element()
-            .children()
-            .find(|n| n.has_tag_name((QEMU_NAMESPACE, "commandline")))
-            .expect("<qemu:commandline> in the qemu namespace");
-        commandline
-            .children()
-            .filter(|n| n.is_element())
-            .map(|n| {
-                assert!(n.has_tag_name((QEMU_NAMESPACE, "arg")), "{n:?}");
-                n.attribute("value").unwrap().to_string()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn xml_passes_nics_through_to_qemu() {
-        let fx = fixture();
-        let plan = plan(&fx);
-        let xml = plan.to_xml();
-        assert!(
-            xml.starts_with(&format!(
-                "<domain type='qemu' xmlns:ironvisor='{METADATA_NAMESPACE}' \
-                 xmlns:qemu='{QEMU_NAMESPACE}'>"
-            )),
-            "{xml}"
-        );
-        let dir = fx.dir.path();
-        assert_eq!(plan.nets[0].relay_socket, dir.join("nic0.sock"));
-        assert_eq!(plan.nets[1].qemu_socket, dir.join("nic1-qemu.sock"));
-        let args = qemu_args_of(&xml);
-        let flags: Vec<&str> = args.iter().step_by(2).map(String::as_str).collect();
-        assert_eq!(flags, ["-netdev", "-device", "-netdev", "-device"]);
-        let json = |i: usize| -> serde_json::Value { serde_json::from_str(&args[i]).unwrap() };
-        for (index, net) in plan.nets.iter().enumerate() {
-            let (netdev, device) = (json(4 * index + 1), json(4 * index + 3));
-            assert_eq!(netdev["type"], "dgram");
-            assert_eq!(netdev["id"], format!("ivnet{index}"));
-            assert_eq!(netdev["local"]["type"], "unix");
-            assert_eq!(netdev["local"]["path"], net.qemu_socket.to_str().unwrap());
-            assert_eq!(netdev["remote"]["type"], "unix");
-            assert_eq!(netdev["remote"]["path"], net.relay_socket.to_str().unwrap());
-            assert_eq!(device["driver"], "virtio-net-pci");
-            assert_eq!(device["netdev"], format!("ivnet{index}"));
-            assert_eq!(device["mac"], net.mac.as_str());
-        }
-        assert_eq!(json(3)["mac"], "52:54:00:aa:bb:cc");
-        // The commandline follows <devices>, as a direct child of <domain>.
-        let doc = roxmltree::Document::parse(&xml).unwrap();
-        let names: Vec<_> = doc
-            .root_element()
-            .children()
-            .filter(|n| n.is_element())
-            .map(|n| n.tag_name().name())
-            .collect();
-        assert_eq!(names[names.len() - 2..], ["devices", "commandline"]);
-    }
-
-    #[test]
-    fn qemu_args_are_escaped_for_xml_and_qemu() {
-        let fx = fixture();
-        let odd = fx.dir.path().join("run'&<x>,\"y");
-        std::fs::create_dir(&odd).unwrap();
-        let plan = DomainPlan::from_config(&fx.config, &odd, 1).unwrap();
-        let xml = plan.to_xml();
-        // XML-escaped in the attribute (JSON escapes the double quote first) ...
-        assert!(
-            xml.contains(r#"run&apos;&amp;&lt;x&gt;,\&quot;y/nic0-qemu.sock"#),
-            "{xml}"
-        );
-        // ... and the exact path again once parsed back.
-        let args = qemu_args_of(&xml);
-        let netdev: serde_json::Value = serde_json::from_str(&args[1]).unwrap();
-        assert_eq!(
-            netdev["local"]["path"],
-            odd.join("nic0-qemu.sock").to_str().unwrap()
-        );
-        assert_eq!(
-            netdev["remote"]["path"],
-            odd.join("nic0.sock").to_str().unwrap()
-        );
-        assert_eq!(plan.runtime_sockets().len(), 1 + 2 * 2);
-        assert!(plan.runtime_sockets()[0].ends_with(SERIAL_SOCKET));
-    }
-
-    #[test]
-    fn xml_without_optional_devices() {
-        let mut fx = fixture();
-        fx.config.disks.clear();
-        fx.config.nets.clear();
-        fx.config.agent_socket = None;
-        fx.config.kernel.initrd = None;
-        let xml = plan(&fx).to_xml();
-        let doc = roxmltree::Document::parse(&xml).unwrap();
-        let domain = doc.root_element();
-        assert!(!child(domain, "os")
-            .children()
-            .any(|n| n.has_tag_name("initrd")));
-        let devices = child(domain, "devices");
-        for absent in ["disk", "interface", "console"] {
-            assert!(
-                !devices.children().any(|n| n.has_tag_name(absent)),
-                "{absent}"
-            );
-        }
-        assert!(!domain.children().any(|n| n.has_tag_name("commandline")));
-        assert!(devices.children().any(|n| n.has_tag_name("serial")));
-    }
-
-    #[test]
-    fn devices_match_the_kvm_launcher_kinds() {
-        let fx = fixture();
-        let plan = plan(&fx);
-        let devices = plan.devices(Some(Path::new("/run/console.sock")));
-        let kinds: Vec<(&str, &str)> = devices
-            .iter()
-            .map(|d| (d.kind.as_str(), d.id.as_str()))
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                ("serial", "ttyS0"),
-                ("virtio-blk", "root"),
-                ("virtio-blk", "data"),
-                ("virtio-net", "net0"),
-                ("virtio-net", "net1"),
-                ("virtio-console", "agent"),
-            ]
-        );
-        assert_eq!(devices[0].backend, "/run/console.sock");
-        assert!(devices[2].read_only);
-        assert_eq!(devices[3].mac.as_deref(), Some("52:54:00:aa:bb:cc"));
-        assert_eq!(devices[3].backend, "tap-web1");
-    }
-
-    #[test]
-    fn metadata_pid_parsing() {
-        assert_eq!(
-            launcher_pid_from_metadata("<launcher vm='a' pid='17'/>"),
-            Some(17)
-        );
-        assert_eq!(
-            launcher_pid_from_metadata(r#"<ironvisor:launcher pid="99" vm="x"/>"#),
-            Some(99)
-        );
-        assert_eq!(launcher_pid_from_metadata("<launcher vm='a'/>"), None);
-        assert_eq!(launcher_pid_from_metadata("<launcher pid='x1'/>"), None);
-        assert_eq!(launcher_pid_from_metadata(""), None);
-    }
-
-    #[test]
-    fn escape_covers_the_five_xml_specials() {
-        assert_eq!(escape(r#"a&b<c>d'e"f"#), "a&amp;b&lt;c&gt;d&apos;e&quot;f");
-    }
-}
+mod tests;

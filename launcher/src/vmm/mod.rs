@@ -2,7 +2,8 @@
 //! then run until the guest or a stop request ends it.
 //!
 //! Build order: guest memory → KVM VM (memory slots, irqchip, PIT) → kernel and initrd →
-//! devices → ACPI tables → boot protocol data → vCPUs. Nothing runs until [`PreparedVm::start`].
+//! devices → ACPI and SMBIOS tables → boot protocol data → vCPUs. Nothing runs until
+//! [`PreparedVm::start`].
 
 pub mod affinity;
 pub mod bus;
@@ -18,7 +19,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ironvisor_arch::{acpi, boot, memory};
+use ironvisor_arch::{acpi, boot, memory, smbios};
 use ironvisor_console::{ConsoleHub, ConsoleInput};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
@@ -64,6 +65,8 @@ pub enum VmmError {
     BootParams(ironvisor_arch::boot::BootError),
     #[error("building ACPI tables: {0}")]
     Acpi(#[from] ironvisor_arch::acpi::AcpiError),
+    #[error("building SMBIOS tables: {0}")]
+    Smbios(#[from] ironvisor_arch::smbios::SmbiosError),
     #[error(transparent)]
     Devices(#[from] DeviceError),
     #[error(transparent)]
@@ -129,6 +132,11 @@ pub fn build(
     console.set_input(Arc::new(SerialInput(devices.serial.clone())));
 
     let rsdp = acpi::create_acpi_tables(&mem, config.vcpus, &devices.virtio_acpi)?;
+    let identity = smbios::SmbiosIdentity {
+        uuid: config.system.uuid_bytes()?,
+        serial: config.system.serial.as_deref(),
+    };
+    smbios::create_smbios_tables(&mem, &identity)?;
     boot::configure_boot(&mem, &kernel, &config.kernel.cmdline, initrd.as_ref(), rsdp)
         .map_err(VmmError::BootParams)?;
 
