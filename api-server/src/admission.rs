@@ -72,9 +72,20 @@ impl Rejection {
 
     fn from_decode(error: DecodeError) -> Self {
         match error {
-            DecodeError::UnknownField { path, expected, .. } => {
-                Self::one(path, format!("unknown field{expected}"))
-            }
+            DecodeError::UnknownField {
+                path,
+                expected,
+                more,
+                ..
+            } => Self {
+                problems: std::iter::once((path, format!("unknown field{expected}")))
+                    .chain(
+                        more.0
+                            .into_iter()
+                            .map(|field| (field.path, "unknown field".to_string())),
+                    )
+                    .collect(),
+            },
             DecodeError::InvalidField { path, message, .. } => Self::one(path, message),
             other => Self::one("", strip_location(&other)),
         }

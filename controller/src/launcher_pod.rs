@@ -518,6 +518,7 @@ mod tests {
                     initrd_path: Some("/boot/initrd.img".into()),
                 }),
             }),
+            ..Firmware::default()
         });
         spec.volumes = vec![VmVolume {
             name: "rootdisk".into(),

@@ -1,8 +1,10 @@
 //! Strict decoding of multi-document YAML manifests into Ironvisor objects.
 //!
 //! Each document is dispatched on `apiVersion` and `kind`. Decoding is strict: an unknown
-//! field anywhere (including `metadata`) is an error naming its full path, and every
-//! error carries `source:line:column`. Manifests written for KubeVirt (`kubevirt.io/v1`)
+//! field anywhere (including `metadata`) is an error naming its full path, listing every
+//! other unknown field of the document too, and every error carries
+//! `source:line:column`. A `status` block is read only when it is Ironvisor's own and is
+//! otherwise ignored (an export from KubeVirt carries KubeVirt's). Manifests written for KubeVirt (`kubevirt.io/v1`)
 //! are refused with a hint to change `apiVersion` to `ironvisor.io/v1alpha1`; nothing
 //! else needs to change for the fields Ironvisor supports.
 
@@ -12,14 +14,17 @@ use std::fmt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
 };
+use serde::de::DeserializeSeed;
 use serde::de::{DeserializeOwned, IgnoredAny};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use tracing::{debug, instrument};
 
+use crate::crd::CrdKind;
+use crate::locate::{PathProbe, Segment};
+use crate::unknown_fields;
 use crate::v1alpha1::{
-    VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceSpec,
-    VirtualMachineInstanceStatus, VirtualMachineSpec, VirtualMachineStatus, API_VERSION,
-    VIRTUAL_MACHINE_INSTANCE_KIND, VIRTUAL_MACHINE_KIND,
+    VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceSpec, VirtualMachineSpec,
+    API_VERSION, VIRTUAL_MACHINE_INSTANCE_KIND, VIRTUAL_MACHINE_KIND,
 };
 
 /// KubeVirt's API group; manifests for it are refused with a hint.
@@ -131,8 +136,9 @@ pub enum DecodeError {
         /// The kind found.
         kind: String,
     },
-    /// A field that the type does not have.
-    #[error("{at}: unknown field {path}{expected}")]
+    /// A field that the type does not have (the first one), and every other one of the
+    /// same document.
+    #[error("{at}: unknown field {path}{expected}{more}")]
     UnknownField {
         /// Where.
         at: SourceLocation,
@@ -140,6 +146,8 @@ pub enum DecodeError {
         path: String,
         /// ", expected one of ..." from the decoder, or empty.
         expected: String,
+        /// The document's other unknown fields, in document order.
+        more: Box<MoreUnknownFields>,
     },
     /// A field with a wrong type or value.
     #[error("{at}: {path}: {message}")]
@@ -151,6 +159,28 @@ pub enum DecodeError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// Another unknown field of a document, besides the one the decoder stopped at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownFieldAt {
+    /// Where.
+    pub at: SourceLocation,
+    /// Full path of the field.
+    pub path: String,
+}
+
+/// The other unknown fields of a document; shown one per line after the first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MoreUnknownFields(pub Vec<UnknownFieldAt>);
+
+impl fmt::Display for MoreUnknownFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for field in &self.0 {
+            write!(f, "\n{}: unknown field {}", field.at, field.path)?;
+        }
+        Ok(())
+    }
 }
 
 impl DecodeError {
@@ -198,21 +228,21 @@ pub fn parse_manifests(yaml_text: &str, source_name: &str) -> Result<Vec<Manifes
         let (api_version, kind) = decoder.type_of(index, &value)?;
         let manifest = match kind.as_str() {
             VIRTUAL_MACHINE_KIND => {
-                let envelope: Envelope<VirtualMachineSpec, VirtualMachineStatus> =
-                    decoder.typed(index, document)?;
+                let envelope: Envelope<VirtualMachineSpec> =
+                    decoder.typed(index, CrdKind::VirtualMachine, &value, document)?;
                 Manifest::VirtualMachine(Box::new(VirtualMachine {
                     metadata: envelope.metadata.into(),
                     spec: envelope.spec,
-                    status: envelope.status,
+                    status: lenient_status(envelope.status),
                 }))
             }
             VIRTUAL_MACHINE_INSTANCE_KIND => {
-                let envelope: Envelope<VirtualMachineInstanceSpec, VirtualMachineInstanceStatus> =
-                    decoder.typed(index, document)?;
+                let envelope: Envelope<VirtualMachineInstanceSpec> =
+                    decoder.typed(index, CrdKind::VirtualMachineInstance, &value, document)?;
                 Manifest::VirtualMachineInstance(Box::new(VirtualMachineInstance {
                     metadata: envelope.metadata.into(),
                     spec: envelope.spec,
-                    status: envelope.status,
+                    status: lenient_status(envelope.status),
                 }))
             }
             _ => {
@@ -246,16 +276,51 @@ impl Decoder<'_> {
     /// Location of the value of top-level `key` in document `index` (or of the document
     /// itself for `None`).
     fn locate(&self, index: usize, key: Option<&str>) -> SourceLocation {
+        let path: Vec<Segment> = key
+            .map(|key| Segment::Key(key.to_string()))
+            .into_iter()
+            .collect();
+        self.locate_path(index, &path)
+    }
+
+    /// Location of the value at `path` in document `index`.
+    fn locate_path(&self, index: usize, path: &[Segment]) -> SourceLocation {
         let location = serde_norway::Deserializer::from_str(self.text)
             .nth(index)
-            .and_then(|document| {
-                let result = match key {
-                    None => LocateProbe::deserialize(document).map(|_| ()),
-                    Some(key) => KeyProbe::deserialize(document, key).map(|_| ()),
-                };
-                result.err().and_then(|error| error.location())
-            });
+            .and_then(|document| PathProbe(path).deserialize(document).err())
+            .and_then(|error| error.location());
         self.at(index, location)
+    }
+
+    /// Every unknown field of document `index` (`value`, a `kind` object) but `first`,
+    /// which the decoder already reported, with where each one is.
+    fn more_unknown_fields(
+        &self,
+        index: usize,
+        kind: CrdKind,
+        value: &serde_norway::Value,
+        first: &str,
+    ) -> Vec<UnknownFieldAt> {
+        let Ok(document) = serde_json::to_value(value) else {
+            return Vec::new();
+        };
+        let paths = match unknown_fields::unknown_fields(kind, &document) {
+            Ok(paths) => paths,
+            Err(error) => {
+                debug!(%error, "cannot list every unknown field");
+                return Vec::new();
+            }
+        };
+        let mut more: Vec<UnknownFieldAt> = paths
+            .iter()
+            .map(|path| UnknownFieldAt {
+                at: self.locate_path(index, path),
+                path: unknown_fields::display_path(path),
+            })
+            .filter(|field| field.path != first)
+            .collect();
+        more.sort_by_key(|field| (field.at.line, field.at.column));
+        more
     }
 
     /// Reads and checks `apiVersion` and `kind`.
@@ -297,10 +362,14 @@ impl Decoder<'_> {
         Ok((api_version, kind))
     }
 
-    /// Decodes one document strictly, mapping errors to paths and locations.
+    /// Decodes one document (`value`, a `kind` object) strictly, mapping errors to paths
+    /// and locations; an unknown field comes with every other unknown field of the
+    /// document.
     fn typed<T: DeserializeOwned>(
         &self,
         index: usize,
+        kind: CrdKind,
+        value: &serde_norway::Value,
         document: serde_norway::Deserializer<'_>,
     ) -> Result<T, DecodeError> {
         serde_path_to_error::deserialize(document).map_err(|error| {
@@ -311,6 +380,9 @@ impl Decoder<'_> {
             match unknown_field(&message) {
                 // The tracked path already ends with the unknown key.
                 Some((_field, expected)) => DecodeError::UnknownField {
+                    more: Box::new(MoreUnknownFields(
+                        self.more_unknown_fields(index, kind, value, &path),
+                    )),
                     at,
                     path,
                     expected: expected.to_string(),
@@ -360,10 +432,12 @@ fn unknown_field(message: &str) -> Option<(&str, &str)> {
     Some((&rest[..end], &rest[end + 1..]))
 }
 
-/// A whole object, strictly: only the fields an object has.
+/// A whole object, strictly: only the fields an object has. `status` is taken as it
+/// comes: it is written by the system, ignored on apply (as the API server does with a
+/// status subresource), and an export from KubeVirt carries KubeVirt's.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Envelope<Spec, Status> {
+struct Envelope<Spec> {
     #[serde(rename = "apiVersion")]
     _api_version: IgnoredAny,
     #[serde(rename = "kind")]
@@ -371,8 +445,21 @@ struct Envelope<Spec, Status> {
     #[serde(default)]
     metadata: StrictObjectMeta,
     spec: Spec,
-    #[serde(default = "Option::default")]
-    status: Option<Status>,
+    #[serde(default)]
+    status: Option<serde_json::Value>,
+}
+
+/// The status as Ironvisor's own when it is one, else none (a foreign status, such as
+/// KubeVirt's in an export, means nothing here).
+fn lenient_status<Status: DeserializeOwned>(status: Option<serde_json::Value>) -> Option<Status> {
+    let status = status?;
+    match serde_json::from_value(status) {
+        Ok(status) => Some(status),
+        Err(error) => {
+            debug!(%error, "status is not Ironvisor's: ignored");
+            None
+        }
+    }
 }
 
 /// `ObjectMeta` with unknown fields refused (k8s-openapi's ignores them).
@@ -415,61 +502,6 @@ impl From<StrictObjectMeta> for ObjectMeta {
             self_link: meta.self_link,
             uid: meta.uid,
         }
-    }
-}
-
-/// Marker error text of the location probes.
-const PROBE: &str = "location probe";
-
-/// Fails on purpose at the first event of the value it is asked to decode, so the
-/// decoder's error carries that value's line and column.
-struct LocateProbe;
-
-impl<'de> Deserialize<'de> for LocateProbe {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = LocateProbe;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(PROBE)
-            }
-            // Every `visit_*` keeps its default, which fails inside the value's own
-            // `deserialize_any`, where the decoder knows the value's position.
-        }
-
-        deserializer.deserialize_any(Visitor)
-    }
-}
-
-/// Walks the top-level mapping and fails at the value of one key.
-struct KeyProbe;
-
-impl KeyProbe {
-    fn deserialize<'de, D: Deserializer<'de>>(deserializer: D, key: &str) -> Result<(), D::Error> {
-        struct Visitor<'k>(&'k str);
-
-        impl<'de> serde::de::Visitor<'de> for Visitor<'_> {
-            type Value = ();
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping")
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-                while let Some(key) = map.next_key::<String>()? {
-                    if key == self.0 {
-                        map.next_value::<LocateProbe>()?;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(())
-            }
-        }
-
-        deserializer.deserialize_map(Visitor(key))
     }
 }
 
@@ -523,10 +555,16 @@ spec:
         );
         let error = parse_manifests(&text, "vm.yaml").unwrap_err();
         match &error {
-            DecodeError::UnknownField { at, path, expected } => {
+            DecodeError::UnknownField {
+                at,
+                path,
+                expected,
+                more,
+            } => {
                 assert_eq!(path, "spec.template.spec.domain.devices.disks[0].bus");
                 assert_eq!(at.line, Some(15), "{error}");
                 assert!(expected.contains("`disk`"), "{expected}");
+                assert!(more.0.is_empty(), "{more:?}");
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -9,11 +9,11 @@
 //! |---|---|
 //! | `spec.runStrategy` | `Always` if `running: true`, `Halted` if `running: false` or both absent (`running` is then removed) |
 //! | `domain.cpu` | `cores`, `sockets`, `threads` = 1 when unset |
-//! | `domain.memory.guest` | `domain.resources.requests.memory` when `domain.memory` is absent |
+//! | `domain.memory.guest` | `domain.resources.requests.memory`, else `limits.memory`, when `domain.memory` is absent (as KubeVirt) |
 //! | `devices.disks[*]` | `disk: {bus: virtio}` when neither `disk` nor `cdrom` is set; `bus: virtio`; `cdrom.readonly: true` |
 //! | `networks`, `interfaces` | when both are empty (and `autoattachPodInterface` is not false): a pod network and a masquerade interface named `default` |
 //! | `interfaces[*]` binding | `masquerade` on a pod network, `bridge` on a Multus network, when neither is set |
-//! | `terminationGracePeriodSeconds` | 180 |
+//! | `terminationGracePeriodSeconds` | 30 (KubeVirt's `DefaultGracePeriodSeconds`) |
 //! | `domain.features.hardwareIsolation` | `Preferred` |
 
 use crate::v1alpha1::{
@@ -24,8 +24,8 @@ use crate::v1alpha1::{
 
 /// Name of the pod network and interface added when an instance declares none.
 pub const DEFAULT_NETWORK_NAME: &str = "default";
-/// Default `terminationGracePeriodSeconds`, as in KubeVirt.
-pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 180;
+/// Default `terminationGracePeriodSeconds`, KubeVirt's `DefaultGracePeriodSeconds`.
+pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
 
 /// Applies the defaults to a `VirtualMachine` and its instance template.
 pub fn apply(vm: &mut VirtualMachine) {
@@ -73,12 +73,13 @@ fn apply_memory(spec: &mut VirtualMachineInstanceSpec) {
     if domain.memory.is_some() {
         return;
     }
-    let requested = domain
-        .resources
-        .as_ref()
-        .and_then(|resources| resources.requests.get("memory"))
-        .cloned();
-    if let Some(guest) = requested {
+    let requested = domain.resources.as_ref().and_then(|resources| {
+        resources
+            .requests
+            .get("memory")
+            .or_else(|| resources.limits.get("memory"))
+    });
+    if let Some(guest) = requested.cloned() {
         domain.memory = Some(Memory { guest });
     }
 }
@@ -202,7 +203,7 @@ mod tests {
                 dedicated_cpu_placement: None,
             })
         );
-        assert_eq!(spec.termination_grace_period_seconds, Some(180));
+        assert_eq!(spec.termination_grace_period_seconds, Some(30));
         assert_eq!(
             spec.domain.features.and_then(|f| f.hardware_isolation),
             Some(HardwareIsolation::Preferred)
@@ -255,6 +256,27 @@ mod tests {
         });
         apply_instance_spec(&mut spec);
         assert_eq!(spec.domain.memory.map(|m| m.guest.0), Some("1Gi".into()));
+    }
+
+    #[test]
+    fn memory_comes_from_limits_when_nothing_is_requested_as_kubevirt_does() {
+        let mut spec = VirtualMachineInstanceSpec::default();
+        let mut resources = ResourceRequirements::default();
+        resources
+            .limits
+            .insert("memory".into(), Quantity("512Mi".into()));
+        spec.domain.resources = Some(resources.clone());
+        apply_instance_spec(&mut spec);
+        assert_eq!(spec.domain.memory.map(|m| m.guest.0), Some("512Mi".into()));
+
+        // A request wins over the limit.
+        resources
+            .requests
+            .insert("memory".into(), Quantity("256Mi".into()));
+        let mut spec = VirtualMachineInstanceSpec::default();
+        spec.domain.resources = Some(resources);
+        apply_instance_spec(&mut spec);
+        assert_eq!(spec.domain.memory.map(|m| m.guest.0), Some("256Mi".into()));
     }
 
     #[test]

@@ -50,8 +50,10 @@ pub mod cluster;
 pub mod crd;
 pub mod decode;
 pub mod defaults;
+pub mod locate;
 pub mod node_link;
 pub mod quantity;
+pub mod unknown_fields;
 pub mod v1alpha1;
 pub mod validate;
 

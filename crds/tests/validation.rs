@@ -680,6 +680,7 @@ fn kernel_boot_rules() {
         let mut vm = base();
         vm.spec.template.spec.domain.firmware = Some(ironvisor_crds::v1alpha1::Firmware {
             kernel_boot: Some(boot),
+            ..Default::default()
         });
         problems(&vm)
     };

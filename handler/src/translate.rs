@@ -23,7 +23,7 @@ use std::path::{Component, Path, PathBuf};
 use ironvisor_crds::quantity;
 use ironvisor_crds::v1alpha1::{KernelBoot, KernelBootContainer, VirtualMachineInstanceSpec};
 use ironvisor_launcher_api::config::{
-    ConsoleConfig, DiskConfig, KernelConfig, LaunchConfig, NetConfig,
+    ConsoleConfig, DiskConfig, KernelConfig, LaunchConfig, NetConfig, SystemIdentity,
 };
 
 use crate::records::VmKey;
@@ -301,6 +301,15 @@ pub struct LaunchPlan {
     pub vcpu_affinity: Vec<Vec<u32>>,
 }
 
+/// The guest's SMBIOS system identity: `firmware.uuid` and `firmware.serial`.
+fn system_identity(spec: &VirtualMachineInstanceSpec) -> SystemIdentity {
+    let firmware = spec.domain.firmware.as_ref();
+    SystemIdentity {
+        uuid: firmware.and_then(|firmware| firmware.uuid.clone()),
+        serial: firmware.and_then(|firmware| firmware.serial.clone()),
+    }
+}
+
 /// The launcher configuration of `spec` (the VM's template) with `plan`.
 pub fn launch_config(
     key: &VmKey,
@@ -343,6 +352,7 @@ pub fn launch_config(
         api_socket: Some(plan.api_socket),
         shutdown_timeout_secs: u64::try_from(grace).unwrap_or(0).max(1),
         backend: Default::default(),
+        system: system_identity(spec),
     })
 }
 
@@ -363,7 +373,10 @@ mod tests {
         spec.domain.memory = Some(Memory {
             guest: Quantity("1500Mi".into()),
         });
-        spec.domain.firmware = Some(Firmware { kernel_boot });
+        spec.domain.firmware = Some(Firmware {
+            kernel_boot,
+            ..Firmware::default()
+        });
         spec.termination_grace_period_seconds = Some(30);
         spec
     }
@@ -473,5 +486,21 @@ mod tests {
             Some(Path::new("/run/c.sock"))
         );
         assert_eq!(config.api_socket.as_deref(), Some(Path::new("/run/a.sock")));
+        assert_eq!(config.system, SystemIdentity::default());
+    }
+
+    #[test]
+    fn firmware_uuid_and_serial_become_the_guests_smbios_identity() {
+        let mut spec = spec(None);
+        if let Some(firmware) = spec.domain.firmware.as_mut() {
+            firmware.uuid = Some("6a1c7d1e-8b3f-4c5a-9e2d-0123456789ab".into());
+            firmware.serial = Some("CRM-0042".into());
+        }
+        let identity = system_identity(&spec);
+        assert_eq!(
+            identity.uuid.as_deref(),
+            Some("6a1c7d1e-8b3f-4c5a-9e2d-0123456789ab")
+        );
+        assert_eq!(identity.serial.as_deref(), Some("CRM-0042"));
     }
 }

@@ -154,6 +154,9 @@ def test_console_shows_the_boot_and_takes_input(facts: Facts) -> None:
     assert f["console_init_reached"] == "yes"
     assert f["apply_to_guest_init_ms"].isdigit()
     assert f["console_typed"] == "CONSOLE-TYPED-42"
+    # KubeVirt's firmware.uuid and firmware.serial, read by the guest from SMBIOS.
+    assert f.get("guest_dmi") == "Ironvisor/6a1c7d1e-8b3f-4c5a-9e2d-0123456789ab/CRM-0042", (
+        f.get("guest_dmi"))
     assert f["console_rc"] == "0"
     # The session replays the boot log from the start (the launcher's console ring).
     assert int(f["console_kernel_banner"]) >= 1

@@ -71,6 +71,9 @@ pub struct VirtualMachineInstanceSpec {
     /// Taints this instance tolerates, as for pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Guest architecture, as KubeVirt's webhook writes it: `amd64` (the only one served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
 }
 
 /// The virtual hardware of an instance.
@@ -95,6 +98,20 @@ pub struct DomainSpec {
     /// Ironvisor features of the machine (hardware isolation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Features>,
+    /// The machine type KubeVirt's webhook writes (`q35`, or a versioned `pc-q35-*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
+}
+
+/// The emulated machine. Ironvisor runs every guest on its own microVM machine; the q35
+/// family (KubeVirt's default, carried by every exported VM) is accepted as meaning it,
+/// anything else is refused.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Machine {
+    /// Machine type name.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub machine_type: Option<String>,
 }
 
 /// CPU topology.
@@ -263,6 +280,12 @@ pub struct Firmware {
     /// Direct kernel boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_boot: Option<KernelBoot>,
+    /// The guest's SMBIOS system UUID (`/sys/class/dmi/id/product_uuid`), RFC 4122 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// The guest's SMBIOS system serial number (`/sys/class/dmi/id/product_serial`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
 }
 
 /// Direct kernel boot: the kernel and initrd come from an image, not from a disk.

@@ -352,6 +352,40 @@ pub enum ValidationError {
         /// The value.
         value: i64,
     },
+    /// A guest architecture other than amd64.
+    #[error(
+        "{path}: architecture {value:?} is not served: Ironvisor runs amd64 (x86-64) guests only"
+    )]
+    ArchitectureNotServed {
+        /// Field path.
+        path: String,
+        /// The architecture as written.
+        value: String,
+    },
+    /// A machine type outside the q35 family.
+    #[error("{path}: machine type {value:?} is not served: every guest runs on Ironvisor's own microVM machine, which stands in for q35 (KubeVirt's default, \"q35\" or \"pc-q35-*\"); remove the field or use q35")]
+    MachineTypeNotServed {
+        /// Field path.
+        path: String,
+        /// The machine type as written.
+        value: String,
+    },
+    /// `firmware.uuid` is not an RFC 4122 UUID.
+    #[error("{path}: {value:?} is not a UUID (8-4-4-4-12 hexadecimal digits, e.g. 6a1c7d1e-8b3f-4c5a-9e2d-0123456789ab)")]
+    InvalidFirmwareUuid {
+        /// Field path.
+        path: String,
+        /// The UUID as written.
+        value: String,
+    },
+    /// `firmware.serial` cannot be an SMBIOS string.
+    #[error("{path}: serial {value:?} must be 1 to 64 printable ASCII characters")]
+    InvalidFirmwareSerial {
+        /// Field path.
+        path: String,
+        /// The serial as written.
+        value: String,
+    },
     /// The `ironvisor.io/hardware-isolation` annotation is used instead of the field.
     #[error("{path}: the {HARDWARE_ISOLATION_ANNOTATION} annotation is not used; set spec.domain.features.hardwareIsolation (Required or Preferred) instead")]
     HardwareIsolationAnnotation {
@@ -406,6 +440,10 @@ impl ValidationError {
             | Self::KernelBootPathsMissing { path }
             | Self::InvalidKernelArgs { path, .. }
             | Self::NegativeGracePeriod { path, .. }
+            | Self::ArchitectureNotServed { path, .. }
+            | Self::MachineTypeNotServed { path, .. }
+            | Self::InvalidFirmwareUuid { path, .. }
+            | Self::InvalidFirmwareSerial { path, .. }
             | Self::HardwareIsolationAnnotation { path } => path,
         }
     }

@@ -42,6 +42,32 @@ pub fn serial(serial: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
 }
 
+/// A UUID in RFC 4122 text form: 8-4-4-4-12 hexadecimal digits (either case).
+pub fn uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(group, len)| group.len() == len && group.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Longest SMBIOS string accepted for a system serial.
+pub const MAX_SMBIOS_STRING_BYTES: usize = 64;
+
+/// A string SMBIOS can carry: 1 to 64 printable ASCII characters.
+pub fn smbios_string(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_SMBIOS_STRING_BYTES
+        && text.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+}
+
+/// A machine type of the q35 family: `q35` or a versioned `pc-q35-*` (KubeVirt's
+/// default on amd64, in every VM it exports).
+pub fn q35_machine(name: &str) -> bool {
+    name == "q35" || name.starts_with("pc-q35-")
+}
+
 /// Parses "52:54:00:12:34:56" (or with '-') into octets; refuses multicast and zero.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], &'static str> {
     let separator = if text.contains('-') { '-' } else { ':' };
@@ -196,6 +222,24 @@ mod tests {
             parse_mac("+2:00:00:00:00:01").is_err(),
             "sign is not a digit"
         );
+    }
+
+    #[test]
+    fn uuids_smbios_strings_and_machine_types() {
+        assert!(uuid("6a1c7d1e-8b3f-4c5a-9e2d-0123456789ab"));
+        assert!(uuid("6A1C7D1E-8B3F-4C5A-9E2D-0123456789AB"));
+        assert!(!uuid("6a1c7d1e8b3f4c5a9e2d0123456789ab"));
+        assert!(!uuid("6a1c7d1e-8b3f-4c5a-9e2d-0123456789ag"));
+        assert!(!uuid("6a1c7d1e-8b3f-4c5a-9e2d-0123456789abc"));
+        assert!(smbios_string("SN-0042 rev B"));
+        assert!(!smbios_string(""));
+        assert!(!smbios_string("tab\there"));
+        assert!(!smbios_string("é"));
+        assert!(!smbios_string(&"x".repeat(65)));
+        assert!(q35_machine("q35"));
+        assert!(q35_machine("pc-q35-rhel9.2.0"));
+        assert!(!q35_machine("pc-i440fx-2.12"));
+        assert!(!q35_machine("microvm"));
     }
 
     #[test]

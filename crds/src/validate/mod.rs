@@ -27,6 +27,8 @@ use crate::v1alpha1::{
 };
 use formats::{label_value, qualified_name};
 
+/// The one guest architecture served, as KubeVirt writes it.
+pub const SERVED_ARCHITECTURE: &str = "amd64";
 /// Largest guest memory accepted (1 TiB).
 pub const MAX_GUEST_MEMORY_BYTES: u64 = 1 << 40;
 /// Largest number of vCPUs the launcher creates.
@@ -120,6 +122,7 @@ pub fn instance_spec(spec: &VirtualMachineInstanceSpec, prefix: &str) -> Vec<Val
             &mut errors,
         );
     }
+    kubevirt_fields(spec, &root, &mut errors);
     if let Some(seconds) = spec.termination_grace_period_seconds.filter(|s| *s < 0) {
         errors.push(ValidationError::NegativeGracePeriod {
             path: root.child("terminationGracePeriodSeconds").into(),
@@ -288,16 +291,19 @@ fn bytes_at(
 
 fn memory(spec: &VirtualMachineInstanceSpec, root: &FieldPath, errors: &mut Vec<ValidationError>) {
     let domain = &spec.domain;
-    let requested = domain
-        .resources
-        .as_ref()
-        .and_then(|resources| resources.requests.get("memory"));
+    let requested = domain.resources.as_ref().and_then(|resources| {
+        match (
+            resources.requests.get("memory"),
+            resources.limits.get("memory"),
+        ) {
+            (Some(request), _) => Some((request, "domain.resources.requests")),
+            (None, Some(limit)) => Some((limit, "domain.resources.limits")),
+            (None, None) => None,
+        }
+    });
     let (quantity, path) = match (&domain.memory, requested) {
         (Some(memory), _) => (&memory.guest, root.child("domain.memory.guest")),
-        (None, Some(request)) => (
-            request,
-            root.child("domain.resources.requests").key("memory"),
-        ),
+        (None, Some((quantity, field))) => (quantity, root.child(field).key("memory")),
         (None, None) => {
             errors.push(ValidationError::MemoryMissing {
                 path: root.child("domain.memory.guest").into(),
@@ -811,5 +817,54 @@ fn dns_label(value: &str, path: &FieldPath, errors: &mut Vec<ValidationError>) {
             value: value.to_string(),
             reason,
         });
+    }
+}
+
+/// The fields KubeVirt's webhook writes into every VM: served where Ironvisor can serve
+/// them, refused by name where it cannot.
+fn kubevirt_fields(
+    spec: &VirtualMachineInstanceSpec,
+    root: &FieldPath,
+    errors: &mut Vec<ValidationError>,
+) {
+    if let Some(architecture) = spec.architecture.as_deref() {
+        if architecture != SERVED_ARCHITECTURE {
+            errors.push(ValidationError::ArchitectureNotServed {
+                path: root.child("architecture").into(),
+                value: architecture.to_string(),
+            });
+        }
+    }
+    let machine_type = spec
+        .domain
+        .machine
+        .as_ref()
+        .and_then(|machine| machine.machine_type.as_deref());
+    if let Some(machine_type) = machine_type {
+        if !formats::q35_machine(machine_type) {
+            errors.push(ValidationError::MachineTypeNotServed {
+                path: root.child("domain.machine.type").into(),
+                value: machine_type.to_string(),
+            });
+        }
+    }
+    let Some(firmware) = &spec.domain.firmware else {
+        return;
+    };
+    if let Some(uuid) = firmware.uuid.as_deref() {
+        if !formats::uuid(uuid) {
+            errors.push(ValidationError::InvalidFirmwareUuid {
+                path: root.child("domain.firmware.uuid").into(),
+                value: uuid.to_string(),
+            });
+        }
+    }
+    if let Some(serial) = firmware.serial.as_deref() {
+        if !formats::smbios_string(serial) {
+            errors.push(ValidationError::InvalidFirmwareSerial {
+                path: root.child("domain.firmware.serial").into(),
+                value: serial.to_string(),
+            });
+        }
     }
 }

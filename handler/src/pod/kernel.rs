@@ -101,6 +101,7 @@ mod tests {
                     initrd_path: initrd.then(|| "/boot/initrd.img".into()),
                 }),
             }),
+            ..Firmware::default()
         });
         spec
     }

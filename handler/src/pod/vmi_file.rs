@@ -144,7 +144,7 @@ mod tests {
         let instance = parse(&document(META, SPEC), Path::new(PATH)).unwrap();
         assert_eq!(instance.key, VmKey::new("vms", "small"));
         assert_eq!(instance.uid, "u-1");
-        assert_eq!(instance.spec.termination_grace_period_seconds, Some(180));
+        assert_eq!(instance.spec.termination_grace_period_seconds, Some(30));
         assert_eq!(instance.spec.vcpus(), 1);
     }
 
