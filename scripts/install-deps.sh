@@ -15,8 +15,8 @@ packages=(
   containernetworking-plugins iptables iproute2 nftables dnsmasq-base procps
   # the cloud-init seed checks (handler/disks): fsck.fat and mtype read the FAT image
   dosfstools mtools
-  # the ACPI tables check (launcher/arch): iasl disassembles them
-  acpica-tools
+  # the ACPI and SMBIOS table checks (launcher/arch): iasl and dmidecode read them back
+  acpica-tools dmidecode
   # cluster mode: offline container images (images/containers.py); the test cluster's
   # own packages (containerd, runc, iptables, ...) are installed by scripts/cluster.sh
   mmdebstrap
