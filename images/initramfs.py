@@ -17,7 +17,12 @@ log = logging.getLogger("images.initramfs")
 GUEST_MODULES = [
     # virtio-mmio for the KVM launcher, virtio-pci for the software-emulation backend.
     "virtio", "virtio_ring", "virtio_mmio", "virtio_pci", "virtio_blk",
-    "failover", "net_failover", "virtio_net", "virtio_console",
+    "failover", "net_failover", "virtio_net",
+    # The entropy device (a VM with ``rng``): hw_random (rng-core, built into the Debian
+    # cloud kernel) makes it current, /sys/class/misc/hw_random/rng_current = virtio_rng.N.
+    "virtio_rng",
+    # Kept last in the load order.
+    "virtio_console",
 ]
 
 #: Directories every initramfs needs before /init mounts anything on them.

@@ -6,6 +6,7 @@
 //! - [`LaunchConfig::validate`] checks everything that can be checked before the VM is
 //!   built, against the host's [`HostLimits`], and reports every problem at once.
 //! - [`SystemIdentity`] (module `system`): the SMBIOS system UUID and serial number.
+//! - [`RngConfig`] (module `rng`): the rate-limited virtio-rng entropy device.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,6 +19,9 @@ use ironvisor_arch::layout::{CMDLINE_MAX_SIZE, IOAPIC_PINS, VIRTIO_FIRST_GSI};
 use serde::{Deserialize, Serialize};
 
 use crate::cpulist;
+
+mod rng;
+pub use rng::{RngConfig, DEFAULT_RNG_BYTES_PER_SECOND, MAX_RNG_BYTES_PER_SECOND};
 
 mod system;
 pub use system::{
@@ -69,6 +73,10 @@ pub struct LaunchConfig {
     /// `firmware.uuid` and `firmware.serial`). Absent: neither.
     #[serde(default, skip_serializing_if = "SystemIdentity::is_empty")]
     pub system: SystemIdentity,
+    /// virtio-rng entropy device (KubeVirt's `devices.rng: {}`); absent: none. `{}` gives
+    /// the default rate ([`DEFAULT_RNG_BYTES_PER_SECOND`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng: Option<RngConfig>,
 }
 
 /// Kernel, initramfs and command line (direct kernel boot).
@@ -388,6 +396,9 @@ impl LaunchConfig {
         self.check_sockets(&mut issues);
         self.check_device_count(&mut issues);
         self.system.check(&mut issues);
+        if let Some(rng) = &self.rng {
+            rng.check(&mut issues);
+        }
         if self.console.ring_bytes == 0 {
             issues.push("console.ring_bytes", "must be greater than 0");
         } else if self.console.ring_bytes > MAX_CONSOLE_RING_BYTES {
@@ -687,14 +698,20 @@ impl LaunchConfig {
 
     fn check_device_count(&self, issues: &mut Issues) {
         let agent = usize::from(self.agent_socket.is_some());
-        let count = self.disks.len() + self.nets.len() + agent;
+        let rng = usize::from(self.rng.is_some());
+        let count = self.disks.len() + self.nets.len() + agent + rng;
         if count > MAX_VIRTIO_DEVICES {
+            let (field, rng_part) = if rng == 0 {
+                ("disks/nets/agent_socket", String::new())
+            } else {
+                ("disks/nets/agent_socket/rng", ", 1 rng".to_string())
+            };
             issues.push(
-                "disks/nets/agent_socket",
+                field,
                 format!(
-                    "{count} virtio devices ({} disks, {} nets, {agent} agent console) but at \
-                     most {MAX_VIRTIO_DEVICES} fit (one I/O APIC pin each, GSI {VIRTIO_FIRST_GSI} \
-                     to {})",
+                    "{count} virtio devices ({} disks, {} nets, {agent} agent console{rng_part}) \
+                     but at most {MAX_VIRTIO_DEVICES} fit (one I/O APIC pin each, GSI \
+                     {VIRTIO_FIRST_GSI} to {})",
                     self.disks.len(),
                     self.nets.len(),
                     IOAPIC_PINS - 1
@@ -1104,7 +1121,7 @@ fn spec_message(error: ConfigError) -> String {
 }
 
 /// Ids of the flags that set configuration fields (all conflict with `--config`).
-const CONFIG_FLAG_IDS: [&str; 14] = [
+const CONFIG_FLAG_IDS: [&str; 15] = [
     "name",
     "kernel",
     "initrd",
@@ -1119,6 +1136,7 @@ const CONFIG_FLAG_IDS: [&str; 14] = [
     "agent_socket",
     "api_socket",
     "shutdown_timeout_secs",
+    "rng_bytes_per_second",
 ];
 
 /// Command line of the launcher: the configuration comes either from `--config FILE`
@@ -1177,6 +1195,10 @@ pub struct LaunchArgs {
     /// Grace period of a graceful shutdown before the VM is stopped hard [default: 30].
     #[arg(long, value_name = "SECS")]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Give the guest a virtio-rng entropy device serving at most N bytes per second
+    /// (1 MiB/s = 1048576 is the JSON form's default for `"rng": {}`).
+    #[arg(long, value_name = "N")]
+    pub rng_bytes_per_second: Option<u64>,
     /// Print the resolved configuration as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -1224,6 +1246,7 @@ impl LaunchArgs {
                 .unwrap_or_else(default_shutdown_timeout_secs),
             backend: BackendKind::default(),
             system: SystemIdentity::default(),
+            rng: self.rng_bytes_per_second.map(RngConfig::with_rate),
         })
     }
 
@@ -1246,6 +1269,10 @@ impl LaunchArgs {
             (
                 "--shutdown-timeout-secs",
                 self.shutdown_timeout_secs.is_some(),
+            ),
+            (
+                "--rng-bytes-per-second",
+                self.rng_bytes_per_second.is_some(),
             ),
         ];
         set.into_iter()
@@ -1314,6 +1341,7 @@ mod tests {
                 shutdown_timeout_secs: 30,
                 backend: BackendKind::Kvm,
                 system: SystemIdentity::default(),
+                rng: Some(RngConfig::default()),
             };
             Self { dir, config }
         }
@@ -1373,6 +1401,7 @@ mod tests {
         assert_eq!(config.console, ConsoleConfig::default());
         assert_eq!(config.shutdown_timeout_secs, 30);
         assert_eq!(config.backend, BackendKind::Kvm);
+        assert_eq!(config.rng, None);
     }
 
     #[test]
@@ -1761,6 +1790,7 @@ mod tests {
     #[test]
     fn at_most_19_virtio_devices() {
         let mut fx = Fixture::new();
+        fx.config.rng = None;
         // 1 disk + 1 net + agent = 3; add read-only disks sharing one image.
         let image = fx.file("shared.img", 512);
         let add = |config: &mut LaunchConfig, n: usize| {
@@ -1791,6 +1821,13 @@ mod tests {
         );
         fx.config.agent_socket = None;
         assert_eq!(issues(&fx.config), Vec::new());
+        // The rng device takes a pin too.
+        fx.config.rng = Some(RngConfig::default());
+        assert_one_issue(
+            &fx.config,
+            "disks/nets/agent_socket/rng",
+            &["20 virtio devices", "0 agent console, 1 rng", "at most 19"],
+        );
     }
 
     #[test]
@@ -2019,6 +2056,8 @@ mod tests {
             "/run/api.sock",
             "--shutdown-timeout-secs",
             "5",
+            "--rng-bytes-per-second",
+            "65536",
         ])
         .unwrap();
         assert!(!args.print_config);
@@ -2064,6 +2103,7 @@ mod tests {
             shutdown_timeout_secs: 5,
             backend: BackendKind::Kvm,
             system: SystemIdentity::default(),
+            rng: Some(RngConfig::with_rate(65536)),
         };
         assert_eq!(config, expected);
     }
@@ -2099,6 +2139,7 @@ mod tests {
             &["--stdio"][..],
             &["--disk", "id=d,path=/p"][..],
             &["--memory-mib", "1"][..],
+            &["--rng-bytes-per-second", "1"][..],
         ] {
             let mut argv = vec!["--config", "/vm.json"];
             argv.extend_from_slice(extra);

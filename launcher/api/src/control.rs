@@ -23,13 +23,14 @@ pub enum VmState {
 /// One device as reported by `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceStatus {
-    /// "virtio-blk", "virtio-net", "virtio-console", "serial".
+    /// "virtio-blk", "virtio-net", "virtio-console", "virtio-rng", "serial".
     pub kind: String,
     /// The id from the configuration ("rootdisk", "net0", ...).
     pub id: String,
     /// Guest-visible MAC address for network devices.
     pub mac: Option<String>,
-    /// Host-side backing: image path, tap name, socket path.
+    /// Host-side backing: image path, tap name, socket path (for "virtio-rng": the
+    /// entropy source and its rate).
     pub backend: String,
     /// Read-only flag for block devices.
     pub read_only: bool,

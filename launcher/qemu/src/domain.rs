@@ -15,6 +15,11 @@
 //! which libvirt requires to match. Without a configured UUID libvirt picks a random one,
 //! so unlike the KVM launcher's all-zero UUID the guest sees some UUID.
 //!
+//! An entropy device (`rng` in the configuration) is a virtio-rng-pci device reading the
+//! host's `/dev/urandom` (`<backend model='random'>`; libvirt accepts any path since
+//! 1.3.4), rate-limited by QEMU to the configured bytes per second (`<rate bytes=N
+//! period='1000'/>`, period in milliseconds), the rate the KVM launcher enforces.
+//!
 //! NICs are not libvirt `<interface>`s: libvirtd opens those in its own network namespace.
 //! Each NIC is a `-netdev dgram` + `virtio-net-pci` pair passed through with
 //! `<qemu:commandline>` ([`crate::qemu_args`]), talking to the launcher's frame relay
@@ -138,6 +143,9 @@ pub struct PlannedNet {
     pub qemu_socket: PathBuf,
 }
 
+/// Host entropy source of the guest's virtio-rng device under QEMU.
+pub const RNG_BACKEND: &str = "/dev/urandom";
+
 /// Name of the serial socket in the runtime directory.
 pub const SERIAL_SOCKET: &str = "serial.sock";
 
@@ -185,6 +193,8 @@ pub struct DomainPlan {
     pub system_uuid: Option<String>,
     /// SMBIOS system serial number (`None` when not configured or empty).
     pub system_serial: Option<String>,
+    /// Rate of the virtio-rng device in bytes per second (`None`: no entropy device).
+    pub rng_bytes_per_second: Option<u64>,
 }
 
 impl DomainPlan {
@@ -258,6 +268,7 @@ impl DomainPlan {
             agent_socket,
             system_uuid: config.system.uuid.as_ref().map(|u| u.to_ascii_lowercase()),
             system_serial: config.system.serial.clone().filter(|s| !s.is_empty()),
+            rng_bytes_per_second: config.rng.map(|rng| rng.bytes_per_second),
         })
     }
 
@@ -304,6 +315,15 @@ impl DomainPlan {
                 id: "agent".into(),
                 mac: None,
                 backend: path.display().to_string(),
+                read_only: false,
+            });
+        }
+        if let Some(rate) = self.rng_bytes_per_second {
+            devices.push(DeviceStatus {
+                kind: "virtio-rng".into(),
+                id: "rng".into(),
+                mac: None,
+                backend: format!("{RNG_BACKEND} ({rate} bytes/s)"),
                 read_only: false,
             });
         }
@@ -433,6 +453,17 @@ impl DomainPlan {
             );
             line(x, 3, "<target type='virtio' port='0'/>");
             line(x, 2, "</console>");
+        }
+        if let Some(rate) = self.rng_bytes_per_second {
+            // bytes per period (ms): the same rate, and a one-second burst, as under KVM.
+            line(x, 2, "<rng model='virtio'>");
+            line(x, 3, &format!("<rate bytes='{rate}' period='1000'/>"));
+            line(
+                x,
+                3,
+                &format!("<backend model='random'>{}</backend>", escape(RNG_BACKEND)),
+            );
+            line(x, 2, "</rng>");
         }
         // A guest that loads pvpanic reports kernel panics, which on_crash turns into a
         // crash; without it, panic=N reboots and the launcher reports a reboot.

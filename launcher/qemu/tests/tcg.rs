@@ -714,6 +714,7 @@ fn disks_and_nic_reach_the_guest_over_virtio_pci() {
              done\n\
              echo \"DATA $(head -c 13 /dev/vda)\"\n\
              echo \"MAC $(cat /sys/class/net/eth0/address)\"\n\
+             echo \"RNG $(cat /sys/class/misc/hw_random/rng_current) $(head -c 256 /dev/hwrng | wc -c)\"\n\
              read -r line < /dev/hvc0\n\
              echo \"AGENT got $line\"\n",
         )],
@@ -730,7 +731,16 @@ fn disks_and_nic_reach_the_guest_over_virtio_pci() {
         "tcg-devices",
         &overlay,
         "console=ttyS0 reboot=k panic=1 iv.run=devices",
-        &["--disk", &disk0, "--disk", &disk1, "--net", &net],
+        &[
+            "--disk",
+            &disk0,
+            "--disk",
+            &disk1,
+            "--net",
+            &net,
+            "--rng-bytes-per-second",
+            "65536",
+        ],
         true,
     );
     vm.wait_console(MARKER);
@@ -747,7 +757,8 @@ fn disks_and_nic_reach_the_guest_over_virtio_pci() {
             "virtio-blk",
             "virtio-blk",
             "virtio-net",
-            "virtio-console"
+            "virtio-console",
+            "virtio-rng"
         ]
     );
     assert_eq!(devices[3]["mac"], "52:54:00:12:34:56");
@@ -791,6 +802,8 @@ fn disks_and_nic_reach_the_guest_over_virtio_pci() {
     );
     assert!(console.contains("DATA IRONVISOR-RAW"), "{console}");
     assert!(console.contains("MAC 52:54:00:12:34:56"), "{console}");
+    // devices.rng: libvirt's virtio-rng, the guest's hardware RNG, readable.
+    assert!(console.contains("RNG virtio_rng.0 256"), "{console}");
     assert!(
         !Path::new("/sys/class/net").join(&tap).exists(),
         "the tap the launcher created is removed on exit"

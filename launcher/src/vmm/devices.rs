@@ -1,6 +1,6 @@
 //! The device manager: puts the legacy devices on the port I/O bus and one virtio-mmio
-//! transport per configured disk, NIC and agent channel on the MMIO bus, and wires their
-//! interrupts (KVM irqfds) and queue notifications (KVM ioeventfds).
+//! transport per configured disk, NIC, agent channel and entropy device on the MMIO bus,
+//! and wires their interrupts (KVM irqfds) and queue notifications (KVM ioeventfds).
 
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +11,9 @@ use ironvisor_arch::layout::{
 };
 use ironvisor_launcher_api::control::DeviceStatus;
 use ironvisor_virtio::DiskFormat;
-use ironvisor_virtio::{BlockDevice, ConsoleDevice, MmioTransport, NetDevice, VirtioDevice};
+use ironvisor_virtio::{
+    BlockDevice, ConsoleDevice, MmioTransport, NetDevice, RngDevice, VirtioDevice,
+};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -66,6 +68,11 @@ pub enum DeviceError {
     AgentConsole {
         path: String,
         source: ironvisor_virtio::ConsoleError,
+    },
+    #[error("entropy device ({bytes_per_second} bytes/s): {source}")]
+    Rng {
+        bytes_per_second: u64,
+        source: ironvisor_virtio::RngError,
     },
     #[error("virtio-mmio transport of {what}: {source}")]
     Transport {
@@ -204,6 +211,22 @@ pub fn create_devices(
             id: "agent".into(),
             mac: None,
             backend: path.display().to_string(),
+            read_only: false,
+        });
+    }
+
+    if let Some(rng) = &config.rng {
+        let bytes_per_second = rng.bytes_per_second;
+        let device = RngDevice::new(bytes_per_second).map_err(|source| DeviceError::Rng {
+            bytes_per_second,
+            source,
+        })?;
+        manager.add_virtio("entropy device", Box::new(device))?;
+        manager.status.push(DeviceStatus {
+            kind: "virtio-rng".into(),
+            id: "rng".into(),
+            mac: None,
+            backend: format!("getrandom ({bytes_per_second} bytes/s)"),
             read_only: false,
         });
     }

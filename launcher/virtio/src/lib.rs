@@ -1,6 +1,6 @@
 //! virtio-mmio transport (virtio 1.x, register layout version 2) and the launcher's virtio
-//! devices: block over a raw image file, net over a tap device, and a single-port console
-//! over a host unix socket.
+//! devices: block over a raw image file, net over a tap device, a single-port console
+//! over a host unix socket, and a rate-limited entropy source fed by `getrandom(2)`.
 //!
 //! The VMM places one [`MmioTransport`] per device on its MMIO bus, registers the transport's
 //! [queue events](MmioTransport::queue_events) as KVM ioeventfds on `QueueNotify` and the
@@ -34,6 +34,7 @@ mod console;
 mod device;
 mod interrupt;
 mod net;
+mod rng;
 mod transport;
 mod worker;
 
@@ -49,6 +50,7 @@ pub use device::{
 };
 pub use interrupt::{Interrupt, VIRTIO_INT_CONFIG, VIRTIO_INT_VRING};
 pub use net::{NetDevice, NetError, VNET_HDR_LEN};
+pub use rng::{RngDevice, RngError};
 pub use transport::{
     MmioTransport, TransportError, MMIO_MAGIC_VALUE, MMIO_VENDOR_ID, MMIO_VERSION,
 };

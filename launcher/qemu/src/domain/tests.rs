@@ -2,7 +2,7 @@
 
 use super::*;
 use ironvisor_launcher::config::{
-    ConsoleConfig, DiskConfig, KernelConfig, NetConfig, SystemIdentity,
+    ConsoleConfig, DiskConfig, KernelConfig, NetConfig, RngConfig, SystemIdentity,
 };
 
 struct Fixture {
@@ -66,6 +66,7 @@ fn fixture() -> Fixture {
             uuid: Some("6A1C7D1E-8B3F-4C5A-9E2D-0123456789AB".into()),
             serial: Some("SN-<42>&'x'".into()),
         },
+        rng: Some(RngConfig::with_rate(65536)),
     };
     Fixture { dir, config }
 }
@@ -306,6 +307,51 @@ fn xml_has_virtio_pci_disks_nics_and_the_serial_socket() {
     assert_eq!(child(console, "target").attribute("type"), Some("virtio"));
 }
 
+#[test]
+fn xml_has_a_rate_limited_virtio_rng_on_urandom() {
+    let mut fx = fixture();
+    fx.config.rng = Some(RngConfig::default());
+    let plan = plan(&fx);
+    assert_eq!(plan.rng_bytes_per_second, Some(1024 * 1024));
+    let xml = plan.to_xml();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let devices = child(doc.root_element(), "devices");
+    let rngs: Vec<_> = devices
+        .children()
+        .filter(|n| n.has_tag_name("rng"))
+        .collect();
+    assert_eq!(rngs.len(), 1, "{xml}");
+    let rng = rngs[0];
+    assert_eq!(rng.attribute("model"), Some("virtio"));
+    let rate = child(rng, "rate");
+    assert_eq!(rate.attribute("bytes"), Some("1048576"));
+    assert_eq!(rate.attribute("period"), Some("1000"));
+    let backend = child(rng, "backend");
+    assert_eq!(backend.attribute("model"), Some("random"));
+    assert_eq!(backend.text(), Some("/dev/urandom"));
+    // Exactly these children, in this order.
+    let names: Vec<&str> = rng
+        .children()
+        .filter(|n| n.is_element())
+        .map(|n| n.tag_name().name())
+        .collect();
+    assert_eq!(names, ["rate", "backend"]);
+    assert!(
+        xml.contains(
+            "    <rng model='virtio'>\n      <rate bytes='1048576' period='1000'/>\n      \
+             <backend model='random'>/dev/urandom</backend>\n    </rng>\n"
+        ),
+        "{xml}"
+    );
+
+    // The configured rate is passed through as it is.
+    fx.config.rng = Some(RngConfig::with_rate(4096));
+    let xml = DomainPlan::from_config(&fx.config, fx.dir.path(), 1)
+        .unwrap()
+        .to_xml();
+    assert!(xml.contains("<rate bytes='4096' period='1000'/>"), "{xml}");
+}
+
 /// The `<qemu:arg value>`s of the domain, in order.
 fn qemu_args_of(xml: &str) -> Vec<String> {
     let doc = roxmltree::Document::parse(xml).unwrap();
@@ -402,6 +448,7 @@ fn xml_without_optional_devices() {
     fx.config.agent_socket = None;
     fx.config.kernel.initrd = None;
     fx.config.system = SystemIdentity::default();
+    fx.config.rng = None;
     let xml = plan(&fx).to_xml();
     let doc = roxmltree::Document::parse(&xml).unwrap();
     let domain = doc.root_element();
@@ -409,7 +456,7 @@ fn xml_without_optional_devices() {
         .children()
         .any(|n| n.has_tag_name("initrd")));
     let devices = child(domain, "devices");
-    for absent in ["disk", "interface", "console"] {
+    for absent in ["disk", "interface", "console", "rng"] {
         assert!(
             !devices.children().any(|n| n.has_tag_name(absent)),
             "{absent}"
@@ -439,8 +486,10 @@ fn devices_match_the_kvm_launcher_kinds() {
             ("virtio-net", "net0"),
             ("virtio-net", "net1"),
             ("virtio-console", "agent"),
+            ("virtio-rng", "rng"),
         ]
     );
+    assert_eq!(devices[6].backend, "/dev/urandom (65536 bytes/s)");
     assert_eq!(devices[0].backend, "/run/console.sock");
     assert!(devices[2].read_only);
     assert_eq!(devices[3].mac.as_deref(), Some("52:54:00:aa:bb:cc"));
