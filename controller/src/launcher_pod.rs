@@ -508,6 +508,7 @@ mod tests {
             sockets: None,
             threads: None,
             dedicated_cpu_placement: None,
+            model: None,
         });
         spec.domain.firmware = Some(Firmware {
             kernel_boot: Some(KernelBoot {
@@ -687,6 +688,7 @@ mod tests {
         let mut vmi = vmi();
         vmi.spec.domain.features = Some(Features {
             hardware_isolation: Some(HardwareIsolation::Required),
+            ..Features::default()
         });
         let pod = launcher_pod(&vmi, &settings()).unwrap();
         let selector = pod.spec.unwrap().node_selector.unwrap();

@@ -153,6 +153,10 @@ async fn create_pod(
                 format!("Created launcher pod {name}"),
             )
             .await;
+            for mapped in ironvisor_crds::compat::mapped_settings(&vmi.spec) {
+                ctx.event(&vmi.object_ref(&()), true, mapped.reason, mapped.message)
+                    .await;
+            }
             Ok(pod)
         }
         // Made by an earlier reconcile whose result the cache had not shown yet.

@@ -201,6 +201,7 @@ mod tests {
                 sockets: Some(1),
                 threads: Some(1),
                 dedicated_cpu_placement: None,
+                model: None,
             })
         );
         assert_eq!(spec.termination_grace_period_seconds, Some(30));
@@ -229,6 +230,7 @@ mod tests {
             sockets: None,
             threads: None,
             dedicated_cpu_placement: None,
+            model: None,
         });
         apply_instance_spec(&mut spec);
         assert_eq!(spec.vcpus(), 4);

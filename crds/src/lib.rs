@@ -47,6 +47,7 @@
 #![deny(missing_docs)]
 
 pub mod cluster;
+pub mod compat;
 pub mod crd;
 pub mod decode;
 pub mod defaults;

@@ -194,3 +194,129 @@ fn every_unknown_field_is_reported_in_one_pass_with_its_line() {
         "{text}"
     );
 }
+
+/// The export with the devices and features KubeVirt users write.
+fn with_devices_and_features() -> String {
+    EXPORTED
+        .replace(
+            "        cpu:\n          cores: 2\n",
+            "        cpu:\n          cores: 2\n          model: host-passthrough\n        features:\n          acpi: {}\n          apic: {}\n          smm:\n            enabled: false\n",
+        )
+        .replace(
+            "        devices:\n          disks:\n            - name: root\n              disk:\n                bus: virtio\n",
+            "        devices:\n          autoattachSerialConsole: true\n          rng: {}\n          disks:\n            - name: root\n              disk:\n                bus: sata\n",
+        )
+}
+
+#[test]
+fn rng_host_cpu_models_features_and_sata_disks_are_accepted() {
+    let text = with_devices_and_features();
+    let vm = defaulted(&text);
+    validate::vm(&vm).unwrap_or_else(|errors| panic!("{errors}"));
+    let spec = &vm.spec.template.spec;
+    assert!(spec.domain.devices.rng.is_some());
+    assert_eq!(
+        spec.domain
+            .cpu
+            .as_ref()
+            .and_then(|cpu| cpu.model.as_deref()),
+        Some("host-passthrough")
+    );
+    // The SATA disk runs as virtio-blk, and a warning says so.
+    let mapped = ironvisor_crds::compat::mapped_settings(spec);
+    assert_eq!(mapped.len(), 1, "{mapped:?}");
+    assert!(
+        mapped[0].message.contains("disks root ask for bus sata"),
+        "{mapped:?}"
+    );
+}
+
+#[test]
+fn what_the_microvm_cannot_serve_is_refused_by_name() {
+    let text = with_devices_and_features()
+        .replace("model: host-passthrough", "model: Skylake-Server")
+        .replace(
+            "autoattachSerialConsole: true",
+            "autoattachSerialConsole: false",
+        )
+        .replace(
+            "          acpi: {}\n",
+            "          acpi:\n            enabled: false\n",
+        )
+        .replace(
+            "          smm:\n            enabled: false\n",
+            "          smm: {}\n",
+        )
+        .replace(
+            "              disk:\n                bus: sata\n",
+            "              lun: {}\n",
+        );
+    let message = refusal(&text);
+    let domain = "spec.template.spec.domain";
+    for expected in [
+        format!("{domain}.cpu.model: CPU model \"Skylake-Server\" is not served"),
+        format!("{domain}.devices.autoattachSerialConsole: the serial console cannot be left out"),
+        format!("{domain}.features.acpi.enabled: acpi cannot be disabled"),
+        format!("{domain}.features.smm: SMM is not emulated"),
+        format!("{domain}.devices.disks[0].lun: lun disks (SCSI passthrough) are not served"),
+    ] {
+        assert!(
+            message.contains(&expected),
+            "{expected:?} not in:\n{message}"
+        );
+    }
+}
+
+/// The export with one masquerade interface on the pod network.
+fn with_interface(interface: &str) -> String {
+    EXPORTED
+        .replace(
+            "        devices:\n          disks:\n",
+            &format!("        devices:\n          interfaces:\n{interface}          disks:\n"),
+        )
+        .replace(
+            "      volumes:\n",
+            "      networks:\n        - name: default\n          pod: {}\n      volumes:\n",
+        )
+}
+
+#[test]
+fn masquerade_ports_and_the_virtio_model_are_accepted() {
+    let text = with_interface(
+        "            - name: default\n              model: virtio\n              masquerade: {}\n              ports:\n                - name: http\n                  port: 80\n                - port: 53\n                  protocol: UDP\n",
+    );
+    let vm = defaulted(&text);
+    validate::vm(&vm).unwrap_or_else(|errors| panic!("{errors}"));
+    let interface = &vm.spec.template.spec.domain.devices.interfaces[0];
+    assert_eq!(interface.ports.len(), 2);
+    assert_eq!(interface.ports[0].protocol_or_default(), "TCP");
+    assert_eq!(interface.ports[1].protocol_or_default(), "UDP");
+}
+
+#[test]
+fn bad_ports_other_nic_models_and_ports_on_bridge_are_refused_by_name() {
+    let text = with_interface(
+        "            - name: default\n              model: e1000\n              masquerade: {}\n              ports:\n                - port: 0\n                - port: 70000\n                - port: 22\n                  protocol: SCTP\n                - port: 8080\n                - port: 8080\n                  protocol: TCP\n",
+    );
+    let message = refusal(&text);
+    let interface = "spec.template.spec.domain.devices.interfaces[0]";
+    for expected in [
+        format!("{interface}.model: NIC model \"e1000\" is not served"),
+        format!("{interface}.ports[0].port: port 0 is not between 1 and 65535"),
+        format!("{interface}.ports[1].port: port 70000 is not between 1 and 65535"),
+        format!("{interface}.ports[2].protocol: protocol \"SCTP\" is not served"),
+        format!("{interface}.ports[4].port: TCP port 8080 is listed twice (first at {interface}.ports[3])"),
+    ] {
+        assert!(message.contains(&expected), "{expected:?} not in:\n{message}");
+    }
+    let bridge = with_interface(
+        "            - name: default\n              bridge: {}\n              ports:\n                - port: 80\n",
+    );
+    let message = refusal(&bridge);
+    assert!(
+        message.contains(&format!(
+            "{interface}.ports: ports are forwarded by the masquerade binding only"
+        )),
+        "{message}"
+    );
+}

@@ -294,6 +294,7 @@ fn cpu_zero_and_too_many_vcpus() {
         sockets: Some(1),
         threads: Some(1),
         dedicated_cpu_placement: None,
+        model: None,
     });
     assert_only(
         &vm,
@@ -306,6 +307,7 @@ fn cpu_zero_and_too_many_vcpus() {
         sockets: Some(2),
         threads: Some(1),
         dedicated_cpu_placement: None,
+        model: None,
     });
     assert_only(
         &vm,
@@ -522,7 +524,7 @@ fn disk_and_cdrom_together_and_unsupported_bus() {
     let mut vm = base();
     let disk = &mut vm.spec.template.spec.domain.devices.disks[0];
     disk.cdrom = Some(CdRomTarget {
-        bus: Some(DiskBus::Sata),
+        bus: Some(DiskBus::Usb),
         readonly: Some(true),
     });
     assert_eq!(
@@ -534,10 +536,16 @@ fn disk_and_cdrom_together_and_unsupported_bus() {
             },
             ValidationError::UnsupportedBus {
                 path: format!("{T}.domain.devices.disks[0].cdrom.bus"),
-                bus: "sata",
+                bus: "usb",
             },
         ]
     );
+    // SATA (KubeVirt's default on amd64) is served as virtio-blk, with a warning event.
+    let mut vm = base();
+    vm.spec.template.spec.domain.devices.disks[0].disk = Some(DiskTarget {
+        bus: Some(DiskBus::Sata),
+    });
+    assert_eq!(problems(&vm), vec![]);
     let mut vm = base();
     vm.spec.template.spec.domain.devices.disks[1].disk = Some(DiskTarget {
         bus: Some(DiskBus::Scsi),

@@ -23,7 +23,7 @@ use std::path::{Component, Path, PathBuf};
 use ironvisor_crds::quantity;
 use ironvisor_crds::v1alpha1::{KernelBoot, KernelBootContainer, VirtualMachineInstanceSpec};
 use ironvisor_launcher_api::config::{
-    ConsoleConfig, DiskConfig, KernelConfig, LaunchConfig, NetConfig, SystemIdentity,
+    ConsoleConfig, DiskConfig, KernelConfig, LaunchConfig, NetConfig, RngConfig, SystemIdentity,
 };
 
 use crate::records::VmKey;
@@ -353,6 +353,13 @@ pub fn launch_config(
         shutdown_timeout_secs: u64::try_from(grace).unwrap_or(0).max(1),
         backend: Default::default(),
         system: system_identity(spec),
+        // KubeVirt's `devices.rng: {}` has no settings: the launcher's default rate.
+        rng: spec
+            .domain
+            .devices
+            .rng
+            .as_ref()
+            .map(|_| RngConfig::default()),
     })
 }
 
@@ -369,6 +376,7 @@ mod tests {
             sockets: Some(2),
             threads: Some(1),
             dedicated_cpu_placement: None,
+            model: None,
         });
         spec.domain.memory = Some(Memory {
             guest: Quantity("1500Mi".into()),
@@ -487,6 +495,7 @@ mod tests {
         );
         assert_eq!(config.api_socket.as_deref(), Some(Path::new("/run/a.sock")));
         assert_eq!(config.system, SystemIdentity::default());
+        assert_eq!(config.rng, None);
     }
 
     #[test]

@@ -157,6 +157,8 @@ def test_console_shows_the_boot_and_takes_input(facts: Facts) -> None:
     # KubeVirt's firmware.uuid and firmware.serial, read by the guest from SMBIOS.
     assert f.get("guest_dmi") == "Ironvisor/6a1c7d1e-8b3f-4c5a-9e2d-0123456789ab/CRM-0042", (
         f.get("guest_dmi"))
+    # KubeVirt's devices.rng: the guest's hardware RNG is the virtio-rng device, and reads.
+    assert f.get("guest_rng") == "virtio_rng.0/4096", f.get("guest_rng")
     assert f["console_rc"] == "0"
     # The session replays the boot log from the start (the launcher's console ring).
     assert int(f["console_kernel_banner"]) >= 1

@@ -132,6 +132,10 @@ pub struct Cpu {
     /// fewer free CPUs than the VM has vCPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedicated_cpu_placement: Option<bool>,
+    /// CPU model: `host-passthrough` or `host-model` (both give the guest the host's CPU
+    /// features the hypervisor can pass on); named models are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl Cpu {
@@ -177,7 +181,19 @@ pub struct Devices {
     /// When false, no pod network and interface are added if none are given (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoattach_pod_interface: Option<bool>,
+    /// The serial console (default true; it is how the node agent and `virtctl console`
+    /// reach the guest, so false is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoattach_serial_console: Option<bool>,
+    /// A virtio-rng device fed from the host kernel's entropy (`{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng: Option<Rng>,
 }
+
+/// A virtio-rng device; it has no settings.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rng {}
 
 /// One block device.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
@@ -191,6 +207,9 @@ pub struct Disk {
     /// Expose the volume as a read-only CD-ROM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cdrom: Option<CdRomTarget>,
+    /// SCSI passthrough of the volume (KubeVirt); refused: the microVM has no SCSI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lun: Option<LunTarget>,
     /// Serial number reported to the guest (at most 20 characters: letters, digits, `-`, `_`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
@@ -234,6 +253,18 @@ pub struct DiskTarget {
     pub bus: Option<DiskBus>,
 }
 
+/// A SCSI LUN device (KubeVirt's `lun`), read only to refuse it by name.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LunTarget {
+    /// Bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<DiskBus>,
+    /// Read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly: Option<bool>,
+}
+
 /// A CD-ROM device.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -261,6 +292,34 @@ pub struct Interface {
     /// Guest MAC address ("02:00:00:12:34:56"); generated when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
+    /// With masquerade, the ports forwarded to the guest; none listed forwards all (as
+    /// KubeVirt).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    /// NIC model: `virtio` (the only one the microVM has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// A port forwarded to the guest through the masquerade binding.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Port {
+    /// A name for the port (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `TCP` (the default) or `UDP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// The port number, 1 to 65535; the same on the pod address and in the guest.
+    pub port: i32,
+}
+
+impl Port {
+    /// The protocol as written, `TCP` when absent.
+    pub fn protocol_or_default(&self) -> &str {
+        self.protocol.as_deref().unwrap_or("TCP")
+    }
 }
 
 /// Masquerade (NAT) binding. Takes no settings.
@@ -322,6 +381,32 @@ pub struct Features {
     /// Whether the instance may fall back to software emulation (default Preferred).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hardware_isolation: Option<HardwareIsolation>,
+    /// ACPI (always on: the guest's power button and shutdown go through it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acpi: Option<FeatureState>,
+    /// The local APIC (always on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apic: Option<FeatureState>,
+    /// System management mode (KubeVirt: for EFI secure boot); not emulated, so only
+    /// `enabled: false` is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smm: Option<FeatureState>,
+}
+
+/// A machine feature switch as KubeVirt writes it: `{}` means enabled.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FeatureState {
+    /// Whether the feature is on (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+impl FeatureState {
+    /// KubeVirt's reading: present and not explicitly disabled.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled != Some(false)
+    }
 }
 
 /// Hardware isolation demand of an instance.
@@ -556,6 +641,7 @@ mod tests {
             sockets: Some(2),
             threads: None,
             dedicated_cpu_placement: None,
+            model: None,
         };
         assert_eq!(cpu.vcpus(), 4);
         assert_eq!(Cpu::default().vcpus(), 1);
@@ -564,6 +650,7 @@ mod tests {
             sockets: Some(2),
             threads: Some(2),
             dedicated_cpu_placement: None,
+            model: None,
         };
         assert_eq!(huge.vcpus(), u32::MAX);
     }
@@ -591,6 +678,7 @@ mod tests {
         assert_eq!(spec.hardware_isolation(), HardwareIsolation::Preferred);
         spec.domain.features = Some(Features {
             hardware_isolation: Some(HardwareIsolation::Required),
+            ..Features::default()
         });
         assert_eq!(spec.hardware_isolation(), HardwareIsolation::Required);
     }

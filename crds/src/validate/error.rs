@@ -219,7 +219,7 @@ pub enum ValidationError {
         network: String,
     },
     /// A disk bus other than virtio.
-    #[error("{path}: bus {bus} is not supported by the Ironvisor microVM; use virtio")]
+    #[error("{path}: bus {bus} is not supported by the Ironvisor microVM; use virtio (sata is served as virtio)")]
     UnsupportedBus {
         /// Field path.
         path: String,
@@ -386,6 +386,82 @@ pub enum ValidationError {
         /// The serial as written.
         value: String,
     },
+    /// A NIC model other than virtio.
+    #[error("{path}: NIC model {value:?} is not served: the microVM's NICs are virtio (every Linux guest has the driver); use virtio or leave it out")]
+    NicModelNotServed {
+        /// Field path.
+        path: String,
+        /// The model as written.
+        value: String,
+    },
+    /// `ports` on a bridge interface.
+    #[error("{path}: ports are forwarded by the masquerade binding only (with bridge the guest has the pod's address and every port)")]
+    PortsNeedMasquerade {
+        /// Field path.
+        path: String,
+    },
+    /// A port number outside 1..=65535.
+    #[error("{path}: port {value} is not between 1 and 65535")]
+    InvalidPort {
+        /// Field path.
+        path: String,
+        /// The number.
+        value: i32,
+    },
+    /// A protocol other than TCP or UDP.
+    #[error("{path}: protocol {value:?} is not served: use TCP or UDP")]
+    InvalidPortProtocol {
+        /// Field path.
+        path: String,
+        /// The protocol as written.
+        value: String,
+    },
+    /// The same port and protocol twice.
+    #[error("{path}: {protocol} port {port} is listed twice (first at {first})")]
+    DuplicatePort {
+        /// Field path.
+        path: String,
+        /// The port.
+        port: i32,
+        /// The protocol.
+        protocol: String,
+        /// Where it was first listed.
+        first: String,
+    },
+    /// A `lun` disk.
+    #[error("{path}: lun disks (SCSI passthrough) are not served: the microVM has no SCSI bus; use disk")]
+    LunNotServed {
+        /// Field path.
+        path: String,
+    },
+    /// A named CPU model.
+    #[error("{path}: CPU model {value:?} is not served: use host-passthrough or host-model (the guest gets the host CPU's features that KVM passes on)")]
+    CpuModelNotServed {
+        /// Field path.
+        path: String,
+        /// The model as written.
+        value: String,
+    },
+    /// `autoattachSerialConsole: false`.
+    #[error("{path}: the serial console cannot be left out: it is how the node agent and virtctl console reach the guest")]
+    SerialConsoleRequired {
+        /// Field path.
+        path: String,
+    },
+    /// ACPI or the APIC switched off.
+    #[error("{path}: {feature} cannot be disabled: the microVM always has it")]
+    FeatureAlwaysOn {
+        /// Field path.
+        path: String,
+        /// "acpi" or "apic".
+        feature: &'static str,
+    },
+    /// SMM asked for.
+    #[error("{path}: SMM is not emulated by the microVM (KubeVirt uses it for EFI secure boot, which is not served); remove it or set enabled: false")]
+    SmmNotServed {
+        /// Field path.
+        path: String,
+    },
     /// The `ironvisor.io/hardware-isolation` annotation is used instead of the field.
     #[error("{path}: the {HARDWARE_ISOLATION_ANNOTATION} annotation is not used; set spec.domain.features.hardwareIsolation (Required or Preferred) instead")]
     HardwareIsolationAnnotation {
@@ -440,6 +516,16 @@ impl ValidationError {
             | Self::KernelBootPathsMissing { path }
             | Self::InvalidKernelArgs { path, .. }
             | Self::NegativeGracePeriod { path, .. }
+            | Self::NicModelNotServed { path, .. }
+            | Self::PortsNeedMasquerade { path }
+            | Self::InvalidPort { path, .. }
+            | Self::InvalidPortProtocol { path, .. }
+            | Self::DuplicatePort { path, .. }
+            | Self::LunNotServed { path }
+            | Self::CpuModelNotServed { path, .. }
+            | Self::SerialConsoleRequired { path }
+            | Self::FeatureAlwaysOn { path, .. }
+            | Self::SmmNotServed { path }
             | Self::ArchitectureNotServed { path, .. }
             | Self::MachineTypeNotServed { path, .. }
             | Self::InvalidFirmwareUuid { path, .. }

@@ -8,6 +8,7 @@
 
 mod error;
 mod formats;
+mod interface_ports;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -22,11 +23,13 @@ pub use formats::{dns_label_check, dns_subdomain, parse_mac};
 
 use crate::quantity::{ParsedQuantity, QuantityError};
 use crate::v1alpha1::{
-    DiskBus, HostDiskType, KernelBoot, Network, TemplateMetadata, VirtualMachine,
+    DiskBus, FeatureState, HostDiskType, KernelBoot, Network, TemplateMetadata, VirtualMachine,
     VirtualMachineInstance, VirtualMachineInstanceSpec, Volume,
 };
 use formats::{label_value, qualified_name};
 
+/// The CPU models served: both give the guest the host CPU's features that KVM passes on.
+pub const SERVED_CPU_MODELS: [&str; 2] = ["host-passthrough", "host-model"];
 /// The one guest architecture served, as KubeVirt writes it.
 pub const SERVED_ARCHITECTURE: &str = "amd64";
 /// Largest guest memory accepted (1 TiB).
@@ -446,8 +449,14 @@ fn disks(spec: &VirtualMachineInstanceSpec, root: &FieldPath, errors: &mut Vec<V
             (disk.disk.as_ref().and_then(|d| d.bus), "disk.bus"),
             (disk.cdrom.as_ref().and_then(|c| c.bus), "cdrom.bus"),
         ];
+        if disk.lun.is_some() {
+            errors.push(ValidationError::LunNotServed {
+                path: path.child("lun").into(),
+            });
+        }
         for (bus, field) in buses {
-            if let Some(bus) = bus.filter(|bus| *bus != DiskBus::Virtio) {
+            // SATA is KubeVirt's default on amd64: served as virtio-blk, with a warning.
+            if let Some(bus) = bus.filter(|bus| !matches!(bus, DiskBus::Virtio | DiskBus::Sata)) {
                 errors.push(ValidationError::UnsupportedBus {
                     path: path.child(field).into(),
                     bus: bus.as_str(),
@@ -651,6 +660,7 @@ fn interfaces(
             }
             _ => {}
         }
+        interface_ports::check(interface, &path, errors);
         if let Some(mac) = &interface.mac_address {
             let mac_path = path.child("macAddress");
             match parse_mac(mac) {
@@ -845,6 +855,41 @@ fn kubevirt_fields(
             errors.push(ValidationError::MachineTypeNotServed {
                 path: root.child("domain.machine.type").into(),
                 value: machine_type.to_string(),
+            });
+        }
+    }
+    let model = spec
+        .domain
+        .cpu
+        .as_ref()
+        .and_then(|cpu| cpu.model.as_deref());
+    if let Some(model) = model.filter(|model| !SERVED_CPU_MODELS.contains(model)) {
+        errors.push(ValidationError::CpuModelNotServed {
+            path: root.child("domain.cpu.model").into(),
+            value: model.to_string(),
+        });
+    }
+    if spec.domain.devices.autoattach_serial_console == Some(false) {
+        errors.push(ValidationError::SerialConsoleRequired {
+            path: root.child("domain.devices.autoattachSerialConsole").into(),
+        });
+    }
+    if let Some(features) = &spec.domain.features {
+        for (state, name) in [(&features.acpi, "acpi"), (&features.apic, "apic")] {
+            if state.as_ref().is_some_and(|state| !state.is_enabled()) {
+                errors.push(ValidationError::FeatureAlwaysOn {
+                    path: root
+                        .child("domain.features")
+                        .child(name)
+                        .child("enabled")
+                        .into(),
+                    feature: name,
+                });
+            }
+        }
+        if features.smm.as_ref().is_some_and(FeatureState::is_enabled) {
+            errors.push(ValidationError::SmmNotServed {
+                path: root.child("domain.features.smm").into(),
             });
         }
     }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::cni::{Attachment, POD_IFNAME};
 use crate::netns;
+use crate::ports::{self, ForwardedPort};
 use crate::tool::{Invocation, ToolError};
 
 /// Bridge inside the namespace that the tap (and, for bridge binding, eth0) is enslaved to.
@@ -138,7 +139,10 @@ fn bridge_and_tap(netns: &str) -> Result<LinkInfo, BindingError> {
 
 /// Masquerade binding: `k6t-eth0` with 10.0.2.1/24 and the tap, IPv4 forwarding, DNAT of
 /// everything arriving on eth0 to the guest and masquerade of the guest leaving on eth0.
-pub(crate) fn setup_masquerade(netns: &str) -> Result<LinkInfo, BindingError> {
+pub(crate) fn setup_masquerade(
+    netns: &str,
+    ports: &[ForwardedPort],
+) -> Result<LinkInfo, BindingError> {
     let info = bridge_and_tap(netns)?;
     let gateway = format!("{MASQUERADE_GATEWAY}/{MASQUERADE_PREFIX_LEN}");
     step(
@@ -161,7 +165,7 @@ pub(crate) fn setup_masquerade(netns: &str) -> Result<LinkInfo, BindingError> {
         "loading the masquerade nftables rules",
         netns::exec(netns, "nft")
             .args(["-f", "-"])
-            .stdin(masquerade_ruleset()),
+            .stdin(masquerade_ruleset(ports)),
     )?;
     Ok(info)
 }
@@ -347,15 +351,16 @@ pub(crate) fn reset(netns: &str, attachment: &Attachment) {
     }
 }
 
-/// The masquerade NAT rules: new connections arriving on eth0 go to the guest, and the
-/// guest's connections leave eth0 with the pod address.
-pub(crate) fn masquerade_ruleset() -> String {
+/// The masquerade NAT rules: new connections arriving on eth0 go to the guest (to the
+/// listed ports only, when `ports` lists any), and the guest's connections leave eth0 with
+/// the pod address.
+pub(crate) fn masquerade_ruleset(ports: &[ForwardedPort]) -> String {
+    let dnat = ports::dnat_rules(POD_IFNAME, ports);
     format!(
         "table ip {NFT_TABLE} {{
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
-        iifname \"{POD_IFNAME}\" dnat to {MASQUERADE_GUEST}
-    }}
+{dnat}    }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
         oifname \"{POD_IFNAME}\" ip saddr {MASQUERADE_GUEST} masquerade
@@ -387,6 +392,7 @@ pub(crate) fn bridge_ruleset() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::PortProtocol;
 
     #[test]
     fn the_pod_address_is_the_ipv4_one_of_eth0_and_the_gateway_the_default_route() {
@@ -409,7 +415,7 @@ mod tests {
 
     #[test]
     fn masquerade_rules_dnat_inbound_and_masquerade_outbound() {
-        let rules = masquerade_ruleset();
+        let rules = masquerade_ruleset(&[]);
         assert!(rules.contains("table ip ironvisor"));
         assert!(rules.contains("iifname \"eth0\" dnat to 10.0.2.2"));
         assert!(rules.contains("oifname \"eth0\" ip saddr 10.0.2.2 masquerade"));
@@ -437,7 +443,20 @@ mod tests {
             nix::unistd::Uid::effective().is_root(),
             "nft -c needs root: run the tests as root, as scripts/test-all.sh does"
         );
-        for rules in [masquerade_ruleset(), bridge_ruleset()] {
+        for rules in [
+            masquerade_ruleset(&[]),
+            masquerade_ruleset(&[
+                ForwardedPort {
+                    protocol: PortProtocol::Tcp,
+                    port: 22,
+                },
+                ForwardedPort {
+                    protocol: PortProtocol::Udp,
+                    port: 5353,
+                },
+            ]),
+            bridge_ruleset(),
+        ] {
             let result = Invocation::new("nft")
                 .args(["-c", "-f", "-"])
                 .stdin(rules.clone())

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ports::ForwardedPort;
 use crate::tool::is_executable;
 
 /// Default name of the node bridge the CNI `bridge` plugin creates.
@@ -198,6 +199,9 @@ pub struct VmNetworkRequest {
     /// MAC address of the guest NIC; the DHCP server answers only this MAC.
     #[serde(with = "mac_serde")]
     pub mac: [u8; 6],
+    /// Masquerade only: the ports forwarded to the guest (none: every port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ForwardedPort>,
 }
 
 impl VmNetworkRequest {
@@ -371,6 +375,7 @@ mod tests {
             interface: "default".into(),
             binding: Binding::Masquerade,
             mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+            ports: Vec::new(),
         }
     }
 

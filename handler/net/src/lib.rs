@@ -24,6 +24,7 @@ mod config;
 mod dhcp;
 mod netns;
 mod pod;
+mod ports;
 mod request;
 mod state;
 mod tool;
@@ -48,6 +49,7 @@ pub use netns::{NetnsError, NETNS_RUN_DIR};
 pub use pod::{
     pod_netns_name, resume_pod, unwire_pod, wire_pod, wired_pods, PodNamespace, POD_NETWORK_FILE,
 };
+pub use ports::{ForwardedPort, PortProtocol};
 pub use request::{request_for, RequestError};
 pub use state::StateError;
 pub use tool::{Failure, ToolError};
@@ -519,7 +521,7 @@ pub(crate) fn bind_and_serve(
     };
     let (link, guest_ip, gateway, guest_net) = match req.binding {
         Binding::Masquerade => (
-            binding::setup_masquerade(&ns).map_err(binding_err)?,
+            binding::setup_masquerade(&ns, &req.ports).map_err(binding_err)?,
             MASQUERADE_GUEST,
             MASQUERADE_GATEWAY,
             MASQUERADE_SUBNET,

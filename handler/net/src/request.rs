@@ -4,6 +4,7 @@
 use ironvisor_crds::v1alpha1::VirtualMachineInstanceSpec;
 
 use crate::config::{parse_mac, Binding, VmNetworkRequest};
+use crate::ports::{ForwardedPort, PortProtocol};
 
 /// Why an instance's interfaces cannot be wired.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,12 +81,27 @@ pub fn request_for(
         })?,
         None => default_mac(&interface.name),
     };
+    let ports = interface
+        .ports
+        .iter()
+        .filter_map(|port| {
+            Some(ForwardedPort {
+                protocol: match port.protocol_or_default() {
+                    "UDP" => PortProtocol::Udp,
+                    _ => PortProtocol::Tcp,
+                },
+                // Validation refuses numbers outside 1..=65535.
+                port: u16::try_from(port.port).ok().filter(|&n| n != 0)?,
+            })
+        })
+        .collect();
     Ok(Some(VmNetworkRequest {
         vm_key: vm_key.to_string(),
         vm_uid: vm_uid.to_string(),
         interface: interface.name.clone(),
         binding,
         mac,
+        ports,
     }))
 }
 
@@ -133,5 +149,30 @@ mod tests {
         let bad = MASQUERADE.replace(r#""masquerade": {}"#, r#""macAddress": "nope""#);
         let err = request_for("ns/vm", "u", &spec(&bad), |_| [0; 6]).unwrap_err();
         assert_eq!(err.reason(), "InvalidMac");
+    }
+
+    #[test]
+    fn masquerade_ports_are_forwarded_with_their_protocol() {
+        let spec = spec(
+            r#"{"domain": {"devices": {"interfaces": [{"name": "default", "masquerade": {},
+                "ports": [{"port": 80}, {"port": 53, "protocol": "UDP"}]}]}},
+                "networks": [{"name": "default", "pod": {}}]}"#,
+        );
+        let req = request_for("ns/vm", "uid-1", &spec, |_| [0x52, 0x54, 0, 0, 0, 1])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            req.ports,
+            vec![
+                ForwardedPort {
+                    protocol: PortProtocol::Tcp,
+                    port: 80
+                },
+                ForwardedPort {
+                    protocol: PortProtocol::Udp,
+                    port: 53
+                },
+            ]
+        );
     }
 }

@@ -149,6 +149,7 @@ mod tests {
             interface: "default".into(),
             binding: Binding::Masquerade,
             mac: [0x52, 0x54, 0, 0, 0, 1],
+            ports: Vec::new(),
         }
     }
 

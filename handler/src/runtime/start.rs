@@ -108,6 +108,7 @@ impl Runtime {
         let strategy = super::run_strategy(snap);
         let emulation = selection.emulation_reason.clone();
         let dedicated_vcpus = spec.dedicated_cpu_placement().then(|| spec.vcpus());
+        let mapped_settings = ironvisor_crds::compat::mapped_settings(&spec);
         let created = {
             let key = key.clone();
             let uid = uid.clone();
@@ -152,6 +153,12 @@ impl Runtime {
                                 ),
                             ),
                         )?;
+                        for mapped in &mapped_settings {
+                            t.push_event(
+                                &key,
+                                event(EventType::Warning, mapped.reason, mapped.message.clone()),
+                            )?;
+                        }
                         if let Some(why) = &emulation {
                             t.push_event(
                                 &key,

@@ -185,8 +185,11 @@ start_handler
 # ---------------------------------------------------------------- 1. apply
 step "1. apply"
 t_apply=$(now_ms)
-# The example with KubeVirt's firmware identity added (SMBIOS system UUID and serial).
-awk '{ print } /^        firmware:$/ { print "          uuid: '"$GUEST_UUID"'"; print "          serial: '"$GUEST_SERIAL"'" }' \
+# The example with KubeVirt's firmware identity added (SMBIOS system UUID and serial) and
+# a virtio-rng device (`devices.rng: {}`).
+awk '{ print }
+	/^        firmware:$/ { print "          uuid: '"$GUEST_UUID"'"; print "          serial: '"$GUEST_SERIAL"'" }
+	/^        devices:$/ { print "          rng: {}" }' \
 	/e2e/vm-dedicated.yaml >/tmp/vm-dedicated.yaml
 if $VIRTCTL apply -f /tmp/vm-dedicated.yaml >/tmp/apply.out 2>&1; then apply_rc=0; else apply_rc=$?; fi
 fact apply_rc "$apply_rc"
@@ -249,7 +252,9 @@ wait_in /tmp/con1.out 'UDHCPC-RC=' 60 || {
 	die "udhcpc did not finish in the guest"
 }
 type_line "ip -4 addr show dev eth0 | grep -o 'inet [0-9./]*' | sed 's/^/GUEST""-ADDR=/'"
-type_line 'echo GUEST""-DMI=$(cat /sys/class/dmi/id/sys_vendor)/$(cat /sys/class/dmi/id/product_uuid)/$(cat /sys/class/dmi/id/product_serial)'
+# (Each answer ends with ';': the echo of the next typed line can follow it on the line.)
+type_line 'echo GUEST""-DMI=$(cat /sys/class/dmi/id/sys_vendor)/$(cat /sys/class/dmi/id/product_uuid)/$(cat /sys/class/dmi/id/product_serial)";"'
+type_line 'echo GUEST""-RNG=$(cat /sys/class/misc/hw_random/rng_current)/$(head -c 4096 /dev/hwrng | wc -c | tr -d " ")";"'
 type_line "ping -c 3 -W 3 $BRIDGE_IP >/dev/null && echo GUEST\"\"-PING=ok || echo GUEST\"\"-PING=fail"
 wait_in /tmp/con1.out 'GUEST-PING=' 30 || echo "L1: ping did not finish"
 # (busybox 1.35's wget crashes with -T: timeout bounds it instead.)
@@ -265,7 +270,8 @@ fact guest_kernel_init_s "$(sed -n 's/^\[ *\([0-9.]*\)\] Run \/init as init proc
 fact console_typed "$(grep -o 'CONSOLE-TYPED-[0-9]*' /tmp/con1.out | grep -v 'CONSOLE-TYPED-$' | tail -n 1)"
 fact guest_dhcp "$(grep -o 'DHCP-BOUND.*' /tmp/con1.out | tail -n 1 | tr -d '\r')"
 fact guest_addr "$(grep -o 'GUEST-ADDR=inet [0-9./]*' /tmp/con1.out | tail -n 1 | sed 's/GUEST-ADDR=inet //')"
-fact guest_dmi "$(grep -o 'GUEST-DMI=[^ ]*' /tmp/con1.out | tail -n 1 | tr -d '\r' | sed 's/GUEST-DMI=//')"
+fact guest_dmi "$(grep -o 'GUEST-DMI=[^;]*;' /tmp/con1.out | tail -n 1 | sed 's/GUEST-DMI=//; s/;$//')"
+fact guest_rng "$(grep -o 'GUEST-RNG=[^;]*;' /tmp/con1.out | tail -n 1 | sed 's/GUEST-RNG=//; s/;$//')"
 fact guest_ping "$(grep -o 'GUEST-PING=[a-z]*' /tmp/con1.out | grep -v '=$' | tail -n 1 | cut -d= -f2)"
 fact guest_wget "$(grep -o 'GUEST-WGET=[A-Za-z0-9-]*' /tmp/con1.out | tail -n 1 | cut -d= -f2)"
 $VIRTCTL logs $VM >/tmp/logs1.txt 2>&1

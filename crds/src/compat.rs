@@ -1,0 +1,91 @@
+//! KubeVirt settings that Ironvisor serves in its own way: the instance runs, and a
+//! Warning event says what was mapped to what, so nobody believes the setting took
+//! effect as written.
+
+use crate::v1alpha1::{DiskBus, VirtualMachineInstanceSpec};
+
+/// Reason of the warning about disks on a bus the microVM does not have.
+pub const DISK_BUS_MAPPED_REASON: &str = "DiskBusMapped";
+
+/// One mapping to warn about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedSetting {
+    /// Event reason.
+    pub reason: &'static str,
+    /// Event message.
+    pub message: String,
+}
+
+/// Every setting of `spec` that is served differently from how it is written.
+pub fn mapped_settings(spec: &VirtualMachineInstanceSpec) -> Vec<MappedSetting> {
+    let sata: Vec<&str> = spec
+        .domain
+        .devices
+        .disks
+        .iter()
+        .filter(|disk| {
+            let disk_bus = disk.disk.as_ref().and_then(|target| target.bus);
+            let cdrom_bus = disk.cdrom.as_ref().and_then(|target| target.bus);
+            disk_bus == Some(DiskBus::Sata) || cdrom_bus == Some(DiskBus::Sata)
+        })
+        .map(|disk| disk.name.as_str())
+        .collect();
+    let mut mapped = Vec::new();
+    if !sata.is_empty() {
+        mapped.push(MappedSetting {
+            reason: DISK_BUS_MAPPED_REASON,
+            message: format!(
+                "disks {} ask for bus sata, which the microVM does not have: they are served \
+                 as virtio-blk (every Linux guest has virtio drivers)",
+                sata.join(", ")
+            ),
+        });
+    }
+    mapped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1alpha1::{CdRomTarget, Disk, DiskTarget};
+
+    fn disk(name: &str, bus: Option<DiskBus>, cdrom: bool) -> Disk {
+        Disk {
+            name: name.into(),
+            disk: (!cdrom).then_some(DiskTarget { bus }),
+            cdrom: cdrom.then_some(CdRomTarget {
+                bus,
+                readonly: None,
+            }),
+            ..Disk::default()
+        }
+    }
+
+    #[test]
+    fn sata_disks_and_cdroms_are_named_in_one_warning() {
+        let mut spec = VirtualMachineInstanceSpec::default();
+        spec.domain.devices.disks = vec![
+            disk("root", Some(DiskBus::Virtio), false),
+            disk("data", Some(DiskBus::Sata), false),
+            disk("install", Some(DiskBus::Sata), true),
+            disk("plain", None, false),
+        ];
+        let mapped = mapped_settings(&spec);
+        assert_eq!(mapped.len(), 1);
+        assert_eq!(mapped[0].reason, DISK_BUS_MAPPED_REASON);
+        assert!(
+            mapped[0]
+                .message
+                .starts_with("disks data, install ask for bus sata"),
+            "{}",
+            mapped[0].message
+        );
+    }
+
+    #[test]
+    fn virtio_only_needs_no_warning() {
+        let mut spec = VirtualMachineInstanceSpec::default();
+        spec.domain.devices.disks = vec![disk("root", None, false)];
+        assert!(mapped_settings(&spec).is_empty());
+    }
+}
