@@ -259,9 +259,13 @@ fn dhcp_in_guest(guest: &str, workdir: &Path) -> Lease {
     }
 }
 
-/// Serves one TCP connection from inside `guest`: reads a line, answers `echo: <line>`.
-/// Returns the listening port and a handle yielding the peer address it saw.
-fn tcp_echo_in_guest(guest: &str, port: u16) -> (u16, thread::JoinHandle<SocketAddr>) {
+/// Binds a TCP listener on `port` (0: any) inside `guest` on a thread of its own, which
+/// then runs `serve` with it; returns the bound port and the thread.
+fn listen_in_guest<T: Send + 'static>(
+    guest: &str,
+    port: u16,
+    serve: impl FnOnce(TcpListener) -> T + Send + 'static,
+) -> (u16, thread::JoinHandle<T>) {
     let netns_path = PathBuf::from("/var/run/netns").join(guest);
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = thread::spawn(move || {
@@ -273,6 +277,16 @@ fn tcp_echo_in_guest(guest: &str, port: u16) -> (u16, thread::JoinHandle<SocketA
         ready_tx
             .send(listener.local_addr().unwrap().port())
             .unwrap();
+        serve(listener)
+    });
+    let port = ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    (port, handle)
+}
+
+/// Serves one TCP connection from inside `guest`: reads a line, answers `echo: <line>`.
+/// Returns the listening port and a handle yielding the peer address it saw.
+fn tcp_echo_in_guest(guest: &str, port: u16) -> (u16, thread::JoinHandle<SocketAddr>) {
+    listen_in_guest(guest, port, |listener| {
         let deadline = Instant::now() + Duration::from_secs(15);
         let (mut stream, peer) = loop {
             match listener.accept() {
@@ -294,22 +308,13 @@ fn tcp_echo_in_guest(guest: &str, port: u16) -> (u16, thread::JoinHandle<SocketA
             .write_all(format!("echo: {line}").as_bytes())
             .unwrap();
         peer
-    });
-    let port = ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    (port, handle)
+    })
 }
 
 /// A listener on `port` in the guest for `wait`; the handle says whether any connection
 /// reached it.
 fn tcp_listener_in_guest(guest: &str, port: u16, wait: Duration) -> thread::JoinHandle<bool> {
-    let netns_path = PathBuf::from("/var/run/netns").join(guest);
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let ns = std::fs::File::open(&netns_path).unwrap();
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        ready_tx.send(()).unwrap();
+    let (_, handle) = listen_in_guest(guest, port, move |listener| {
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             match listener.accept() {
@@ -322,7 +327,6 @@ fn tcp_listener_in_guest(guest: &str, port: u16, wait: Duration) -> thread::Join
         }
         false
     });
-    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     handle
 }
 

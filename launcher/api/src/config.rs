@@ -343,6 +343,14 @@ impl Issues {
             Err(ConfigError::Invalid(self.0))
         }
     }
+
+    /// The issues one check finds on its own (for the config modules' tests).
+    #[cfg(test)]
+    fn found_by(check: impl FnOnce(&mut Issues)) -> Vec<ConfigIssue> {
+        let mut issues = Issues::default();
+        check(&mut issues);
+        issues.0
+    }
 }
 
 impl LaunchConfig {

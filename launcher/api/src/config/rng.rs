@@ -71,13 +71,7 @@ mod tests {
     use crate::config::{ConfigError, ConfigIssue, HostLimits, LaunchConfig};
 
     fn issues_of(rng: &RngConfig) -> Vec<ConfigIssue> {
-        let mut issues = Issues::default();
-        rng.check(&mut issues);
-        match issues.into_result() {
-            Ok(()) => Vec::new(),
-            Err(ConfigError::Invalid(found)) => found,
-            Err(other) => panic!("unexpected error {other:?}"),
-        }
+        Issues::found_by(|issues| rng.check(issues))
     }
 
     #[test]

@@ -71,13 +71,7 @@ mod tests {
     use crate::config::{ConfigError, ConfigIssue};
 
     fn issues_of(identity: &SystemIdentity) -> Vec<ConfigIssue> {
-        let mut issues = Issues::default();
-        identity.check(&mut issues);
-        match issues.into_result() {
-            Ok(()) => Vec::new(),
-            Err(ConfigError::Invalid(found)) => found,
-            Err(other) => panic!("unexpected error {other:?}"),
-        }
+        Issues::found_by(|issues| identity.check(issues))
     }
 
     fn identity(uuid: Option<&str>, serial: Option<&str>) -> SystemIdentity {
