@@ -1,0 +1,925 @@
+//! Unit tests of the configuration: JSON, flags, specs and validation.
+
+use super::*;
+
+const GIB: u64 = 1024 * MIB;
+
+fn limits() -> HostLimits {
+    HostLimits {
+        available_memory_bytes: 8 * GIB,
+        max_vcpus: 8,
+    }
+}
+
+/// A directory with a kernel, an initrd and a 1 MiB disk image, and a valid config
+/// using them.
+struct Fixture {
+    dir: tempfile::TempDir,
+    config: LaunchConfig,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"\x7fELF kernel").unwrap();
+        let initrd = dir.path().join("initrd.img");
+        std::fs::write(&initrd, b"initrd").unwrap();
+        let disk = dir.path().join("root.img");
+        std::fs::write(&disk, vec![0u8; 1024 * 1024]).unwrap();
+        let config = LaunchConfig {
+            name: "vm-1".into(),
+            vcpus: 2,
+            vcpu_affinity: Vec::new(),
+            memory_mib: 512,
+            kernel: KernelConfig {
+                path: kernel,
+                initrd: Some(initrd),
+                cmdline: default_cmdline(),
+            },
+            disks: vec![DiskConfig {
+                id: "rootdisk".into(),
+                path: disk,
+                format: ImageFormat::Raw,
+                read_only: false,
+                serial: None,
+            }],
+            nets: vec![NetConfig {
+                id: "net0".into(),
+                tap: "tap-vm1-0".into(),
+                mac: None,
+            }],
+            console: ConsoleConfig {
+                socket: Some(dir.path().join("console.sock")),
+                ..ConsoleConfig::default()
+            },
+            agent_socket: Some(dir.path().join("agent.sock")),
+            api_socket: Some(dir.path().join("api.sock")),
+            shutdown_timeout_secs: 30,
+            backend: BackendKind::Kvm,
+            system: SystemIdentity::default(),
+            rng: Some(RngConfig::default()),
+        };
+        Self { dir, config }
+    }
+
+    fn file(&self, name: &str, len: usize) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        path
+    }
+}
+
+/// Validation issues of `config`, or none.
+fn issues(config: &LaunchConfig) -> Vec<ConfigIssue> {
+    match config.validate(&limits()) {
+        Ok(()) => Vec::new(),
+        Err(ConfigError::Invalid(issues)) => issues,
+        Err(other) => panic!("unexpected error {other:?}"),
+    }
+}
+
+/// Asserts exactly one issue, on `field`, whose message contains every `needle`.
+fn assert_one_issue(config: &LaunchConfig, field: &str, needles: &[&str]) {
+    let found = issues(config);
+    assert_eq!(found.len(), 1, "expected one issue, got {found:#?}");
+    assert_eq!(found[0].field, field, "{found:#?}");
+    for needle in needles {
+        assert!(
+            found[0].message.contains(needle),
+            "{:?} does not contain {needle:?}",
+            found[0].message
+        );
+    }
+}
+
+fn write_json(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("vm.json");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+// ---- JSON -------------------------------------------------------------------
+
+#[test]
+fn minimal_json_gets_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_json(
+        dir.path(),
+        r#"{"name": "vm", "kernel": {"path": "/boot/vmlinux"}}"#,
+    );
+    let config = LaunchConfig::from_json_file(&path).unwrap();
+    assert_eq!(config.name, "vm");
+    assert_eq!(config.vcpus, 1);
+    assert_eq!(config.memory_mib, 256);
+    assert_eq!(config.kernel.cmdline, "console=ttyS0 reboot=k panic=1");
+    assert_eq!(config.kernel.initrd, None);
+    assert!(config.disks.is_empty() && config.nets.is_empty());
+    assert_eq!(config.console, ConsoleConfig::default());
+    assert_eq!(config.shutdown_timeout_secs, 30);
+    assert_eq!(config.backend, BackendKind::Kvm);
+    assert_eq!(config.rng, None);
+}
+
+#[test]
+fn json_round_trips_through_to_json() {
+    let fx = Fixture::new();
+    let text = fx.config.to_json().unwrap();
+    let back = LaunchConfig::from_json_str(&text, Path::new("x.json")).unwrap();
+    assert_eq!(back, fx.config);
+}
+
+#[test]
+fn unknown_field_is_refused_naming_it_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_json(
+        dir.path(),
+        "{\n  \"name\": \"vm\",\n  \"kernel\": {\"path\": \"/k\"},\n  \"memory\": 512\n}",
+    );
+    let err = LaunchConfig::from_json_file(&path).unwrap_err();
+    match &err {
+        ConfigError::Parse {
+            path: p,
+            line,
+            column,
+            message,
+        } => {
+            assert_eq!(p, &path);
+            assert_eq!(*line, 4);
+            assert!(*column > 0);
+            assert!(message.contains("unknown field `memory`"), "{message}");
+            assert!(!message.contains(" at line "), "{message}");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains("line 4"), "{text}");
+}
+
+#[test]
+fn unknown_nested_field_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_json(
+        dir.path(),
+        r#"{"name": "vm", "kernel": {"path": "/k"},
+            "disks": [{"id": "d", "path": "/d", "rw": true}]}"#,
+    );
+    let err = LaunchConfig::from_json_file(&path).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Parse { line: 2, message, .. } if message.contains("unknown field `rw`")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn syntax_and_type_errors_carry_the_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_json(dir.path(), "{\"name\": \"vm\",\n\"vcpus\": \"two\"}");
+    let err = LaunchConfig::from_json_file(&path).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Parse { line: 2, message, .. } if message.contains("invalid type")),
+        "{err:?}"
+    );
+    let path = write_json(dir.path(), "{\"name\": \"vm\",,}");
+    let err = LaunchConfig::from_json_file(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::Parse {
+                line: 1,
+                column: 15,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn missing_required_field_is_reported() {
+    let err = LaunchConfig::from_json_str(r#"{"name": "vm"}"#, Path::new("vm.json")).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Parse { message, .. } if message.contains("missing field `kernel`")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn unreadable_config_file_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.json");
+    let err = LaunchConfig::from_json_file(&path).unwrap_err();
+    assert!(matches!(&err, ConfigError::Read { path: p, .. } if p == &path));
+    assert!(err.to_string().contains(&path.display().to_string()));
+}
+
+// ---- validation -------------------------------------------------------------
+
+#[test]
+fn fixture_config_is_valid() {
+    let fx = Fixture::new();
+    assert_eq!(issues(&fx.config), Vec::new());
+}
+
+#[test]
+fn name_must_be_dns_1123() {
+    let mut fx = Fixture::new();
+    for good in ["a", "vm-1", "ns.vm-1", "0abc"] {
+        fx.config.name = good.into();
+        assert_eq!(issues(&fx.config), Vec::new(), "{good}");
+    }
+    let cases: [(String, &str); 7] = [
+        (String::new(), "must not be empty"),
+        ("VM1".into(), "contains 'V'"),
+        ("vm_1".into(), "contains '_'"),
+        ("-vm".into(), "start and end"),
+        ("vm-".into(), "start and end"),
+        ("a..b".into(), "empty part"),
+        ("x".repeat(64), "at most 63"),
+    ];
+    for (name, needle) in cases {
+        fx.config.name = name;
+        assert_one_issue(&fx.config, "name", &[needle]);
+    }
+    fx.config.name = ["a"; 130].join(".");
+    assert_one_issue(&fx.config, "name", &["at most 253"]);
+}
+
+#[test]
+fn vcpus_must_be_in_range() {
+    let mut fx = Fixture::new();
+    fx.config.vcpus = 0;
+    assert_one_issue(&fx.config, "vcpus", &["at least 1"]);
+    fx.config.vcpus = 8;
+    assert_eq!(issues(&fx.config), Vec::new());
+    fx.config.vcpus = 9;
+    assert_one_issue(&fx.config, "vcpus", &["is 9", "at most 8"]);
+    let big_host = HostLimits {
+        max_vcpus: 1000,
+        ..limits()
+    };
+    fx.config.vcpus = MAX_VCPUS;
+    assert!(fx.config.validate(&big_host).is_ok());
+    fx.config.vcpus = MAX_VCPUS + 1;
+    let err = fx.config.validate(&big_host).unwrap_err().to_string();
+    assert!(err.contains("at most 64"), "{err}");
+}
+
+#[test]
+fn vcpu_affinity_needs_one_non_empty_list_per_vcpu() {
+    let mut fx = Fixture::new();
+    fx.config.vcpu_affinity = vec![vec![1], vec![0, 2]];
+    assert_eq!(issues(&fx.config), Vec::new());
+    fx.config.vcpu_affinity = vec![vec![1]];
+    assert_one_issue(&fx.config, "vcpu_affinity", &["1 entries", "2 vCPUs"]);
+    fx.config.vcpu_affinity = vec![vec![1], vec![]];
+    assert_one_issue(&fx.config, "vcpu_affinity[1]", &["is empty"]);
+    fx.config.vcpu_affinity = vec![vec![1], vec![4096]];
+    assert_one_issue(&fx.config, "vcpu_affinity[1]", &["CPU 4096", "0 to 1023"]);
+}
+
+#[test]
+fn vcpu_affinity_flags_build_the_table_and_bad_ones_are_named() {
+    /// `ironvisor-launcher --name vm --kernel /k` followed by `extra`.
+    fn parse(extra: &[&str]) -> Result<LaunchArgs, clap::Error> {
+        let base = ["ironvisor-launcher", "--name", "vm", "--kernel", "/k"];
+        LaunchArgs::try_parse_from(base.iter().chain(extra))
+    }
+    let pins = [
+        "--vcpus",
+        "2",
+        "--vcpu-affinity",
+        "1=2-3",
+        "--vcpu-affinity",
+        "0=1",
+    ];
+    assert_eq!(
+        parse(&pins).unwrap().into_config().unwrap().vcpu_affinity,
+        vec![vec![1], vec![2, 3]]
+    );
+    for (value, needle) in [
+        ("1", "expected VCPU=CPUS"),
+        ("x=1", "not a vCPU index"),
+        ("0=3-1", "runs backwards"),
+        ("0=", "empty"),
+    ] {
+        let err = parse(&["--vcpu-affinity", value]).unwrap_err().to_string();
+        assert!(err.contains(needle), "{value}: {err}");
+    }
+    let twice = parse(&["--vcpu-affinity", "0=1", "--vcpu-affinity", "0=2"])
+        .unwrap()
+        .into_config()
+        .unwrap_err()
+        .to_string();
+    assert!(twice.contains("pinned twice"), "{twice}");
+}
+
+#[test]
+fn memory_must_be_positive_and_fit_the_host() {
+    let mut fx = Fixture::new();
+    fx.config.memory_mib = 0;
+    assert_one_issue(&fx.config, "memory_mib", &["greater than 0"]);
+    fx.config.memory_mib = 8 * 1024;
+    assert_eq!(issues(&fx.config), Vec::new());
+    fx.config.memory_mib = 8 * 1024 + 1;
+    assert_one_issue(
+        &fx.config,
+        "memory_mib",
+        &[
+            "8193 MiB",
+            "8590983168 bytes",
+            "8589934592 bytes",
+            "8192 MiB",
+        ],
+    );
+    fx.config.memory_mib = u64::MAX;
+    assert_one_issue(&fx.config, "memory_mib", &["more than 2^64 bytes"]);
+}
+
+#[test]
+fn kernel_and_initrd_must_be_readable_regular_files() {
+    let mut fx = Fixture::new();
+    let missing = fx.dir.path().join("nope");
+    fx.config.kernel.path = missing.clone();
+    assert_one_issue(
+        &fx.config,
+        "kernel.path",
+        &[&missing.display().to_string(), "does not exist"],
+    );
+    fx.config.kernel.path = fx.dir.path().to_path_buf();
+    assert_one_issue(
+        &fx.config,
+        "kernel.path",
+        &["a directory", "not a regular file"],
+    );
+    fx.config.kernel.path = PathBuf::new();
+    assert_one_issue(&fx.config, "kernel.path", &["must not be empty"]);
+    fx.config.kernel.path = fx.file("empty-kernel", 0);
+    assert_one_issue(&fx.config, "kernel.path", &["is empty"]);
+
+    let mut fx = Fixture::new();
+    fx.config.kernel.initrd = Some(missing.clone());
+    assert_one_issue(&fx.config, "kernel.initrd", &["nope", "does not exist"]);
+    fx.config.kernel.initrd = Some(PathBuf::from("/dev/null"));
+    assert_one_issue(&fx.config, "kernel.initrd", &["a special file"]);
+}
+
+#[test]
+fn cmdline_is_limited_to_4095_bytes_without_nul() {
+    let mut fx = Fixture::new();
+    fx.config.kernel.cmdline = "x".repeat(4095);
+    assert_eq!(issues(&fx.config), Vec::new());
+    fx.config.kernel.cmdline = "x".repeat(4096);
+    assert_one_issue(
+        &fx.config,
+        "kernel.cmdline",
+        &["4096 bytes", "at most 4095"],
+    );
+    fx.config.kernel.cmdline = "console=ttyS0\0evil".into();
+    assert_one_issue(&fx.config, "kernel.cmdline", &["NUL"]);
+}
+
+#[test]
+fn disk_images_must_exist_and_be_whole_sectors() {
+    let mut fx = Fixture::new();
+    let missing = fx.dir.path().join("missing.img");
+    fx.config.disks[0].path = missing;
+    assert_one_issue(
+        &fx.config,
+        "disks[0].path",
+        &["missing.img", "does not exist"],
+    );
+    fx.config.disks[0].path = fx.file("odd.img", 1000);
+    assert_one_issue(
+        &fx.config,
+        "disks[0].path",
+        &["odd.img", "1000 bytes", "multiple of 512"],
+    );
+    fx.config.disks[0].path = fx.file("empty.img", 0);
+    assert_one_issue(&fx.config, "disks[0].path", &["is empty"]);
+    fx.config.disks[0].path = fx.dir.path().to_path_buf();
+    assert_one_issue(&fx.config, "disks[0].path", &["not a regular file"]);
+    fx.config.disks[0].path = fx.file("ok.img", 4096);
+    assert_eq!(issues(&fx.config), Vec::new());
+}
+
+#[test]
+fn an_image_is_shared_only_read_only() {
+    let mut fx = Fixture::new();
+    let mut second = fx.config.disks[0].clone();
+    second.id = "data".into();
+    fx.config.disks.push(second);
+    assert_one_issue(&fx.config, "disks[1].path", &["disks[0]", "read-only"]);
+    fx.config.disks[0].read_only = true;
+    fx.config.disks[1].read_only = true;
+    assert_eq!(issues(&fx.config), Vec::new());
+}
+
+#[test]
+fn disk_serial_is_at_most_20_bytes() {
+    let mut fx = Fixture::new();
+    fx.config.disks[0].serial = Some("s".repeat(20));
+    assert_eq!(issues(&fx.config), Vec::new());
+    fx.config.disks[0].serial = Some("s".repeat(21));
+    assert_one_issue(&fx.config, "disks[0].serial", &["21 bytes", "at most 20"]);
+    // Without a serial the id serves as one.
+    fx.config.disks[0].serial = None;
+    fx.config.disks[0].id = "d".repeat(21);
+    assert_one_issue(&fx.config, "disks[0].id", &["serial", "at most 20"]);
+}
+
+#[test]
+fn device_ids_are_unique_across_disks_and_nets() {
+    let mut fx = Fixture::new();
+    fx.config.nets[0].id = "rootdisk".into();
+    assert_one_issue(&fx.config, "nets[0].id", &["\"rootdisk\"", "disks[0]"]);
+    fx.config.nets[0].id = String::new();
+    assert_one_issue(&fx.config, "nets[0].id", &["must not be empty"]);
+    fx.config.nets[0].id = "net 0".into();
+    assert_one_issue(&fx.config, "nets[0].id", &["contains ' '"]);
+}
+
+#[test]
+fn tap_names_fit_ifnamsiz_and_are_unique() {
+    let mut fx = Fixture::new();
+    fx.config.nets[0].tap = "t".repeat(15);
+    assert_eq!(issues(&fx.config), Vec::new());
+    fx.config.nets[0].tap = "t".repeat(16);
+    assert_one_issue(&fx.config, "nets[0].tap", &["16 bytes", "at most 15"]);
+    fx.config.nets[0].tap = "tap/0".into();
+    assert_one_issue(&fx.config, "nets[0].tap", &["'/'"]);
+    fx.config.nets[0].tap = String::new();
+    assert_one_issue(&fx.config, "nets[0].tap", &["must not be empty"]);
+    fx.config.nets[0].tap = "tap0".into();
+    fx.config.nets.push(NetConfig {
+        id: "net1".into(),
+        tap: "tap0".into(),
+        mac: None,
+    });
+    assert_one_issue(&fx.config, "nets[1].tap", &["nets[0]"]);
+}
+
+#[test]
+fn macs_must_parse_be_unicast_and_unique() {
+    let mut fx = Fixture::new();
+    fx.config.nets[0].mac = Some("52:54:00:AB:cd:01".into());
+    assert_eq!(issues(&fx.config), Vec::new());
+    fx.config.nets[0].mac = Some("52:54:00:ab:cd".into());
+    assert_one_issue(&fx.config, "nets[0].mac", &["expected 6 bytes"]);
+    fx.config.nets[0].mac = Some("52:54:00:ab:cd:zz".into());
+    assert_one_issue(&fx.config, "nets[0].mac", &["byte 6", "\"zz\""]);
+    fx.config.nets[0].mac = Some("01:00:5e:00:00:01".into());
+    assert_one_issue(&fx.config, "nets[0].mac", &["multicast"]);
+    fx.config.nets[0].mac = Some("00:00:00:00:00:00".into());
+    assert_one_issue(&fx.config, "nets[0].mac", &["all-zero"]);
+    fx.config.nets[0].mac = Some("52:54:00:00:00:01".into());
+    fx.config.nets.push(NetConfig {
+        id: "net1".into(),
+        tap: "tap1".into(),
+        mac: Some("52:54:00:00:00:01".into()),
+    });
+    assert_one_issue(&fx.config, "nets[1].mac", &["52:54:00:00:00:01", "nets[0]"]);
+}
+
+#[test]
+fn socket_directories_must_exist_and_sockets_differ() {
+    let mut fx = Fixture::new();
+    let bad = fx.dir.path().join("no-such-dir/api.sock");
+    fx.config.api_socket = Some(bad);
+    assert_one_issue(&fx.config, "api_socket", &["no-such-dir", "does not exist"]);
+    fx.config.api_socket = Some(fx.dir.path().join("x".repeat(120)));
+    assert_one_issue(&fx.config, "api_socket", &["at most 107"]);
+    fx.config.api_socket = fx.config.console.socket.clone();
+    assert_one_issue(&fx.config, "api_socket", &["console.socket"]);
+    fx.config.api_socket = None;
+    fx.config.agent_socket = Some(PathBuf::from("/nonexistent-dir/agent.sock"));
+    assert_one_issue(&fx.config, "agent_socket", &["/nonexistent-dir"]);
+    fx.config.agent_socket = None;
+    fx.config.console.socket = Some(PathBuf::from("/nonexistent-dir/c.sock"));
+    assert_one_issue(&fx.config, "console.socket", &["does not exist"]);
+    // A bare file name lives in the current directory, which exists.
+    fx.config.console.socket = Some(PathBuf::from("console.sock"));
+    assert_eq!(issues(&fx.config), Vec::new());
+}
+
+#[test]
+fn at_most_19_virtio_devices() {
+    let mut fx = Fixture::new();
+    fx.config.rng = None;
+    // 1 disk + 1 net + agent = 3; add read-only disks sharing one image.
+    let image = fx.file("shared.img", 512);
+    let add = |config: &mut LaunchConfig, n: usize| {
+        for _ in 0..n {
+            config.disks.push(DiskConfig {
+                id: format!("ro{}", config.disks.len()),
+                path: image.clone(),
+                format: ImageFormat::Raw,
+                read_only: true,
+                serial: None,
+            });
+        }
+    };
+    add(&mut fx.config, 16);
+    assert_eq!(fx.config.disks.len() + fx.config.nets.len() + 1, 19);
+    assert_eq!(issues(&fx.config), Vec::new());
+    add(&mut fx.config, 1);
+    assert_one_issue(
+        &fx.config,
+        "disks/nets/agent_socket",
+        &[
+            "20 virtio devices",
+            "18 disks",
+            "1 nets",
+            "1 agent",
+            "at most 19",
+        ],
+    );
+    fx.config.agent_socket = None;
+    assert_eq!(issues(&fx.config), Vec::new());
+    // The rng device takes a pin too.
+    fx.config.rng = Some(RngConfig::default());
+    assert_one_issue(
+        &fx.config,
+        "disks/nets/agent_socket/rng",
+        &["20 virtio devices", "0 agent console, 1 rng", "at most 19"],
+    );
+}
+
+#[test]
+fn console_ring_and_shutdown_timeout_are_checked() {
+    let mut fx = Fixture::new();
+    fx.config.console.ring_bytes = 0;
+    assert_one_issue(&fx.config, "console.ring_bytes", &["greater than 0"]);
+    fx.config.console.ring_bytes = MAX_CONSOLE_RING_BYTES + 1;
+    assert_one_issue(&fx.config, "console.ring_bytes", &["at most"]);
+    fx.config.console.ring_bytes = 4096;
+    fx.config.shutdown_timeout_secs = 0;
+    assert_one_issue(&fx.config, "shutdown_timeout_secs", &["at least 1"]);
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let mut fx = Fixture::new();
+    fx.config.name = String::new();
+    fx.config.vcpus = 0;
+    fx.config.memory_mib = 0;
+    fx.config.nets[0].tap = "a-very-long-tap-name".into();
+    let err = fx.config.validate(&limits()).unwrap_err();
+    let ConfigError::Invalid(found) = &err else {
+        panic!("unexpected error {err:?}");
+    };
+    let fields: Vec<&str> = found.iter().map(|i| i.field.as_str()).collect();
+    assert_eq!(fields, ["name", "vcpus", "memory_mib", "nets[0].tap"]);
+    let text = err.to_string();
+    assert!(
+        text.starts_with("invalid launch configuration (4 problems):"),
+        "{text}"
+    );
+    assert!(text.contains("\n  - vcpus: must be at least 1"), "{text}");
+}
+
+// ---- MACs -------------------------------------------------------------------
+
+#[test]
+fn parse_and_format_mac() {
+    assert_eq!(
+        parse_mac("52:54:00:0A:bC:ff").unwrap(),
+        [0x52, 0x54, 0x00, 0x0a, 0xbc, 0xff]
+    );
+    assert_eq!(
+        format_mac(&[0x52, 0x54, 0x00, 0x0a, 0xbc, 0xff]),
+        "52:54:00:0a:bc:ff"
+    );
+    for bad in [
+        "",
+        "52:54:00:0a:bc",
+        "52:54:00:0a:bc:ff:00",
+        "52-54-00-0a-bc-ff",
+        "52:54:00:0a:bc:f",
+        "52:54:00:0a:bc:+f",
+        "52:54:00:0a:bc:fff",
+    ] {
+        let err = parse_mac(bad).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::BadMac { value, .. } if value == bad),
+            "{bad}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn mac_for_uses_the_configured_mac() {
+    let fx = Fixture::new();
+    let net = NetConfig {
+        id: "net0".into(),
+        tap: "tap0".into(),
+        mac: Some("02:00:00:00:00:07".into()),
+    };
+    assert_eq!(fx.config.mac_for(&net), [2, 0, 0, 0, 0, 7]);
+}
+
+#[test]
+fn generated_macs_are_stable_local_unicast_and_distinct() {
+    let fx = Fixture::new();
+    let net = &fx.config.nets[0];
+    let mac = fx.config.mac_for(net);
+    assert_eq!(mac, fx.config.mac_for(net));
+    assert_eq!(mac, generated_mac("vm-1", "net0"));
+    assert_eq!(mac[..3], GENERATED_MAC_PREFIX);
+    assert_eq!(mac[0] & 0x01, 0, "unicast");
+    assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
+    // Pinned: the MAC must not change between builds, or guests see new NICs.
+    assert_eq!(format_mac(&mac), "52:54:00:5c:df:6b");
+    assert_eq!(generated_mac("vm-1", "net0"), generated_mac("vm-1", "net0"));
+    assert_ne!(generated_mac("vm-1", "net0"), generated_mac("vm-1", "net1"));
+    assert_ne!(generated_mac("vm-1", "net0"), generated_mac("vm-2", "net0"));
+    assert_ne!(generated_mac("ab", "c"), generated_mac("a", "bc"));
+}
+
+// ---- --disk / --net -----------------------------------------------------------
+
+#[test]
+fn disk_spec_parses() {
+    assert_eq!(
+        parse_disk_spec("id=root,path=/img/root.raw").unwrap(),
+        DiskConfig {
+            id: "root".into(),
+            path: "/img/root.raw".into(),
+            format: ImageFormat::Raw,
+            read_only: false,
+            serial: None,
+        }
+    );
+    assert_eq!(
+        parse_disk_spec("path=/d.img,serial=SN1,ro=on,id=d").unwrap(),
+        DiskConfig {
+            id: "d".into(),
+            path: "/d.img".into(),
+            format: ImageFormat::Raw,
+            read_only: true,
+            serial: Some("SN1".into()),
+        }
+    );
+    for (spec, ro) in [
+        ("id=d,path=/p,ro", true),
+        ("id=d,path=/p,ro=true", true),
+        ("id=d,path=/p,ro=off", false),
+        ("id=d,path=/p,ro=false", false),
+    ] {
+        assert_eq!(parse_disk_spec(spec).unwrap().read_only, ro, "{spec}");
+    }
+}
+
+#[test]
+fn bad_disk_specs_say_why() {
+    let cases = [
+        ("path=/p", "missing id="),
+        ("id=d", "missing path="),
+        ("id=d,path=/p,size=1G", "unknown key \"size\""),
+        ("id=d,id=e,path=/p", "id is given twice"),
+        ("id=,path=/p", "id= has an empty value"),
+        ("id=d,path=/p,ro=maybe", "ro=maybe"),
+        ("id=d,path=/p,serial", "serial needs a value"),
+        ("id=d,,path=/p", "empty key"),
+        ("id,path=/p", "id needs a value"),
+    ];
+    for (spec, needle) in cases {
+        let err = parse_disk_spec(spec).unwrap_err();
+        match &err {
+            ConfigError::BadSpec {
+                flag,
+                value,
+                message,
+            } => {
+                assert_eq!(*flag, "disk");
+                assert_eq!(value, spec);
+                assert!(message.contains(needle), "{spec}: {message}");
+            }
+            other => panic!("{spec}: unexpected error {other:?}"),
+        }
+        assert!(err.to_string().starts_with("invalid --disk value"));
+    }
+}
+
+#[test]
+fn net_spec_parses() {
+    assert_eq!(
+        parse_net_spec("id=net0,tap=tap0").unwrap(),
+        NetConfig {
+            id: "net0".into(),
+            tap: "tap0".into(),
+            mac: None,
+        }
+    );
+    assert_eq!(
+        parse_net_spec("id=net0,tap=tap0,mac=52:54:00:01:02:03")
+            .unwrap()
+            .mac
+            .as_deref(),
+        Some("52:54:00:01:02:03")
+    );
+    let cases = [
+        ("tap=tap0", "missing id="),
+        ("id=n", "missing tap="),
+        ("id=n,tap=t,mac=52:54", "expected 6 bytes"),
+        ("id=n,tap=t,model=e1000", "unknown key"),
+    ];
+    for (spec, needle) in cases {
+        let err = parse_net_spec(spec).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::BadSpec { flag: "net", message, .. } if message.contains(needle)),
+            "{spec}: {err:?}"
+        );
+    }
+}
+
+// ---- command line -------------------------------------------------------------
+
+fn parse_args(args: &[&str]) -> Result<LaunchArgs, clap::Error> {
+    LaunchArgs::try_parse_from(std::iter::once("ironvisor-launcher").chain(args.iter().copied()))
+}
+
+#[test]
+fn flags_build_a_config() {
+    let args = parse_args(&[
+        "--name",
+        "vm",
+        "--kernel",
+        "/k",
+        "--initrd",
+        "/i",
+        "--cmdline",
+        "console=ttyS0 quiet",
+        "--vcpus",
+        "4",
+        "--memory-mib",
+        "2048",
+        "--disk",
+        "id=root,path=/r.img",
+        "--disk",
+        "id=data,path=/d.img,ro=on,serial=D1",
+        "--net",
+        "id=net0,tap=tap0,mac=52:54:00:00:00:01",
+        "--console-socket",
+        "/run/c.sock",
+        "--stdio",
+        "--agent-socket",
+        "/run/a.sock",
+        "--api-socket",
+        "/run/api.sock",
+        "--shutdown-timeout-secs",
+        "5",
+        "--rng-bytes-per-second",
+        "65536",
+    ])
+    .unwrap();
+    assert!(!args.print_config);
+    let config = args.into_config().unwrap();
+    let expected = LaunchConfig {
+        name: "vm".into(),
+        vcpus: 4,
+        vcpu_affinity: Vec::new(),
+        memory_mib: 2048,
+        kernel: KernelConfig {
+            path: "/k".into(),
+            initrd: Some("/i".into()),
+            cmdline: "console=ttyS0 quiet".into(),
+        },
+        disks: vec![
+            DiskConfig {
+                id: "root".into(),
+                path: "/r.img".into(),
+                format: ImageFormat::Raw,
+                read_only: false,
+                serial: None,
+            },
+            DiskConfig {
+                id: "data".into(),
+                path: "/d.img".into(),
+                format: ImageFormat::Raw,
+                read_only: true,
+                serial: Some("D1".into()),
+            },
+        ],
+        nets: vec![NetConfig {
+            id: "net0".into(),
+            tap: "tap0".into(),
+            mac: Some("52:54:00:00:00:01".into()),
+        }],
+        console: ConsoleConfig {
+            socket: Some("/run/c.sock".into()),
+            ring_bytes: default_ring_bytes(),
+            stdio: true,
+        },
+        agent_socket: Some("/run/a.sock".into()),
+        api_socket: Some("/run/api.sock".into()),
+        shutdown_timeout_secs: 5,
+        backend: BackendKind::Kvm,
+        system: SystemIdentity::default(),
+        rng: Some(RngConfig::with_rate(65536)),
+    };
+    assert_eq!(config, expected);
+}
+
+#[test]
+fn minimal_flags_get_the_json_defaults() {
+    let config = parse_args(&["--name", "vm", "--kernel", "/k"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    let json = LaunchConfig::from_json_str(
+        r#"{"name": "vm", "kernel": {"path": "/k"}}"#,
+        Path::new("inline"),
+    )
+    .unwrap();
+    assert_eq!(config, json);
+}
+
+#[test]
+fn config_file_is_read_and_print_config_may_accompany_it() {
+    let fx = Fixture::new();
+    let path = write_json(fx.dir.path(), &fx.config.to_json().unwrap());
+    let path_text = path.to_str().unwrap();
+    let args = parse_args(&["--config", path_text, "--print-config"]).unwrap();
+    assert!(args.print_config);
+    assert_eq!(args.into_config().unwrap(), fx.config);
+}
+
+#[test]
+fn config_file_conflicts_with_config_flags() {
+    for extra in [
+        &["--name", "vm"][..],
+        &["--stdio"][..],
+        &["--disk", "id=d,path=/p"][..],
+        &["--memory-mib", "1"][..],
+        &["--rng-bytes-per-second", "1"][..],
+    ] {
+        let mut argv = vec!["--config", "/vm.json"];
+        argv.extend_from_slice(extra);
+        let err = parse_args(&argv).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{extra:?}"
+        );
+    }
+    // Built by hand (not through clap), into_config refuses it too.
+    let args = LaunchArgs {
+        config: Some("/vm.json".into()),
+        name: Some("vm".into()),
+        stdio: true,
+        ..LaunchArgs::default()
+    };
+    let err = args.into_config().unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::ConfigWithFlags { flags } if flags == &["--name", "--stdio"]),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn name_and_kernel_are_required_without_config() {
+    let err = parse_args(&["--kernel", "/k"]).unwrap_err();
+    assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    let err = parse_args(&["--name", "vm"]).unwrap_err();
+    assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    let err = LaunchArgs {
+        name: Some("vm".into()),
+        ..LaunchArgs::default()
+    }
+    .into_config()
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::MissingFlag { flag: "--kernel" }));
+}
+
+#[test]
+fn disk_flag_takes_a_format_and_refuses_unknown_ones() {
+    let disk = parse_disk_spec("id=root,path=/d.qcow2,format=qcow2").unwrap();
+    assert_eq!(disk.format, ImageFormat::Qcow2);
+    assert_eq!(
+        parse_disk_spec("id=r,path=/d").unwrap().format,
+        ImageFormat::Raw
+    );
+    let err = parse_disk_spec("id=r,path=/d,format=vmdk").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("format=vmdk is not one of raw, qcow2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_disk_flag_is_a_clap_value_error_naming_the_problem() {
+    let err = parse_args(&["--name", "vm", "--kernel", "/k", "--disk", "id=d"]).unwrap_err();
+    assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    let text = err.to_string();
+    assert!(text.contains("--disk"), "{text}");
+    assert!(text.contains("missing path="), "{text}");
+}
+
+#[test]
+fn command_definition_is_consistent() {
+    use clap::CommandFactory;
+    LaunchArgs::command().debug_assert();
+}
