@@ -35,4 +35,5 @@ pub mod status;
 pub mod store;
 pub mod strategy;
 pub mod translate;
+pub mod vm_view;
 pub mod volumes;

@@ -18,9 +18,8 @@ use ironvisor_crds::{defaults, validate, ValidationErrors};
 use ironvisor_handler_api::proto::handler_server::Handler;
 use ironvisor_handler_api::proto::{
     ActionResponse, AppliedObject, ApplyRequest, ApplyResponse, ConsoleChunk, ConsoleRequest,
-    Event, ListRequest, ListResponse, LogChunk, LogsRequest, ObjectRef, StopRequest, VmView,
+    ListRequest, ListResponse, LogChunk, LogsRequest, ObjectRef, StopRequest, VmView,
 };
-use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -34,8 +33,9 @@ use crate::records::{
     EventType, StateChangeRequest, VmKey, VmRecord, VmRuntime, DEFAULT_NAMESPACE,
 };
 use crate::runtime::{event, new_uid, now_unix_ms, Runtime};
-use crate::status::{time, unix_seconds};
+use crate::status::time;
 use crate::store::{Store, StoreError, VmSnapshot};
+use crate::vm_view::view;
 
 /// Source name used in error messages when a request does not give one.
 const DEFAULT_SOURCE: &str = "<input>";
@@ -201,73 +201,6 @@ pub struct HandlerService {
 
 fn key_of(object: &ObjectRef) -> VmKey {
     VmKey::new(&object.namespace, &object.name)
-}
-
-/// The name serde gives a unit enum variant ("Running", "RerunOnFailure").
-fn variant_name<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-/// The view `virtctl` shows of one VM.
-pub fn view(snap: &VmSnapshot) -> VmView {
-    let vm = &snap.record.vm;
-    let status = vm.status.as_ref();
-    let vmi_status = snap.vmi.as_ref().and_then(|v| v.status.as_ref());
-    VmView {
-        namespace: snap.key.namespace.clone(),
-        name: snap.key.name.clone(),
-        status: status
-            .and_then(|s| s.printable_status)
-            .map(|p| variant_name(&p))
-            .unwrap_or_else(|| "Unknown".into()),
-        phase: vmi_status
-            .and_then(|s| s.phase)
-            .map(|p| variant_name(&p))
-            .unwrap_or_default(),
-        ip: vmi_status
-            .and_then(|s| s.interfaces.first())
-            .and_then(|i| i.ip_address.clone())
-            .unwrap_or_default(),
-        node: vmi_status
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default(),
-        created_unix: vm
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(unix_seconds)
-            .unwrap_or_default(),
-        ready: status.and_then(|s| s.ready).unwrap_or(false),
-        run_strategy: vm
-            .spec
-            .run_strategy
-            .map(|r| variant_name(&r))
-            .unwrap_or_default(),
-        backend: snap
-            .launcher
-            .as_ref()
-            .map(|l| l.backend.as_str().to_string())
-            .unwrap_or_default(),
-        vm_json: serde_json::to_string_pretty(vm).unwrap_or_default(),
-        vmi_json: snap
-            .vmi
-            .as_ref()
-            .and_then(|v| serde_json::to_string_pretty(v).ok())
-            .unwrap_or_default(),
-        events: snap
-            .events
-            .iter()
-            .map(|e| Event {
-                time_unix: e.time_unix,
-                r#type: e.type_.as_str().to_string(),
-                reason: e.reason.clone(),
-                message: e.message.clone(),
-            })
-            .collect(),
-    }
 }
 
 /// What apply does to one object.
