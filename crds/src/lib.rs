@@ -46,6 +46,7 @@
 //! validation reports it when present, so that nobody believes it took effect.
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod cluster;
 pub mod compat;
 pub mod crd;

@@ -320,3 +320,78 @@ fn bad_ports_other_nic_models_and_ports_on_bridge_are_refused_by_name() {
         "{message}"
     );
 }
+
+/// The export with a topology of sockets and threads and `clock` (the block is indented
+/// for `domain:`).
+fn with_topology_and_clock(clock: &str) -> String {
+    EXPORTED.replace(
+        "        cpu:\n          cores: 2\n",
+        &format!(
+            "        cpu:\n          sockets: 2\n          cores: 1\n          threads: 2\n{clock}"
+        ),
+    )
+}
+
+#[test]
+fn topology_timezones_utc_offsets_and_the_timers_the_microvm_has_are_accepted() {
+    let timezone = "        clock:\n          timezone: Asia/Kolkata\n";
+    let vm = defaulted(&with_topology_and_clock(timezone));
+    validate::vm(&vm).unwrap_or_else(|errors| panic!("{errors}"));
+    let spec = &vm.spec.template.spec;
+    let cpu = spec.domain.cpu.as_ref().expect("cpu");
+    assert_eq!(
+        (cpu.sockets, cpu.cores, cpu.threads),
+        (Some(2), Some(1), Some(2))
+    );
+    let clock = spec.domain.clock.as_ref();
+    assert_eq!(
+        ironvisor_crds::clock::rtc_offset_seconds(clock, 0),
+        Ok(19_800)
+    );
+
+    let utc = "        clock:\n          utc:\n            offsetSeconds: -600\n          timer:\n            hpet:\n              present: false\n            kvm: {}\n            pit:\n              present: true\n            rtc: {}\n            hyperv:\n              present: false\n";
+    let vm = defaulted(&with_topology_and_clock(utc));
+    validate::vm(&vm).unwrap_or_else(|errors| panic!("{errors}"));
+    let clock = vm.spec.template.spec.domain.clock.as_ref();
+    assert_eq!(
+        ironvisor_crds::clock::rtc_offset_seconds(clock, 0),
+        Ok(-600)
+    );
+}
+
+#[test]
+fn clocks_and_timers_the_microvm_cannot_keep_are_refused_by_name() {
+    let clock = "        clock:\n          utc: {}\n          timezone: Europe/Berlin\n          timer:\n            hpet: {}\n            kvm:\n              present: false\n            rtc:\n              tickPolicy: catchup\n              track: guest\n            hyperv: {}\n";
+    let message = refusal(&with_topology_and_clock(clock));
+    let clock_path = "spec.template.spec.domain.clock";
+    for expected in [
+        format!("{clock_path}: utc and timezone are both set"),
+        format!("{clock_path}.timer.hpet.present: the microVM has no HPET"),
+        format!("{clock_path}.timer.kvm.present: the microVM always gives the guest its kvm timer"),
+        format!("{clock_path}.timer.rtc.tickPolicy: tick policy \"catchup\" is not served"),
+        format!("{clock_path}.timer.rtc.track: track \"guest\" is not served"),
+        format!("{clock_path}.timer.hyperv.present: the microVM has no Hyper-V"),
+    ] {
+        assert!(
+            message.contains(&expected),
+            "{expected:?} not in:\n{message}"
+        );
+    }
+
+    let unknown = "        clock:\n          timezone: Atlantis/Capital\n";
+    let message = refusal(&with_topology_and_clock(unknown));
+    assert!(
+        message.contains(&format!(
+            "{clock_path}.timezone: unknown time zone \"Atlantis/Capital\""
+        )),
+        "{message}"
+    );
+    let malformed = "        clock:\n          timezone: ../../etc/shadow\n";
+    let message = refusal(&with_topology_and_clock(malformed));
+    assert!(
+        message.contains(&format!(
+            "{clock_path}.timezone: \"../../etc/shadow\" is not a time zone name"
+        )),
+        "{message}"
+    );
+}

@@ -23,7 +23,8 @@ use std::path::{Component, Path, PathBuf};
 use ironvisor_crds::quantity;
 use ironvisor_crds::v1alpha1::{KernelBoot, KernelBootContainer, VirtualMachineInstanceSpec};
 use ironvisor_launcher_api::config::{
-    ConsoleConfig, DiskConfig, KernelConfig, LaunchConfig, NetConfig, RngConfig, SystemIdentity,
+    ClockConfig, ConsoleConfig, CpuTopologyConfig, DiskConfig, KernelConfig, LaunchConfig,
+    NetConfig, RngConfig, SystemIdentity,
 };
 
 use crate::records::VmKey;
@@ -101,6 +102,14 @@ pub enum TranslateError {
         /// What is wrong.
         reason: String,
     },
+    /// The clock's time zone cannot be resolved on this node.
+    #[error("VM {vm}: spec.template.spec.domain.clock.timezone: {source}")]
+    Clock {
+        /// The VM.
+        vm: String,
+        /// What is wrong.
+        source: ironvisor_crds::clock::ClockError,
+    },
 }
 
 impl TranslateError {
@@ -111,6 +120,7 @@ impl TranslateError {
             Self::BadImagePath { .. } => "KernelImagePathInvalid",
             Self::NoKernel { .. } | Self::DefaultMissing { .. } => "NoKernel",
             Self::Memory { .. } => "InvalidMemory",
+            Self::Clock { .. } => "InvalidClock",
         }
     }
 }
@@ -310,6 +320,34 @@ fn system_identity(spec: &VirtualMachineInstanceSpec) -> SystemIdentity {
     }
 }
 
+/// The vCPU topology of `cpu.sockets/cores/threads` (unset counts are 1).
+fn cpu_topology(spec: &VirtualMachineInstanceSpec) -> CpuTopologyConfig {
+    let cpu = spec.domain.cpu.as_ref();
+    let count = |field: Option<u32>| field.unwrap_or(1);
+    CpuTopologyConfig {
+        sockets: count(cpu.and_then(|cpu| cpu.sockets)),
+        cores: count(cpu.and_then(|cpu| cpu.cores)),
+        threads: count(cpu.and_then(|cpu| cpu.threads)),
+    }
+}
+
+/// The RTC of `spec.domain.clock` as it stands now.
+fn clock(key: &VmKey, spec: &VirtualMachineInstanceSpec) -> Result<ClockConfig, TranslateError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        });
+    let rtc_offset_seconds =
+        ironvisor_crds::clock::rtc_offset_seconds(spec.domain.clock.as_ref(), now).map_err(
+            |source| TranslateError::Clock {
+                vm: key.to_string(),
+                source,
+            },
+        )?;
+    Ok(ClockConfig { rtc_offset_seconds })
+}
+
 /// The launcher configuration of `spec` (the VM's template) with `plan`.
 pub fn launch_config(
     key: &VmKey,
@@ -360,6 +398,8 @@ pub fn launch_config(
             .rng
             .as_ref()
             .map(|_| RngConfig::default()),
+        cpu_topology: Some(cpu_topology(spec)),
+        clock: clock(key, spec)?,
     })
 }
 
@@ -496,6 +536,47 @@ mod tests {
         assert_eq!(config.api_socket.as_deref(), Some(Path::new("/run/a.sock")));
         assert_eq!(config.system, SystemIdentity::default());
         assert_eq!(config.rng, None);
+        // 2 sockets x 2 cores x 1 thread, as the spec says, and a UTC clock.
+        assert_eq!(
+            config.cpu_topology,
+            Some(CpuTopologyConfig {
+                sockets: 2,
+                cores: 2,
+                threads: 1
+            })
+        );
+        assert!(config.clock.is_utc());
+    }
+
+    #[test]
+    fn the_clock_becomes_the_rtc_offset_and_an_unknown_zone_is_named() {
+        let key = VmKey::new("default", "vm1");
+        let mut spec = spec(None);
+        spec.domain.clock = Some(ironvisor_crds::v1alpha1::Clock {
+            utc: Some(ironvisor_crds::v1alpha1::ClockOffsetUtc {
+                offset_seconds: Some(-600),
+            }),
+            ..Default::default()
+        });
+        assert_eq!(clock(&key, &spec).unwrap().rtc_offset_seconds, -600);
+        spec.domain.clock = Some(ironvisor_crds::v1alpha1::Clock {
+            timezone: Some("Asia/Kolkata".into()),
+            ..Default::default()
+        });
+        assert_eq!(clock(&key, &spec).unwrap().rtc_offset_seconds, 19_800);
+        spec.domain.clock = Some(ironvisor_crds::v1alpha1::Clock {
+            timezone: Some("Atlantis/Capital".into()),
+            ..Default::default()
+        });
+        let error = clock(&key, &spec).unwrap_err();
+        assert_eq!(error.reason(), "InvalidClock");
+        let message = error.to_string();
+        assert!(
+            message.starts_with(
+                "VM default/vm1: spec.template.spec.domain.clock.timezone: unknown time zone"
+            ),
+            "{message}"
+        );
     }
 
     #[test]

@@ -159,6 +159,10 @@ def test_console_shows_the_boot_and_takes_input(facts: Facts) -> None:
         f.get("guest_dmi"))
     # KubeVirt's devices.rng: the guest's hardware RNG is the virtio-rng device, and reads.
     assert f.get("guest_rng") == "virtio_rng.0/4096", f.get("guest_rng")
+    # KubeVirt's clock.timezone: the guest's RTC keeps Asia/Kolkata's time, 5:30 h ahead of
+    # L1's UTC clock (read on the console a moment before L1 noted its own time).
+    ahead = int(f["guest_rtc_epoch"]) - int(f["l1_epoch_at_rtc"])
+    assert 19_800 - 60 <= ahead <= 19_800 + 2, ahead
     assert f["console_rc"] == "0"
     # The session replays the boot log from the start (the launcher's console ring).
     assert int(f["console_kernel_banner"]) >= 1

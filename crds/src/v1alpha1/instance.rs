@@ -101,6 +101,9 @@ pub struct DomainSpec {
     /// The machine type KubeVirt's webhook writes (`q35`, or a versioned `pc-q35-*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<Machine>,
+    /// The guest's real-time clock (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<super::Clock>,
 }
 
 /// The emulated machine. Ironvisor runs every guest on its own microVM machine; the q35

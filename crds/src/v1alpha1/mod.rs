@@ -1,10 +1,12 @@
 //! `ironvisor.io/v1alpha1`: the `VirtualMachine` and `VirtualMachineInstance` kinds.
 
+pub mod clock;
 pub mod condition;
 pub mod instance;
 pub mod vm;
 pub mod vmi;
 
+pub use clock::{Clock, ClockOffsetUtc, Timer, TimerSettings};
 pub use condition::{Condition, ConditionStatus, ConditionType};
 pub use instance::*;
 pub use vm::*;

@@ -462,6 +462,28 @@ pub enum ValidationError {
         /// Field path.
         path: String,
     },
+    /// Both `clock.utc` and `clock.timezone`.
+    #[error("{path}: utc and timezone are both set; a clock keeps either UTC (with offsetSeconds) or a time zone's local time")]
+    ClockOffsetConflict {
+        /// Field path.
+        path: String,
+    },
+    /// A `clock.timezone` that no time zone database knows or that is malformed.
+    #[error("{path}: {reason}")]
+    InvalidTimezone {
+        /// Field path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A timer setting the microVM cannot honour.
+    #[error("{path}: {reason}")]
+    TimerNotServed {
+        /// Field path.
+        path: String,
+        /// Why, and what to write instead.
+        reason: String,
+    },
     /// The `ironvisor.io/hardware-isolation` annotation is used instead of the field.
     #[error("{path}: the {HARDWARE_ISOLATION_ANNOTATION} annotation is not used; set spec.domain.features.hardwareIsolation (Required or Preferred) instead")]
     HardwareIsolationAnnotation {
@@ -526,6 +548,9 @@ impl ValidationError {
             | Self::SerialConsoleRequired { path }
             | Self::FeatureAlwaysOn { path, .. }
             | Self::SmmNotServed { path }
+            | Self::ClockOffsetConflict { path }
+            | Self::InvalidTimezone { path, .. }
+            | Self::TimerNotServed { path, .. }
             | Self::ArchitectureNotServed { path, .. }
             | Self::MachineTypeNotServed { path, .. }
             | Self::InvalidFirmwareUuid { path, .. }

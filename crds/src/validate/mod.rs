@@ -6,6 +6,7 @@
 //! (a disk without `disk`/`cdrom`, an interface without binding) but reports everything
 //! that defaulting cannot fix.
 
+mod clock;
 mod error;
 mod formats;
 mod interface_ports;
@@ -873,6 +874,9 @@ fn kubevirt_fields(
         errors.push(ValidationError::SerialConsoleRequired {
             path: root.child("domain.devices.autoattachSerialConsole").into(),
         });
+    }
+    if let Some(clock_spec) = &spec.domain.clock {
+        clock::check(clock_spec, &root.child("domain.clock"), errors);
     }
     if let Some(features) = &spec.domain.features {
         for (state, name) in [(&features.acpi, "acpi"), (&features.apic, "apic")] {

@@ -24,7 +24,12 @@ mod rng;
 pub use rng::{RngConfig, DEFAULT_RNG_BYTES_PER_SECOND, MAX_RNG_BYTES_PER_SECOND};
 
 mod cli;
-pub use cli::{parse_affinity_spec, parse_disk_spec, parse_net_spec, LaunchArgs};
+pub use cli::{
+    parse_affinity_spec, parse_disk_spec, parse_net_spec, parse_topology_spec, LaunchArgs,
+};
+
+mod machine;
+pub use machine::{ClockConfig, CpuTopologyConfig, MAX_RTC_OFFSET_SECONDS};
 
 mod system;
 pub use system::{
@@ -80,6 +85,13 @@ pub struct LaunchConfig {
     /// the default rate ([`DEFAULT_RNG_BYTES_PER_SECOND`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng: Option<RngConfig>,
+    /// Sockets, cores and threads the vCPUs form (KubeVirt's `cpu.sockets/cores/threads`).
+    /// Absent: every vCPU a single-threaded core of one socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_topology: Option<CpuTopologyConfig>,
+    /// The guest's real-time clock (default: UTC).
+    #[serde(default, skip_serializing_if = "ClockConfig::is_utc")]
+    pub clock: ClockConfig,
 }
 
 /// Kernel, initramfs and command line (direct kernel boot).
@@ -410,6 +422,10 @@ impl LaunchConfig {
         if let Some(rng) = &self.rng {
             rng.check(&mut issues);
         }
+        if let Some(topology) = &self.cpu_topology {
+            topology.check(self.vcpus, &mut issues);
+        }
+        self.clock.check(&mut issues);
         if self.console.ring_bytes == 0 {
             issues.push("console.ring_bytes", "must be greater than 0");
         } else if self.console.ring_bytes > MAX_CONSOLE_RING_BYTES {
@@ -428,6 +444,14 @@ impl LaunchConfig {
             );
         }
         issues.into_result()
+    }
+
+    /// How the vCPUs are arranged: the configured topology, or `vcpus` cores of one
+    /// socket. Meaningful once [`Self::validate`] passed.
+    pub fn topology(&self) -> ironvisor_arch::topology::CpuTopology {
+        self.cpu_topology
+            .and_then(|t| ironvisor_arch::topology::CpuTopology::new(t.sockets, t.cores, t.threads))
+            .unwrap_or_else(|| ironvisor_arch::topology::CpuTopology::flat(self.vcpus))
     }
 
     /// The guest MAC of `net`: the configured one, or a stable locally administered

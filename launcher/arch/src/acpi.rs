@@ -1,8 +1,10 @@
 //! ACPI tables for a hardware-reduced x86_64 microVM: RSDP → XSDT → FADT (→ DSDT) and MADT.
 //!
-//! The DSDT announces the `\_S5_` soft-off sleep type and one `LNRO0005` device per
-//! virtio-mmio window, which is how a stock distribution kernel (virtio_mmio as a module,
-//! no command-line devices) finds them. Power-off, sleep status and reset go through the
+//! The DSDT announces the `\_S5_` soft-off sleep type, the legacy devices (COM1, the i8042
+//! and the CMOS RTC) and one `LNRO0005` device per virtio-mmio window, which is how a stock
+//! distribution kernel (virtio_mmio as a module, no command-line devices) finds them. The
+//! MADT lists each vCPU's local APIC under the APIC id its place in the
+//! [`CpuTopology`] gives it. Power-off, sleep status and reset go through the
 //! FADT's hardware-reduced I/O port registers.
 
 use acpi_tables::aml::{self, Path};
@@ -19,10 +21,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
-    ACPI_SLEEP_STATUS_PORT, ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, I8042_COMMAND_PORT,
-    I8042_DATA_PORT, IOAPIC_PINS, IOAPIC_START, KEYBOARD_GSI, RSDP_START, SERIAL_GSI, SERIAL_PORT,
-    SERIAL_PORT_SIZE,
+    ACPI_SLEEP_STATUS_PORT, ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, CMOS_CENTURY_REGISTER,
+    CMOS_PORT, CMOS_PORT_SIZE, I8042_COMMAND_PORT, I8042_DATA_PORT, IOAPIC_PINS, IOAPIC_START,
+    KEYBOARD_GSI, RSDP_START, SERIAL_GSI, SERIAL_PORT, SERIAL_PORT_SIZE,
 };
+use crate::topology::{CpuTopology, MAX_XAPIC_ID};
 
 /// OEM id written in every table.
 pub const OEM_ID: [u8; 6] = *b"IRNVSR";
@@ -34,12 +37,13 @@ pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
 pub const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
 /// FADT `IAPC_BOOT_ARCH`: do not probe for VGA.
 pub const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
-/// FADT `IAPC_BOOT_ARCH`: there is no CMOS RTC.
+/// FADT `IAPC_BOOT_ARCH`: there is no CMOS RTC (never set: the machine has one).
 pub const IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 /// Hypervisor vendor identity in the FADT.
 const HYPERVISOR_VENDOR: [u8; 8] = *b"IRNVISOR";
-/// Largest vCPU count the xAPIC MADT entries can describe (APIC ids 0..=254).
-pub const MAX_ACPI_VCPUS: u32 = 255;
+/// Largest vCPU count the xAPIC MADT entries can describe (APIC ids 0..=254), reached
+/// only when every count of the topology is a power of two.
+pub const MAX_ACPI_VCPUS: u32 = MAX_XAPIC_ID + 1;
 /// Largest number of virtio-mmio devices the DSDT names (`VR00`..`VRFF`).
 pub const MAX_ACPI_DEVICES: usize = 256;
 /// DSDT revision 2: AML integers are 64 bits wide.
@@ -61,12 +65,23 @@ pub struct MmioDeviceInfo {
 /// Errors from building or writing the ACPI tables.
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
-    /// No vCPU or more than the MADT can describe.
-    #[error("cannot describe {vcpus} vCPUs in the MADT: 1..={max} are supported")]
-    VcpuCount {
-        /// Requested count.
+    /// The topology numbers its last vCPU past the highest id an xAPIC MADT entry holds.
+    #[error(
+        "cannot describe {vcpus} vCPUs ({sockets} sockets x {cores} cores x {threads} \
+         threads) in the MADT: the last one's APIC id would be {apic_id}, at most {max} fit"
+    )]
+    ApicIdTooHigh {
+        /// vCPU count.
         vcpus: u32,
-        /// Largest supported count.
+        /// Sockets of the topology.
+        sockets: u32,
+        /// Cores per socket.
+        cores: u32,
+        /// Threads per core.
+        threads: u32,
+        /// APIC id of the last vCPU.
+        apic_id: u32,
+        /// Highest id that fits.
         max: u32,
     },
     /// More devices than the DSDT names.
@@ -121,21 +136,25 @@ pub enum AcpiError {
     },
 }
 
-/// Builds the ACPI tables for `vcpus` vCPUs and the `virtio` devices, writes them to guest
-/// memory and returns the RSDP address ([`RSDP_START`]).
+/// Builds the ACPI tables for the vCPUs of `topology` and the `virtio` devices, writes
+/// them to guest memory and returns the RSDP address ([`RSDP_START`]).
 pub fn create_acpi_tables<M: GuestMemoryBackend>(
     mem: &M,
-    vcpus: u32,
+    topology: &CpuTopology,
     virtio: &[MmioDeviceInfo],
 ) -> Result<GuestAddress, AcpiError> {
+    let vcpus = topology.vcpus();
     let _span = tracing::info_span!("create_acpi_tables", vcpus, devices = virtio.len()).entered();
-    let apic_count = u8::try_from(vcpus)
-        .ok()
-        .filter(|&count| count > 0 && u32::from(count) <= MAX_ACPI_VCPUS)
-        .ok_or(AcpiError::VcpuCount {
+    if topology.max_apic_id() > MAX_XAPIC_ID {
+        return Err(AcpiError::ApicIdTooHigh {
             vcpus,
-            max: MAX_ACPI_VCPUS,
-        })?;
+            sockets: topology.sockets(),
+            cores: topology.cores(),
+            threads: topology.threads(),
+            apic_id: topology.max_apic_id(),
+            max: MAX_XAPIC_ID,
+        });
+    }
     if virtio.len() > MAX_ACPI_DEVICES {
         return Err(AcpiError::TooManyDevices {
             count: virtio.len(),
@@ -148,7 +167,7 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
     let dsdt_addr = placer.place("DSDT", &dsdt)?;
     let fadt = build_fadt(dsdt_addr);
     let fadt_addr = placer.place("FACP", &fadt)?;
-    let madt = build_madt(apic_count);
+    let madt = build_madt(topology);
     let madt_addr = placer.place("APIC", &madt)?;
     let mut xsdt = XSDT::new(OEM_ID, table_id(b"XSDT"), OEM_REVISION);
     xsdt.add_entry(fadt_addr);
@@ -258,12 +277,28 @@ fn build_dsdt(virtio: &[MmioDeviceInfo]) -> Result<Vec<u8>, AcpiError> {
     Ok(dsdt.as_slice().to_vec())
 }
 
-/// The legacy PC devices: COM1 (`PNP0501`) and the i8042 keyboard controller
-/// (`PNP0303`). A hardware-reduced ACPI guest has no legacy PIC, so Linux maps ISA
-/// interrupts only for devices the DSDT describes; without these, IRQ 4 and IRQ 1 cannot
-/// be requested and the console tty and the keyboard (Ctrl+Alt+Del) do not work.
+/// The legacy PC devices: COM1 (`PNP0501`), the i8042 keyboard controller (`PNP0303`)
+/// and the CMOS RTC (`PNP0B00`). A hardware-reduced ACPI guest has no legacy PIC, so Linux
+/// maps ISA interrupts only for devices the DSDT describes; without these, IRQ 4 and IRQ 1
+/// cannot be requested and the console tty and the keyboard (Ctrl+Alt+Del) do not work.
+/// The RTC is described without an interrupt: it raises none (no alarm, periodic or
+/// update interrupts), so Linux's rtc_cmos serves the time and no alarms, and IRQ 8 stays
+/// free for a virtio device.
 fn legacy_devices_aml() -> Vec<u8> {
     let mut bytes = Vec::new();
+    let rtc_io = aml::IO::new(CMOS_PORT, CMOS_PORT, 1, CMOS_PORT_SIZE as u8);
+    aml::Device::new(
+        Path::new("RTC_"),
+        vec![
+            &aml::Name::new(Path::new("_HID"), &aml::EISAName::new("PNP0B00")),
+            &aml::Name::new(
+                Path::new("_CRS"),
+                &aml::ResourceTemplate::new(vec![&rtc_io]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut bytes);
+
     let com1_io = aml::IO::new(SERIAL_PORT, SERIAL_PORT, 1, SERIAL_PORT_SIZE as u8);
     // Consumer, edge-triggered, active-high, exclusive.
     let com1_irq = aml::Interrupt::new(true, true, false, false, SERIAL_GSI);
@@ -359,10 +394,8 @@ fn build_fadt(dsdt_addr: u64) -> Vec<u8> {
         .dsdt_64(dsdt_addr)
         .flag(Flags::HwReducedAcpi)
         .flag(Flags::ResetRegSup);
-    fadt.iapc_boot_arch = (IAPC_BOOT_ARCH_8042
-        | IAPC_BOOT_ARCH_VGA_NOT_PRESENT
-        | IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT)
-        .into();
+    fadt.iapc_boot_arch = (IAPC_BOOT_ARCH_8042 | IAPC_BOOT_ARCH_VGA_NOT_PRESENT).into();
+    fadt.century = CMOS_CENTURY_REGISTER;
     fadt.reset_reg = byte_port(ACPI_RESET_PORT);
     fadt.reset_value = ACPI_RESET_VALUE;
     fadt.sleep_control_reg = byte_port(ACPI_SLEEP_CONTROL_PORT);
@@ -371,8 +404,9 @@ fn build_fadt(dsdt_addr: u64) -> Vec<u8> {
     to_bytes(&fadt.finalize())
 }
 
-/// The MADT: one enabled local APIC per vCPU (APIC id = index) and the I/O APIC.
-fn build_madt(vcpus: u8) -> Vec<u8> {
+/// The MADT: one enabled local APIC per vCPU (processor UID = vCPU index, APIC id from the
+/// topology; the caller checked that every id fits a byte) and the I/O APIC.
+fn build_madt(topology: &CpuTopology) -> Vec<u8> {
     let local_apic = u32::try_from(APIC_START).unwrap_or(u32::MAX);
     let io_apic = u32::try_from(IOAPIC_START).unwrap_or(u32::MAX);
     let mut madt = MADT::new(
@@ -381,8 +415,14 @@ fn build_madt(vcpus: u8) -> Vec<u8> {
         OEM_REVISION,
         LocalInterruptController::Address(local_apic),
     );
-    for id in 0..vcpus {
-        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    for index in 0..topology.vcpus() {
+        let uid = u8::try_from(index).unwrap_or(u8::MAX);
+        let apic_id = u8::try_from(topology.apic_id(index)).unwrap_or(u8::MAX);
+        madt.add_structure(ProcessorLocalApic::new(
+            uid,
+            apic_id,
+            EnabledStatus::Enabled,
+        ));
     }
     madt.add_structure(IoApic::new(0, io_apic, 0));
     to_bytes(&madt)
@@ -471,7 +511,7 @@ mod tests {
     #[test]
     fn fadt_is_hardware_reduced_with_io_port_registers() {
         let mem = create_guest_memory(64 << 20).unwrap();
-        let rsdp = create_acpi_tables(&mem, 1, &[]).unwrap();
+        let rsdp = create_acpi_tables(&mem, &CpuTopology::flat(1), &[]).unwrap();
         let Tables { fadt, .. } = walk(&mem, rsdp);
         assert_eq!(fadt.len(), 276);
         assert_eq!(fadt[8], 6, "FADT major revision");
@@ -482,7 +522,12 @@ mod tests {
         let boot_arch = u16_at(&fadt, 109);
         assert_ne!(boot_arch & IAPC_BOOT_ARCH_8042, 0, "8042 present");
         assert_ne!(boot_arch & IAPC_BOOT_ARCH_VGA_NOT_PRESENT, 0);
-        assert_ne!(boot_arch & IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT, 0);
+        assert_eq!(
+            boot_arch & IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT,
+            0,
+            "CMOS RTC present"
+        );
+        assert_eq!(fadt[108], CMOS_CENTURY_REGISTER, "CENTURY");
         // GAS: space id 1 (System I/O), width 8, offset 0, byte access, address.
         let gas = |offset: usize| (fadt[offset..offset + 4].to_vec(), u64_at(&fadt, offset + 4));
         assert_eq!(gas(116), (vec![1, 8, 0, 1], u64::from(ACPI_RESET_PORT)));
@@ -501,8 +546,17 @@ mod tests {
     #[test]
     fn madt_has_one_local_apic_per_vcpu_and_the_io_apic() {
         let mem = create_guest_memory(64 << 20).unwrap();
-        for vcpus in [1u32, 4, 64] {
-            let rsdp = create_acpi_tables(&mem, vcpus, &devices(2)).unwrap();
+        let topologies = [
+            CpuTopology::flat(1),
+            CpuTopology::flat(4),
+            CpuTopology::flat(64),
+            // 3 cores take 2 bits: ids 0, 1, 2 and 4, 5, 6.
+            CpuTopology::new(2, 3, 1).unwrap(),
+            CpuTopology::new(2, 2, 2).unwrap(),
+        ];
+        for topology in topologies {
+            let vcpus = topology.vcpus();
+            let rsdp = create_acpi_tables(&mem, &topology, &devices(2)).unwrap();
             let Tables { madt, .. } = walk(&mem, rsdp);
             assert_eq!(u32_at(&madt, 36), APIC_START as u32);
             assert_eq!(u32_at(&madt, 40), 0, "no PCAT_COMPAT");
@@ -534,8 +588,13 @@ mod tests {
             }
             assert_eq!(offset, madt.len());
             assert_eq!(local_apics.len(), vcpus as usize);
-            for (index, (uid, apic_id, flags)) in local_apics.into_iter().enumerate() {
-                assert_eq!((uid as usize, apic_id as usize, flags), (index, index, 1));
+            for (index, (uid, apic_id, flags)) in (0u32..).zip(local_apics) {
+                let expected = (index, topology.apic_id(index), 1);
+                assert_eq!((u32::from(uid), u32::from(apic_id), flags), expected);
+            }
+            if topology.cores() == 3 {
+                let ids: Vec<u32> = (0..6).map(|i| topology.apic_id(i)).collect();
+                assert_eq!(ids, [0, 1, 2, 4, 5, 6]);
             }
             assert_eq!(io_apics, vec![(0, IOAPIC_START as u32, 0)]);
         }
@@ -545,7 +604,7 @@ mod tests {
     fn dsdt_names_each_virtio_device_and_s5() {
         let mem = create_guest_memory(64 << 20).unwrap();
         let virtio = devices(3);
-        let rsdp = create_acpi_tables(&mem, 2, &virtio).unwrap();
+        let rsdp = create_acpi_tables(&mem, &CpuTopology::flat(2), &virtio).unwrap();
         let Tables { dsdt, .. } = walk(&mem, rsdp);
         assert_eq!(dsdt[8], DSDT_REVISION);
         assert_eq!(count(&dsdt, b"LNRO0005"), 3);
@@ -579,31 +638,55 @@ mod tests {
     }
 
     #[test]
-    fn dsdt_without_devices_has_only_s5() {
+    fn dsdt_without_devices_has_s5_and_the_legacy_devices() {
         let mem = create_guest_memory(64 << 20).unwrap();
-        let rsdp = create_acpi_tables(&mem, 1, &[]).unwrap();
+        let rsdp = create_acpi_tables(&mem, &CpuTopology::flat(1), &[]).unwrap();
         let Tables { dsdt, .. } = walk(&mem, rsdp);
         assert_eq!(count(&dsdt, b"LNRO0005"), 0);
         assert_eq!(count(&dsdt, b"_S5_"), 1);
+        // The RTC: EISA id PNP0B00 (0x000bd041 little-endian) and IO(Decode16, 0x70,
+        // 0x70, 1, 2), and no interrupt descriptor of its own: only COM1's and the
+        // keyboard's extended interrupts are there.
+        assert_eq!(count(&dsdt, &[0x41, 0xd0, 0x0b, 0x00]), 1, "PNP0B00");
+        assert_eq!(
+            count(&dsdt, &[0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02]),
+            1,
+            "RTC ports"
+        );
+        assert_eq!(
+            count(&dsdt, &[0x89, 0x06, 0x00]),
+            2,
+            "interrupts: COM1, i8042"
+        );
     }
 
     #[test]
     fn invalid_inputs_are_rejected() {
         let mem = create_guest_memory(64 << 20).unwrap();
         assert!(matches!(
-            create_acpi_tables(&mem, 0, &[]),
-            Err(AcpiError::VcpuCount { vcpus: 0, .. })
+            create_acpi_tables(&mem, &CpuTopology::flat(256), &[]),
+            Err(AcpiError::ApicIdTooHigh {
+                vcpus: 256,
+                apic_id: 255,
+                ..
+            })
         ));
-        assert!(matches!(
-            create_acpi_tables(&mem, 256, &[]),
-            Err(AcpiError::VcpuCount { vcpus: 256, .. })
-        ));
+        // 2 x 65 x 1: the 65 cores take 7 bits, so socket 1's last core has id 128 + 64.
+        let sparse = CpuTopology::new(2, 65, 1).unwrap();
+        assert!(create_acpi_tables(&mem, &sparse, &[]).is_ok());
+        // 2 x 65 x 2: socket 1 starts at id 256.
+        let too_sparse = CpuTopology::new(2, 65, 2).unwrap();
+        let err = create_acpi_tables(&mem, &too_sparse, &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("2 sockets x 65 cores x 2 threads"),
+            "{err}"
+        );
         let high = MmioDeviceInfo {
             base: 0x1_0000_0000,
             size: 0x1000,
             gsi: 5,
         };
-        let err = create_acpi_tables(&mem, 1, &[high]).unwrap_err();
+        let err = create_acpi_tables(&mem, &CpuTopology::flat(1), &[high]).unwrap_err();
         assert!(
             matches!(err, AcpiError::DeviceWindow { index: 0, .. }),
             "{err}"
@@ -613,17 +696,21 @@ mod tests {
             ..devices(1)[0]
         };
         assert!(matches!(
-            create_acpi_tables(&mem, 1, &[empty]),
+            create_acpi_tables(&mem, &CpuTopology::flat(1), &[empty]),
             Err(AcpiError::DeviceWindow { .. })
         ));
         let bad_gsi = MmioDeviceInfo {
             gsi: IOAPIC_PINS,
             ..devices(1)[0]
         };
-        let err = create_acpi_tables(&mem, 1, &[bad_gsi]).unwrap_err();
+        let err = create_acpi_tables(&mem, &CpuTopology::flat(1), &[bad_gsi]).unwrap_err();
         assert!(err.to_string().contains("GSI 24"), "{err}");
         assert!(matches!(
-            create_acpi_tables(&mem, 1, &vec![devices(1)[0]; MAX_ACPI_DEVICES + 1]),
+            create_acpi_tables(
+                &mem,
+                &CpuTopology::flat(1),
+                &vec![devices(1)[0]; MAX_ACPI_DEVICES + 1]
+            ),
             Err(AcpiError::TooManyDevices { .. })
         ));
     }
@@ -632,7 +719,7 @@ mod tests {
     fn largest_configuration_fits() {
         let mem = create_guest_memory(64 << 20).unwrap();
         let virtio = devices(IOAPIC_PINS - VIRTIO_FIRST_GSI);
-        let rsdp = create_acpi_tables(&mem, MAX_ACPI_VCPUS, &virtio).unwrap();
+        let rsdp = create_acpi_tables(&mem, &CpuTopology::flat(MAX_ACPI_VCPUS), &virtio).unwrap();
         let Tables { dsdt, .. } = walk(&mem, rsdp);
         assert_eq!(count(&dsdt, b"LNRO0005"), virtio.len());
     }
@@ -643,7 +730,7 @@ mod tests {
     fn iasl_disassembles_the_tables() {
         ironvisor_prereq::tool("iasl", "acpica-tools");
         let mem = create_guest_memory(64 << 20).unwrap();
-        let rsdp = create_acpi_tables(&mem, 2, &devices(2)).unwrap();
+        let rsdp = create_acpi_tables(&mem, &CpuTopology::flat(2), &devices(2)).unwrap();
         let tables = walk(&mem, rsdp);
         let dir = tempfile::tempdir().unwrap();
         let disassemble = |name: &str, bytes: &[u8]| -> String {
@@ -680,6 +767,11 @@ mod tests {
         );
         let fadt = disassemble("fadt", &tables.fadt);
         assert!(fadt.contains("Hardware Reduced (V5) : 1"), "{fadt}");
+        assert!(fadt.contains("CMOS RTC Not Present (V5) : 0"), "{fadt}");
+        assert!(
+            dsdt.contains("Name (_HID, EisaId (\"PNP0B00\") /* AT Real-Time Clock */)"),
+            "{dsdt}"
+        );
         assert!(
             fadt.contains("8042 Present on ports 60/64 (V2) : 1"),
             "{fadt}"

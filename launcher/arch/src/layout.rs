@@ -80,6 +80,12 @@ pub const SERIAL_PORT_SIZE: u16 = 8;
 pub const I8042_DATA_PORT: u16 = 0x60;
 /// i8042 keyboard controller command/status port.
 pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// CMOS/RTC (MC146818) index port; the data port follows it.
+pub const CMOS_PORT: u16 = 0x70;
+/// Number of I/O ports of the CMOS/RTC (index and data).
+pub const CMOS_PORT_SIZE: u16 = 2;
+/// CMOS register holding the century (BCD), as the FADT's `CENTURY` field names it.
+pub const CMOS_CENTURY_REGISTER: u8 = 0x32;
 /// ACPI hardware-reduced sleep control register (FADT SLEEP_CONTROL_REG), 1 byte.
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
 /// ACPI hardware-reduced sleep status register (FADT SLEEP_STATUS_REG), 1 byte.

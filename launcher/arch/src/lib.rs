@@ -8,9 +8,9 @@
 //! 2. [`boot::load_kernel`], then [`boot::load_initrd_for_kernel`] (or [`boot::load_initrd`]);
 //! 3. [`acpi::create_acpi_tables`], whose RSDP address goes to [`boot::configure_boot`],
 //!    and [`smbios::create_smbios_tables`] (found by the guest's own scan);
-//! 4. per vCPU: [`cpu::filter_cpuid`], [`cpu::boot_msrs`], [`cpu::boot_fpu`],
-//!    [`cpu::setup_lint`], and on the boot vCPU [`cpu::boot_regs`] and
-//!    [`cpu::setup_boot_sregs`].
+//! 4. per vCPU: [`cpuid::filter_cpuid`] (for its place in the [`topology::CpuTopology`]),
+//!    [`cpu::boot_msrs`], [`cpu::boot_fpu`], [`cpu::setup_lint`], and on the boot vCPU
+//!    [`cpu::boot_regs`] and [`cpu::setup_boot_sregs`].
 
 #![deny(missing_docs)]
 
@@ -20,7 +20,9 @@ compile_error!("ironvisor-arch only supports x86_64 hosts and guests");
 pub mod acpi;
 pub mod boot;
 pub mod cpu;
+pub mod cpuid;
 pub mod initrd_format;
 pub mod layout;
 pub mod memory;
 pub mod smbios;
+pub mod topology;

@@ -30,7 +30,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use ironvisor_launcher::config::{
-    format_mac, ImageFormat, LaunchConfig, SYSTEM_MANUFACTURER, SYSTEM_PRODUCT_NAME, SYSTEM_VERSION,
+    format_mac, CpuTopologyConfig, ImageFormat, LaunchConfig, SYSTEM_MANUFACTURER,
+    SYSTEM_PRODUCT_NAME, SYSTEM_VERSION,
 };
 use ironvisor_launcher_api::control::DeviceStatus;
 
@@ -195,6 +196,10 @@ pub struct DomainPlan {
     pub system_serial: Option<String>,
     /// Rate of the virtio-rng device in bytes per second (`None`: no entropy device).
     pub rng_bytes_per_second: Option<u64>,
+    /// Sockets, cores per socket and threads per core of the vCPUs.
+    pub cpu_topology: CpuTopologyConfig,
+    /// Seconds the guest's RTC runs ahead of UTC (0: UTC).
+    pub rtc_offset_seconds: i64,
 }
 
 impl DomainPlan {
@@ -269,6 +274,12 @@ impl DomainPlan {
             system_uuid: config.system.uuid.as_ref().map(|u| u.to_ascii_lowercase()),
             system_serial: config.system.serial.clone().filter(|s| !s.is_empty()),
             rng_bytes_per_second: config.rng.map(|rng| rng.bytes_per_second),
+            cpu_topology: config.cpu_topology.unwrap_or(CpuTopologyConfig {
+                sockets: 1,
+                cores: config.vcpus,
+                threads: 1,
+            }),
+            rtc_offset_seconds: config.clock.rtc_offset_seconds,
         })
     }
 
@@ -422,7 +433,28 @@ impl DomainPlan {
         );
         line(x, 1, "</os>");
         line(x, 1, "<features><acpi/><apic/></features>");
-        line(x, 1, "<clock offset='utc'/>");
+        let topology = &self.cpu_topology;
+        line(
+            x,
+            1,
+            &format!(
+                "<cpu><topology sockets='{}' dies='1' cores='{}' threads='{}'/></cpu>",
+                topology.sockets, topology.cores, topology.threads
+            ),
+        );
+        if self.rtc_offset_seconds == 0 {
+            line(x, 1, "<clock offset='utc'/>");
+        } else {
+            // The RTC starts this far from UTC and then runs with the host's clock.
+            line(
+                x,
+                1,
+                &format!(
+                    "<clock offset='variable' adjustment='{}' basis='utc'/>",
+                    self.rtc_offset_seconds
+                ),
+            );
+        }
         line(x, 1, "<on_poweroff>destroy</on_poweroff>");
         // Reset in place and report it (reboot event); the launcher then destroys the
         // domain and exits with the reboot code. See the module documentation.

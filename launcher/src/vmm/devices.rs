@@ -1,13 +1,14 @@
-//! The device manager: puts the legacy devices on the port I/O bus and one virtio-mmio
-//! transport per configured disk, NIC, agent channel and entropy device on the MMIO bus,
-//! and wires their interrupts (KVM irqfds) and queue notifications (KVM ioeventfds).
+//! The device manager: puts the legacy devices (UART, i8042, CMOS RTC, ACPI power
+//! management) on the port I/O bus and one virtio-mmio transport per configured disk, NIC,
+//! agent channel and entropy device on the MMIO bus, and wires their interrupts (KVM irqfds) and queue notifications (KVM ioeventfds).
 
 use std::sync::{Arc, Mutex};
 
 use ironvisor_arch::acpi::MmioDeviceInfo;
 use ironvisor_arch::layout::{
-    ACPI_SLEEP_CONTROL_PORT, I8042_DATA_PORT, IOAPIC_PINS, KEYBOARD_GSI, SERIAL_GSI, SERIAL_PORT,
-    SERIAL_PORT_SIZE, VIRTIO_FIRST_GSI, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+    ACPI_SLEEP_CONTROL_PORT, CMOS_PORT, CMOS_PORT_SIZE, I8042_DATA_PORT, IOAPIC_PINS, KEYBOARD_GSI,
+    SERIAL_GSI, SERIAL_PORT, SERIAL_PORT_SIZE, VIRTIO_FIRST_GSI, VIRTIO_MMIO_BASE,
+    VIRTIO_MMIO_SIZE,
 };
 use ironvisor_launcher_api::control::DeviceStatus;
 use ironvisor_virtio::DiskFormat;
@@ -20,6 +21,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::bus::{Bus, BusDevice, BusError};
 use super::events::EventSender;
 use super::legacy::acpi_pm::{AcpiPowerManagement, ACPI_PM_PORTS};
+use super::legacy::cmos::{self, Cmos};
 use super::legacy::i8042::I8042;
 use super::legacy::irq::IrqLine;
 use super::legacy::serial::SerialDevice;
@@ -153,6 +155,15 @@ pub fn create_devices(
         u64::from(I8042_DATA_PORT),
         I8042_PORTS,
         i8042.clone(),
+    )?;
+    manager.pio.insert(
+        "cmos-rtc",
+        u64::from(CMOS_PORT),
+        u64::from(CMOS_PORT_SIZE),
+        Arc::new(Mutex::new(Cmos::new(
+            config.clock.rtc_offset_seconds,
+            cmos::host_clock(),
+        ))),
     )?;
     manager.pio.insert(
         "acpi-pm",

@@ -131,7 +131,8 @@ pub fn build(
     let devices = create_devices(&vm_fd, &mem, config, Box::new(console.output()), events)?;
     console.set_input(Arc::new(SerialInput(devices.serial.clone())));
 
-    let rsdp = acpi::create_acpi_tables(&mem, config.vcpus, &devices.virtio_acpi)?;
+    let topology = config.topology();
+    let rsdp = acpi::create_acpi_tables(&mem, &topology, &devices.virtio_acpi)?;
     let identity = smbios::SmbiosIdentity {
         uuid: config.system.uuid_bytes()?,
         serial: config.system.serial.as_deref(),
@@ -140,7 +141,7 @@ pub fn build(
     boot::configure_boot(&mem, &kernel, &config.kernel.cmdline, initrd.as_ref(), rsdp)
         .map_err(VmmError::BootParams)?;
 
-    let vcpus = vcpu::create_vcpus(&kvm, &vm_fd, &mem, config.vcpus, &kernel.entry)?;
+    let vcpus = vcpu::create_vcpus(&kvm, &vm_fd, &mem, &topology, &kernel.entry)?;
     Ok(PreparedVm {
         name: config.name.clone(),
         memory_mib: config.memory_mib,

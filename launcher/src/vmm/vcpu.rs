@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use ironvisor_arch::boot::KernelEntry;
 use ironvisor_arch::cpu;
+use ironvisor_arch::cpuid;
+use ironvisor_arch::topology::CpuTopology;
 use kvm_bindings::{
     Msrs, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -196,23 +198,25 @@ pub struct IoBuses {
     pub mmio: Bus,
 }
 
-/// Creates and configures the vCPUs (the boot vCPU gets the kernel entry state).
+/// Creates and configures the vCPUs of `topology`, in index order; each one's KVM vCPU id
+/// (which KVM makes its initial APIC id) is its APIC id in the topology. The boot vCPU
+/// (index 0, APIC id 0) gets the kernel entry state.
 pub fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
     mem: &GuestMemory,
-    count: u32,
+    topology: &CpuTopology,
     entry: &KernelEntry,
 ) -> Result<Vec<VcpuFd>, VcpuError> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VcpuError::SupportedCpuid)?;
-    (0..count)
+    (0..topology.vcpus())
         .map(|index| {
             let vcpu = vm
-                .create_vcpu(u64::from(index))
+                .create_vcpu(u64::from(topology.apic_id(index)))
                 .map_err(|source| VcpuError::Create { index, source })?;
-            configure_vcpu(&vcpu, mem, index, count, entry, &supported)?;
+            configure_vcpu(&vcpu, mem, index, topology, entry, &supported)?;
             Ok(vcpu)
         })
         .collect()
@@ -222,7 +226,7 @@ fn configure_vcpu(
     vcpu: &VcpuFd,
     mem: &GuestMemory,
     index: u32,
-    count: u32,
+    topology: &CpuTopology,
     entry: &KernelEntry,
     supported: &kvm_bindings::CpuId,
 ) -> Result<(), VcpuError> {
@@ -234,7 +238,7 @@ fn configure_vcpu(
         }
     };
     let mut cpuid = supported.clone();
-    cpu::filter_cpuid(&mut cpuid, index, count);
+    cpuid::filter_cpuid(&mut cpuid, index, topology);
     vcpu.set_cpuid2(&cpuid).map_err(step("KVM_SET_CPUID2"))?;
 
     let entries = cpu::boot_msrs();

@@ -68,10 +68,14 @@ vm_start() {
 vm_start_qemu() {
 	name=$1 prefix=$2 extra=$3
 	shift 3
-	vcpus=1 mem=256 devs=
+	vcpus=1 mem=256 devs= shape= rtc=
 	while [ $# -gt 0 ]; do
 		case "$1" in
 		--vcpus) vcpus=$2; shift ;;
+		--cpu-topology) shape=,$2; shift ;;
+		--rtc-offset-seconds)
+			rtc="-rtc base=$(date -u -d "@$(($(date +%s) + $2))" '+%Y-%m-%dT%H:%M:%S')"
+			shift ;;
 		--memory-mib) mem=$2; shift ;;
 		--disk)
 			id='' path='' ro=off serial=''
@@ -99,8 +103,8 @@ vm_start_qemu() {
 		shift
 	done
 	# shellcheck disable=SC2086
-	"$QEMU" -M microvm,acpi=on -accel kvm -cpu host -smp "$vcpus" -m "$mem" -nodefaults \
-		-no-user-config -display none -serial stdio -no-reboot $devs \
+	"$QEMU" -M microvm,acpi=on -accel kvm -cpu host -smp "$vcpus$shape" -m "$mem" -nodefaults \
+		-no-user-config -display none -serial stdio -no-reboot $devs $rtc \
 		-kernel "$KERNEL" -initrd "$INITRD" -append "$BASE_CMDLINE $extra" \
 		>"$prefix.console" 2>"$prefix.err" </dev/null &
 	VM_PID=$!

@@ -22,6 +22,8 @@ VM=dedicated
 # firmware.uuid and firmware.serial given to the VM; the guest reads them from SMBIOS.
 GUEST_UUID=6a1c7d1e-8b3f-4c5a-9e2d-0123456789ab
 GUEST_SERIAL=CRM-0042
+# clock.timezone given to the VM; the guest reads its RTC.
+GUEST_TIMEZONE=Asia/Kolkata
 BRIDGE_IP=10.222.0.1
 export IRONVISOR_SOCKET=$SOCK
 ESC=$(printf '\033')
@@ -185,9 +187,11 @@ start_handler
 # ---------------------------------------------------------------- 1. apply
 step "1. apply"
 t_apply=$(now_ms)
-# The example with KubeVirt's firmware identity added (SMBIOS system UUID and serial) and
-# a virtio-rng device (`devices.rng: {}`).
-awk '{ print }
+# The example with KubeVirt's firmware identity added (SMBIOS system UUID and serial), a
+# virtio-rng device (`devices.rng: {}`) and a clock in a time zone (the guest's RTC keeps
+# Asia/Kolkata's local time, UTC+5:30).
+awk '/^        devices:$/ { print "        clock:"; print "          timezone: '"$GUEST_TIMEZONE"'" }
+	{ print }
 	/^        firmware:$/ { print "          uuid: '"$GUEST_UUID"'"; print "          serial: '"$GUEST_SERIAL"'" }
 	/^        devices:$/ { print "          rng: {}" }' \
 	/e2e/vm-dedicated.yaml >/tmp/vm-dedicated.yaml
@@ -255,6 +259,9 @@ type_line "ip -4 addr show dev eth0 | grep -o 'inet [0-9./]*' | sed 's/^/GUEST""
 # (Each answer ends with ';': the echo of the next typed line can follow it on the line.)
 type_line 'echo GUEST""-DMI=$(cat /sys/class/dmi/id/sys_vendor)/$(cat /sys/class/dmi/id/product_uuid)/$(cat /sys/class/dmi/id/product_serial)";"'
 type_line 'echo GUEST""-RNG=$(cat /sys/class/misc/hw_random/rng_current)/$(head -c 4096 /dev/hwrng | wc -c | tr -d " ")";"'
+type_line 'echo GUEST""-RTC=$(cat /sys/class/rtc/rtc0/since_epoch)";"'
+wait_in /tmp/con1.out 'GUEST-RTC=[0-9]' 30 || echo "L1: the guest's RTC did not answer"
+fact l1_epoch_at_rtc "$(date +%s)"
 type_line "ping -c 3 -W 3 $BRIDGE_IP >/dev/null && echo GUEST\"\"-PING=ok || echo GUEST\"\"-PING=fail"
 wait_in /tmp/con1.out 'GUEST-PING=' 30 || echo "L1: ping did not finish"
 # (busybox 1.35's wget crashes with -T: timeout bounds it instead.)
@@ -272,6 +279,7 @@ fact guest_dhcp "$(grep -o 'DHCP-BOUND.*' /tmp/con1.out | tail -n 1 | tr -d '\r'
 fact guest_addr "$(grep -o 'GUEST-ADDR=inet [0-9./]*' /tmp/con1.out | tail -n 1 | sed 's/GUEST-ADDR=inet //')"
 fact guest_dmi "$(grep -o 'GUEST-DMI=[^;]*;' /tmp/con1.out | tail -n 1 | sed 's/GUEST-DMI=//; s/;$//')"
 fact guest_rng "$(grep -o 'GUEST-RNG=[^;]*;' /tmp/con1.out | tail -n 1 | sed 's/GUEST-RNG=//; s/;$//')"
+fact guest_rtc_epoch "$(grep -o 'GUEST-RTC=[0-9]*;' /tmp/con1.out | tail -n 1 | sed 's/GUEST-RTC=//; s/;$//')"
 fact guest_ping "$(grep -o 'GUEST-PING=[a-z]*' /tmp/con1.out | grep -v '=$' | tail -n 1 | cut -d= -f2)"
 fact guest_wget "$(grep -o 'GUEST-WGET=[A-Za-z0-9-]*' /tmp/con1.out | tail -n 1 | cut -d= -f2)"
 $VIRTCTL logs $VM >/tmp/logs1.txt 2>&1

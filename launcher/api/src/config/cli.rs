@@ -150,6 +150,27 @@ pub fn parse_affinity_spec(spec: &str) -> Result<(u32, Vec<u32>), ConfigError> {
     Ok((vcpu, cpus))
 }
 
+/// Parses a `--cpu-topology` value, `sockets=S,cores=C,threads=T`; an omitted count is 1.
+pub fn parse_topology_spec(spec: &str) -> Result<CpuTopologyConfig, ConfigError> {
+    const FLAG: &str = "cpu-topology";
+    let mut pairs = split_spec(FLAG, spec, &["sockets", "cores", "threads"])?;
+    let mut count = |key: &str| -> Result<u32, ConfigError> {
+        match optional(FLAG, spec, &mut pairs, key)? {
+            None => Ok(1),
+            Some(text) => text.parse::<u32>().map_err(|_| ConfigError::BadSpec {
+                flag: FLAG,
+                value: spec.to_string(),
+                message: format!("{key}={text}: expected a whole number"),
+            }),
+        }
+    };
+    Ok(CpuTopologyConfig {
+        sockets: count("sockets")?,
+        cores: count("cores")?,
+        threads: count("threads")?,
+    })
+}
+
 /// The `vcpu_affinity` table of repeated `--vcpu-affinity` flags: entry `i` for vCPU
 /// `i`, vCPUs without a flag left empty (which validation reports).
 fn affinity_table(pins: &[(u32, Vec<u32>)]) -> Result<Vec<Vec<u32>>, ConfigError> {
@@ -188,6 +209,11 @@ fn disk_arg(spec: &str) -> Result<DiskConfig, String> {
     parse_disk_spec(spec).map_err(spec_message)
 }
 
+/// clap value parser for `--cpu-topology`.
+fn topology_arg(spec: &str) -> Result<CpuTopologyConfig, String> {
+    parse_topology_spec(spec).map_err(spec_message)
+}
+
 /// clap value parser for `--net`.
 fn net_arg(spec: &str) -> Result<NetConfig, String> {
     parse_net_spec(spec).map_err(spec_message)
@@ -201,7 +227,7 @@ fn spec_message(error: ConfigError) -> String {
 }
 
 /// Ids of the flags that set configuration fields (all conflict with `--config`).
-const CONFIG_FLAG_IDS: [&str; 15] = [
+const CONFIG_FLAG_IDS: [&str; 17] = [
     "name",
     "kernel",
     "initrd",
@@ -217,6 +243,8 @@ const CONFIG_FLAG_IDS: [&str; 15] = [
     "api_socket",
     "shutdown_timeout_secs",
     "rng_bytes_per_second",
+    "cpu_topology",
+    "rtc_offset_seconds",
 ];
 
 /// Command line of the launcher: the configuration comes either from `--config FILE`
@@ -279,6 +307,15 @@ pub struct LaunchArgs {
     /// (1 MiB/s = 1048576 is the JSON form's default for `"rng": {}`).
     #[arg(long, value_name = "N")]
     pub rng_bytes_per_second: Option<u64>,
+    /// Arrange the vCPUs into sockets, cores and threads (the guest's CPUID and ACPI
+    /// topology); the product is the vCPU count, which --vcpus may repeat [default: every
+    /// vCPU a core of one socket].
+    #[arg(long, value_name = "sockets=S,cores=C,threads=T", value_parser = topology_arg)]
+    pub cpu_topology: Option<CpuTopologyConfig>,
+    /// Run the guest's real-time clock N seconds ahead of UTC (negative: behind)
+    /// [default: 0, UTC].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub rtc_offset_seconds: Option<i64>,
     /// Print the resolved configuration as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -304,7 +341,10 @@ impl LaunchArgs {
             .ok_or(ConfigError::MissingFlag { flag: "--kernel" })?;
         Ok(LaunchConfig {
             name,
-            vcpus: self.vcpus.unwrap_or_else(default_vcpus),
+            vcpus: self
+                .vcpus
+                .or(self.cpu_topology.map(|topology| topology.vcpus()))
+                .unwrap_or_else(default_vcpus),
             vcpu_affinity: affinity_table(&self.vcpu_affinity)?,
             memory_mib: self.memory_mib.unwrap_or_else(default_memory_mib),
             kernel: KernelConfig {
@@ -327,6 +367,10 @@ impl LaunchArgs {
             backend: BackendKind::default(),
             system: SystemIdentity::default(),
             rng: self.rng_bytes_per_second.map(RngConfig::with_rate),
+            cpu_topology: self.cpu_topology,
+            clock: ClockConfig {
+                rtc_offset_seconds: self.rtc_offset_seconds.unwrap_or(0),
+            },
         })
     }
 
@@ -354,6 +398,8 @@ impl LaunchArgs {
                 "--rng-bytes-per-second",
                 self.rng_bytes_per_second.is_some(),
             ),
+            ("--cpu-topology", self.cpu_topology.is_some()),
+            ("--rtc-offset-seconds", self.rtc_offset_seconds.is_some()),
         ];
         set.into_iter()
             .filter_map(|(flag, on)| on.then_some(flag))

@@ -59,6 +59,8 @@ impl Fixture {
             backend: BackendKind::Kvm,
             system: SystemIdentity::default(),
             rng: Some(RngConfig::default()),
+            cpu_topology: None,
+            clock: ClockConfig::default(),
         };
         Self { dir, config }
     }
@@ -772,6 +774,10 @@ fn flags_build_a_config() {
         "5",
         "--rng-bytes-per-second",
         "65536",
+        "--cpu-topology",
+        "sockets=2,threads=2",
+        "--rtc-offset-seconds",
+        "-3600",
     ])
     .unwrap();
     assert!(!args.print_config);
@@ -818,6 +824,14 @@ fn flags_build_a_config() {
         backend: BackendKind::Kvm,
         system: SystemIdentity::default(),
         rng: Some(RngConfig::with_rate(65536)),
+        cpu_topology: Some(CpuTopologyConfig {
+            sockets: 2,
+            cores: 1,
+            threads: 2,
+        }),
+        clock: ClockConfig {
+            rtc_offset_seconds: -3600,
+        },
     };
     assert_eq!(config, expected);
 }
@@ -922,4 +936,57 @@ fn bad_disk_flag_is_a_clap_value_error_naming_the_problem() {
 fn command_definition_is_consistent() {
     use clap::CommandFactory;
     LaunchArgs::command().debug_assert();
+}
+
+#[test]
+fn a_topology_alone_sets_the_vcpu_count() {
+    let config = parse_args(&[
+        "--name",
+        "vm",
+        "--kernel",
+        "/k",
+        "--cpu-topology",
+        "sockets=2,cores=3",
+    ])
+    .unwrap()
+    .into_config()
+    .unwrap();
+    assert_eq!(config.vcpus, 6);
+    let topology = config.topology();
+    assert_eq!(
+        (topology.sockets(), topology.cores(), topology.threads()),
+        (2, 3, 1)
+    );
+    assert_eq!(topology.apic_id(5), 6, "socket 1 starts at APIC id 4");
+}
+
+#[test]
+fn bad_topology_flags_are_refused_by_name() {
+    for (spec, expected) in [
+        ("sockets=two", "sockets=two: expected a whole number"),
+        ("sockets=2,dies=2", "dies"),
+        ("threads", "threads needs a value"),
+    ] {
+        let err = parse_topology_spec(spec).unwrap_err();
+        assert!(err.to_string().contains(expected), "{spec}: {err}");
+    }
+}
+
+#[test]
+fn a_config_without_topology_or_clock_has_flat_cores_and_utc() {
+    let config = parse_args(&["--name", "vm", "--kernel", "/k", "--vcpus", "3"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert_eq!(config.cpu_topology, None);
+    assert!(config.clock.is_utc());
+    assert_eq!(
+        config.topology(),
+        ironvisor_arch::topology::CpuTopology::flat(3)
+    );
+    let json = serde_json::to_string(&config).unwrap();
+    assert!(
+        !json.contains("cpu_topology") && !json.contains("clock"),
+        "{json}"
+    );
 }

@@ -5,6 +5,7 @@ use super::*;
 use crate::acpi::{create_acpi_tables, MmioDeviceInfo, MAX_ACPI_VCPUS};
 use crate::layout::{IOAPIC_PINS, VIRTIO_FIRST_GSI, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use crate::memory::create_guest_memory;
+use crate::topology::CpuTopology;
 use vm_memory::GuestMemoryMmap;
 
 const KNOWN_UUID: &str = "6a1c7d1e-8b3f-4c5a-9e2d-0123456789ab";
@@ -262,7 +263,7 @@ fn the_acpi_tables_do_not_reach_the_smbios_area() {
             gsi: VIRTIO_FIRST_GSI + i,
         })
         .collect();
-    create_acpi_tables(&mem, MAX_ACPI_VCPUS, &devices).unwrap();
+    create_acpi_tables(&mem, &CpuTopology::flat(MAX_ACPI_VCPUS), &devices).unwrap();
     let tables = find_and_parse(&mem);
     assert_eq!(
         single(&tables, 1).string_at(0x07),

@@ -2,7 +2,8 @@
 
 use super::*;
 use ironvisor_launcher::config::{
-    ConsoleConfig, DiskConfig, KernelConfig, NetConfig, RngConfig, SystemIdentity,
+    ClockConfig, ConsoleConfig, CpuTopologyConfig, DiskConfig, KernelConfig, NetConfig, RngConfig,
+    SystemIdentity,
 };
 
 struct Fixture {
@@ -67,6 +68,8 @@ fn fixture() -> Fixture {
             serial: Some("SN-<42>&'x'".into()),
         },
         rng: Some(RngConfig::with_rate(65536)),
+        cpu_topology: None,
+        clock: ClockConfig::default(),
     };
     Fixture { dir, config }
 }
@@ -174,6 +177,11 @@ fn xml_describes_a_tcg_guest_with_direct_kernel_boot() {
         text(os, "cmdline"),
         "console=ttyS0 reboot=k panic=1 a=<b>&c"
     );
+    // No topology: the vCPUs are cores of one socket. No clock: UTC.
+    let topology = child(child(domain, "cpu"), "topology");
+    let counts = ["sockets", "dies", "cores", "threads"].map(|a| topology.attribute(a));
+    assert_eq!(counts, [Some("1"), Some("1"), Some("2"), Some("1")]);
+    assert_eq!(child(domain, "clock").attribute("offset"), Some("utc"));
     assert_eq!(text(domain, "on_poweroff"), "destroy");
     assert_eq!(text(domain, "on_reboot"), "restart");
     assert_eq!(text(domain, "on_crash"), "destroy");
@@ -514,4 +522,29 @@ fn metadata_pid_parsing() {
 #[test]
 fn escape_covers_the_five_xml_specials() {
     assert_eq!(escape(r#"a&b<c>d'e"f"#), "a&amp;b&lt;c&gt;d&apos;e&quot;f");
+}
+
+#[test]
+fn xml_shapes_the_cpu_topology_and_shifts_the_rtc() {
+    let mut fx = fixture();
+    fx.config.vcpus = 4;
+    fx.config.vcpu_affinity.clear();
+    fx.config.cpu_topology = Some(CpuTopologyConfig {
+        sockets: 2,
+        cores: 1,
+        threads: 2,
+    });
+    fx.config.clock = ClockConfig {
+        rtc_offset_seconds: 19_800,
+    };
+    let xml = plan(&fx).to_xml();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let domain = doc.root_element();
+    let topology = child(child(domain, "cpu"), "topology");
+    let counts = ["sockets", "dies", "cores", "threads"].map(|a| topology.attribute(a));
+    assert_eq!(counts, [Some("2"), Some("1"), Some("1"), Some("2")]);
+    let clock = child(domain, "clock");
+    assert_eq!(clock.attribute("offset"), Some("variable"));
+    assert_eq!(clock.attribute("adjustment"), Some("19800"));
+    assert_eq!(clock.attribute("basis"), Some("utc"));
 }

@@ -2,6 +2,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use ironvisor_arch::boot::KernelEntry;
+use ironvisor_arch::topology::CpuTopology;
 use vm_memory::GuestAddress;
 
 use super::*;
@@ -477,7 +478,8 @@ fn create_vcpus_fails_reading_cpuid_from_a_fd_that_is_not_kvm() {
         .create_vm()
         .expect("KVM_CREATE_VM on the host's KVM device");
     let entry = KernelEntry::Linux64(GuestAddress(0x10_0000));
-    let err = create_vcpus(&kvm_on_dev_null(), &vm, &mem, 1, &entry).unwrap_err();
+    let err =
+        create_vcpus(&kvm_on_dev_null(), &vm, &mem, &CpuTopology::flat(1), &entry).unwrap_err();
     assert!(
         matches!(&err, VcpuError::SupportedCpuid(source) if source.errno() == libc::ENOTTY),
         "{err:?}"
@@ -492,7 +494,7 @@ fn only_the_boot_vcpu_starts_at_the_kernel_entry() {
     let vm = crate::vmm::vm::create_vm(&kvm, &mem)
         .unwrap_or_else(|err| panic!("creating a VM on the host's KVM device: {err}"));
     let entry = KernelEntry::Linux64(GuestAddress(0x10_0000));
-    let vcpus = create_vcpus(&kvm, &vm, &mem, 2, &entry)
+    let vcpus = create_vcpus(&kvm, &vm, &mem, &CpuTopology::flat(2), &entry)
         .unwrap_or_else(|err| panic!("creating 2 vCPUs: {err}"));
     assert_eq!(vcpus.len(), 2);
     let boot = vcpus[0].get_regs().unwrap();
@@ -500,4 +502,38 @@ fn only_the_boot_vcpu_starts_at_the_kernel_entry() {
     assert_eq!(boot.rsi, ironvisor_arch::layout::ZERO_PAGE_START);
     let application = vcpus[1].get_regs().unwrap();
     assert_ne!(application.rip, 0x10_0000);
+}
+
+#[test]
+#[ignore = "needs /dev/kvm"]
+fn each_vcpu_gets_the_apic_id_of_its_place_in_the_topology() {
+    let kvm = open_host_kvm();
+    let mem = small_guest_memory();
+    let vm = crate::vmm::vm::create_vm(&kvm, &mem)
+        .unwrap_or_else(|err| panic!("creating a VM on the host's KVM device: {err}"));
+    let entry = KernelEntry::Linux64(GuestAddress(0x10_0000));
+    // 2 sockets x 3 cores: the cores take 2 bits, so socket 1's ids start at 4.
+    let topology = CpuTopology::new(2, 3, 1).unwrap();
+    let vcpus = create_vcpus(&kvm, &vm, &mem, &topology, &entry)
+        .unwrap_or_else(|err| panic!("creating 6 vCPUs: {err}"));
+    let apic_ids: Vec<u32> = vcpus
+        .iter()
+        .map(|vcpu| {
+            let lapic = vcpu.get_lapic().unwrap();
+            // APIC ID register (offset 0x20), id in bits 31:24 in xAPIC mode.
+            let bytes: Vec<u8> = lapic.regs[0x20..0x24].iter().map(|&b| b as u8).collect();
+            u32::from_le_bytes(bytes.try_into().unwrap()) >> 24
+        })
+        .collect();
+    assert_eq!(apic_ids, [0, 1, 2, 4, 5, 6]);
+    let mut cpuid = vcpus[4]
+        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
+    let leaf1 = cpuid
+        .as_mut_slice()
+        .iter()
+        .find(|e| e.function == 1)
+        .copied()
+        .unwrap();
+    assert_eq!(leaf1.ebx >> 24, 5, "vCPU 4's initial APIC id in CPUID");
 }
