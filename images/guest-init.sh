@@ -57,6 +57,20 @@ fi
 mem_kb=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
 echo "IRONVISOR-GUEST-INFO cpus=$(nproc) mem_kb=$mem_kb"
 
+# The machine's shape: per CPU in number order, its socket, core and SMT siblings (as
+# the CPUID topology leaves and the ACPI MADT describe them), and the RTC's time in
+# seconds since the epoch ("none" without an RTC).
+per_cpu() {
+	cpu=0 values=
+	while [ -d "/sys/devices/system/cpu/cpu$cpu/topology" ]; do
+		values="$values$(cat "/sys/devices/system/cpu/cpu$cpu/topology/$1"),"
+		cpu=$((cpu + 1))
+	done
+	echo "${values%,}"
+}
+rtc=$(cat /sys/class/rtc/rtc0/since_epoch 2>/dev/null) || rtc=none
+echo "IRONVISOR-GUEST-MACHINE packages=$(per_cpu physical_package_id) cores=$(per_cpu core_id) siblings=$(per_cpu thread_siblings_list) rtc=${rtc:-none}"
+
 # Run a command in the background and wait for it, so that a trapped signal is handled
 # at once (a shell only runs traps between foreground commands). Returns its status.
 run_and_wait() {

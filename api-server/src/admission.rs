@@ -10,7 +10,7 @@
 
 use ironvisor_crds::decode::{parse_manifests, DecodeError, Manifest};
 use ironvisor_crds::v1alpha1::{VIRTUAL_MACHINE_INSTANCE_KIND, VIRTUAL_MACHINE_KIND};
-use ironvisor_crds::{defaults, validate, ValidationErrors};
+use ironvisor_crds::{compat, defaults, validate, ValidationErrors};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::response::{StatusCause, StatusDetails};
 use kube::core::DynamicObject;
@@ -130,17 +130,33 @@ pub fn review(hook: Hook, body: &[u8]) -> AdmissionReview<DynamicObject> {
     };
     match outcome {
         Ok(None) => response.into_review(),
-        Ok(Some(patch)) if patch.0.is_empty() => response.into_review(),
-        Ok(Some(patch)) => match response.clone().with_patch(patch) {
-            Ok(patched) => patched.into_review(),
-            Err(error) => response
-                .deny(format!("cannot encode the defaults: {error}"))
-                .into_review(),
-        },
+        Ok(Some(Mutation { patch, warnings })) => {
+            let mut response = response;
+            if !warnings.is_empty() {
+                response.warnings = Some(warnings);
+            }
+            if patch.0.is_empty() {
+                return response.into_review();
+            }
+            patched(response, patch)
+        }
         Err(rejection) => {
             info!(problems = rejection.problems.len(), message = %rejection.message(), "denied");
             deny(response, &request, &rejection).into_review()
         }
+    }
+}
+
+/// The response carrying `patch`, or a refusal when the patch cannot be encoded.
+fn patched(
+    response: AdmissionResponse,
+    patch: json_patch::Patch,
+) -> AdmissionReview<DynamicObject> {
+    match response.clone().with_patch(patch) {
+        Ok(patched) => patched.into_review(),
+        Err(error) => response
+            .deny(format!("cannot encode the defaults: {error}"))
+            .into_review(),
     }
 }
 
@@ -191,10 +207,20 @@ fn object(request: &AdmissionRequest<DynamicObject>) -> Result<&DynamicObject, R
         .ok_or_else(|| Rejection::one("", "the review carries no object"))
 }
 
-/// The defaults as a JSON patch of `spec`.
-fn mutate(request: &AdmissionRequest<DynamicObject>) -> Result<json_patch::Patch, Rejection> {
+/// What the mutating webhook changes, and the warnings kubectl prints about it.
+struct Mutation {
+    patch: json_patch::Patch,
+    warnings: Vec<String>,
+}
+
+/// The defaults as a JSON patch of `spec`; on create, KubeVirt's finalizers dropped from
+/// `metadata.finalizers` (an export carries them and nothing would remove them).
+fn mutate(request: &AdmissionRequest<DynamicObject>) -> Result<Mutation, Rejection> {
     if !matches!(request.operation, Operation::Create | Operation::Update) {
-        return Ok(json_patch::Patch(Vec::new()));
+        return Ok(Mutation {
+            patch: json_patch::Patch(Vec::new()),
+            warnings: Vec::new(),
+        });
     }
     let (original, manifest) = decode(object(request)?)?;
     let defaulted_spec = match manifest {
@@ -210,9 +236,45 @@ fn mutate(request: &AdmissionRequest<DynamicObject>) -> Result<json_patch::Patch
     .map_err(|error| Rejection::one("spec", format!("cannot encode the defaults: {error}")))?;
     let mut defaulted = original.clone();
     defaulted["spec"] = defaulted_spec;
+    let mut warnings = Vec::new();
+    if matches!(request.operation, Operation::Create) {
+        warnings.extend(drop_kubevirt_finalizers(&mut defaulted));
+    }
     let patch = json_patch::diff(&original, &defaulted);
     debug!(operations = patch.0.len(), "defaults");
-    Ok(patch)
+    Ok(Mutation { patch, warnings })
+}
+
+/// Removes KubeVirt's finalizers from `object`'s metadata; returns a warning per finalizer.
+fn drop_kubevirt_finalizers(object: &mut Value) -> Vec<String> {
+    let finalizers: Vec<String> = object
+        .pointer("/metadata/finalizers")
+        .and_then(|value| serde_json::from_value(value.clone()).ok())
+        .unwrap_or_default();
+    let foreign: Vec<String> = compat::kubevirt_finalizers(&finalizers)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    if foreign.is_empty() {
+        return Vec::new();
+    }
+    let kept: Vec<&String> = finalizers.iter().filter(|f| !foreign.contains(f)).collect();
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        if kept.is_empty() {
+            metadata.remove("finalizers");
+        } else {
+            metadata.insert("finalizers".into(), serde_json::json!(kept));
+        }
+    }
+    foreign
+        .iter()
+        .map(|finalizer| {
+            format!(
+                "metadata.finalizers: KubeVirt's finalizer {finalizer} was dropped: no KubeVirt \
+                 controller handles ironvisor.io objects, so nothing would ever remove it"
+            )
+        })
+        .collect()
 }
 
 /// Validation; `Ok` admits the request.
@@ -377,6 +439,53 @@ mod tests {
             &request("VirtualMachine", "CREATE", defaulted, None),
         );
         assert_eq!(again.patch, None);
+    }
+
+    #[test]
+    fn kubevirts_finalizer_is_dropped_on_create_with_a_warning() {
+        let mut object = vm(small_spec());
+        object["metadata"]["finalizers"] = json!([
+            "kubevirt.io/virtualMachineControllerFinalize",
+            "example.com/keep"
+        ]);
+        let mutated = answer(
+            Hook::Mutate,
+            &request("VirtualMachine", "CREATE", object.clone(), None),
+        );
+        assert!(mutated.allowed);
+        let patch: json_patch::Patch =
+            serde_json::from_slice(&mutated.patch.expect("a patch")).unwrap();
+        json_patch::patch(&mut object, &patch).unwrap();
+        assert_eq!(
+            object["metadata"]["finalizers"],
+            json!(["example.com/keep"])
+        );
+        let warnings = mutated.warnings.expect("a warning");
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with(
+                "metadata.finalizers: KubeVirt's finalizer \
+                 kubevirt.io/virtualMachineControllerFinalize was dropped"
+            ),
+            "{warnings:?}"
+        );
+
+        // Only on create: an update leaves finalizers alone.
+        let mut updated = vm(small_spec());
+        updated["metadata"]["finalizers"] = json!(["kubevirt.io/virtualMachineControllerFinalize"]);
+        let patch = answer(
+            Hook::Mutate,
+            &request("VirtualMachine", "UPDATE", updated.clone(), Some(updated)),
+        )
+        .patch
+        .map(|bytes| serde_json::from_slice::<Vec<Value>>(&bytes).unwrap())
+        .unwrap_or_default();
+        assert!(
+            patch
+                .iter()
+                .all(|op| op["path"].as_str().unwrap().starts_with("/spec/")),
+            "{patch:?}"
+        );
     }
 
     #[test]

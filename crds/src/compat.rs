@@ -44,6 +44,20 @@ pub fn mapped_settings(spec: &VirtualMachineInstanceSpec) -> Vec<MappedSetting> 
     mapped
 }
 
+/// The domain of the finalizers KubeVirt's controllers put on their objects.
+pub const KUBEVIRT_FINALIZER_PREFIX: &str = "kubevirt.io/";
+
+/// The finalizers of `finalizers` that KubeVirt's controllers own (a VM exported from
+/// KubeVirt carries `kubevirt.io/virtualMachineControllerFinalize`). No controller watches
+/// Ironvisor's kinds for them, so kept they would block the object's deletion forever.
+pub fn kubevirt_finalizers(finalizers: &[String]) -> Vec<&str> {
+    finalizers
+        .iter()
+        .map(String::as_str)
+        .filter(|finalizer| finalizer.starts_with(KUBEVIRT_FINALIZER_PREFIX))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +101,23 @@ mod tests {
         let mut spec = VirtualMachineInstanceSpec::default();
         spec.domain.devices.disks = vec![disk("root", None, false)];
         assert!(mapped_settings(&spec).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod finalizer_tests {
+    use super::*;
+
+    #[test]
+    fn only_kubevirts_finalizers_are_picked() {
+        let finalizers = vec![
+            "kubevirt.io/virtualMachineControllerFinalize".to_string(),
+            "ironvisor.io/vm-graceful-stop".to_string(),
+            "example.com/kubevirt.io/x".to_string(),
+        ];
+        assert_eq!(
+            kubevirt_finalizers(&finalizers),
+            ["kubevirt.io/virtualMachineControllerFinalize"]
+        );
     }
 }

@@ -66,6 +66,7 @@ impl CrdKind {
         let mut value =
             serde_json::to_value(&crd).map_err(|source| CrdError::Json { name, source })?;
         strip_closed_objects(&mut value);
+        open_status(&mut value);
         serde_json::from_value(value).map_err(|source| CrdError::Json { name, source })
     }
 
@@ -95,6 +96,30 @@ fn strip_closed_objects(value: &mut Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(strip_closed_objects),
         _ => {}
+    }
+}
+
+/// Marks each version's `status` schema `x-kubernetes-preserve-unknown-fields`, so that
+/// an object carrying another controller's status (a VM exported from KubeVirt, with
+/// `printableStatus`, `volumeSnapshotStatuses`, ...) is accepted by `kubectl apply`'s strict
+/// field validation. The status a client sends on create is dropped by the status
+/// subresource anyway; Ironvisor's own fields keep their schema.
+fn open_status(crd: &mut Value) {
+    let Some(versions) = crd
+        .pointer_mut("/spec/versions")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    for version in versions {
+        if let Some(Value::Object(status)) =
+            version.pointer_mut("/schema/openAPIV3Schema/properties/status")
+        {
+            status.insert(
+                "x-kubernetes-preserve-unknown-fields".into(),
+                Value::Bool(true),
+            );
+        }
     }
 }
 
@@ -141,6 +166,25 @@ mod tests {
             columns(CrdKind::VirtualMachineInstance),
             ["Age", "Phase", "IP", "NodeName", "Ready"]
         );
+    }
+
+    #[test]
+    fn status_keeps_unknown_fields_and_spec_does_not() {
+        for kind in CrdKind::ALL {
+            let crd = serde_json::to_value(kind.crd().unwrap()).unwrap();
+            let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+            assert_eq!(
+                schema["status"]["x-kubernetes-preserve-unknown-fields"],
+                Value::Bool(true),
+                "{kind:?}"
+            );
+            assert!(schema["status"]["properties"].is_object(), "{kind:?}");
+            assert_eq!(
+                schema["spec"].get("x-kubernetes-preserve-unknown-fields"),
+                None,
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ from images.build import Images
 from images.common import source_date_epoch
 from images.cpio import concatenate
 from images.initramfs import build_overlay
+from tests.guest_machine import guest_machine
 
 pytestmark = pytest.mark.tcg
 
@@ -106,6 +107,11 @@ def test_scenario_runs_and_its_exit_code_is_printed(images: Images, scenario_ini
     assert lines[info].startswith("IRONVISOR-GUEST-INFO cpus=2 mem_kb=")
     mem_kb = int(lines[info].rsplit("=", 1)[1])
     assert 180 * 1024 < mem_kb < 256 * 1024
+    # The machine line: one entry per CPU, and QEMU's RTC read as seconds since the epoch.
+    machine = guest_machine(lines)
+    assert len(machine["packages"].split(",")) == 2, machine
+    assert len(machine["siblings"].split(",")) == 2, machine
+    assert abs(int(machine["rtc"]) - time.time()) < 600, machine
     assert "scenario args: 0 pid1: init" in lines
     assert "IRONVISOR-SCENARIO-EXIT=3" in lines
     assert not any("IRONVISOR-GUEST-WARNING" in line for line in lines), guest.output

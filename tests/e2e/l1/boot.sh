@@ -6,7 +6,7 @@ vm_start boot /tmp/boot "iv.run=info" --vcpus 4 --cpu-topology sockets=2,cores=1
 	--rtc-offset-seconds 19800 --memory-mib 512
 t0=$(now_ms)
 wait_for /tmp/boot.console IRONVISOR-GUEST-INIT-REACHED 120 && fact init_ms $(($(now_ms) - t0))
-wait_for /tmp/boot.console 'GUEST-FACT rtc_epoch=' 120
+wait_for /tmp/boot.console 'IRONVISOR-GUEST-MACHINE ' 120
 fact l1_epoch "$(date +%s)"
 vm_wait 240
 show /tmp/boot

@@ -1,0 +1,68 @@
+"""The KubeVirt corpus (tests/kubevirt_corpus/) on the real cluster: each VM, written for
+KubeVirt (one of them exported from a KubeVirt cluster with its server fields and status),
+is applied with `kubectl apply` with only its apiVersion changed, runs in a launcher pod,
+and its guest shows the sockets and real-time clock the VM asked for; a SATA disk gets the
+DiskBusMapped Warning event."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.cluster.conftest import diagnostics
+from tests.cluster.kube import REPO_ROOT, Kubectl, phase, wait_for
+from tests.guest_machine import MARKER, guest_machine
+
+pytestmark = pytest.mark.cluster
+
+CORPUS = REPO_ROOT / "tests" / "kubevirt_corpus"
+BOOT_TIMEOUT = 300
+
+#: corpus file, VM name, the guest's CPU packages, its RTC's offset from UTC (seconds),
+#: whether a SATA disk is mapped.
+CASES = [
+    ("exported-crm.yaml", "legacy-crm", "0,1", 19_800, False),
+    ("devices-web.yaml", "devices-web", "0,0", -3_600, True),
+]
+
+
+def as_ironvisor(name: str) -> str:
+    text = (CORPUS / name).read_text()
+    assert "apiVersion: kubevirt.io/v1\n" in text, name
+    return text.replace("apiVersion: kubevirt.io/v1\n", "apiVersion: ironvisor.io/v1alpha1\n")
+
+
+def compute_log(k: Kubectl, ns: str, vmi: dict) -> str:
+    pods = k.json("get", "pods", "-n", ns, "-l",
+                  f"ironvisor.io/created-by={vmi['metadata']['uid']}")["items"]
+    if len(pods) != 1:
+        return ""
+    return k.run("logs", "-n", ns, pods[0]["metadata"]["name"], "-c", "compute",
+                 check=False).stdout
+
+
+@pytest.mark.parametrize("name, vm, packages, rtc_offset, sata", CASES,
+                         ids=[case[0] for case in CASES])
+def test_kubevirt_vm_runs_with_only_its_api_version_changed(
+        ironvisor: Kubectl, namespace: str, name: str, vm: str, packages: str,
+        rtc_offset: int, sata: bool) -> None:
+    k, ns = ironvisor, namespace
+    k.apply(as_ironvisor(name), ns)
+    vmi = wait_for(f"VMI {ns}/{vm} Running", lambda: (
+        (lambda obj: obj if obj and phase(obj) == "Running" else None)(k.get("vmi", vm, ns))),
+        BOOT_TIMEOUT, describe=lambda: diagnostics(k, ns))
+    log = wait_for("the guest's machine line on the console", lambda: (
+        (lambda text: text if MARKER in text else None)(compute_log(k, ns, vmi))), 240,
+        describe=lambda: diagnostics(k, ns))
+    read_at = time.time()
+    machine = guest_machine(log)
+    assert machine["packages"] == packages, machine
+    ahead = int(machine["rtc"]) - read_at
+    assert rtc_offset - 300 <= ahead <= rtc_offset + 5, (ahead, machine)
+    reasons = {e["reason"] for e in k.events(ns, vm)}
+    assert ("DiskBusMapped" in reasons) == sata, reasons
+    # Deleting works although the export carried KubeVirt's finalizer.
+    k.run("delete", "vm", vm, "-n", ns, "--wait=false")
+    wait_for(f"VM {ns}/{vm} gone", lambda: k.get("vm", vm, ns) is None, 120,
+             describe=lambda: diagnostics(k, ns))
