@@ -94,77 +94,17 @@ pub fn age(created_unix: i64, now_unix: i64) -> String {
 /// Parses an RFC 3339 timestamp (`2024-05-01T12:30:00Z`, optional fraction, `Z` or a
 /// `+hh:mm` offset) into seconds since the Unix epoch.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let (date, rest) = text.split_once(['T', 't', ' '])?;
-    let mut date_parts = date.splitn(3, '-');
-    let year: i64 = date_parts.next()?.parse().ok()?;
-    let month: i64 = date_parts.next()?.parse().ok()?;
-    let day: i64 = date_parts.next()?.parse().ok()?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let (time, offset) = if let Some(time) = rest.strip_suffix(['Z', 'z']) {
-        (time, 0)
-    } else {
-        let sign_at = rest.rfind(['+', '-'])?;
-        let (time, offset) = rest.split_at(sign_at);
-        let sign = if offset.starts_with('-') { -1 } else { 1 };
-        let (oh, om) = offset.get(1..)?.split_once(':')?;
-        let offset_seconds = oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60;
-        (time, sign * offset_seconds)
-    };
-    let time = time.split('.').next()?;
-    let mut time_parts = time.splitn(3, ':');
-    let hour: i64 = time_parts.next()?.parse().ok()?;
-    let minute: i64 = time_parts.next()?.parse().ok()?;
-    let second: i64 = time_parts.next()?.parse().ok()?;
-    if hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset)
+    text.trim()
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|timestamp| timestamp.as_second())
 }
 
 /// Formats seconds since the Unix epoch as RFC 3339 in UTC (`2024-05-01T12:30:15Z`).
 pub fn format_rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let second_of_day = unix.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    )
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Days from 1970-01-01 to the given proleptic Gregorian date.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = (month + 9) % 12;
-    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    jiff::Timestamp::from_second(unix)
+        .map(|timestamp| timestamp.to_string())
+        .unwrap_or_else(|_| format!("@{unix}"))
 }
 
 /// A plain-text table laid out like kubectl's: columns separated by at least three
