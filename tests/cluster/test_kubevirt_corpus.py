@@ -11,26 +11,13 @@ import time
 import pytest
 
 from tests.cluster.conftest import diagnostics
-from tests.cluster.kube import REPO_ROOT, Kubectl, phase, wait_for
+from tests.cluster.kube import Kubectl, phase, wait_for
 from tests.guest_machine import MARKER, guest_machine
+from tests.kubevirt_cases import CASE_IDS, CASES, as_ironvisor
 
 pytestmark = pytest.mark.cluster
 
-CORPUS = REPO_ROOT / "tests" / "kubevirt_corpus"
 BOOT_TIMEOUT = 300
-
-#: corpus file, VM name, the guest's CPU packages, its RTC's offset from UTC (seconds),
-#: whether a SATA disk is mapped.
-CASES = [
-    ("exported-crm.yaml", "legacy-crm", "0,1", 19_800, False),
-    ("devices-web.yaml", "devices-web", "0,0", -3_600, True),
-]
-
-
-def as_ironvisor(name: str) -> str:
-    text = (CORPUS / name).read_text()
-    assert "apiVersion: kubevirt.io/v1\n" in text, name
-    return text.replace("apiVersion: kubevirt.io/v1\n", "apiVersion: ironvisor.io/v1alpha1\n")
 
 
 def compute_log(k: Kubectl, ns: str, vmi: dict) -> str:
@@ -42,8 +29,7 @@ def compute_log(k: Kubectl, ns: str, vmi: dict) -> str:
                  check=False).stdout
 
 
-@pytest.mark.parametrize("name, vm, packages, rtc_offset, sata", CASES,
-                         ids=[case[0] for case in CASES])
+@pytest.mark.parametrize("name, vm, packages, rtc_offset, sata", CASES, ids=CASE_IDS)
 def test_kubevirt_vm_runs_with_only_its_api_version_changed(
         ironvisor: Kubectl, namespace: str, name: str, vm: str, packages: str,
         rtc_offset: int, sata: bool) -> None:

@@ -9,37 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from images.common import REPO_ROOT
 from tests.guest_machine import guest_machine
+from tests.kubevirt_cases import CASE_IDS, CASES, as_ironvisor
 from tests.standalone.node import Node
 
 pytestmark = pytest.mark.tcg
 
-CORPUS = REPO_ROOT / "tests" / "kubevirt_corpus"
 
-#: corpus file, VM name, the guest's CPU packages, its RTC's offset from UTC (seconds),
-#: whether a SATA disk is mapped (Warning event DiskBusMapped).
-CASES = [
-    ("exported-crm.yaml", "legacy-crm", "0,1", 19_800, False),
-    ("devices-web.yaml", "devices-web", "0,0", -3_600, True),
-]
-
-
-def as_ironvisor(name: str, out_dir: Path) -> Path:
-    """The corpus file with only its apiVersion changed."""
-    text = (CORPUS / name).read_text()
-    assert "apiVersion: kubevirt.io/v1\n" in text, name
-    out = out_dir / name
-    out.write_text(text.replace("apiVersion: kubevirt.io/v1\n", "apiVersion: ironvisor.io/v1alpha1\n"))
-    return out
-
-
-@pytest.mark.parametrize("name, vm, packages, rtc_offset, sata", CASES,
-                         ids=[case[0] for case in CASES])
+@pytest.mark.parametrize("name, vm, packages, rtc_offset, sata", CASES, ids=CASE_IDS)
 def test_kubevirt_vm_runs_with_only_its_api_version_changed(
         node: Node, tmp_path: Path, name: str, vm: str, packages: str, rtc_offset: int,
         sata: bool) -> None:
-    node.virtctl("apply", "-f", str(as_ironvisor(name, tmp_path)))
+    manifest = tmp_path / name
+    manifest.write_text(as_ironvisor(name))
+    node.virtctl("apply", "-f", str(manifest))
     try:
         row = node.wait_status(vm, "Running", timeout=120)
         assert row["BACKEND"] == "qemu-tcg", row

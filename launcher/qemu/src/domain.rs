@@ -29,9 +29,9 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use ironvisor_arch::topology::CpuTopology;
 use ironvisor_launcher::config::{
-    format_mac, CpuTopologyConfig, ImageFormat, LaunchConfig, SYSTEM_MANUFACTURER,
-    SYSTEM_PRODUCT_NAME, SYSTEM_VERSION,
+    format_mac, ImageFormat, LaunchConfig, SYSTEM_MANUFACTURER, SYSTEM_PRODUCT_NAME, SYSTEM_VERSION,
 };
 use ironvisor_launcher_api::control::DeviceStatus;
 
@@ -197,7 +197,7 @@ pub struct DomainPlan {
     /// Rate of the virtio-rng device in bytes per second (`None`: no entropy device).
     pub rng_bytes_per_second: Option<u64>,
     /// Sockets, cores per socket and threads per core of the vCPUs.
-    pub cpu_topology: CpuTopologyConfig,
+    pub cpu_topology: CpuTopology,
     /// Seconds the guest's RTC runs ahead of UTC (0: UTC).
     pub rtc_offset_seconds: i64,
 }
@@ -274,11 +274,7 @@ impl DomainPlan {
             system_uuid: config.system.uuid.as_ref().map(|u| u.to_ascii_lowercase()),
             system_serial: config.system.serial.clone().filter(|s| !s.is_empty()),
             rng_bytes_per_second: config.rng.map(|rng| rng.bytes_per_second),
-            cpu_topology: config.cpu_topology.unwrap_or(CpuTopologyConfig {
-                sockets: 1,
-                cores: config.vcpus,
-                threads: 1,
-            }),
+            cpu_topology: config.topology(),
             rtc_offset_seconds: config.clock.rtc_offset_seconds,
         })
     }
@@ -439,7 +435,9 @@ impl DomainPlan {
             1,
             &format!(
                 "<cpu><topology sockets='{}' dies='1' cores='{}' threads='{}'/></cpu>",
-                topology.sockets, topology.cores, topology.threads
+                topology.sockets(),
+                topology.cores(),
+                topology.threads()
             ),
         );
         if self.rtc_offset_seconds == 0 {
