@@ -395,3 +395,81 @@ fn clocks_and_timers_the_microvm_cannot_keep_are_refused_by_name() {
         "{message}"
     );
 }
+
+fn with_bootloader(bootloader: &str) -> String {
+    EXPORTED.replace(
+        "          serial: CRM-0042\n",
+        &format!("          serial: CRM-0042\n          bootloader:\n{bootloader}"),
+    )
+}
+
+#[test]
+fn bios_and_efi_without_secure_boot_are_accepted() {
+    for bootloader in [
+        "            bios: {}\n",
+        "            bios:\n              useSerial: true\n",
+        "            efi:\n              secureBoot: false\n",
+        "            efi:\n              secureBoot: false\n              persistent: false\n",
+    ] {
+        let vm = defaulted(&with_bootloader(bootloader));
+        if let Err(error) = validate::vm(&vm) {
+            panic!("{bootloader}: {error}");
+        }
+    }
+}
+
+#[test]
+fn secure_boot_persistent_variables_and_two_firmwares_are_refused_by_name() {
+    const AT: &str = "spec.template.spec.domain.firmware.bootloader";
+    for (bootloader, path, why) in [
+        (
+            "            efi: {}\n",
+            "efi.secureBoot",
+            "set secureBoot: false",
+        ),
+        (
+            "            efi:\n              secureBoot: true\n",
+            "efi.secureBoot",
+            "Secure Boot is not served",
+        ),
+        (
+            "            efi:\n              secureBoot: false\n              persistent: true\n",
+            "efi.persistent",
+            "persistent UEFI variables are not served",
+        ),
+        (
+            "            bios: {}\n            efi:\n              secureBoot: false\n",
+            "",
+            "set exactly one of bios and efi",
+        ),
+        ("            {}\n", "", "set exactly one of bios and efi"),
+    ] {
+        let message = refusal(&with_bootloader(bootloader));
+        let field = if path.is_empty() {
+            format!("{AT}: ")
+        } else {
+            format!("{AT}.{path}: ")
+        };
+        assert!(
+            message.contains(&field) && message.contains(why),
+            "{bootloader}: {message}"
+        );
+    }
+}
+
+#[test]
+fn a_bootloader_with_a_kernel_image_is_refused_by_name() {
+    let text = with_bootloader("            bios: {}\n").replace(
+        "          serial: CRM-0042\n",
+        "          serial: CRM-0042\n          kernelBoot:\n            container:\n              \
+         image: ironvisor/guest-kernel:debian\n              kernelPath: /boot/vmlinuz\n",
+    );
+    let message = refusal(&text);
+    assert!(
+        message.contains(
+            "spec.template.spec.domain.firmware.bootloader: a bootloader cannot be combined \
+             with kernelBoot.container"
+        ),
+        "{message}"
+    );
+}

@@ -14,7 +14,9 @@
 //!
 //! `kernelPath` and `initrdPath` are absolute paths inside that tree
 //! (`kernelPath: /boot/vmlinuz` → `<dir>/boot/vmlinuz`); `..` is refused. A VM without
-//! `kernelBoot` boots the node agent's `--default-kernel` / `--default-initrd`.
+//! `kernelBoot` boots its first disk's own bootloader (`firmware.bootloader`, BIOS when
+//! unset, as in KubeVirt), unless the node agent was started with `--default-kernel`
+//! (then that kernel and `--default-initrd`, when the VM sets no `bootloader`).
 //!
 //! The kernel command line is `console=ttyS0 reboot=k panic=1` followed by `kernelArgs`.
 
@@ -23,8 +25,8 @@ use std::path::{Component, Path, PathBuf};
 use ironvisor_crds::quantity;
 use ironvisor_crds::v1alpha1::{KernelBoot, KernelBootContainer, VirtualMachineInstanceSpec};
 use ironvisor_launcher_api::config::{
-    ClockConfig, ConsoleConfig, CpuTopologyConfig, DiskConfig, KernelConfig, LaunchConfig,
-    NetConfig, RngConfig, SystemIdentity,
+    ClockConfig, ConsoleConfig, CpuTopologyConfig, DiskConfig, FirmwareConfig, FirmwareKind,
+    KernelConfig, LaunchConfig, NetConfig, RngConfig, SystemIdentity,
 };
 
 use crate::records::VmKey;
@@ -75,14 +77,16 @@ pub enum TranslateError {
         /// What is wrong.
         reason: String,
     },
-    /// No kernel is configured for the VM or the node.
+    /// A VM that boots its disk's own bootloader has no disk.
     #[error(
-        "VM {vm}: no kernel to boot: the VM has no spec.template.spec.domain.firmware.kernelBoot \
-         and the node agent was started without --default-kernel"
+        "VM {vm}: nothing to boot: without firmware.kernelBoot the VM boots its first disk's \
+         own bootloader ({firmware}), but it has no disk"
     )]
-    NoKernel {
+    NoBootDisk {
         /// The VM.
         vm: String,
+        /// "bios" or "efi".
+        firmware: &'static str,
     },
     /// The node's default kernel is missing.
     #[error("VM {vm}: the node's default {what} {path} does not exist")]
@@ -118,7 +122,8 @@ impl TranslateError {
         match self {
             Self::InvalidReference { .. } | Self::ImageNotFound { .. } => "KernelImageNotFound",
             Self::BadImagePath { .. } => "KernelImagePathInvalid",
-            Self::NoKernel { .. } | Self::DefaultMissing { .. } => "NoKernel",
+            Self::DefaultMissing { .. } => "NoKernel",
+            Self::NoBootDisk { .. } => "NoBootDisk",
             Self::Memory { .. } => "InvalidMemory",
             Self::Clock { .. } => "InvalidClock",
         }
@@ -136,6 +141,25 @@ pub struct BootFiles {
     pub cmdline: String,
 }
 
+/// What a VM boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootPlan {
+    /// A kernel, directly.
+    Kernel(BootFiles),
+    /// Its first disk's own bootloader, made for this firmware.
+    Disk(FirmwareKind),
+}
+
+/// The firmware of `spec`'s `bootloader`, if it names one (`bios` unless `efi` is set).
+pub fn bootloader_firmware(spec: &VirtualMachineInstanceSpec) -> Option<FirmwareKind> {
+    let bootloader = spec.domain.firmware.as_ref()?.bootloader.as_ref()?;
+    Some(if bootloader.efi.is_some() {
+        FirmwareKind::Efi
+    } else {
+        FirmwareKind::Bios
+    })
+}
+
 /// Where kernels come from: the images directory and the node's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelImages {
@@ -148,28 +172,32 @@ pub struct KernelImages {
 }
 
 impl KernelImages {
-    /// The boot files of a VM.
+    /// What a VM boots: its kernel image (`kernelBoot.container`); else the disk's own
+    /// bootloader when `bootloader` is set; else the node's `--default-kernel` when the
+    /// node agent has one; else, as KubeVirt does, the disk's own bootloader under BIOS.
     pub fn resolve(
         &self,
         key: &VmKey,
         spec: &VirtualMachineInstanceSpec,
-    ) -> Result<BootFiles, TranslateError> {
+    ) -> Result<BootPlan, TranslateError> {
         let vm = key.to_string();
         let cmdline = cmdline(spec);
         match kernel_boot(spec).and_then(|k| k.container.as_ref()) {
             Some(container) => {
                 let (kernel, initrd) = self.image_files(&vm, container)?;
-                Ok(BootFiles {
+                Ok(BootPlan::Kernel(BootFiles {
                     kernel,
                     initrd,
                     cmdline,
-                })
+                }))
             }
             None => {
-                let kernel = self
-                    .default_kernel
-                    .clone()
-                    .ok_or_else(|| TranslateError::NoKernel { vm: vm.clone() })?;
+                if let Some(firmware) = bootloader_firmware(spec) {
+                    return Ok(BootPlan::Disk(firmware));
+                }
+                let Some(kernel) = self.default_kernel.clone() else {
+                    return Ok(BootPlan::Disk(FirmwareKind::Bios));
+                };
                 if !kernel.is_file() {
                     return Err(TranslateError::DefaultMissing {
                         vm,
@@ -186,11 +214,11 @@ impl KernelImages {
                         });
                     }
                 }
-                Ok(BootFiles {
+                Ok(BootPlan::Kernel(BootFiles {
                     kernel,
                     initrd: self.default_initrd.clone(),
                     cmdline,
-                })
+                }))
             }
         }
     }
@@ -297,8 +325,8 @@ pub fn image_dir(reference: &str) -> Result<PathBuf, String> {
 /// Everything a launch configuration is made of besides the spec.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaunchPlan {
-    /// Kernel, initrd, command line.
-    pub boot: BootFiles,
+    /// A kernel, or the first disk's own bootloader.
+    pub boot: BootPlan,
     /// The disks, in guest order.
     pub disks: Vec<DiskConfig>,
     /// The NICs, in guest order.
@@ -366,6 +394,33 @@ pub fn launch_config(
         vm: key.to_string(),
         reason: e.to_string(),
     })?;
+    let (kernel, firmware) = match plan.boot {
+        BootPlan::Kernel(files) => (
+            Some(KernelConfig {
+                path: files.kernel,
+                initrd: files.initrd,
+                cmdline: files.cmdline,
+            }),
+            None,
+        ),
+        BootPlan::Disk(kind) => {
+            // Guest order is boot order (volumes.rs): the first disk is the one to boot.
+            let disk = plan
+                .disks
+                .first()
+                .ok_or_else(|| TranslateError::NoBootDisk {
+                    vm: key.to_string(),
+                    firmware: kind.as_str(),
+                })?;
+            (
+                None,
+                Some(FirmwareConfig {
+                    kind,
+                    boot_disk: disk.id.clone(),
+                }),
+            )
+        }
+    };
     let grace = spec
         .termination_grace_period_seconds
         .unwrap_or(ironvisor_crds::defaults::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS);
@@ -374,11 +429,8 @@ pub fn launch_config(
         vcpus: spec.vcpus(),
         vcpu_affinity: plan.vcpu_affinity,
         memory_mib: bytes.div_ceil(MIB),
-        kernel: KernelConfig {
-            path: plan.boot.kernel,
-            initrd: plan.boot.initrd,
-            cmdline: plan.boot.cmdline,
-        },
+        kernel,
+        firmware,
         disks: plan.disks,
         nets: plan.nets,
         console: ConsoleConfig {
@@ -478,7 +530,10 @@ mod tests {
                 initrd_path: Some("/boot/initrd.img".into()),
             }),
         };
-        let files = kernels.resolve(&key, &spec(Some(boot.clone()))).unwrap();
+        let BootPlan::Kernel(files) = kernels.resolve(&key, &spec(Some(boot.clone()))).unwrap()
+        else {
+            panic!("a kernel image boots its kernel");
+        };
         assert_eq!(files.kernel, dir.join("vmlinuz"));
         assert_eq!(files.initrd, Some(dir.join("initrd.img")));
         assert_eq!(
@@ -499,9 +554,75 @@ mod tests {
         let error = kernels.resolve(&key, &spec(Some(missing))).unwrap_err();
         assert_eq!(error.reason(), "KernelImageNotFound");
         assert!(error.to_string().contains("default/vm1"));
+    }
 
-        let error = kernels.resolve(&key, &spec(None)).unwrap_err();
-        assert!(matches!(error, TranslateError::NoKernel { .. }));
+    #[test]
+    fn without_a_kernel_image_the_disk_boots_itself_unless_the_node_has_a_default_kernel() {
+        let images = tempfile::tempdir().unwrap();
+        let default_kernel = images.path().join("vmlinux");
+        std::fs::write(&default_kernel, b"kernel").unwrap();
+        let key = VmKey::new("default", "vm1");
+        let mut kernels = KernelImages {
+            images_dir: images.path().to_path_buf(),
+            default_kernel: None,
+            default_initrd: None,
+        };
+        let mut plain = spec(None);
+        plain.domain.firmware = None;
+        assert_eq!(
+            kernels.resolve(&key, &plain).unwrap(),
+            BootPlan::Disk(FirmwareKind::Bios)
+        );
+        kernels.default_kernel = Some(default_kernel.clone());
+        assert!(matches!(
+            kernels.resolve(&key, &plain).unwrap(),
+            BootPlan::Kernel(files) if files.kernel == default_kernel
+        ));
+        let mut efi = plain.clone();
+        efi.domain.firmware = Some(Firmware {
+            bootloader: Some(ironvisor_crds::v1alpha1::Bootloader {
+                efi: Some(Default::default()),
+                bios: None,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            kernels.resolve(&key, &efi).unwrap(),
+            BootPlan::Disk(FirmwareKind::Efi)
+        );
+    }
+
+    #[test]
+    fn a_disk_boot_names_the_first_disk_and_needs_one() {
+        let key = VmKey::new("default", "vm1");
+        let plan = |disks: Vec<DiskConfig>| LaunchPlan {
+            boot: BootPlan::Disk(FirmwareKind::Bios),
+            disks,
+            nets: vec![],
+            console_socket: "/run/c.sock".into(),
+            api_socket: "/run/a.sock".into(),
+            vcpu_affinity: vec![],
+        };
+        let disk = |id: &str| DiskConfig {
+            id: id.into(),
+            path: format!("/d/{id}").into(),
+            format: Default::default(),
+            read_only: false,
+            serial: None,
+        };
+        let config =
+            launch_config(&key, &spec(None), plan(vec![disk("root"), disk("data")])).unwrap();
+        assert_eq!(config.kernel, None);
+        assert_eq!(
+            config.firmware,
+            Some(FirmwareConfig {
+                kind: FirmwareKind::Bios,
+                boot_disk: "root".into()
+            })
+        );
+        let error = launch_config(&key, &spec(None), plan(vec![])).unwrap_err();
+        assert_eq!(error.reason(), "NoBootDisk");
+        assert!(error.to_string().contains("has no disk"), "{error}");
     }
 
     #[test]
@@ -511,11 +632,11 @@ mod tests {
             &key,
             &spec(None),
             LaunchPlan {
-                boot: BootFiles {
+                boot: BootPlan::Kernel(BootFiles {
                     kernel: "/k".into(),
                     initrd: None,
                     cmdline: BASE_CMDLINE.into(),
-                },
+                }),
                 disks: vec![],
                 nets: vec![],
                 console_socket: "/run/c.sock".into(),

@@ -348,6 +348,46 @@ pub struct Firmware {
     /// The guest's SMBIOS system serial number (`/sys/class/dmi/id/product_serial`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    /// Boot the disk's own bootloader with this firmware (KubeVirt's default without
+    /// `kernelBoot` is `bios`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootloader: Option<Bootloader>,
+}
+
+/// The firmware a boot disk was made for: set one of `bios` and `efi`.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bootloader {
+    /// A PC BIOS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bios: Option<BiosBootloader>,
+    /// UEFI, without Secure Boot (`secureBoot: false` is required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efi: Option<EfiBootloader>,
+}
+
+/// BIOS boot.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BiosBootloader {
+    /// KubeVirt shows the BIOS's own messages on the serial console with this. Accepted;
+    /// the guest's bootloader and kernel use the serial console either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_serial: Option<bool>,
+}
+
+/// UEFI boot.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EfiBootloader {
+    /// Secure Boot. KubeVirt defaults it to true; Ironvisor has no Secure Boot, so it
+    /// must be set to false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<bool>,
+    /// Keep the UEFI variables across restarts. Not served: each boot starts from the
+    /// firmware's default variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<bool>,
 }
 
 /// Direct kernel boot: the kernel and initrd come from an image, not from a disk.

@@ -386,6 +386,30 @@ pub enum ValidationError {
         /// The serial as written.
         value: String,
     },
+    /// Both `bootloader.bios` and `bootloader.efi`, or neither.
+    #[error("{path}: set exactly one of bios and efi")]
+    BootloaderChoice {
+        /// Field path.
+        path: String,
+    },
+    /// `bootloader.efi` with Secure Boot on or left to KubeVirt's default (on).
+    #[error("{path}: Secure Boot is not served (no SMM and no signed firmware in the microVM); KubeVirt turns it on when secureBoot is left out, so set secureBoot: false")]
+    SecureBootNotServed {
+        /// Field path.
+        path: String,
+    },
+    /// `bootloader.efi.persistent: true`.
+    #[error("{path}: persistent UEFI variables are not served: each boot starts from the firmware's default variable store; remove it or set it to false")]
+    PersistentEfiNotServed {
+        /// Field path.
+        path: String,
+    },
+    /// `bootloader` together with `kernelBoot.container`.
+    #[error("{path}: a bootloader cannot be combined with kernelBoot.container: the VM boots either the kernel image directly or its disk's own bootloader")]
+    BootloaderWithKernelBoot {
+        /// Field path.
+        path: String,
+    },
     /// A NIC model other than virtio.
     #[error("{path}: NIC model {value:?} is not served: the microVM's NICs are virtio (every Linux guest has the driver); use virtio or leave it out")]
     NicModelNotServed {
@@ -555,6 +579,10 @@ impl ValidationError {
             | Self::MachineTypeNotServed { path, .. }
             | Self::InvalidFirmwareUuid { path, .. }
             | Self::InvalidFirmwareSerial { path, .. }
+            | Self::BootloaderChoice { path }
+            | Self::SecureBootNotServed { path }
+            | Self::PersistentEfiNotServed { path }
+            | Self::BootloaderWithKernelBoot { path }
             | Self::HardwareIsolationAnnotation { path } => path,
         }
     }

@@ -8,6 +8,7 @@
 
 mod clock;
 mod error;
+mod firmware;
 mod formats;
 mod interface_ports;
 
@@ -897,23 +898,7 @@ fn kubevirt_fields(
             });
         }
     }
-    let Some(firmware) = &spec.domain.firmware else {
-        return;
-    };
-    if let Some(uuid) = firmware.uuid.as_deref() {
-        if !formats::uuid(uuid) {
-            errors.push(ValidationError::InvalidFirmwareUuid {
-                path: root.child("domain.firmware.uuid").into(),
-                value: uuid.to_string(),
-            });
-        }
-    }
-    if let Some(serial) = firmware.serial.as_deref() {
-        if !formats::smbios_string(serial) {
-            errors.push(ValidationError::InvalidFirmwareSerial {
-                path: root.child("domain.firmware.serial").into(),
-                value: serial.to_string(),
-            });
-        }
+    if let Some(firmware) = &spec.domain.firmware {
+        firmware::check(firmware, &root.child("domain.firmware"), errors);
     }
 }

@@ -2,13 +2,14 @@
 //! container copied `kernelPath` to `<kernel-dir>/kernel` and `initrdPath` (if given) to
 //! `<kernel-dir>/initrd`. The command line is the standalone one
 //! ([`translate::cmdline`]). Cluster mode has no node default kernel: an instance
-//! without a kernel-boot container cannot boot.
+//! without a kernel-boot container boots its first disk's own bootloader
+//! (`firmware.bootloader`, BIOS when unset, as in KubeVirt).
 
 use std::path::{Path, PathBuf};
 
 use ironvisor_crds::v1alpha1::VirtualMachineInstanceSpec;
 
-use crate::translate::{self, BootFiles};
+use crate::translate::{self, BootFiles, BootPlan};
 
 /// File name of the kernel in the kernel directory.
 pub const KERNEL_FILE: &str = "kernel";
@@ -18,12 +19,6 @@ pub const INITRD_FILE: &str = "initrd";
 /// Why there is nothing to boot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KernelError {
-    /// The spec names no kernel image.
-    #[error(
-        "spec.domain.firmware.kernelBoot.container is not set; in cluster mode the kernel \
-         comes from a kernel-boot container image"
-    )]
-    NoKernelBoot,
     /// A file the init container should have copied is missing.
     #[error(
         "the {what} {path} is missing (the kernel-boot init container copies {field} of \
@@ -45,20 +40,22 @@ impl KernelError {
     /// A CamelCase reason for the termination message.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::NoKernelBoot => "NoKernel",
             Self::Missing { .. } => "KernelNotFound",
         }
     }
 }
 
-/// Kernel, initrd and command line of the instance.
+/// What the instance boots: the kernel-boot image's files, or its disk's bootloader.
 pub fn boot_files(
     kernel_dir: &Path,
     spec: &VirtualMachineInstanceSpec,
-) -> Result<BootFiles, KernelError> {
-    let container = translate::kernel_boot(spec)
-        .and_then(|k| k.container.as_ref())
-        .ok_or(KernelError::NoKernelBoot)?;
+) -> Result<BootPlan, KernelError> {
+    let Some(container) = translate::kernel_boot(spec).and_then(|k| k.container.as_ref()) else {
+        return Ok(BootPlan::Disk(
+            translate::bootloader_firmware(spec)
+                .unwrap_or(ironvisor_launcher_api::config::FirmwareKind::Bios),
+        ));
+    };
     let file = |what, name, field| {
         let path = kernel_dir.join(name);
         if path.is_file() {
@@ -78,11 +75,11 @@ pub fn boot_files(
         .as_ref()
         .map(|_| file("initrd", INITRD_FILE, "initrdPath"))
         .transpose()?;
-    Ok(BootFiles {
+    Ok(BootPlan::Kernel(BootFiles {
         kernel,
         initrd,
         cmdline: translate::cmdline(spec),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -110,7 +107,7 @@ mod tests {
     fn kernel_and_initrd_come_from_the_kernel_dir() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("kernel"), b"k").unwrap();
-        let files = boot_files(dir.path(), &spec(false)).unwrap();
+        let files = kernel_files(dir.path(), &spec(false));
         assert_eq!(files.kernel, dir.path().join("kernel"));
         assert_eq!(files.initrd, None);
         assert_eq!(
@@ -122,7 +119,7 @@ mod tests {
         assert_eq!(error.reason(), "KernelNotFound");
         assert!(error.to_string().contains("initrdPath"), "{error}");
         std::fs::write(dir.path().join("initrd"), b"i").unwrap();
-        let files = boot_files(dir.path(), &spec(true)).unwrap();
+        let files = kernel_files(dir.path(), &spec(true));
         assert_eq!(files.initrd, Some(dir.path().join("initrd")));
     }
 
@@ -136,8 +133,21 @@ mod tests {
                 && text.contains("ironvisor/guest-kernel:6.1"),
             "{text}"
         );
-        let error = boot_files(dir.path(), &VirtualMachineInstanceSpec::default()).unwrap_err();
-        assert_eq!(error, KernelError::NoKernelBoot);
-        assert_eq!(error.reason(), "NoKernel");
+    }
+
+    #[test]
+    fn without_a_kernel_image_the_disk_boots_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            boot_files(dir.path(), &VirtualMachineInstanceSpec::default()).unwrap(),
+            BootPlan::Disk(ironvisor_launcher_api::config::FirmwareKind::Bios)
+        );
+    }
+
+    fn kernel_files(dir: &Path, spec: &VirtualMachineInstanceSpec) -> BootFiles {
+        match boot_files(dir, spec).unwrap() {
+            BootPlan::Kernel(files) => files,
+            other => panic!("expected a kernel boot, got {other:?}"),
+        }
     }
 }

@@ -121,7 +121,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let opts = options(&config.kernel.cmdline);
+    // A firmware boot (no kernel) behaves as a kernel without fake.* options.
+    let cmdline = config
+        .kernel
+        .as_ref()
+        .map(|kernel| kernel.cmdline.clone())
+        .unwrap_or_default();
+    let opts = options(&cmdline);
     if opts.get("mode").map(String::as_str) == Some("fail") {
         eprintln!(
             "fake-launcher: error: VM {} failed to build (fake.mode=fail)",
@@ -180,7 +186,14 @@ async fn run(config: LaunchConfig, opts: HashMap<String, String>) -> i32 {
     });
     println!(
         "fake-launcher: VM {} with {} vCPUs, {} MiB, cmdline {:?}",
-        config.name, config.vcpus, config.memory_mib, config.kernel.cmdline
+        config.name,
+        config.vcpus,
+        config.memory_mib,
+        config
+            .kernel
+            .as_ref()
+            .map(|kernel| kernel.cmdline.as_str())
+            .unwrap_or_default()
     );
     let _ = std::io::stdout().flush();
 

@@ -7,6 +7,7 @@
 //!   built, against the host's [`HostLimits`], and reports every problem at once.
 //! - [`SystemIdentity`] (module `system`): the SMBIOS system UUID and serial number.
 //! - [`RngConfig`] (module `rng`): the rate-limited virtio-rng entropy device.
+//! - [`KernelConfig`] and [`FirmwareConfig`] (module `boot`): what the VM boots.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,6 +23,11 @@ use crate::cpulist;
 
 mod rng;
 pub use rng::{RngConfig, DEFAULT_RNG_BYTES_PER_SECOND, MAX_RNG_BYTES_PER_SECOND};
+
+mod boot;
+pub use boot::{
+    cmdline_problem, Boot, FirmwareConfig, FirmwareKind, KernelConfig, DEFAULT_CMDLINE,
+};
 
 mod cli;
 pub use cli::{
@@ -54,8 +60,12 @@ pub struct LaunchConfig {
     /// Guest memory in MiB.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
-    /// What to boot.
-    pub kernel: KernelConfig,
+    /// A kernel to boot directly. Exactly one of `kernel` and `firmware` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelConfig>,
+    /// Boot what one of the disks boots by itself (its own bootloader's configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<FirmwareConfig>,
     /// virtio-blk disks, in guest order.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
@@ -92,20 +102,6 @@ pub struct LaunchConfig {
     /// The guest's real-time clock (default: UTC).
     #[serde(default, skip_serializing_if = "ClockConfig::is_utc")]
     pub clock: ClockConfig,
-}
-
-/// Kernel, initramfs and command line (direct kernel boot).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub struct KernelConfig {
-    /// ELF vmlinux (PVH entry) or bzImage.
-    pub path: PathBuf,
-    /// Initramfs loaded next to the kernel.
-    #[serde(default)]
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line (at most 4095 bytes).
-    #[serde(default = "default_cmdline")]
-    pub cmdline: String,
 }
 
 /// On-disk format of a disk image.
@@ -205,9 +201,6 @@ fn default_vcpus() -> u32 {
 fn default_memory_mib() -> u64 {
     256
 }
-fn default_cmdline() -> String {
-    "console=ttyS0 reboot=k panic=1".to_string()
-}
 fn default_ring_bytes() -> usize {
     256 * 1024
 }
@@ -292,6 +285,16 @@ pub enum ConfigError {
     /// The configuration was read but fails validation; every problem is listed.
     #[error("invalid launch configuration ({} problem{}):{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, IssueList(.0))]
     Invalid(Vec<ConfigIssue>),
+    /// A flag given without the one it qualifies: `--initrd` or `--cmdline` without
+    /// `--kernel` (a `--boot-disk` boot reads both from the disk), `--firmware` without
+    /// `--boot-disk`.
+    #[error("{flag} goes with {needs}, which is not given")]
+    FlagWithout {
+        /// The flag given.
+        flag: &'static str,
+        /// The flag it qualifies.
+        needs: &'static str,
+    },
     /// A `--disk`, `--net` or `--vcpu-affinity` value could not be parsed.
     #[error("invalid --{flag} value {value:?}: {message}")]
     BadSpec {
@@ -412,7 +415,7 @@ impl LaunchConfig {
         }
         self.check_sizing(limits, &mut issues);
         self.check_affinity(&mut issues);
-        self.check_kernel(&mut issues);
+        self.check_boot(&mut issues);
         self.check_disks(&mut issues);
         self.check_nets(&mut issues);
         self.check_device_ids(&mut issues);
@@ -497,33 +500,6 @@ impl LaunchConfig {
                     ),
                 ),
             }
-        }
-    }
-
-    fn check_kernel(&self, issues: &mut Issues) {
-        if let Some(size) = check_regular_file(issues, "kernel.path", &self.kernel.path, false) {
-            if size == 0 {
-                issues.push(
-                    "kernel.path",
-                    format!("{} is empty", self.kernel.path.display()),
-                );
-            }
-        }
-        if let Some(initrd) = &self.kernel.initrd {
-            check_regular_file(issues, "kernel.initrd", initrd, false);
-        }
-        let cmdline = &self.kernel.cmdline;
-        if cmdline.len() > MAX_CMDLINE_BYTES {
-            issues.push(
-                "kernel.cmdline",
-                format!(
-                    "is {} bytes long; at most {MAX_CMDLINE_BYTES} are allowed",
-                    cmdline.len()
-                ),
-            );
-        }
-        if cmdline.contains('\0') {
-            issues.push("kernel.cmdline", "must not contain NUL bytes");
         }
     }
 

@@ -2,7 +2,8 @@
 //! (absolute paths, disk formats, MACs, device names), and its XML.
 //!
 //! The domain is a QEMU TCG guest (`type='qemu'`) on the `pc` machine with direct kernel
-//! boot, virtio-pci disks and NICs, the first UART on a unix socket that the launcher
+//! boot or, for a configuration with `firmware`, SeaBIOS (`bios`) or OVMF (`efi`) booting
+//! the boot disk's own bootloader; virtio-pci disks and NICs, the first UART on a unix socket that the launcher
 //! reads, and lifecycle actions chosen so the launcher can tell how the guest ended:
 //! poweroff and crash destroy the domain, while a reboot resets it in place and raises a
 //! libvirt reboot event, on which the launcher destroys it (libvirt reports a reset under
@@ -31,7 +32,8 @@ use std::path::{Path, PathBuf};
 
 use ironvisor_arch::topology::CpuTopology;
 use ironvisor_launcher::config::{
-    format_mac, ImageFormat, LaunchConfig, SYSTEM_MANUFACTURER, SYSTEM_PRODUCT_NAME, SYSTEM_VERSION,
+    format_mac, Boot, ConfigError, FirmwareKind, ImageFormat, LaunchConfig, SYSTEM_MANUFACTURER,
+    SYSTEM_PRODUCT_NAME, SYSTEM_VERSION,
 };
 use ironvisor_launcher_api::control::DeviceStatus;
 
@@ -51,6 +53,17 @@ pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 /// Why the domain could not be planned. Each variant names the device and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
+    /// The configuration does not say what to boot.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The firmware the boot disk needs is not installed.
+    #[error("firmware {kind}: {path} is not installed (Debian package ovmf)")]
+    NoFirmware {
+        /// "efi".
+        kind: &'static str,
+        /// The missing file.
+        path: PathBuf,
+    },
     /// A file the domain refers to could not be resolved to an absolute path.
     #[error("{what} {path}: cannot resolve the absolute path: {source}")]
     Resolve {
@@ -159,6 +172,37 @@ pub fn nic_socket_paths(runtime_dir: &Path, index: usize) -> (PathBuf, PathBuf) 
     )
 }
 
+/// What the guest boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlannedBoot {
+    /// Direct kernel boot.
+    Kernel {
+        /// Absolute kernel path.
+        kernel: PathBuf,
+        /// Absolute initrd path.
+        initrd: Option<PathBuf>,
+        /// Kernel command line.
+        cmdline: String,
+    },
+    /// SeaBIOS (`bios`) or OVMF (`efi`) boots the disk with this index in `disks`.
+    Firmware {
+        /// Which firmware.
+        kind: FirmwareKind,
+        /// The boot disk's index in [`DomainPlan::disks`].
+        disk: usize,
+        /// Where the guest's UEFI variables live (`efi` only): a copy of
+        /// [`OVMF_VARS`] in the runtime directory.
+        nvram: PathBuf,
+    },
+}
+
+/// Debian's OVMF (package `ovmf`) without Secure Boot, 4 MiB flash layout.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// The variable store template matching [`OVMF_CODE`].
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Name of the guest's UEFI variable store in the runtime directory.
+pub const NVRAM_FILE: &str = "efivars.fd";
+
 /// Everything the domain XML needs, resolved from a validated [`LaunchConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainPlan {
@@ -175,12 +219,8 @@ pub struct DomainPlan {
     pub vcpu_affinity: Vec<Vec<u32>>,
     /// Guest memory in MiB.
     pub memory_mib: u64,
-    /// Absolute kernel path.
-    pub kernel: PathBuf,
-    /// Absolute initrd path.
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line.
-    pub cmdline: String,
+    /// What the guest boots.
+    pub boot: PlannedBoot,
     /// Disks in guest order.
     pub disks: Vec<PlannedDisk>,
     /// NICs in guest order.
@@ -212,13 +252,34 @@ impl DomainPlan {
         launcher_pid: u32,
     ) -> Result<Self, DomainError> {
         let serial_socket = runtime_dir.join(SERIAL_SOCKET);
-        let kernel = absolute_file("kernel", &config.kernel.path)?;
-        let initrd = config
-            .kernel
-            .initrd
-            .as_deref()
-            .map(|path| absolute_file("initrd", path))
-            .transpose()?;
+        let boot = match config.boot()? {
+            Boot::Kernel(kernel) => PlannedBoot::Kernel {
+                kernel: absolute_file("kernel", &kernel.path)?,
+                initrd: kernel
+                    .initrd
+                    .as_deref()
+                    .map(|path| absolute_file("initrd", path))
+                    .transpose()?,
+                cmdline: kernel.cmdline.clone(),
+            },
+            Boot::Firmware { kind, disk } => {
+                if kind == FirmwareKind::Efi && !Path::new(OVMF_CODE).is_file() {
+                    return Err(DomainError::NoFirmware {
+                        kind: kind.as_str(),
+                        path: OVMF_CODE.into(),
+                    });
+                }
+                PlannedBoot::Firmware {
+                    kind,
+                    disk: config
+                        .disks
+                        .iter()
+                        .position(|d| d.id == disk.id)
+                        .unwrap_or(0),
+                    nvram: runtime_dir.join(NVRAM_FILE),
+                }
+            }
+        };
         let mut disks = Vec::with_capacity(config.disks.len());
         for (index, disk) in config.disks.iter().enumerate() {
             let path = absolute_file(&format!("disks[{index}] ({})", disk.id), &disk.path)?;
@@ -264,9 +325,7 @@ impl DomainPlan {
             vcpus: config.vcpus,
             vcpu_affinity: config.vcpu_affinity.clone(),
             memory_mib: config.memory_mib,
-            kernel,
-            initrd,
-            cmdline: config.kernel.cmdline.clone(),
+            boot,
             disks,
             nets,
             serial_socket,
@@ -414,19 +473,7 @@ impl DomainPlan {
         );
         // SMBIOS type 1 from <sysinfo> rather than QEMU's defaults.
         line(x, 2, "<smbios mode='sysinfo'/>");
-        line(
-            x,
-            2,
-            &format!("<kernel>{}</kernel>", escape_path(&self.kernel)),
-        );
-        if let Some(initrd) = &self.initrd {
-            line(x, 2, &format!("<initrd>{}</initrd>", escape_path(initrd)));
-        }
-        line(
-            x,
-            2,
-            &format!("<cmdline>{}</cmdline>", escape(&self.cmdline)),
-        );
+        self.boot_xml(x);
         line(x, 1, "</os>");
         line(x, 1, "<features><acpi/><apic/></features>");
         let topology = &self.cpu_topology;
@@ -459,8 +506,8 @@ impl DomainPlan {
         line(x, 1, "<on_reboot>restart</on_reboot>");
         line(x, 1, "<on_crash>destroy</on_crash>");
         line(x, 1, "<devices>");
-        for disk in &self.disks {
-            self.disk_xml(x, disk);
+        for (index, disk) in self.disks.iter().enumerate() {
+            self.disk_xml(x, index, disk);
         }
         line(x, 2, "<serial type='unix'>");
         line(
@@ -544,7 +591,55 @@ impl DomainPlan {
         line(x, 1, "</sysinfo>");
     }
 
-    fn disk_xml(&self, x: &mut String, disk: &PlannedDisk) {
+    /// The `<os>` elements that say what boots: the kernel, or the firmware (SeaBIOS is
+    /// QEMU's default; OVMF is a read-only flash with a per-VM variable store).
+    fn boot_xml(&self, x: &mut String) {
+        match &self.boot {
+            PlannedBoot::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                line(x, 2, &format!("<kernel>{}</kernel>", escape_path(kernel)));
+                if let Some(initrd) = initrd {
+                    line(x, 2, &format!("<initrd>{}</initrd>", escape_path(initrd)));
+                }
+                line(x, 2, &format!("<cmdline>{}</cmdline>", escape(cmdline)));
+            }
+            PlannedBoot::Firmware {
+                kind: FirmwareKind::Bios,
+                ..
+            } => {}
+            PlannedBoot::Firmware {
+                kind: FirmwareKind::Efi,
+                nvram,
+                ..
+            } => {
+                line(
+                    x,
+                    2,
+                    &format!(
+                        "<loader readonly='yes' secure='no' type='pflash'>{OVMF_CODE}</loader>"
+                    ),
+                );
+                line(
+                    x,
+                    2,
+                    &format!(
+                        "<nvram template='{OVMF_VARS}'>{}</nvram>",
+                        escape_path(nvram)
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Whether the disk at `index` is the one the firmware boots.
+    fn boots_from(&self, index: usize) -> bool {
+        matches!(self.boot, PlannedBoot::Firmware { disk, .. } if disk == index)
+    }
+
+    fn disk_xml(&self, x: &mut String, index: usize, disk: &PlannedDisk) {
         line(x, 2, "<disk type='file' device='disk'>");
         line(
             x,
@@ -564,6 +659,9 @@ impl DomainPlan {
         line(x, 3, &format!("<serial>{}</serial>", escape(&disk.serial)));
         if disk.read_only {
             line(x, 3, "<readonly/>");
+        }
+        if self.boots_from(index) {
+            line(x, 3, "<boot order='1'/>");
         }
         line(
             x,

@@ -1,11 +1,13 @@
 //! The KVM virtual machine: built from a validated configuration in small named steps,
 //! then run until the guest or a stop request ends it.
 //!
-//! Build order: guest memory → KVM VM (memory slots, irqchip, PIT) → kernel and initrd →
+//! Build order: guest memory → KVM VM (memory slots, irqchip, PIT) → kernel and initrd
+//! (given, or read from the boot disk: [`boot_source`]) →
 //! devices → ACPI and SMBIOS tables → boot protocol data → vCPUs. Nothing runs until
 //! [`PreparedVm::start`].
 
 pub mod affinity;
+pub mod boot_source;
 pub mod bus;
 pub mod devices;
 pub mod events;
@@ -15,7 +17,6 @@ pub mod run;
 pub mod vcpu;
 pub mod vm;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +25,7 @@ use ironvisor_console::{ConsoleHub, ConsoleInput};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use self::affinity::{AffinityError, VcpuPinning};
+use self::boot_source::{BootSourceError, LoadedBoot};
 use self::bus::lock_device;
 use self::devices::{create_devices, DeviceError, Devices};
 use self::events::EventSender;
@@ -45,22 +47,8 @@ pub enum VmmError {
     },
     #[error(transparent)]
     Vm(#[from] VmError),
-    #[error("opening {what} {path}: {source}")]
-    OpenFile {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("loading kernel {path}: {source}")]
-    Kernel {
-        path: PathBuf,
-        source: ironvisor_arch::boot::BootError,
-    },
-    #[error("loading initrd {path}: {source}")]
-    Initrd {
-        path: PathBuf,
-        source: ironvisor_arch::boot::BootError,
-    },
+    #[error(transparent)]
+    Boot(#[from] BootSourceError),
     #[error("writing boot parameters: {0}")]
     BootParams(ironvisor_arch::boot::BootError),
     #[error("building ACPI tables: {0}")]
@@ -106,26 +94,11 @@ pub fn build(
     let kvm = vm::open_kvm(kvm_path)?;
     let vm_fd = vm::create_vm(&kvm, &mem)?;
 
-    let kernel_path = &config.kernel.path;
-    let mut kernel_file = open(kernel_path, "kernel")?;
-    let kernel = boot::load_kernel(&mem, &mut kernel_file).map_err(|source| VmmError::Kernel {
-        path: kernel_path.clone(),
-        source,
-    })?;
-    let initrd = match &config.kernel.initrd {
-        Some(path) => {
-            let mut file = open(path, "initrd")?;
-            Some(
-                boot::load_initrd_for_kernel(&mem, &mut file, &kernel).map_err(|source| {
-                    VmmError::Initrd {
-                        path: path.clone(),
-                        source,
-                    }
-                })?,
-            )
-        }
-        None => None,
-    };
+    let LoadedBoot {
+        kernel,
+        initrd,
+        cmdline,
+    } = boot_source::load(config, &mem)?;
     tracing::info!(entry = ?kernel.entry, "kernel loaded");
 
     let devices = create_devices(&vm_fd, &mem, config, Box::new(console.output()), events)?;
@@ -138,7 +111,7 @@ pub fn build(
         serial: config.system.serial.as_deref(),
     };
     smbios::create_smbios_tables(&mem, &identity)?;
-    boot::configure_boot(&mem, &kernel, &config.kernel.cmdline, initrd.as_ref(), rsdp)
+    boot::configure_boot(&mem, &kernel, &cmdline, initrd.as_ref(), rsdp)
         .map_err(VmmError::BootParams)?;
 
     let vcpus = vcpu::create_vcpus(&kvm, &vm_fd, &mem, &topology, &kernel.entry)?;
@@ -151,14 +124,6 @@ pub fn build(
         vm: vm_fd,
         _kvm: kvm,
         _mem: mem,
-    })
-}
-
-fn open(path: &Path, what: &'static str) -> Result<File, VmmError> {
-    File::open(path).map_err(|source| VmmError::OpenFile {
-        what,
-        path: path.to_path_buf(),
-        source,
     })
 }
 

@@ -227,9 +227,11 @@ fn spec_message(error: ConfigError) -> String {
 }
 
 /// Ids of the flags that set configuration fields (all conflict with `--config`).
-const CONFIG_FLAG_IDS: [&str; 17] = [
+const CONFIG_FLAG_IDS: [&str; 19] = [
     "name",
     "kernel",
+    "boot_disk",
+    "firmware",
     "initrd",
     "cmdline",
     "vcpus",
@@ -264,8 +266,20 @@ pub struct LaunchArgs {
     #[arg(long, required_unless_present = "config")]
     pub name: Option<String>,
     /// Kernel image (ELF vmlinux or bzImage).
-    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present_any = ["config", "boot_disk"],
+        conflicts_with = "boot_disk"
+    )]
     pub kernel: Option<PathBuf>,
+    /// Boot what the disk with this id boots by itself (its GRUB, BLS or extlinux
+    /// configuration) instead of --kernel.
+    #[arg(long, value_name = "ID")]
+    pub boot_disk: Option<String>,
+    /// The firmware the boot disk was made for [default: bios].
+    #[arg(long, value_enum)]
+    pub firmware: Option<FirmwareKind>,
     /// Initramfs image.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -336,9 +350,38 @@ impl LaunchArgs {
         let name = self
             .name
             .ok_or(ConfigError::MissingFlag { flag: "--name" })?;
-        let kernel = self
-            .kernel
-            .ok_or(ConfigError::MissingFlag { flag: "--kernel" })?;
+        if self.firmware.is_some() && self.boot_disk.is_none() {
+            return Err(ConfigError::FlagWithout {
+                flag: "--firmware",
+                needs: "--boot-disk",
+            });
+        }
+        let firmware = self.boot_disk.map(|boot_disk| FirmwareConfig {
+            kind: self.firmware.unwrap_or(FirmwareKind::Bios),
+            boot_disk,
+        });
+        let kernel = match (self.kernel, &firmware) {
+            (Some(path), _) => Some(KernelConfig {
+                path,
+                initrd: self.initrd,
+                cmdline: self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            }),
+            (None, Some(_)) => {
+                for (flag, given) in [
+                    ("--initrd", self.initrd.is_some()),
+                    ("--cmdline", self.cmdline.is_some()),
+                ] {
+                    if given {
+                        return Err(ConfigError::FlagWithout {
+                            flag,
+                            needs: "--kernel",
+                        });
+                    }
+                }
+                None
+            }
+            (None, None) => return Err(ConfigError::MissingFlag { flag: "--kernel" }),
+        };
         Ok(LaunchConfig {
             name,
             vcpus: self
@@ -347,11 +390,8 @@ impl LaunchArgs {
                 .unwrap_or_else(default_vcpus),
             vcpu_affinity: affinity_table(&self.vcpu_affinity)?,
             memory_mib: self.memory_mib.unwrap_or_else(default_memory_mib),
-            kernel: KernelConfig {
-                path: kernel,
-                initrd: self.initrd,
-                cmdline: self.cmdline.unwrap_or_else(default_cmdline),
-            },
+            kernel,
+            firmware,
             disks: self.disks,
             nets: self.nets,
             console: ConsoleConfig {
@@ -379,6 +419,8 @@ impl LaunchArgs {
         let set = [
             ("--name", self.name.is_some()),
             ("--kernel", self.kernel.is_some()),
+            ("--boot-disk", self.boot_disk.is_some()),
+            ("--firmware", self.firmware.is_some()),
             ("--initrd", self.initrd.is_some()),
             ("--cmdline", self.cmdline.is_some()),
             ("--vcpus", self.vcpus.is_some()),

@@ -32,11 +32,12 @@ impl Fixture {
             vcpus: 2,
             vcpu_affinity: Vec::new(),
             memory_mib: 512,
-            kernel: KernelConfig {
+            kernel: Some(KernelConfig {
                 path: kernel,
                 initrd: Some(initrd),
-                cmdline: default_cmdline(),
-            },
+                cmdline: DEFAULT_CMDLINE.to_string(),
+            }),
+            firmware: None,
             disks: vec![DiskConfig {
                 id: "rootdisk".into(),
                 path: disk,
@@ -63,6 +64,11 @@ impl Fixture {
             clock: ClockConfig::default(),
         };
         Self { dir, config }
+    }
+
+    /// The direct-boot kernel of the fixture's configuration.
+    fn kernel(&mut self) -> &mut KernelConfig {
+        self.config.kernel.as_mut().unwrap()
     }
 
     fn file(&self, name: &str, len: usize) -> PathBuf {
@@ -114,8 +120,9 @@ fn minimal_json_gets_the_defaults() {
     assert_eq!(config.name, "vm");
     assert_eq!(config.vcpus, 1);
     assert_eq!(config.memory_mib, 256);
-    assert_eq!(config.kernel.cmdline, "console=ttyS0 reboot=k panic=1");
-    assert_eq!(config.kernel.initrd, None);
+    let kernel = config.kernel.as_ref().unwrap();
+    assert_eq!(kernel.cmdline, "console=ttyS0 reboot=k panic=1");
+    assert_eq!(kernel.initrd, None);
     assert!(config.disks.is_empty() && config.nets.is_empty());
     assert_eq!(config.console, ConsoleConfig::default());
     assert_eq!(config.shutdown_timeout_secs, 30);
@@ -200,10 +207,23 @@ fn syntax_and_type_errors_carry_the_position() {
 
 #[test]
 fn missing_required_field_is_reported() {
-    let err = LaunchConfig::from_json_str(r#"{"name": "vm"}"#, Path::new("vm.json")).unwrap_err();
+    let err = LaunchConfig::from_json_str(r#"{"kernel": {"path": "/k"}}"#, Path::new("vm.json"))
+        .unwrap_err();
     assert!(
-        matches!(&err, ConfigError::Parse { message, .. } if message.contains("missing field `kernel`")),
+        matches!(&err, ConfigError::Parse { message, .. } if message.contains("missing field `name`")),
         "{err:?}"
+    );
+}
+
+#[test]
+fn a_config_without_kernel_or_firmware_has_nothing_to_boot() {
+    let config = LaunchConfig::from_json_str(r#"{"name": "vm"}"#, Path::new("vm.json")).unwrap();
+    let problems = issues(&config);
+    assert!(
+        problems
+            .iter()
+            .any(|issue| issue.field == "kernel" && issue.message.contains("nothing to boot")),
+        "{problems:?}"
     );
 }
 
@@ -343,42 +363,42 @@ fn memory_must_be_positive_and_fit_the_host() {
 fn kernel_and_initrd_must_be_readable_regular_files() {
     let mut fx = Fixture::new();
     let missing = fx.dir.path().join("nope");
-    fx.config.kernel.path = missing.clone();
+    fx.kernel().path = missing.clone();
     assert_one_issue(
         &fx.config,
         "kernel.path",
         &[&missing.display().to_string(), "does not exist"],
     );
-    fx.config.kernel.path = fx.dir.path().to_path_buf();
+    fx.kernel().path = fx.dir.path().to_path_buf();
     assert_one_issue(
         &fx.config,
         "kernel.path",
         &["a directory", "not a regular file"],
     );
-    fx.config.kernel.path = PathBuf::new();
+    fx.kernel().path = PathBuf::new();
     assert_one_issue(&fx.config, "kernel.path", &["must not be empty"]);
-    fx.config.kernel.path = fx.file("empty-kernel", 0);
+    fx.kernel().path = fx.file("empty-kernel", 0);
     assert_one_issue(&fx.config, "kernel.path", &["is empty"]);
 
     let mut fx = Fixture::new();
-    fx.config.kernel.initrd = Some(missing.clone());
+    fx.kernel().initrd = Some(missing.clone());
     assert_one_issue(&fx.config, "kernel.initrd", &["nope", "does not exist"]);
-    fx.config.kernel.initrd = Some(PathBuf::from("/dev/null"));
+    fx.kernel().initrd = Some(PathBuf::from("/dev/null"));
     assert_one_issue(&fx.config, "kernel.initrd", &["a special file"]);
 }
 
 #[test]
 fn cmdline_is_limited_to_4095_bytes_without_nul() {
     let mut fx = Fixture::new();
-    fx.config.kernel.cmdline = "x".repeat(4095);
+    fx.kernel().cmdline = "x".repeat(4095);
     assert_eq!(issues(&fx.config), Vec::new());
-    fx.config.kernel.cmdline = "x".repeat(4096);
+    fx.kernel().cmdline = "x".repeat(4096);
     assert_one_issue(
         &fx.config,
         "kernel.cmdline",
         &["4096 bytes", "at most 4095"],
     );
-    fx.config.kernel.cmdline = "console=ttyS0\0evil".into();
+    fx.kernel().cmdline = "console=ttyS0\0evil".into();
     assert_one_issue(&fx.config, "kernel.cmdline", &["NUL"]);
 }
 
@@ -787,11 +807,12 @@ fn flags_build_a_config() {
         vcpus: 4,
         vcpu_affinity: Vec::new(),
         memory_mib: 2048,
-        kernel: KernelConfig {
+        kernel: Some(KernelConfig {
             path: "/k".into(),
             initrd: Some("/i".into()),
             cmdline: "console=ttyS0 quiet".into(),
-        },
+        }),
+        firmware: None,
         disks: vec![
             DiskConfig {
                 id: "root".into(),
@@ -905,6 +926,55 @@ fn name_and_kernel_are_required_without_config() {
     .into_config()
     .unwrap_err();
     assert!(matches!(err, ConfigError::MissingFlag { flag: "--kernel" }));
+}
+
+#[test]
+fn boot_disk_flag_boots_a_disk_instead_of_a_kernel() {
+    let config = parse_args(&[
+        "--name",
+        "vm",
+        "--disk",
+        "id=root,path=/d.qcow2,format=qcow2",
+        "--boot-disk",
+        "root",
+        "--firmware",
+        "efi",
+    ])
+    .unwrap()
+    .into_config()
+    .unwrap();
+    assert_eq!(config.kernel, None);
+    assert_eq!(
+        config.firmware,
+        Some(FirmwareConfig {
+            kind: FirmwareKind::Efi,
+            boot_disk: "root".into()
+        })
+    );
+    let bios = parse_args(&["--name", "vm", "--boot-disk", "root"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert_eq!(bios.firmware.map(|f| f.kind), Some(FirmwareKind::Bios));
+    assert!(parse_args(&["--name", "vm", "--kernel", "/k", "--boot-disk", "root"]).is_err());
+    for (argv, flag, needs) in [
+        (
+            &["--name", "vm", "--boot-disk", "root", "--initrd", "/i"][..],
+            "--initrd",
+            "--kernel",
+        ),
+        (
+            &["--name", "vm", "--kernel", "/k", "--firmware", "bios"][..],
+            "--firmware",
+            "--boot-disk",
+        ),
+    ] {
+        let error = parse_args(argv).unwrap().into_config().unwrap_err();
+        assert!(
+            matches!(error, ConfigError::FlagWithout { flag: f, needs: n } if f == flag && n == needs),
+            "{argv:?}: {error:?}"
+        );
+    }
 }
 
 #[test]

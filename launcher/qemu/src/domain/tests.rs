@@ -2,8 +2,8 @@
 
 use super::*;
 use ironvisor_launcher::config::{
-    ClockConfig, ConsoleConfig, CpuTopologyConfig, DiskConfig, KernelConfig, NetConfig, RngConfig,
-    SystemIdentity,
+    ClockConfig, ConsoleConfig, CpuTopologyConfig, DiskConfig, FirmwareConfig, KernelConfig,
+    NetConfig, RngConfig, SystemIdentity,
 };
 
 struct Fixture {
@@ -25,11 +25,12 @@ fn fixture() -> Fixture {
         vcpus: 2,
         vcpu_affinity: vec![vec![1], vec![2, 3]],
         memory_mib: 384,
-        kernel: KernelConfig {
+        kernel: Some(KernelConfig {
             path: p.join("vmlinuz"),
             initrd: Some(p.join("initrd.img")),
             cmdline: "console=ttyS0 reboot=k panic=1 a=<b>&c".into(),
-        },
+        }),
+        firmware: None,
         disks: vec![
             DiskConfig {
                 id: "root".into(),
@@ -105,7 +106,7 @@ fn plan_resolves_paths_formats_serials_and_macs() {
     let fx = fixture();
     let plan = plan(&fx);
     assert_eq!(plan.domain_name, "ironvisor-web-1");
-    assert!(plan.kernel.is_absolute());
+    assert!(matches!(&plan.boot, PlannedBoot::Kernel { kernel, .. } if kernel.is_absolute()));
     assert_eq!(plan.disks[0].format, DiskFormat::Raw);
     assert_eq!(plan.disks[0].serial, "root");
     assert_eq!(plan.disks[0].target, "vda");
@@ -167,10 +168,13 @@ fn xml_describes_a_tcg_guest_with_direct_kernel_boot() {
     assert_eq!(os_type.attribute("machine"), Some(MACHINE_TYPE));
     assert_eq!(os_type.text(), Some("hvm"));
     assert_eq!(child(os, "smbios").attribute("mode"), Some("sysinfo"));
-    assert_eq!(text(os, "kernel"), plan.kernel.to_str().unwrap());
+    let PlannedBoot::Kernel { kernel, initrd, .. } = &plan.boot else {
+        panic!("direct kernel boot planned as {:?}", plan.boot);
+    };
+    assert_eq!(text(os, "kernel"), kernel.to_str().unwrap());
     assert_eq!(
         text(os, "initrd"),
-        plan.initrd.as_ref().unwrap().to_str().unwrap()
+        initrd.as_ref().unwrap().to_str().unwrap()
     );
     // Escaped on the way in, identical on the way out.
     assert_eq!(
@@ -454,7 +458,7 @@ fn xml_without_optional_devices() {
     fx.config.disks.clear();
     fx.config.nets.clear();
     fx.config.agent_socket = None;
-    fx.config.kernel.initrd = None;
+    fx.config.kernel.as_mut().unwrap().initrd = None;
     fx.config.system = SystemIdentity::default();
     fx.config.rng = None;
     let xml = plan(&fx).to_xml();
@@ -547,4 +551,59 @@ fn xml_shapes_the_cpu_topology_and_shifts_the_rtc() {
     assert_eq!(clock.attribute("offset"), Some("variable"));
     assert_eq!(clock.attribute("adjustment"), Some("19800"));
     assert_eq!(clock.attribute("basis"), Some("utc"));
+}
+
+#[test]
+fn a_firmware_boot_has_no_kernel_and_boots_its_disk_first() {
+    let mut fx = fixture();
+    fx.config.kernel = None;
+    fx.config.firmware = Some(FirmwareConfig {
+        kind: FirmwareKind::Bios,
+        boot_disk: fx.config.disks[1].id.clone(),
+    });
+    let xml = plan(&fx).to_xml();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let domain = doc.root_element();
+    let os = child(domain, "os");
+    for absent in ["kernel", "initrd", "cmdline", "loader", "nvram"] {
+        assert!(!os.children().any(|n| n.has_tag_name(absent)), "{absent}");
+    }
+    let boot_orders: Vec<Option<&str>> = child(domain, "devices")
+        .children()
+        .filter(|n| n.has_tag_name("disk"))
+        .map(|disk| {
+            disk.children()
+                .find(|n| n.has_tag_name("boot"))
+                .and_then(|boot| boot.attribute("order"))
+        })
+        .collect();
+    assert_eq!(boot_orders, [None, Some("1")]);
+}
+
+#[test]
+fn an_efi_boot_loads_ovmf_without_secure_boot_and_keeps_its_variables_in_the_runtime_dir() {
+    let mut fx = fixture();
+    fx.config.kernel = None;
+    fx.config.firmware = Some(FirmwareConfig {
+        kind: FirmwareKind::Efi,
+        boot_disk: fx.config.disks[0].id.clone(),
+    });
+    if !std::path::Path::new(OVMF_CODE).is_file() {
+        let error = DomainPlan::from_config(&fx.config, fx.dir.path(), 42).unwrap_err();
+        assert!(error.to_string().contains("ovmf"), "{error}");
+        return;
+    }
+    let plan = plan(&fx);
+    let xml = plan.to_xml();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let os = child(doc.root_element(), "os");
+    let loader = child(os, "loader");
+    assert_eq!(loader.text(), Some(OVMF_CODE));
+    assert_eq!(loader.attribute("secure"), Some("no"));
+    let nvram = child(os, "nvram");
+    assert_eq!(nvram.attribute("template"), Some(OVMF_VARS));
+    assert_eq!(
+        nvram.text(),
+        Some(fx.dir.path().join(NVRAM_FILE).to_str().unwrap())
+    );
 }
