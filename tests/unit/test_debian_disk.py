@@ -23,14 +23,9 @@ from images.debian_disk import (
     embed_core,
     mbr,
 )
+from tests.debian_guest import RUNCMD_MARKER, nocloud_seed
 
 BOOT_TIMEOUT_S = 300
-USER_DATA = """\
-#cloud-config
-hostname: corpus-guest
-runcmd:
-  - [sh, -c, "echo IRONVISOR-CLOUD-INIT-RUNCMD host=$(hostname) > /dev/ttyS0"]
-"""
 
 
 def test_the_mbr_loads_core_from_sector_1_and_has_one_bootable_linux_partition() -> None:
@@ -58,20 +53,6 @@ def test_core_points_its_block_list_at_sector_2_and_must_fit_the_gap() -> None:
         mbr(b"", b"\0" * 10, 1)
 
 
-def _seed(tmp_path: Path) -> Path:
-    """A NoCloud seed: a FAT image labelled cidata with user-data and meta-data."""
-    for name, text in (("user-data", USER_DATA),
-                       ("meta-data", "instance-id: corpus-guest-1\n")):
-        (tmp_path / name).write_text(text)
-    seed = tmp_path / "seed.img"
-    subprocess.run(["mkfs.vfat", "-C", "-n", "CIDATA", str(seed), "1024"], check=True,
-                   capture_output=True)
-    for name in ("user-data", "meta-data"):
-        subprocess.run(["mcopy", "-i", str(seed), str(tmp_path / name), f"::{name}"],
-                       check=True, capture_output=True)
-    return seed
-
-
 @pytest.mark.tcg
 def test_the_disk_boots_its_own_grub_and_debian_applies_cloud_init(tmp_path: Path) -> None:
     for tool in ("qemu-system-x86_64", "mmdebstrap", "mkfs.vfat", "mcopy"):
@@ -85,7 +66,7 @@ def test_the_disk_boots_its_own_grub_and_debian_applies_cloud_init(tmp_path: Pat
         ["qemu-system-x86_64", "-M", "pc", "-m", "1024", "-smp", "1", "-display", "none",
          "-nodefaults", "-no-reboot", "-serial", f"file:{serial}",
          "-drive", f"file={disk},if=virtio,snapshot=on",
-         "-drive", f"file={_seed(tmp_path)},if=virtio,format=raw,readonly=on"],
+         "-drive", f"file={nocloud_seed(tmp_path)},if=virtio,format=raw,readonly=on"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         booted = time.monotonic()
@@ -93,7 +74,7 @@ def test_the_disk_boots_its_own_grub_and_debian_applies_cloud_init(tmp_path: Pat
         text = ""
         while time.monotonic() < deadline:
             text = serial.read_text(errors="replace") if serial.exists() else ""
-            if "IRONVISOR-CLOUD-INIT-RUNCMD" in text and "login:" in text:
+            if RUNCMD_MARKER in text and "login:" in text:
                 break
             assert qemu.poll() is None, f"QEMU exited {qemu.returncode}:\n{text[-3000:]}"
             time.sleep(1)
@@ -107,6 +88,6 @@ def test_the_disk_boots_its_own_grub_and_debian_applies_cloud_init(tmp_path: Pat
     assert "GNU GRUB" in text, "the disk's own GRUB ran"
     assert "Linux version 6.1." in text
     # userData from the seed: the hostname it sets, seen by the runcmd it runs.
-    assert "IRONVISOR-CLOUD-INIT-RUNCMD host=corpus-guest" in text, text[-3000:]
+    assert RUNCMD_MARKER in text, text[-3000:]
     print(f"\nDebian disk {disk.name}: {disk.stat().st_size >> 20} MiB, ready in "
           f"{built_s:.0f} s; SeaBIOS -> login prompt under TCG in {login_s:.0f} s")
