@@ -7,12 +7,13 @@ directory (see handler/README.md, "Images directory"):
 | --------------------------------------- | ------------------------------------------------ |
 | ``ironvisor/guest-kernel:debian-M.m``   | ``ironvisor/guest-kernel/debian-M.m/boot/vmlinuz``, ``.../initrd.img``, ``.../vmlinux`` |
 | ``ironvisor/rootfs:busybox``            | ``ironvisor/rootfs/busybox.img`` (raw ext4)      |
+| ``ironvisor/debian:bookworm``           | ``ironvisor/debian/bookworm.qcow2`` (``--debian``: the Debian guest disk with its own GRUB, images/debian_disk.py) |
 
 ``M.m`` is the Debian kernel's major.minor version (6.1 on Debian 12). Files are
 hard-linked from the build output when both are on one file system, else copied; a file
 that is already identical is left alone, so running this again is cheap.
 
-    python3 -m images.catalog DIR [--out BUILD_DIR]
+    python3 -m images.catalog DIR [--out BUILD_DIR] [--debian]
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ import sys
 from pathlib import Path
 
 from images.build import DEFAULT_OUT_DIR, BuildError, Images, build
+from images.debian_disk import DiskError, build_disk
 
 KERNEL_REPOSITORY = "ironvisor/guest-kernel"
 ROOTFS_IMAGE = Path("ironvisor/rootfs/busybox.img")
+#: The Debian guest disk's image name and file.
+DEBIAN_DISK_NAME = "ironvisor/debian:bookworm"
+DEBIAN_DISK_IMAGE = Path("ironvisor/debian/bookworm.qcow2")
 
 
 def kernel_tag(kernel_version: str) -> str:
@@ -71,16 +76,27 @@ def install(images: Images, images_dir: Path) -> dict[str, Path]:
     return placed
 
 
+def install_debian_disk(images_dir: Path) -> Path:
+    """Places the Debian guest disk (built now unless cached) as ``DEBIAN_DISK_NAME``."""
+    placed = images_dir / DEBIAN_DISK_IMAGE
+    _place(build_disk(), placed)
+    return placed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("images_dir", type=Path, help="the node agent's --images-dir")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR,
                         help="build output directory (default: %(default)s)")
+    parser.add_argument("--debian", action="store_true",
+                        help=f"also place the Debian guest disk as {DEBIAN_DISK_NAME}")
     args = parser.parse_args(argv)
     try:
         images = build(args.out)
         placed = install(images, args.images_dir)
-    except (BuildError, OSError, ValueError) as exc:
+        if args.debian:
+            placed["debian"] = install_debian_disk(args.images_dir)
+    except (BuildError, DiskError, OSError, ValueError) as exc:
         print(f"images.catalog: error: {exc}", file=sys.stderr)
         return 1
     print(f"kernel image {kernel_image_name(images)}:")
