@@ -43,6 +43,13 @@ def test_the_mbr_loads_core_from_sector_1_and_has_one_bootable_linux_partition()
     assert sector[510:] == b"\x55\xaa"
 
 
+def test_the_efi_system_partition_follows_the_root_partition() -> None:
+    sector = mbr(b"", b"\0" * SECTOR, partition_sectors=4096, esp_sectors=2048)
+    status, kind, start, count = struct.unpack_from("<B3xB3xII", sector, 462)
+    assert (status, kind, start, count) == (0, 0xEF, PARTITION_START_SECTOR + 4096, 2048)
+    assert sector[478:510] == bytes(32)
+
+
 def test_core_points_its_block_list_at_sector_2_and_must_fit_the_gap() -> None:
     core = embed_core(b"\x01" * (SECTOR * 3 + 10))
     assert len(core) == SECTOR * 4, "padded to whole sectors"
