@@ -9,7 +9,7 @@ packages=(
   # guest images (images/build.py)
   busybox-static cpio lz4 kmod gzip e2fsprogs
   # nested KVM (L1 under TCG), the QEMU peer in benchmarks, software emulation
-  qemu-system-x86 qemu-utils
+  qemu-system-x86 qemu-utils ovmf
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   # node networking (handler/net/DEPENDENCIES)
   containernetworking-plugins iptables iproute2 nftables dnsmasq-base procps
