@@ -135,6 +135,21 @@ def spec_rootfs(inputs: Inputs) -> ImageSpec:
         comment="containerDisk: the busybox guest's ext4 root disk (images/build.py)"),))
 
 
+def spec_debian(inputs: Inputs) -> ImageSpec:
+    """The Debian guest disk (images/debian_disk.py, with its own GRUB for BIOS and UEFI)
+    as a containerDisk: one qcow2 under /disk/."""
+    from images.catalog import DEBIAN_DISK_NAME
+    from images.debian_disk import DiskError, build_disk
+
+    try:
+        disk = build_disk()
+    except DiskError as exc:
+        raise ContainersError(f"debian: {exc}") from exc
+    return ImageSpec(DEBIAN_DISK_NAME, (Layer((
+        Entry("/disk/bookworm.qcow2", source=disk, mode=0o644),),
+        comment="containerDisk: the Debian bookworm guest disk (images/debian_disk.py)"),))
+
+
 def spec_busybox(inputs: Inputs) -> ImageSpec:
     """A plain container image for workloads next to the VMs (tests, demos): Debian's
     static busybox, run as ``/bin/busybox <applet> ...``."""
@@ -266,6 +281,7 @@ class Image:
 IMAGES = (
     Image("pause", "ironvisor/pause", spec_pause),
     Image("rootfs", "ironvisor/rootfs", spec_rootfs),
+    Image("debian", "ironvisor/debian", spec_debian),
     Image("busybox", "ironvisor/busybox", spec_busybox),
     Image("guest-kernel", "ironvisor/guest-kernel", spec_guest_kernel),
     Image("launcher", "ironvisor/launcher", spec_launcher),
@@ -293,7 +309,8 @@ def listed_reference(image: Image) -> str:
         if not version.is_file():
             return f"docker.io/{image.repository}:debian-<M.m> (tag from the kernel build)"
         return normalize_reference(kernel_reference(version.read_text().strip()))
-    tag = {"pause": PAUSE_TAG, "rootfs": "busybox", "busybox": BUSYBOX_TAG}.get(
+    tag = {"pause": PAUSE_TAG, "rootfs": "busybox", "busybox": BUSYBOX_TAG,
+           "debian": "bookworm"}.get(
         image.name, VERSION)
     return normalize_reference(f"{image.repository}:{tag}")
 

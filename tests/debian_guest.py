@@ -1,12 +1,14 @@
 """The Debian guest disk's test inputs: a NoCloud seed whose userData sets the hostname
-and runs a command that prints a marker on the serial console, and the marker to look for.
-Shared by the TCG boot test of the disk, the nested-KVM boot by the launcher and the
-standalone node's boots."""
+and runs a command that prints a marker on the serial console, the marker to look for,
+and a VM of the disk without kernelBoot. Shared by the TCG boot test of the disk, the
+nested-KVM boot by the launcher, and the standalone node's and the cluster's boots."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+
+from images.catalog import DEBIAN_DISK_NAME
 
 #: The hostname userData sets.
 HOSTNAME = "corpus-guest"
@@ -34,3 +36,38 @@ def nocloud_seed(directory: Path, user_data: str = USER_DATA) -> Path:
         subprocess.run(["mcopy", "-i", str(seed), str(directory / name), f"::{name}"],
                        check=True, capture_output=True)
     return seed
+
+
+def manifest(name: str, bootloader: str) -> str:
+    """A KubeVirt-shaped VM of the Debian disk with a NoCloud seed; `bootloader` is the
+    YAML of `firmware.bootloader` ("" for none)."""
+    firmware = f"        firmware:\n          bootloader: {bootloader}\n" if bootloader else ""
+    user_data = "".join(f"              {line}\n" for line in USER_DATA.splitlines())
+    return f"""\
+apiVersion: ironvisor.io/v1alpha1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      domain:
+{firmware}        memory:
+          guest: 1Gi
+        devices:
+          disks:
+            - name: root
+              disk:
+                bus: virtio
+            - name: cloudinit
+              disk:
+                bus: virtio
+      volumes:
+        - name: root
+          containerDisk:
+            image: {DEBIAN_DISK_NAME}
+        - name: cloudinit
+          cloudInitNoCloud:
+            userData: |
+{user_data}"""

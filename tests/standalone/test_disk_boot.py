@@ -10,48 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from images.catalog import DEBIAN_DISK_NAME, install_debian_disk
-from tests.debian_guest import RUNCMD_MARKER, USER_DATA
+from images.catalog import install_debian_disk
+from tests.debian_guest import RUNCMD_MARKER, manifest
 from tests.standalone.node import Node
 
 pytestmark = pytest.mark.tcg
 
 BOOT_TIMEOUT_S = 420
-
-
-def manifest(name: str, bootloader: str) -> str:
-    """A KubeVirt-shaped VM of the Debian disk with a NoCloud seed; `bootloader` is the
-    YAML of `firmware.bootloader` ("" for none)."""
-    firmware = f"        firmware:\n          bootloader: {bootloader}\n" if bootloader else ""
-    user_data = "".join(f"              {line}\n" for line in USER_DATA.splitlines())
-    return f"""\
-apiVersion: ironvisor.io/v1alpha1
-kind: VirtualMachine
-metadata:
-  name: {name}
-spec:
-  runStrategy: Always
-  template:
-    spec:
-      domain:
-{firmware}        memory:
-          guest: 1Gi
-        devices:
-          disks:
-            - name: root
-              disk:
-                bus: virtio
-            - name: cloudinit
-              disk:
-                bus: virtio
-      volumes:
-        - name: root
-          containerDisk:
-            image: {DEBIAN_DISK_NAME}
-        - name: cloudinit
-          cloudInitNoCloud:
-            userData: |
-{user_data}"""
 
 
 @pytest.fixture(scope="module")
