@@ -10,6 +10,7 @@
 //! | `/var/run/ironvisor/container-disks/<volume>/` | emptyDir | init container `volume-<volume>`: the containerDisk image's `/disk` |
 //! | `/var/run/ironvisor/kernel/{kernel,initrd}` | emptyDir | init container `kernel-boot` |
 //! | `/var/run/ironvisor/sockets/` | emptyDir | the launcher's API and console sockets |
+//! | `/var/run/ironvisor/config-volumes/<volume>/` | configMap, secret, projected, downward API | the kubelet ([`crate::config_volumes`]) |
 //!
 //! Images are copied out by running them as init containers with the launcher image's
 //! static busybox (KubeVirt's containerDisk convention: a disk image is an OCI image with
@@ -126,6 +127,8 @@ pub fn launcher_pod(
         empty_dir("kernel"),
         empty_dir("sockets"),
     ];
+    let config = crate::config_volumes::config_volumes(spec);
+    volumes.extend(config.volumes);
     volumes.sort_by(|a, b| a.name.cmp(&b.name));
     let mut init_containers = vec![tools_container(settings)];
     for volume in &spec.volumes {
@@ -179,16 +182,24 @@ pub fn launcher_pod(
         },
         spec: Some(PodSpec {
             init_containers: Some(init_containers),
-            containers: vec![compute_container(
-                settings,
-                guest_bytes,
-                spec.vcpus(),
-                spec.dedicated_cpu_placement(),
-                !spec.domain.devices.interfaces.is_empty(),
-            )],
+            containers: vec![{
+                let mut compute = compute_container(
+                    settings,
+                    guest_bytes,
+                    spec.vcpus(),
+                    spec.dedicated_cpu_placement(),
+                    !spec.domain.devices.interfaces.is_empty(),
+                );
+                compute
+                    .volume_mounts
+                    .get_or_insert_with(Vec::new)
+                    .extend(config.mounts);
+                compute
+            }],
             volumes: Some(volumes),
             restart_policy: Some("Never".into()),
             automount_service_account_token: Some(false),
+            service_account_name: config.service_account,
             enable_service_links: Some(false),
             hostname: hostname(&name),
             termination_grace_period_seconds: Some(grace.max(0) + LAUNCHER_EXTRA_GRACE_SECONDS),
@@ -443,6 +454,8 @@ fn compute_container(
             format!("{VMI_DIR}/{VMI_FILE}"),
             "--container-disks".into(),
             CONTAINER_DISKS_DIR.into(),
+            "--config-volumes".into(),
+            crate::config_volumes::CONFIG_VOLUMES_DIR.into(),
             "--kernel-dir".into(),
             KERNEL_DIR.into(),
             "--run-dir".into(),

@@ -3,12 +3,14 @@
 //! - [`vm_controller`]: `VirtualMachine` → `VirtualMachineInstance` per run strategy
 //!   ([`vm_strategy`]), VM status ([`vm_status`]).
 //! - [`vmi_controller`]: `VirtualMachineInstance` → one launcher Pod ([`launcher_pod`]),
-//!   instance status from the pod ([`vmi_status`]).
+//!   instance status from the pod ([`vmi_status`]); the pod's side of configMap, secret,
+//!   serviceAccount and downwardAPI volumes ([`config_volumes`]).
 //! - [`leader`]: a Lease so one of several replicas reconciles.
 //! - [`http`] + [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`run`]: wiring it together for the binary.
 #![deny(missing_docs)]
 
+pub mod config_volumes;
 pub mod context;
 pub mod http;
 pub mod launcher_pod;

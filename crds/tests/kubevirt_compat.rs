@@ -473,3 +473,60 @@ fn a_bootloader_with_a_kernel_image_is_refused_by_name() {
         "{message}"
     );
 }
+
+fn with_volume(volume: &str) -> String {
+    EXPORTED
+        .replace(
+            "            - name: root\n              disk:\n                bus: virtio\n",
+            "            - name: root\n              disk:\n                bus: virtio\n            \
+             - name: extra\n              serial: EXTRA1\n              disk:\n                bus: virtio\n",
+        )
+        .replace(
+            "      volumes:\n",
+            &format!("      volumes:\n        - name: extra\n{volume}"),
+        )
+}
+
+#[test]
+fn config_map_secret_service_account_and_downward_api_volumes_are_accepted() {
+    for volume in [
+        "          configMap:\n            name: app-config\n            volumeLabel: cidata\n",
+        "          secret:\n            secretName: app-secret\n            optional: true\n",
+        "          serviceAccount:\n            serviceAccountName: builder\n",
+        "          downwardAPI:\n            fields:\n              - path: labels\n                \
+         fieldRef:\n                  fieldPath: metadata.labels\n",
+    ] {
+        let vm = defaulted(&with_volume(volume));
+        if let Err(error) = validate::vm(&vm) {
+            panic!("{volume}: {error}");
+        }
+    }
+}
+
+#[test]
+fn bad_labels_names_and_downward_api_paths_are_refused_by_name() {
+    const AT: &str = "spec.template.spec.volumes[0]";
+    for (volume, field) in [
+        (
+            "          configMap:\n            name: app-config\n            volumeLabel: a-label-too-long\n",
+            "configMap.volumeLabel",
+        ),
+        ("          secret:\n            secretName: Not_A_Name\n", "secret.secretName"),
+        (
+            "          serviceAccount:\n            serviceAccountName: \"\"\n",
+            "serviceAccount.serviceAccountName",
+        ),
+        (
+            "          downwardAPI:\n            fields:\n              - path: ../escape\n                \
+             fieldRef:\n                  fieldPath: metadata.labels\n",
+            "downwardAPI.fields[0].path",
+        ),
+        (
+            "          downwardAPI:\n            fields:\n              - path: nothing\n",
+            "downwardAPI.fields[0]",
+        ),
+    ] {
+        let message = refusal(&with_volume(volume));
+        assert!(message.contains(&format!("{AT}.{field}: ")), "{volume}: {message}");
+    }
+}

@@ -12,8 +12,8 @@ use ironvisor_handler::config::launcher_binaries;
 use ironvisor_handler::pod::libvirt::{self, LibvirtSetup};
 use ironvisor_handler::pod::termination::DEFAULT_TERMINATION_LOG;
 use ironvisor_handler::pod::{
-    self, VirtLauncherConfig, DEFAULT_CONTAINER_DISKS, DEFAULT_KERNEL_DIR, DEFAULT_RUN_DIR,
-    DEFAULT_VMI_FILE,
+    self, VirtLauncherConfig, DEFAULT_CONFIG_VOLUMES, DEFAULT_CONTAINER_DISKS, DEFAULT_KERNEL_DIR,
+    DEFAULT_RUN_DIR, DEFAULT_VMI_FILE,
 };
 
 /// Command line of `virt-launcher`.
@@ -25,6 +25,9 @@ pub struct VirtLauncherArgs {
     /// containerDisk volumes: one directory per volume holding one disk file.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_CONTAINER_DISKS)]
     container_disks: PathBuf,
+    /// configMap, secret, serviceAccount and downwardAPI volumes: one directory per volume.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CONFIG_VOLUMES)]
+    config_volumes: PathBuf,
     /// `kernel` and `initrd` copied from the kernel-boot container image.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_KERNEL_DIR)]
     kernel_dir: PathBuf,
@@ -68,6 +71,7 @@ pub fn run(args: VirtLauncherArgs) -> ExitCode {
     let config = VirtLauncherConfig {
         vmi_file: args.vmi,
         container_disks: args.container_disks,
+        config_volumes: args.config_volumes,
         kernel_dir: args.kernel_dir,
         run_dir: args.run_dir,
         launcher,

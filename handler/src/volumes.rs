@@ -137,6 +137,20 @@ pub fn volume_source(key: &VmKey, volume: &Volume) -> Result<VolumeSource, Volum
             read_only: pvc.read_only.unwrap_or(false),
         });
     }
+    let cluster_kind = [
+        (volume.config_map.is_some(), "configMap"),
+        (volume.secret.is_some(), "secret"),
+        (volume.service_account.is_some(), "serviceAccount"),
+        (volume.downward_api.is_some(), "downwardAPI"),
+    ]
+    .into_iter()
+    .find_map(|(set, kind)| set.then_some(kind));
+    if let Some(kind) = cluster_kind {
+        return Ok(VolumeSource::ClusterFiles {
+            kind,
+            label: volume.config_disk_label(),
+        });
+    }
     if let Some(ci) = &volume.cloud_init_no_cloud {
         return Ok(VolumeSource::CloudInitNoCloud {
             user_data: ci.user_data.clone(),
@@ -182,6 +196,7 @@ pub fn disk_error_reason(error: &DiskError) -> &'static str {
             "HostDiskNotFound"
         }
         DiskError::PvcMissing { .. } => "PvcNotFound",
+        DiskError::ClusterOnly { .. } => "ClusterOnlyVolume",
         _ => "DiskPreparationFailed",
     }
 }

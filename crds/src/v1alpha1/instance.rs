@@ -511,6 +511,73 @@ pub struct Volume {
     /// A NoCloud cloud-init data source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_init_no_cloud: Option<CloudInitNoCloudSource>,
+    /// A ConfigMap's keys as files on a read-only disk (cluster mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapVolumeSource>,
+    /// A Secret's keys as files on a read-only disk (cluster mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretVolumeSource>,
+    /// A service account's token, CA bundle and namespace on a read-only disk (cluster
+    /// mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountVolumeSource>,
+    /// The instance's own fields (labels, annotations, ...) as files on a read-only disk
+    /// (cluster mode).
+    #[serde(
+        default,
+        rename = "downwardAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub downward_api: Option<DownwardApiVolumeSource>,
+}
+
+/// A ConfigMap in the instance's namespace, each key a file on a FAT disk.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigMapVolumeSource {
+    /// The ConfigMap's name.
+    pub name: String,
+    /// Start the instance even when the ConfigMap does not exist (an empty disk then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+    /// The FAT volume label the guest sees (at most 11 characters; default: the volume's
+    /// name, cut to 11). `cidata` makes the disk a cloud-init NoCloud seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_label: Option<String>,
+}
+
+/// A Secret in the instance's namespace, each key a file on a FAT disk.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretVolumeSource {
+    /// The Secret's name.
+    pub secret_name: String,
+    /// Start the instance even when the Secret does not exist (an empty disk then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+    /// The FAT volume label the guest sees (as for `configMap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_label: Option<String>,
+}
+
+/// A service account of the instance's namespace: `token`, `ca.crt` and `namespace`.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAccountVolumeSource {
+    /// The service account's name; the launcher pod runs as it.
+    pub service_account_name: String,
+}
+
+/// Fields of the instance as files, as a pod's downward API volume has them.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DownwardApiVolumeSource {
+    /// The files and the field each holds.
+    #[serde(default)]
+    pub fields: Vec<k8s_openapi::api::core::v1::DownwardAPIVolumeFile>,
+    /// The FAT volume label the guest sees (as for `configMap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_label: Option<String>,
 }
 
 /// The kinds of volume source, for messages and counting.
@@ -526,6 +593,14 @@ pub enum VolumeSourceKind {
     EmptyDisk,
     /// `cloudInitNoCloud`.
     CloudInitNoCloud,
+    /// `configMap`.
+    ConfigMap,
+    /// `secret`.
+    Secret,
+    /// `serviceAccount`.
+    ServiceAccount,
+    /// `downwardAPI`.
+    DownwardApi,
 }
 
 impl VolumeSourceKind {
@@ -537,11 +612,31 @@ impl VolumeSourceKind {
             Self::HostDisk => "hostDisk",
             Self::EmptyDisk => "emptyDisk",
             Self::CloudInitNoCloud => "cloudInitNoCloud",
+            Self::ConfigMap => "configMap",
+            Self::Secret => "secret",
+            Self::ServiceAccount => "serviceAccount",
+            Self::DownwardApi => "downwardAPI",
         }
     }
 }
 
 impl Volume {
+    /// The FAT volume label of a configMap, secret, serviceAccount or downwardAPI disk:
+    /// `volumeLabel` when set, else the volume's name cut to 11 bytes.
+    pub fn config_disk_label(&self) -> String {
+        let given = self
+            .config_map
+            .as_ref()
+            .and_then(|s| s.volume_label.clone())
+            .or_else(|| self.secret.as_ref().and_then(|s| s.volume_label.clone()))
+            .or_else(|| {
+                self.downward_api
+                    .as_ref()
+                    .and_then(|s| s.volume_label.clone())
+            });
+        given.unwrap_or_else(|| self.name.chars().take(11).collect())
+    }
+
     /// The sources that are set (a valid volume has exactly one).
     pub fn sources(&self) -> Vec<VolumeSourceKind> {
         [
@@ -559,6 +654,13 @@ impl Volume {
                 self.cloud_init_no_cloud.is_some(),
                 VolumeSourceKind::CloudInitNoCloud,
             ),
+            (self.config_map.is_some(), VolumeSourceKind::ConfigMap),
+            (self.secret.is_some(), VolumeSourceKind::Secret),
+            (
+                self.service_account.is_some(),
+                VolumeSourceKind::ServiceAccount,
+            ),
+            (self.downward_api.is_some(), VolumeSourceKind::DownwardApi),
         ]
         .into_iter()
         .filter_map(|(set, kind)| set.then_some(kind))

@@ -410,6 +410,28 @@ pub enum ValidationError {
         /// Field path.
         path: String,
     },
+    /// A FAT volume label that is too long or has characters FAT does not allow.
+    #[error("{path}: volume label {value:?} must be 1 to 11 printable ASCII characters without spaces or any of \"*+,./:;<=>?[\\]|")]
+    InvalidVolumeLabel {
+        /// Field path.
+        path: String,
+        /// The label as written.
+        value: String,
+    },
+    /// A downwardAPI file path that is absolute, empty or climbs out with `..`.
+    #[error("{path}: {value:?} must be a relative path without '..' components")]
+    InvalidRelativePath {
+        /// Field path.
+        path: String,
+        /// The path as written.
+        value: String,
+    },
+    /// A downwardAPI file without a field or with more than one source.
+    #[error("{path}: set exactly one of fieldRef and resourceFieldRef")]
+    DownwardApiFieldChoice {
+        /// Field path.
+        path: String,
+    },
     /// A NIC model other than virtio.
     #[error("{path}: NIC model {value:?} is not served: the microVM's NICs are virtio (every Linux guest has the driver); use virtio or leave it out")]
     NicModelNotServed {
@@ -580,6 +602,9 @@ impl ValidationError {
             | Self::InvalidFirmwareUuid { path, .. }
             | Self::InvalidFirmwareSerial { path, .. }
             | Self::BootloaderChoice { path }
+            | Self::InvalidVolumeLabel { path, .. }
+            | Self::InvalidRelativePath { path, .. }
+            | Self::DownwardApiFieldChoice { path }
             | Self::SecureBootNotServed { path }
             | Self::PersistentEfiNotServed { path }
             | Self::BootloaderWithKernelBoot { path }

@@ -7,6 +7,7 @@
 //! that defaulting cannot fix.
 
 mod clock;
+mod config_volumes;
 mod error;
 mod firmware;
 mod formats;
@@ -543,6 +544,7 @@ fn volumes(spec: &VirtualMachineInstanceSpec, root: &FieldPath, errors: &mut Vec
 }
 
 fn volume_source(volume: &Volume, path: &FieldPath, errors: &mut Vec<ValidationError>) {
+    config_volumes::check(volume, path, errors);
     if let Some(source) = &volume.container_disk {
         image(&source.image, &path.child("containerDisk.image"), errors);
     }

@@ -8,6 +8,7 @@
 //! | `cloudInitNoCloud`        | `<vm_dir>/disks/<volume>.cidata.img`, FAT `cidata`    | yes   |
 //! | `hostDisk`                | the given absolute path, raw (created sparse by `DiskOrCreate`) | no |
 //! | `persistentVolumeClaim`   | `<volumes_dir>/<claimName>.img`, raw                  | no    |
+//! | `configMap`, `secret`, `serviceAccount`, `downwardAPI` | cluster mode only: a FAT disk made in the launcher pod ([`config_disk`]) | - |
 //!
 //! *Owned* files are created for one VM and deleted by [`cleanup`]; they are listed in
 //! `<vm_dir>/disks/owned.json` (see [`manifest`]) and nothing else is ever deleted.
@@ -32,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod cloudinit;
+pub mod config_disk;
 mod fsutil;
 pub mod image_store;
 pub mod manifest;
@@ -89,6 +91,15 @@ pub enum VolumeSource {
         claim: String,
         /// The claim is attached read-only.
         read_only: bool,
+    },
+    /// Files of a cluster object (`configMap`, `secret`, `serviceAccount`, `downwardAPI`)
+    /// on a FAT disk: made in the launcher pod ([`config_disk`]); the standalone node has
+    /// no such objects and refuses it.
+    ClusterFiles {
+        /// The source kind, as written in the manifest.
+        kind: &'static str,
+        /// The FAT volume label.
+        label: String,
     },
     /// A cloud-init NoCloud seed disk.
     CloudInitNoCloud {

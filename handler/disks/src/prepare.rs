@@ -189,6 +189,14 @@ pub enum DiskError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A volume of a cluster object on the standalone node.
+    #[error("volume {volume}: {kind} volumes need cluster mode: the standalone node has no ConfigMaps, Secrets or service accounts")]
+    ClusterOnly {
+        /// The volume.
+        volume: String,
+        /// The source kind.
+        kind: &'static str,
+    },
     /// The standalone PVC image does not exist.
     #[error("volume {volume}: persistentVolumeClaim {claim}: {path} does not exist; in standalone mode a claim is a raw image file, create it first, e.g. `truncate -s 10G {path}`")]
     PvcMissing {
@@ -342,6 +350,7 @@ impl Volume<'_> {
             VolumeSource::HostDisk { .. } => "hostDisk",
             VolumeSource::Pvc { .. } => "persistentVolumeClaim",
             VolumeSource::CloudInitNoCloud { .. } => "cloudInitNoCloud",
+            VolumeSource::ClusterFiles { kind, .. } => kind,
         };
         let _span = tracing::info_span!("volume", name = %self.req.name, kind).entered();
         match &self.req.source {
@@ -355,6 +364,10 @@ impl Volume<'_> {
                 capacity_bytes,
             } => self.host_disk(path, *create, *capacity_bytes),
             VolumeSource::Pvc { claim, read_only } => self.pvc(claim, *read_only),
+            VolumeSource::ClusterFiles { kind, .. } => Err(DiskError::ClusterOnly {
+                volume: self.name(),
+                kind,
+            }),
             VolumeSource::CloudInitNoCloud {
                 user_data,
                 user_data_base64,

@@ -5,6 +5,7 @@
 //! | `containerDisk` | the one file in `<container-disks>/<volume>/` ([`super::container_disk`]), used in place |
 //! | `emptyDisk` | `<run-dir>/disks/<volume>.empty.img`, sparse raw (`ironvisor-disks`) |
 //! | `cloudInitNoCloud` | `<run-dir>/disks/<volume>.cidata.img` (`ironvisor-disks`) |
+//! | `configMap`, `secret`, `serviceAccount`, `downwardAPI` | `<run-dir>/disks/<volume>.files.img`: a FAT image of `<config-volumes>/<volume>/`, which the kubelet fills ([`ironvisor_disks::config_disk`]) |
 //! | `hostDisk`, `persistentVolumeClaim` | refused: not supported in cluster mode yet |
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,18 @@ pub enum PodDiskError {
     /// A containerDisk has no usable file.
     #[error(transparent)]
     ContainerDisk(#[from] ContainerDiskError),
+    /// The disk of a configMap, secret, serviceAccount or downwardAPI volume cannot be
+    /// made.
+    #[error("volume {volume}: {kind}: {source}")]
+    ClusterFiles {
+        /// The volume.
+        volume: String,
+        /// The source kind.
+        kind: &'static str,
+        /// What failed (names the file).
+        #[source]
+        source: ironvisor_disks::config_disk::ConfigDiskError,
+    },
     /// An emptyDisk or cloud-init seed cannot be made.
     #[error("cannot create the disks in {dir}: {source}")]
     Prepare {
@@ -52,6 +65,7 @@ impl PodDiskError {
             Self::Volume(e) => e.reason(),
             Self::Unsupported { .. } => "UnsupportedVolume",
             Self::ContainerDisk(_) => "ContainerDiskUnusable",
+            Self::ClusterFiles { .. } => "VolumeFilesUnusable",
             Self::Prepare { source, .. } => volumes::disk_error_reason(source),
         }
     }
@@ -62,6 +76,8 @@ impl PodDiskError {
 pub struct PodVolumes<'a> {
     /// `<container-disks>/<volume>/` per containerDisk.
     pub container_disks: &'a Path,
+    /// `<config-volumes>/<volume>/` per configMap, secret, serviceAccount or downwardAPI.
+    pub config_volumes: &'a Path,
     /// The run directory; emptyDisks and seeds go to its `disks/`.
     pub run_dir: &'a Path,
 }
@@ -99,6 +115,9 @@ pub fn prepare(
                 made.push((disks.len(), request));
                 disks.push(None);
             }
+            VolumeSource::ClusterFiles { kind, label } => {
+                disks.push(Some(cluster_files_disk(dirs, &request, kind, label)?));
+            }
             VolumeSource::HostDisk { .. } => return Err(unsupported(request, "hostDisk")),
             VolumeSource::Pvc { .. } => return Err(unsupported(request, "persistentVolumeClaim")),
         }
@@ -126,6 +145,41 @@ pub fn prepare(
         }
     }
     Ok(disks.into_iter().flatten().collect())
+}
+
+/// The read-only FAT disk of the files the kubelet wrote for a cluster-object volume.
+fn cluster_files_disk(
+    dirs: PodVolumes<'_>,
+    request: &VolumeRequest,
+    kind: &'static str,
+    label: &str,
+) -> Result<DiskConfig, PodDiskError> {
+    let fail = |source| PodDiskError::ClusterFiles {
+        volume: request.name.clone(),
+        kind,
+        source,
+    };
+    let disks_dir = ironvisor_disks::disks_dir(dirs.run_dir);
+    std::fs::create_dir_all(&disks_dir).map_err(|source| {
+        fail(ironvisor_disks::config_disk::ConfigDiskError::Write {
+            path: disks_dir.clone(),
+            source,
+        })
+    })?;
+    let path = disks_dir.join(format!("{}.files.img", request.name));
+    ironvisor_disks::config_disk::write_directory_disk(
+        &dirs.config_volumes.join(&request.name),
+        &path,
+        label,
+    )
+    .map_err(fail)?;
+    Ok(DiskConfig {
+        id: request.name.clone(),
+        path,
+        format: ironvisor_launcher_api::config::ImageFormat::Raw,
+        read_only: true,
+        serial: request.serial.clone(),
+    })
 }
 
 fn unsupported(request: VolumeRequest, kind: &'static str) -> PodDiskError {
@@ -193,6 +247,7 @@ mod tests {
         let key = VmKey::new("default", "vm");
         let dirs = PodVolumes {
             container_disks: &container_disks,
+            config_volumes: &root.path().join("config-volumes"),
             run_dir: &run_dir,
         };
         let disks = prepare(dirs, &key, "uid-1", &spec).unwrap();
@@ -206,10 +261,56 @@ mod tests {
     }
 
     #[test]
+    fn a_config_map_volume_becomes_a_read_only_fat_disk_of_its_files() {
+        let root = tempfile::tempdir().unwrap();
+        let config_volumes = root.path().join("config-volumes");
+        std::fs::create_dir_all(config_volumes.join("app")).unwrap();
+        std::fs::write(config_volumes.join("app/app.conf"), b"mode=vm\n").unwrap();
+        let spec = spec(vec![Volume {
+            name: "app".into(),
+            config_map: Some(ironvisor_crds::v1alpha1::ConfigMapVolumeSource {
+                name: "web-config".into(),
+                volume_label: Some("cfgdata".into()),
+                ..Default::default()
+            }),
+            ..Volume::default()
+        }]);
+        let dirs = PodVolumes {
+            container_disks: root.path(),
+            config_volumes: &config_volumes,
+            run_dir: root.path(),
+        };
+        let key = VmKey::new("default", "vm");
+        let disks = prepare(dirs, &key, "u", &spec).unwrap();
+        assert_eq!(disks.len(), 1);
+        assert!(disks[0].read_only);
+        assert_eq!(disks[0].format, ImageFormat::Raw);
+        assert!(
+            disks[0].path.ends_with("disks/app.files.img"),
+            "{:?}",
+            disks[0].path
+        );
+        let image = std::fs::read(&disks[0].path).unwrap();
+        assert!(image.windows(7).any(|w| w == b"cfgdata"), "volume label");
+        assert!(image.windows(8).any(|w| w == b"mode=vm\n"), "file contents");
+
+        std::fs::remove_dir_all(config_volumes.join("app")).unwrap();
+        let error = prepare(dirs, &key, "u", &spec).unwrap_err();
+        assert_eq!(error.reason(), "VolumeFilesUnusable");
+        assert!(
+            error
+                .to_string()
+                .starts_with("volume app: configMap: cannot read"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn host_disks_and_claims_are_refused_by_name() {
         let root = tempfile::tempdir().unwrap();
         let dirs = PodVolumes {
             container_disks: root.path(),
+            config_volumes: root.path(),
             run_dir: root.path(),
         };
         let key = VmKey::new("default", "vm");

@@ -48,6 +48,9 @@ use vmi_file::{Instance, VmiFileError};
 pub const DEFAULT_VMI_FILE: &str = "/var/run/ironvisor/vmi/vmi.json";
 /// Default containerDisk directory.
 pub const DEFAULT_CONTAINER_DISKS: &str = "/var/run/ironvisor/container-disks";
+/// Where the pod's configMap, secret, serviceAccount and downwardAPI volumes are mounted,
+/// one directory per volume.
+pub const DEFAULT_CONFIG_VOLUMES: &str = "/var/run/ironvisor/config-volumes";
 /// Default kernel directory.
 pub const DEFAULT_KERNEL_DIR: &str = "/var/run/ironvisor/kernel";
 /// Default run directory (sockets, launcher.json, status.json, emptyDisks, seeds).
@@ -68,6 +71,8 @@ pub struct VirtLauncherConfig {
     pub vmi_file: PathBuf,
     /// `<dir>/<volume>/` per containerDisk.
     pub container_disks: PathBuf,
+    /// `<dir>/<volume>/` per configMap, secret, serviceAccount or downwardAPI volume.
+    pub config_volumes: PathBuf,
     /// `kernel` and `initrd` of `kernelBoot.container`.
     pub kernel_dir: PathBuf,
     /// Sockets and files of this instance.
@@ -261,6 +266,7 @@ fn prepare(config: &VirtLauncherConfig, span: &tracing::Span) -> Result<Prepared
         })?;
     let dirs = PodVolumes {
         container_disks: &config.container_disks,
+        config_volumes: &config.config_volumes,
         run_dir: &config.run_dir,
     };
     let disks = disks::prepare(dirs, &key, &uid, &spec).map_err(|source| PodError::Disks {

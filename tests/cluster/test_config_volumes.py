@@ -1,0 +1,135 @@
+"""configMap, secret, serviceAccount and downwardAPI volumes on the real cluster: the
+kubelet writes each into the launcher pod, `virt-launcher` turns each into a read-only FAT
+disk, and the Debian guest mounts them by volume label and prints what it reads (the
+ConfigMap's and Secret's values, the namespace and a token of the service account, the
+VM's labels)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from images.catalog import DEBIAN_DISK_NAME
+from tests.cluster.conftest import diagnostics
+from tests.cluster.kube import Kubectl, phase, wait_for
+from tests.cluster.test_kubevirt_corpus import compute_log
+
+pytestmark = pytest.mark.cluster
+
+BOOT_TIMEOUT = 420
+NAME = "volumes-vm"
+MARKER = "IRONVISOR-VOLUMES "
+
+OBJECTS = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app-config
+data:
+  app.conf: mode=vm
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: app-secret
+stringData:
+  password: s3cr3t-value
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: builder
+"""
+
+USER_DATA = """\
+#cloud-config
+write_files:
+  - path: /usr/local/bin/show-volumes
+    permissions: '0755'
+    content: |
+      #!/bin/sh
+      for label in cfgdata appsecret sa podinfo; do
+        mkdir -p /mnt/$label && mount -o ro -L $label /mnt/$label
+      done
+      echo "IRONVISOR-VOLUMES cfg=$(cat /mnt/cfgdata/app.conf) secret=$(cat /mnt/appsecret/password) ns=$(cat /mnt/sa/namespace) token_bytes=$(wc -c < /mnt/sa/token) labels=$(tr '\\n' ' ' < /mnt/podinfo/labels)" > /dev/ttyS0
+runcmd:
+  - /usr/local/bin/show-volumes
+"""
+
+
+def manifest() -> str:
+    user_data = "".join(f"              {line}\n" for line in USER_DATA.splitlines())
+    disks = "".join(f"""\
+            - name: {name}
+              disk:
+                bus: virtio
+""" for name in ("root", "cloudinit", "config", "secret", "sa", "podinfo"))
+    return f"""\
+apiVersion: ironvisor.io/v1alpha1
+kind: VirtualMachine
+metadata:
+  name: {NAME}
+spec:
+  runStrategy: Always
+  template:
+    metadata:
+      labels:
+        app: cfgtest
+    spec:
+      domain:
+        memory:
+          guest: 1Gi
+        devices:
+          disks:
+{disks}      volumes:
+        - name: root
+          containerDisk:
+            image: {DEBIAN_DISK_NAME}
+        - name: cloudinit
+          cloudInitNoCloud:
+            userData: |
+{user_data}        - name: config
+          configMap:
+            name: app-config
+            volumeLabel: cfgdata
+        - name: secret
+          secret:
+            secretName: app-secret
+            volumeLabel: appsecret
+        - name: sa
+          serviceAccount:
+            serviceAccountName: builder
+        - name: podinfo
+          downwardAPI:
+            fields:
+              - path: labels
+                fieldRef:
+                  fieldPath: metadata.labels
+"""
+
+
+def test_cluster_object_volumes_reach_the_guest_as_labelled_disks(
+        ironvisor: Kubectl, namespace: str) -> None:
+    k, ns = ironvisor, namespace
+    k.apply(OBJECTS, ns)
+    k.apply(manifest(), ns)
+    vmi = wait_for(f"VMI {ns}/{NAME} Running", lambda: (
+        (lambda obj: obj if obj and phase(obj) == "Running" else None)(k.get("vmi", NAME, ns))),
+        BOOT_TIMEOUT, describe=lambda: diagnostics(k, ns))
+    log = wait_for("the guest's volumes line on the console", lambda: (
+        (lambda text: text if MARKER in text else None)(compute_log(k, ns, vmi))),
+        BOOT_TIMEOUT, describe=lambda: diagnostics(k, ns))
+    line = next(line for line in log.splitlines() if MARKER in line)
+    assert "cfg=mode=vm " in line, line
+    assert "secret=s3cr3t-value " in line, line
+    assert f"ns={ns} " in line, line
+    token = re.search(r"token_bytes=(\d+)", line)
+    assert token and int(token.group(1)) > 100, line
+    assert 'app="cfgtest"' in line, line
+    pod = k.json("get", "pods", "-n", ns, "-l",
+                 f"ironvisor.io/created-by={vmi['metadata']['uid']}")["items"][0]
+    assert pod["spec"]["serviceAccountName"] == "builder", pod["spec"]
+    k.run("delete", "vm", NAME, "-n", ns, "--wait=false")
+    wait_for(f"VM {ns}/{NAME} gone", lambda: k.get("vm", NAME, ns) is None, 120,
+             describe=lambda: diagnostics(k, ns))
