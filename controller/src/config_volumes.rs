@@ -3,6 +3,10 @@
 //! `<CONFIG_VOLUMES_DIR>/<volume>/`, and `virt-launcher` turns that directory into a FAT
 //! disk for the guest (KubeVirt's arrangement, with FAT where KubeVirt makes an ISO).
 //!
+//! The Secret of each `accessCredentials` SSH key (noCloud) is mounted the same way, at
+//! `<ACCESS_CREDENTIALS_DIR>/<index>/`; `virt-launcher` adds its keys to the cloud-init
+//! userData.
+//!
 //! A `serviceAccount` volume makes the pod run as that service account and projects its
 //! token (one hour, renewed by the kubelet while the pod runs; the disk has the token of
 //! the moment the VM started), the cluster's CA bundle and the namespace, as a pod's
@@ -17,6 +21,8 @@ use k8s_openapi::api::core::v1::{
 
 /// Where the volumes are mounted in the compute container, one directory per volume.
 pub const CONFIG_VOLUMES_DIR: &str = "/var/run/ironvisor/config-volumes";
+/// Where the Secret of `accessCredentials[i]` is mounted: `<dir>/<i>/`.
+pub const ACCESS_CREDENTIALS_DIR: &str = "/var/run/ironvisor/access-credentials";
 /// Lifetime asked for the projected service-account token.
 const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 
@@ -71,6 +77,26 @@ pub fn config_volumes(spec: &VirtualMachineInstanceSpec) -> ConfigVolumes {
             ..VolumeMount::default()
         });
         out.volumes.push(pod);
+    }
+    for (index, credential) in spec.access_credentials.iter().enumerate() {
+        let Some(secret) = credential.no_cloud_key_secret() else {
+            continue;
+        };
+        let name = format!("access-{index}");
+        out.mounts.push(VolumeMount {
+            name: name.clone(),
+            mount_path: format!("{ACCESS_CREDENTIALS_DIR}/{index}"),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        out.volumes.push(Volume {
+            name,
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_string()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
     }
     out
 }

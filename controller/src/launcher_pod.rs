@@ -456,6 +456,8 @@ fn compute_container(
             CONTAINER_DISKS_DIR.into(),
             "--config-volumes".into(),
             crate::config_volumes::CONFIG_VOLUMES_DIR.into(),
+            "--access-credentials".into(),
+            crate::config_volumes::ACCESS_CREDENTIALS_DIR.into(),
             "--kernel-dir".into(),
             KERNEL_DIR.into(),
             "--run-dir".into(),

@@ -47,6 +47,7 @@
 #![deny(missing_docs)]
 
 pub mod clock;
+pub mod cloud_config;
 pub mod cluster;
 pub mod compat;
 pub mod crd;

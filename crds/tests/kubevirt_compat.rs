@@ -530,3 +530,83 @@ fn bad_labels_names_and_downward_api_paths_are_refused_by_name() {
         assert!(message.contains(&format!("{AT}.{field}: ")), "{volume}: {message}");
     }
 }
+
+fn with_access(credential: &str, seed: &str) -> String {
+    EXPORTED
+        .replace(
+            "      architecture: amd64\n",
+            &format!("      architecture: amd64\n      accessCredentials:\n{credential}"),
+        )
+        .replace(
+            "            - name: root\n              disk:\n                bus: virtio\n",
+            "            - name: root\n              disk:\n                bus: virtio\n            \
+             - name: cloudinit\n              disk:\n                bus: virtio\n",
+        )
+        .replace(
+            "      volumes:\n",
+            &format!("      volumes:\n        - name: cloudinit\n          cloudInitNoCloud:\n{seed}"),
+        )
+}
+
+const NO_CLOUD_KEY: &str = "
+        - sshPublicKey:
+            source:
+              secret:
+                secretName: my-keys
+            propagationMethod:
+              noCloud: {}
+";
+const CLOUD_CONFIG: &str = "            userData: \"#cloud-config\\nhostname: crm\\n\"\n";
+
+#[test]
+fn ssh_keys_by_no_cloud_are_accepted_with_a_cloud_config_seed() {
+    let vm = defaulted(&with_access(NO_CLOUD_KEY, CLOUD_CONFIG));
+    if let Err(error) = validate::vm(&vm) {
+        panic!("{error}");
+    }
+}
+
+#[test]
+fn passwords_other_propagations_and_seeds_without_cloud_config_are_refused_by_name() {
+    const AT: &str = "spec.template.spec.accessCredentials[0]";
+    let agent = NO_CLOUD_KEY.replace(
+        "noCloud: {}",
+        "qemuGuestAgent:\n                users: [root]",
+    );
+    let drive = NO_CLOUD_KEY.replace("noCloud: {}", "configDrive: {}");
+    let password = "
+        - userPassword:
+            source:
+              secret:
+                secretName: pw
+            propagationMethod:
+              qemuGuestAgent: {}
+";
+    for (credential, seed, field, why) in [
+        (
+            agent.as_str(),
+            CLOUD_CONFIG,
+            "sshPublicKey.propagationMethod.qemuGuestAgent",
+            "guest agent",
+        ),
+        (
+            drive.as_str(),
+            CLOUD_CONFIG,
+            "sshPublicKey.propagationMethod.configDrive",
+            "NoCloud",
+        ),
+        (password, CLOUD_CONFIG, "userPassword", "guest agent"),
+        (
+            NO_CLOUD_KEY,
+            "            userData: \"#!/bin/sh\\necho hi\\n\"\n",
+            "sshPublicKey.propagationMethod.noCloud",
+            "its userData is not #cloud-config",
+        ),
+    ] {
+        let message = refusal(&with_access(credential, seed));
+        assert!(
+            message.contains(&format!("{AT}.{field}: ")) && message.contains(why),
+            "{field}: {message}"
+        );
+    }
+}

@@ -12,8 +12,8 @@ use ironvisor_handler::config::launcher_binaries;
 use ironvisor_handler::pod::libvirt::{self, LibvirtSetup};
 use ironvisor_handler::pod::termination::DEFAULT_TERMINATION_LOG;
 use ironvisor_handler::pod::{
-    self, VirtLauncherConfig, DEFAULT_CONFIG_VOLUMES, DEFAULT_CONTAINER_DISKS, DEFAULT_KERNEL_DIR,
-    DEFAULT_RUN_DIR, DEFAULT_VMI_FILE,
+    self, VirtLauncherConfig, DEFAULT_ACCESS_CREDENTIALS, DEFAULT_CONFIG_VOLUMES,
+    DEFAULT_CONTAINER_DISKS, DEFAULT_KERNEL_DIR, DEFAULT_RUN_DIR, DEFAULT_VMI_FILE,
 };
 
 /// Command line of `virt-launcher`.
@@ -28,6 +28,9 @@ pub struct VirtLauncherArgs {
     /// configMap, secret, serviceAccount and downwardAPI volumes: one directory per volume.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_CONFIG_VOLUMES)]
     config_volumes: PathBuf,
+    /// The Secrets of `accessCredentials`: one directory per credential, by index.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_ACCESS_CREDENTIALS)]
+    access_credentials: PathBuf,
     /// `kernel` and `initrd` copied from the kernel-boot container image.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_KERNEL_DIR)]
     kernel_dir: PathBuf,
@@ -72,6 +75,7 @@ pub fn run(args: VirtLauncherArgs) -> ExitCode {
         vmi_file: args.vmi,
         container_disks: args.container_disks,
         config_volumes: args.config_volumes,
+        access_credentials: args.access_credentials,
         kernel_dir: args.kernel_dir,
         run_dir: args.run_dir,
         launcher,

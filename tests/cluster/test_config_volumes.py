@@ -1,8 +1,9 @@
-"""configMap, secret, serviceAccount and downwardAPI volumes on the real cluster: the
-kubelet writes each into the launcher pod, `virt-launcher` turns each into a read-only FAT
-disk, and the Debian guest mounts them by volume label and prints what it reads (the
+"""configMap, secret, serviceAccount and downwardAPI volumes and accessCredentials on the
+real cluster: the kubelet writes each into the launcher pod, `virt-launcher` turns each
+volume into a read-only FAT disk and adds the Secret's SSH key to the cloud-init userData,
+and the Debian guest mounts the disks by volume label and prints what it reads (the
 ConfigMap's and Secret's values, the namespace and a token of the service account, the
-VM's labels)."""
+VM's labels) and whether cloud-init installed the key."""
 
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ apiVersion: v1
 kind: ServiceAccount
 metadata:
   name: builder
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: my-keys
+stringData:
+  key1: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOh5dCqk0J2hlJZoJfJv9Vq0p5D1nU3W7bY9mS2cX4aB ironvisor-test-key
 """
 
 USER_DATA = """\
@@ -52,7 +60,7 @@ write_files:
       for label in cfgdata appsecret sa podinfo; do
         mkdir -p /mnt/$label && mount -o ro -L $label /mnt/$label
       done
-      echo "IRONVISOR-VOLUMES cfg=$(cat /mnt/cfgdata/app.conf) secret=$(cat /mnt/appsecret/password) ns=$(cat /mnt/sa/namespace) token_bytes=$(wc -c < /mnt/sa/token) labels=$(tr '\\n' ' ' < /mnt/podinfo/labels)" > /dev/ttyS0
+      echo "IRONVISOR-VOLUMES cfg=$(cat /mnt/cfgdata/app.conf) secret=$(cat /mnt/appsecret/password) ns=$(cat /mnt/sa/namespace) token_bytes=$(wc -c < /mnt/sa/token) keys=$(cat /home/*/.ssh/authorized_keys 2>/dev/null | grep -c ironvisor-test-key) labels=$(tr '\\n' ' ' < /mnt/podinfo/labels)" > /dev/ttyS0
 runcmd:
   - /usr/local/bin/show-volumes
 """
@@ -77,6 +85,13 @@ spec:
       labels:
         app: cfgtest
     spec:
+      accessCredentials:
+        - sshPublicKey:
+            source:
+              secret:
+                secretName: my-keys
+            propagationMethod:
+              noCloud: {{}}
       domain:
         memory:
           guest: 1Gi
@@ -127,6 +142,8 @@ def test_cluster_object_volumes_reach_the_guest_as_labelled_disks(
     token = re.search(r"token_bytes=(\d+)", line)
     assert token and int(token.group(1)) > 100, line
     assert 'app="cfgtest"' in line, line
+    # The default user's authorized_keys has the Secret's key.
+    assert re.search(r"keys=[1-9]", line), line
     pod = k.json("get", "pods", "-n", ns, "-l",
                  f"ironvisor.io/created-by={vmi['metadata']['uid']}")["items"][0]
     assert pod["spec"]["serviceAccountName"] == "builder", pod["spec"]

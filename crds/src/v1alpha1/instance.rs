@@ -74,6 +74,9 @@ pub struct VirtualMachineInstanceSpec {
     /// Guest architecture, as KubeVirt's webhook writes it: `amd64` (the only one served).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub architecture: Option<String>,
+    /// SSH public keys from Secrets, added to the cloud-init userData (cluster mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_credentials: Vec<super::AccessCredential>,
 }
 
 /// The virtual hardware of an instance.

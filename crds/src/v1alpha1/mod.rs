@@ -1,11 +1,17 @@
 //! `ironvisor.io/v1alpha1`: the `VirtualMachine` and `VirtualMachineInstance` kinds.
 
+pub mod access;
 pub mod clock;
 pub mod condition;
 pub mod instance;
 pub mod vm;
 pub mod vmi;
 
+pub use access::{
+    AccessCredential, AccessCredentialSecret, EmptyObject, QemuGuestAgentKeys,
+    SshPropagationMethod, SshPublicKeyAccessCredential, SshPublicKeySource,
+    UserPasswordAccessCredential, UserPasswordPropagationMethod,
+};
 pub use clock::{Clock, ClockOffsetUtc, Timer, TimerSettings};
 pub use condition::{Condition, ConditionStatus, ConditionType};
 pub use instance::*;

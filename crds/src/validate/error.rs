@@ -410,6 +410,22 @@ pub enum ValidationError {
         /// Field path.
         path: String,
     },
+    /// An access credential or propagation method Ironvisor does not serve.
+    #[error("{path}: not served: {reason}")]
+    AccessCredentialNotServed {
+        /// Field path.
+        path: String,
+        /// Why, and what to use instead.
+        reason: &'static str,
+    },
+    /// An SSH key to propagate by noCloud without a cloud-config userData to add it to.
+    #[error("{path}: noCloud propagation adds the keys to a cloudInitNoCloud volume's userData, so the VM needs one whose userData is #cloud-config YAML (or none); {found}")]
+    AccessCredentialNeedsCloudConfig {
+        /// Field path.
+        path: String,
+        /// What the VM has instead.
+        found: &'static str,
+    },
     /// A FAT volume label that is too long or has characters FAT does not allow.
     #[error("{path}: volume label {value:?} must be 1 to 11 printable ASCII characters without spaces or any of \"*+,./:;<=>?[\\]|")]
     InvalidVolumeLabel {
@@ -603,6 +619,8 @@ impl ValidationError {
             | Self::InvalidFirmwareSerial { path, .. }
             | Self::BootloaderChoice { path }
             | Self::InvalidVolumeLabel { path, .. }
+            | Self::AccessCredentialNotServed { path, .. }
+            | Self::AccessCredentialNeedsCloudConfig { path, .. }
             | Self::InvalidRelativePath { path, .. }
             | Self::DownwardApiFieldChoice { path }
             | Self::SecureBootNotServed { path }

@@ -6,6 +6,7 @@
 //! (a disk without `disk`/`cdrom`, an interface without binding) but reports everything
 //! that defaulting cannot fix.
 
+mod access;
 mod clock;
 mod config_volumes;
 mod error;
@@ -129,6 +130,7 @@ pub fn instance_spec(spec: &VirtualMachineInstanceSpec, prefix: &str) -> Vec<Val
         );
     }
     kubevirt_fields(spec, &root, &mut errors);
+    access::check(spec, &root, &mut errors);
     if let Some(seconds) = spec.termination_grace_period_seconds.filter(|s| *s < 0) {
         errors.push(ValidationError::NegativeGracePeriod {
             path: root.child("terminationGracePeriodSeconds").into(),

@@ -18,6 +18,7 @@
 //! With an interface, step 4 first waits for the node agent to wire the pod's network
 //! namespace ([`network`]): the pod itself has no privilege to make a tap.
 
+pub mod access;
 pub mod container_disk;
 pub mod disks;
 pub mod kernel;
@@ -51,6 +52,8 @@ pub const DEFAULT_CONTAINER_DISKS: &str = "/var/run/ironvisor/container-disks";
 /// Where the pod's configMap, secret, serviceAccount and downwardAPI volumes are mounted,
 /// one directory per volume.
 pub const DEFAULT_CONFIG_VOLUMES: &str = "/var/run/ironvisor/config-volumes";
+/// Where the Secret of `accessCredentials[i]` is mounted: `<dir>/<i>/`.
+pub const DEFAULT_ACCESS_CREDENTIALS: &str = "/var/run/ironvisor/access-credentials";
 /// Default kernel directory.
 pub const DEFAULT_KERNEL_DIR: &str = "/var/run/ironvisor/kernel";
 /// Default run directory (sockets, launcher.json, status.json, emptyDisks, seeds).
@@ -73,6 +76,8 @@ pub struct VirtLauncherConfig {
     pub container_disks: PathBuf,
     /// `<dir>/<volume>/` per configMap, secret, serviceAccount or downwardAPI volume.
     pub config_volumes: PathBuf,
+    /// `<dir>/<index>/` per `accessCredentials` Secret.
+    pub access_credentials: PathBuf,
     /// `kernel` and `initrd` of `kernelBoot.container`.
     pub kernel_dir: PathBuf,
     /// Sockets and files of this instance.
@@ -117,6 +122,15 @@ pub enum PodError {
         /// Why.
         #[source]
         source: KernelError,
+    },
+    /// The access credentials cannot be given to the guest.
+    #[error("VM {vm}: {source}")]
+    Access {
+        /// The VM.
+        vm: String,
+        /// Why.
+        #[source]
+        source: access::AccessError,
     },
     /// The disks cannot be made.
     #[error("VM {vm}: {source}")]
@@ -169,6 +183,7 @@ impl PodError {
             Self::VmiFile(_) => "BadSpec",
             Self::Unschedulable { .. } => "HardwareIsolationUnavailable",
             Self::Kernel { source, .. } => source.reason(),
+            Self::Access { source, .. } => source.reason(),
             Self::Disks { source, .. } => source.reason(),
             Self::Translate(e) => e.reason(),
             Self::Libvirt(_) => "LibvirtUnavailable",
@@ -241,7 +256,7 @@ fn supervised(
 }
 
 fn prepare(config: &VirtLauncherConfig, span: &tracing::Span) -> Result<Prepared, PodError> {
-    let Instance { key, uid, spec } = vmi_file::load(&config.vmi_file)?;
+    let Instance { key, uid, mut spec } = vmi_file::load(&config.vmi_file)?;
     let vm = key.to_string();
     span.record("vmi", vm.as_str());
     info!(uid = %uid, file = %config.vmi_file.display(), "instance read");
@@ -264,6 +279,12 @@ fn prepare(config: &VirtLauncherConfig, span: &tracing::Span) -> Result<Prepared
             vm: vm.clone(),
             source,
         })?;
+    access::add_ssh_keys(&mut spec, &config.access_credentials).map_err(|source| {
+        PodError::Access {
+            vm: vm.clone(),
+            source,
+        }
+    })?;
     let dirs = PodVolumes {
         container_disks: &config.container_disks,
         config_volumes: &config.config_volumes,

@@ -519,6 +519,16 @@ fn try_prepare_and_spawn(
             message: e.to_string(),
         }
     };
+    if !spec.access_credentials.is_empty() {
+        return Err(StartFailure {
+            reason: "ClusterOnlyVolume",
+            message: format!(
+                "VM {key}: spec.template.spec.accessCredentials: SSH keys from Secrets need \
+                 cluster mode (the standalone node has no Secrets); put the keys in the \
+                 cloudInitNoCloud userData's ssh_authorized_keys instead"
+            ),
+        });
+    }
     let boot = ctx.kernels.resolve(key, spec).map_err(|e| StartFailure {
         reason: e.reason(),
         message: e.to_string(),
