@@ -38,11 +38,22 @@ def nocloud_seed(directory: Path, user_data: str = USER_DATA) -> Path:
     return seed
 
 
-def manifest(name: str, bootloader: str) -> str:
-    """A KubeVirt-shaped VM of the Debian disk with a NoCloud seed; `bootloader` is the
-    YAML of `firmware.bootloader` ("" for none)."""
+def manifest(name: str, bootloader: str, *, user_data: str = USER_DATA,
+             extra_disks: tuple[str, ...] = (), extra_volumes: str = "",
+             template_spec: str = "", labels: str = "") -> str:
+    """A KubeVirt-shaped VM of the Debian disk with a NoCloud seed. `bootloader` is the
+    YAML of `firmware.bootloader` ("" for none); `extra_disks` are more virtio disks,
+    whose volumes `extra_volumes` lists (YAML list items at the volumes' indentation);
+    `template_spec` is more YAML at the template spec's level and `labels` the template's
+    labels (YAML at their level)."""
     firmware = f"        firmware:\n          bootloader: {bootloader}\n" if bootloader else ""
-    user_data = "".join(f"              {line}\n" for line in USER_DATA.splitlines())
+    seed = "".join(f"              {line}\n" for line in user_data.splitlines())
+    disks = "".join(f"""\
+            - name: {disk}
+              disk:
+                bus: virtio
+""" for disk in ("root", "cloudinit", *extra_disks))
+    metadata = f"    metadata:\n      labels:\n{labels}" if labels else ""
     return f"""\
 apiVersion: ironvisor.io/v1alpha1
 kind: VirtualMachine
@@ -51,23 +62,17 @@ metadata:
 spec:
   runStrategy: Always
   template:
-    spec:
-      domain:
+{metadata}    spec:
+{template_spec}      domain:
 {firmware}        memory:
           guest: 1Gi
         devices:
           disks:
-            - name: root
-              disk:
-                bus: virtio
-            - name: cloudinit
-              disk:
-                bus: virtio
-      volumes:
+{disks}      volumes:
         - name: root
           containerDisk:
             image: {DEBIAN_DISK_NAME}
         - name: cloudinit
           cloudInitNoCloud:
             userData: |
-{user_data}"""
+{seed}{extra_volumes}"""

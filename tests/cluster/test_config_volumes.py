@@ -11,10 +11,10 @@ import re
 
 import pytest
 
-from images.catalog import DEBIAN_DISK_NAME
 from tests.cluster.conftest import diagnostics
 from tests.cluster.kube import Kubectl, phase, wait_for
 from tests.cluster.test_kubevirt_corpus import compute_log
+from tests.debian_guest import manifest as debian_manifest
 
 pytestmark = pytest.mark.cluster
 
@@ -66,45 +66,18 @@ runcmd:
 """
 
 
-def manifest() -> str:
-    user_data = "".join(f"              {line}\n" for line in USER_DATA.splitlines())
-    disks = "".join(f"""\
-            - name: {name}
-              disk:
-                bus: virtio
-""" for name in ("root", "cloudinit", "config", "secret", "sa", "podinfo"))
-    return f"""\
-apiVersion: ironvisor.io/v1alpha1
-kind: VirtualMachine
-metadata:
-  name: {NAME}
-spec:
-  runStrategy: Always
-  template:
-    metadata:
-      labels:
-        app: cfgtest
-    spec:
+TEMPLATE_SPEC = """\
       accessCredentials:
         - sshPublicKey:
             source:
               secret:
                 secretName: my-keys
             propagationMethod:
-              noCloud: {{}}
-      domain:
-        memory:
-          guest: 1Gi
-        devices:
-          disks:
-{disks}      volumes:
-        - name: root
-          containerDisk:
-            image: {DEBIAN_DISK_NAME}
-        - name: cloudinit
-          cloudInitNoCloud:
-            userData: |
-{user_data}        - name: config
+              noCloud: {}
+"""
+
+VOLUMES = """\
+        - name: config
           configMap:
             name: app-config
             volumeLabel: cfgdata
@@ -122,6 +95,13 @@ spec:
                 fieldRef:
                   fieldPath: metadata.labels
 """
+
+
+def manifest() -> str:
+    return debian_manifest(NAME, "", user_data=USER_DATA,
+                           extra_disks=("config", "secret", "sa", "podinfo"),
+                           extra_volumes=VOLUMES, template_spec=TEMPLATE_SPEC,
+                           labels="        app: cfgtest\n")
 
 
 def test_cluster_object_volumes_reach_the_guest_as_labelled_disks(

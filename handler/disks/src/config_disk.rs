@@ -89,14 +89,7 @@ fn collect(
         let path = path.to_path_buf();
         move |source| ConfigDiskError::Read { path, source }
     };
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map_err(read_error(dir))?
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().into_string().ok())
-        .filter(|name| !name.starts_with('.'))
-        .collect();
-    names.sort();
-    for name in names {
+    for name in visible_names(dir).map_err(read_error(dir))? {
         let path = dir.join(&name);
         // Follows the kubelet's symlinks into ..data.
         let metadata = fs::metadata(&path).map_err(read_error(&path))?;
@@ -116,6 +109,18 @@ fn collect(
         prefix.pop();
     }
     Ok(())
+}
+
+/// The names in `dir` that are not hidden (the kubelet's `..data` and timestamped
+/// directories start with dots), sorted.
+pub fn visible_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 fn write_fat(disk: &mut File, label: &str, entries: &[Entry]) -> io::Result<()> {

@@ -94,13 +94,7 @@ fn secret_keys(dir: &Path, index: usize) -> Result<Vec<String>, AccessError> {
             source,
         }
     };
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(read_error(dir))?
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().into_string().ok())
-        .filter(|name| !name.starts_with('.'))
-        .collect();
-    names.sort();
+    let names = ironvisor_disks::config_disk::visible_names(dir).map_err(read_error(dir))?;
     let mut keys = Vec::new();
     for name in names {
         let path = dir.join(&name);
