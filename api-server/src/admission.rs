@@ -232,6 +232,9 @@ fn mutate(request: &AdmissionRequest<DynamicObject>) -> Result<Mutation, Rejecti
             defaults::apply_vmi(&mut vmi);
             serde_json::to_value(&vmi.spec)
         }
+        // Not registered with the webhook; nothing to default should they come.
+        Manifest::ClusterInstancetype(object) => serde_json::to_value(&object.spec),
+        Manifest::ClusterPreference(object) => serde_json::to_value(&object.spec),
     }
     .map_err(|error| Rejection::one("spec", format!("cannot encode the defaults: {error}")))?;
     let mut defaulted = original.clone();
@@ -309,6 +312,8 @@ fn check(request: &AdmissionRequest<DynamicObject>) -> Result<(), Rejection> {
             defaults::apply_vmi(&mut vmi);
             validate::vmi(&vmi)
         }
+        Manifest::ClusterInstancetype(object) => validate::instancetype(&object),
+        Manifest::ClusterPreference(object) => validate::preference(&object),
     };
     result.map_err(Rejection::from_validation)
 }

@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use ironvisor_controller::vm_controller::instance_for;
+use ironvisor_controller::vm_sizing::resolve as resolve_sizing;
 use ironvisor_controller::vm_strategy::effective_strategy;
 use ironvisor_crds::v1alpha1::{
     RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineInstancePhase as Phase,
@@ -261,8 +262,13 @@ async fn attempt_once(
                 grace_period_seconds,
             } => delete_instance(vmis, name, grace_period_seconds).await,
             Step::CreateInstanceWhenGone => {
-                let instance = instance_for(&vm)
-                    .map_err(|error| refused(Reply::internal(format!("{what}: {error}"))))?;
+                let client = vms.clone().into_client();
+                let sized = match resolve_sizing(&client, &vm).await {
+                    Ok(sizing) => instance_for(&vm, &sizing),
+                    Err(error) => Err(error),
+                };
+                let instance =
+                    sized.map_err(|error| refused(Reply::internal(format!("{what}: {error}"))))?;
                 tokio::spawn(
                     create_when_gone(vmis.clone(), instance, what.to_string()).in_current_span(),
                 );

@@ -38,6 +38,14 @@ pub enum ReconcileError {
         /// Which field.
         field: &'static str,
     },
+    /// The instance type or preference the VM names is missing or unusable.
+    #[error("{object}: {source}")]
+    Instancetype {
+        /// Which VM.
+        object: String,
+        /// What is wrong.
+        source: ironvisor_crds::instancetype::InstancetypeError,
+    },
     /// A value could not be serialized for a patch.
     #[error("{object}: cannot serialize the status: {source}")]
     Serialize {
@@ -75,6 +83,7 @@ impl ReconcileError {
         match self {
             Self::Kube { .. } => "Kube",
             Self::Metadata { .. } => "Metadata",
+            Self::Instancetype { .. } => "Instancetype",
             Self::Serialize { .. } => "Serialize",
         }
     }

@@ -1,7 +1,8 @@
 //! `ironvisor-controller`: Ironvisor's cluster controller.
 //!
 //! - [`vm_controller`]: `VirtualMachine` → `VirtualMachineInstance` per run strategy
-//!   ([`vm_strategy`]), VM status ([`vm_status`]).
+//!   ([`vm_strategy`]), VM status ([`vm_status`]), sized by its instance type and
+//!   preference ([`vm_sizing`]).
 //! - [`vmi_controller`]: `VirtualMachineInstance` → one launcher Pod ([`launcher_pod`]),
 //!   instance status from the pod ([`vmi_status`]); the pod's side of configMap, secret,
 //!   serviceAccount and downwardAPI volumes ([`config_volumes`]).
@@ -18,6 +19,7 @@ pub mod leader;
 pub mod metrics;
 pub mod run;
 pub mod vm_controller;
+pub mod vm_sizing;
 pub mod vm_status;
 pub mod vm_strategy;
 pub mod vmi_controller;

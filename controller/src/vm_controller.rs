@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironvisor_crds::defaults;
 use ironvisor_crds::v1alpha1::{VirtualMachine, VirtualMachineInstance};
+use ironvisor_crds::{defaults, instancetype};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -18,6 +18,7 @@ use crate::context::{
     ReconcileError,
 };
 use crate::metrics::ControllerKind;
+use crate::vm_sizing::{resolve as resolve_sizing, Sizing};
 use crate::vm_status::{vm_status, VmObservation};
 use crate::vm_strategy::{decide, effective_strategy, InstanceView, VmAction};
 use ironvisor_crds::cluster::VM_FINALIZER;
@@ -54,8 +55,12 @@ pub fn error_policy(
     Action::requeue(error.retry_after())
 }
 
-/// The instance a VM creates: its template, defaulted, owned by the VM.
-pub fn instance_for(vm: &VirtualMachine) -> Result<VirtualMachineInstance, ReconcileError> {
+/// The instance a VM creates: its template, sized and completed by `sizing`, defaulted,
+/// owned by the VM.
+pub fn instance_for(
+    vm: &VirtualMachine,
+    sizing: &Sizing,
+) -> Result<VirtualMachineInstance, ReconcileError> {
     let object = key(vm);
     let name = vm
         .metadata
@@ -71,6 +76,18 @@ pub fn instance_for(vm: &VirtualMachine) -> Result<VirtualMachineInstance, Recon
     })?;
     let template = &vm.spec.template;
     let mut spec = template.spec.clone();
+    instancetype::expand(
+        &mut spec,
+        sizing.instancetype.as_ref(),
+        sizing
+            .preference
+            .as_ref()
+            .map(|(name, spec)| (name.as_str(), spec)),
+    )
+    .map_err(|source| ReconcileError::Instancetype {
+        object: key(vm),
+        source,
+    })?;
     defaults::apply_instance_spec(&mut spec);
     let mut vmi = VirtualMachineInstance::new(&name, spec);
     let template_meta = template.metadata.clone().unwrap_or_default();
@@ -196,7 +213,24 @@ async fn create_instance(
     vm: &VirtualMachine,
     vmis: &Api<VirtualMachineInstance>,
 ) -> Result<(), ReconcileError> {
-    let desired = instance_for(vm)?;
+    let sized = match resolve_sizing(&ctx.client, vm).await {
+        Ok(sizing) => instance_for(vm, &sizing),
+        Err(error) => Err(error),
+    };
+    let desired = match sized {
+        Ok(desired) => desired,
+        Err(error @ ReconcileError::Instancetype { .. }) => {
+            ctx.event(
+                &vm.object_ref(&()),
+                true,
+                "InstancetypeNotUsable",
+                error.to_string(),
+            )
+            .await;
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
     match vmis.create(&PostParams::default(), &desired).await {
         Ok(created) => {
             info!(uid = ?created.uid(), "created the instance");
@@ -287,7 +321,7 @@ mod tests {
         );
         vm.metadata.namespace = Some("ns".into());
         vm.metadata.uid = Some("vm-uid".into());
-        let vmi = instance_for(&vm).unwrap();
+        let vmi = instance_for(&vm, &Sizing::default()).unwrap();
         assert_eq!(vmi.metadata.name.as_deref(), Some("small"));
         assert_eq!(vmi.metadata.namespace.as_deref(), Some("ns"));
         assert_eq!(vmi.labels()["app"], "small");

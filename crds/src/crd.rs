@@ -4,7 +4,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::v1alpha1::{VirtualMachine, VirtualMachineInstance};
+use crate::v1alpha1::{
+    VirtualMachine, VirtualMachineClusterInstancetype, VirtualMachineClusterPreference,
+    VirtualMachineInstance,
+};
 
 /// The command that regenerates the checked-in CRDs (run from the workspace root).
 pub const REGENERATE_COMMAND: &str = "cargo run -p ironvisor-crds --bin crdgen -- --out-dir crds/generated && cargo run -p ironvisor-crds --bin crdgen -- --out-dir deploy/crds";
@@ -37,17 +40,28 @@ pub enum CrdKind {
     VirtualMachine,
     /// `virtualmachineinstances.ironvisor.io`.
     VirtualMachineInstance,
+    /// `virtualmachineclusterinstancetypes.ironvisor.io` (cluster-scoped).
+    ClusterInstancetype,
+    /// `virtualmachineclusterpreferences.ironvisor.io` (cluster-scoped).
+    ClusterPreference,
 }
 
 impl CrdKind {
     /// Every kind, in file order.
-    pub const ALL: [CrdKind; 2] = [CrdKind::VirtualMachine, CrdKind::VirtualMachineInstance];
+    pub const ALL: [CrdKind; 4] = [
+        CrdKind::VirtualMachine,
+        CrdKind::VirtualMachineInstance,
+        CrdKind::ClusterInstancetype,
+        CrdKind::ClusterPreference,
+    ];
 
     /// The CRD's `metadata.name`.
     pub fn crd_name(self) -> &'static str {
         match self {
             Self::VirtualMachine => "virtualmachines.ironvisor.io",
             Self::VirtualMachineInstance => "virtualmachineinstances.ironvisor.io",
+            Self::ClusterInstancetype => "virtualmachineclusterinstancetypes.ironvisor.io",
+            Self::ClusterPreference => "virtualmachineclusterpreferences.ironvisor.io",
         }
     }
 
@@ -61,6 +75,8 @@ impl CrdKind {
         let crd = match self {
             Self::VirtualMachine => VirtualMachine::crd(),
             Self::VirtualMachineInstance => VirtualMachineInstance::crd(),
+            Self::ClusterInstancetype => VirtualMachineClusterInstancetype::crd(),
+            Self::ClusterPreference => VirtualMachineClusterPreference::crd(),
         };
         let name = self.crd_name();
         let mut value =
@@ -128,6 +144,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn instance_types_and_preferences_are_cluster_wide() {
+        for (kind, name) in [
+            (
+                CrdKind::ClusterInstancetype,
+                "VirtualMachineClusterInstancetype",
+            ),
+            (
+                CrdKind::ClusterPreference,
+                "VirtualMachineClusterPreference",
+            ),
+        ] {
+            let crd = kind.crd().unwrap();
+            assert_eq!(crd.spec.scope, "Cluster", "{kind:?}");
+            assert_eq!(crd.spec.names.kind, name);
+        }
+    }
+
+    #[test]
     fn names_and_scope() {
         let crd = CrdKind::VirtualMachine.crd().unwrap();
         assert_eq!(
@@ -170,7 +204,8 @@ mod tests {
 
     #[test]
     fn status_keeps_unknown_fields_and_spec_does_not() {
-        for kind in CrdKind::ALL {
+        // The instance types and preferences have no status.
+        for kind in [CrdKind::VirtualMachine, CrdKind::VirtualMachineInstance] {
             let crd = serde_json::to_value(kind.crd().unwrap()).unwrap();
             let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
             assert_eq!(

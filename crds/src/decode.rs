@@ -23,12 +23,16 @@ use crate::crd::CrdKind;
 use crate::locate::{PathProbe, Segment};
 use crate::unknown_fields;
 use crate::v1alpha1::{
-    VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceSpec, VirtualMachineSpec,
-    API_VERSION, VIRTUAL_MACHINE_INSTANCE_KIND, VIRTUAL_MACHINE_KIND,
+    InstancetypeSpec, PreferenceSpec, VirtualMachine, VirtualMachineClusterInstancetype,
+    VirtualMachineClusterPreference, VirtualMachineInstance, VirtualMachineInstanceSpec,
+    VirtualMachineSpec, API_VERSION, CLUSTER_INSTANCETYPE_KIND, CLUSTER_PREFERENCE_KIND,
+    VIRTUAL_MACHINE_INSTANCE_KIND, VIRTUAL_MACHINE_KIND,
 };
 
 /// KubeVirt's API group; manifests for it are refused with a hint.
 const KUBEVIRT_GROUP_PREFIX: &str = "kubevirt.io/";
+/// KubeVirt's instance type API group, refused with the same hint.
+const KUBEVIRT_INSTANCETYPE_PREFIX: &str = "instancetype.kubevirt.io/";
 
 /// One decoded object.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +41,10 @@ pub enum Manifest {
     VirtualMachine(Box<VirtualMachine>),
     /// A `VirtualMachineInstance`.
     VirtualMachineInstance(Box<VirtualMachineInstance>),
+    /// A `VirtualMachineClusterInstancetype`.
+    ClusterInstancetype(Box<VirtualMachineClusterInstancetype>),
+    /// A `VirtualMachineClusterPreference`.
+    ClusterPreference(Box<VirtualMachineClusterPreference>),
 }
 
 impl Manifest {
@@ -45,6 +53,8 @@ impl Manifest {
         match self {
             Self::VirtualMachine(_) => VIRTUAL_MACHINE_KIND,
             Self::VirtualMachineInstance(_) => VIRTUAL_MACHINE_INSTANCE_KIND,
+            Self::ClusterInstancetype(_) => CLUSTER_INSTANCETYPE_KIND,
+            Self::ClusterPreference(_) => CLUSTER_PREFERENCE_KIND,
         }
     }
 
@@ -53,6 +63,8 @@ impl Manifest {
         match self {
             Self::VirtualMachine(vm) => &vm.metadata,
             Self::VirtualMachineInstance(vmi) => &vmi.metadata,
+            Self::ClusterInstancetype(object) => &object.metadata,
+            Self::ClusterPreference(object) => &object.metadata,
         }
     }
 
@@ -129,7 +141,7 @@ pub enum DecodeError {
         api_version: String,
     },
     /// A kind Ironvisor does not serve.
-    #[error("{at}: unsupported kind {kind:?} for {API_VERSION} (expected {VIRTUAL_MACHINE_KIND} or {VIRTUAL_MACHINE_INSTANCE_KIND})")]
+    #[error("{at}: unsupported kind {kind:?} for {API_VERSION} (expected {VIRTUAL_MACHINE_KIND}, {VIRTUAL_MACHINE_INSTANCE_KIND}, {CLUSTER_INSTANCETYPE_KIND} or {CLUSTER_PREFERENCE_KIND})")]
     UnsupportedKind {
         /// Where.
         at: SourceLocation,
@@ -245,6 +257,22 @@ pub fn parse_manifests(yaml_text: &str, source_name: &str) -> Result<Vec<Manifes
                     status: lenient_status(envelope.status),
                 }))
             }
+            CLUSTER_INSTANCETYPE_KIND => {
+                let envelope: Envelope<InstancetypeSpec> =
+                    decoder.typed(index, CrdKind::ClusterInstancetype, &value, document)?;
+                Manifest::ClusterInstancetype(Box::new(VirtualMachineClusterInstancetype {
+                    metadata: envelope.metadata.into(),
+                    spec: envelope.spec,
+                }))
+            }
+            CLUSTER_PREFERENCE_KIND => {
+                let envelope: Envelope<PreferenceSpec> =
+                    decoder.typed(index, CrdKind::ClusterPreference, &value, document)?;
+                Manifest::ClusterPreference(Box::new(VirtualMachineClusterPreference {
+                    metadata: envelope.metadata.into(),
+                    spec: envelope.spec,
+                }))
+            }
             _ => {
                 return Err(DecodeError::UnsupportedKind {
                     at: decoder.locate(index, Some("kind")),
@@ -346,7 +374,10 @@ impl Decoder<'_> {
         };
         let api_version = field("apiVersion")?;
         let kind = field("kind")?;
-        if api_version.starts_with(KUBEVIRT_GROUP_PREFIX) {
+        // kubevirt.io/v1, and instancetype.kubevirt.io/v1beta1 for the instance types.
+        if api_version.starts_with(KUBEVIRT_GROUP_PREFIX)
+            || api_version.starts_with(KUBEVIRT_INSTANCETYPE_PREFIX)
+        {
             return Err(DecodeError::KubeVirtApiVersion {
                 at: self.locate(index, Some("apiVersion")),
                 api_version,

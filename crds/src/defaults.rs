@@ -36,7 +36,15 @@ pub fn apply(vm: &mut VirtualMachine) {
             Some(false) | None => RunStrategy::Halted,
         });
     }
-    apply_instance_spec(&mut spec.template.spec);
+    // What an instance type or preference gives is left for it (crate::instancetype),
+    // which runs before the instance is defaulted again.
+    let from_instancetype = spec.instancetype.is_some();
+    let from_preference = spec.preference.is_some();
+    apply_spec(
+        &mut spec.template.spec,
+        !from_instancetype,
+        !from_preference,
+    );
 }
 
 /// Applies the defaults to a `VirtualMachineInstance`.
@@ -46,11 +54,17 @@ pub fn apply_vmi(vmi: &mut VirtualMachineInstance) {
 
 /// Applies the defaults to an instance spec (of a VMI or of a VM template).
 pub fn apply_instance_spec(spec: &mut VirtualMachineInstanceSpec) {
-    apply_cpu(spec);
+    apply_spec(spec, true, true);
+}
+
+fn apply_spec(spec: &mut VirtualMachineInstanceSpec, cpu: bool, grace_period: bool) {
+    if cpu {
+        apply_cpu(spec);
+    }
     apply_memory(spec);
     apply_disks(spec);
     apply_networks(spec);
-    if spec.termination_grace_period_seconds.is_none() {
+    if grace_period && spec.termination_grace_period_seconds.is_none() {
         spec.termination_grace_period_seconds = Some(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS);
     }
     let features = spec.domain.features.get_or_insert_with(Features::default);
@@ -148,6 +162,7 @@ mod tests {
                 run_strategy,
                 running,
                 template: VirtualMachineInstanceTemplateSpec::default(),
+                ..VirtualMachineSpec::default()
             },
         )
     }

@@ -53,6 +53,7 @@ pub mod compat;
 pub mod crd;
 pub mod decode;
 pub mod defaults;
+pub mod instancetype;
 pub mod locate;
 pub mod node_link;
 pub mod quantity;

@@ -27,6 +27,12 @@ fn load(file_name: &str) -> Vec<Manifest> {
                 defaults::apply_vmi(vmi);
                 validate::vmi(vmi).unwrap_or_else(|e| panic!("{file_name}: {e}"));
             }
+            Manifest::ClusterInstancetype(object) => {
+                validate::instancetype(object).unwrap_or_else(|e| panic!("{file_name}: {e}"))
+            }
+            Manifest::ClusterPreference(object) => {
+                validate::preference(object).unwrap_or_else(|e| panic!("{file_name}: {e}"))
+            }
         }
     }
     manifests

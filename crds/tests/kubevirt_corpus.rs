@@ -16,13 +16,23 @@ fn corpus_text(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The corpus file with only its apiVersion changed, decoded, defaulted and validated.
+/// The corpus file with only its apiVersions changed, decoded.
+fn decoded(name: &str) -> Vec<Manifest> {
+    let text = corpus_text(name)
+        .replace(
+            "apiVersion: kubevirt.io/v1\n",
+            "apiVersion: ironvisor.io/v1alpha1\n",
+        )
+        .replace(
+            "apiVersion: instancetype.kubevirt.io/v1beta1\n",
+            "apiVersion: ironvisor.io/v1alpha1\n",
+        );
+    parse_manifests(&text, name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The corpus file's VM (its last object), decoded, defaulted and validated.
 fn accepted(name: &str) -> VirtualMachine {
-    let text = corpus_text(name).replace(
-        "apiVersion: kubevirt.io/v1\n",
-        "apiVersion: ironvisor.io/v1alpha1\n",
-    );
-    let mut manifests = parse_manifests(&text, name).unwrap_or_else(|e| panic!("{e}"));
+    let mut manifests = decoded(name);
     let Some(Manifest::VirtualMachine(vm)) = manifests.pop() else {
         panic!("{name}: not one VirtualMachine");
     };
@@ -40,7 +50,14 @@ fn every_corpus_vm_names_the_api_version_to_change() {
         .filter(|name| name.ends_with(".yaml"))
         .collect();
     names.sort();
-    assert_eq!(names, ["devices-web.yaml", "exported-crm.yaml"]);
+    assert_eq!(
+        names,
+        [
+            "devices-web.yaml",
+            "exported-crm.yaml",
+            "instancetype-app.yaml"
+        ]
+    );
     for name in &names {
         let error = parse_manifests(&corpus_text(name), name).unwrap_err();
         assert!(
@@ -114,4 +131,46 @@ fn the_devices_vm_gets_rng_ports_threads_its_utc_offset_and_a_sata_warning() {
             .starts_with("disks rootdisk, tools ask for bus sata"),
         "{mapped:?}"
     );
+}
+
+#[test]
+fn the_instancetype_vm_is_sized_and_completed_by_its_cluster_objects() {
+    use ironvisor_crds::instancetype;
+    use ironvisor_crds::v1alpha1::{ClockOffsetUtc, Rng};
+    let mut manifests = decoded("instancetype-app.yaml");
+    let Some(Manifest::VirtualMachine(vm)) = manifests.pop() else {
+        panic!("the VM comes last");
+    };
+    let (Some(Manifest::ClusterPreference(preference)), Some(Manifest::ClusterInstancetype(size))) =
+        (manifests.pop(), manifests.pop())
+    else {
+        panic!("an instance type, then a preference");
+    };
+    validate::instancetype(&size).unwrap_or_else(|e| panic!("{e}"));
+    validate::preference(&preference).unwrap_or_else(|e| panic!("{e}"));
+    let mut vm = *vm;
+    defaults::apply(&mut vm);
+    validate::vm(&vm).unwrap_or_else(|e| panic!("{e}"));
+    let mut spec = vm.spec.template.spec.clone();
+    instancetype::expand(
+        &mut spec,
+        Some(&size.spec),
+        Some(("corpus.sockets", &preference.spec)),
+    )
+    .unwrap();
+    defaults::apply_instance_spec(&mut spec);
+    let cpu = spec.domain.cpu.clone().unwrap();
+    assert_eq!(
+        (cpu.sockets, cpu.cores, cpu.threads),
+        (Some(2), Some(1), Some(1))
+    );
+    assert_eq!(spec.domain.memory.map(|m| m.guest.0), Some("256Mi".into()));
+    assert_eq!(spec.domain.devices.rng, Some(Rng {}));
+    assert_eq!(
+        spec.domain.clock.and_then(|c| c.utc),
+        Some(ClockOffsetUtc {
+            offset_seconds: Some(7200)
+        })
+    );
+    assert_eq!(spec.termination_grace_period_seconds, Some(20));
 }

@@ -31,6 +31,7 @@ pub mod procfs;
 pub mod records;
 pub mod runtime;
 pub mod service;
+pub mod sizing;
 pub mod status;
 pub mod store;
 pub mod strategy;

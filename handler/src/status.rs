@@ -19,6 +19,8 @@ pub const UNSCHEDULABLE_REASON: &str = "HardwareIsolationUnavailable";
 pub const INSUFFICIENT_MEMORY_REASON: &str = "InsufficientMemory";
 /// Condition reason of a `dedicatedCpuPlacement` VM with too few free host CPUs.
 pub const INSUFFICIENT_CPUS_REASON: &str = "InsufficientDedicatedCpus";
+/// Start-error reason of a VM whose instance type or preference does not exist.
+pub const INSTANCETYPE_REASON: &str = "InstancetypeNotFound";
 /// Start-error reasons that mean no node can run the VM (shown as ErrorUnschedulable).
 pub const UNSCHEDULABLE_REASONS: [&str; 3] = [
     UNSCHEDULABLE_REASON,

@@ -22,7 +22,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ironvisor_crds::v1alpha1::VirtualMachineInstance;
+use ironvisor_crds::v1alpha1::{InstancetypeSpec, PreferenceSpec, VirtualMachineInstance};
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -34,6 +34,11 @@ const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
 const VMIS: TableDefinition<&str, &[u8]> = TableDefinition::new("vmis");
 const LAUNCHERS: TableDefinition<&str, &[u8]> = TableDefinition::new("launchers");
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+const INSTANCETYPES: TableDefinition<&str, &[u8]> = TableDefinition::new("instancetypes");
+const PREFERENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("preferences");
+/// Every table, created when the database is opened.
+const TABLES: [TableDefinition<&str, &[u8]>; 6] =
+    [VMS, VMIS, LAUNCHERS, EVENTS, INSTANCETYPES, PREFERENCES];
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "state.redb";
@@ -404,6 +409,11 @@ impl Store {
     }
 }
 
+/// The key of a cluster-wide object (no namespace).
+fn cluster_key(name: &str) -> VmKey {
+    VmKey::new("", name)
+}
+
 fn open_database(path: &Path) -> Result<Database, StoreError> {
     let db = Database::create(path).map_err(|e| StoreError::database(path, "open", e))?;
     // Every table must exist so that readers never see a missing one. Check first and
@@ -412,15 +422,13 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
         let txn = db
             .begin_read()
             .map_err(|e| StoreError::database(path, "begin read", e))?;
-        [VMS, VMIS, LAUNCHERS, EVENTS]
-            .iter()
-            .any(|table| txn.open_table(*table).is_err())
+        TABLES.iter().any(|table| txn.open_table(*table).is_err())
     };
     if missing {
         let txn = db
             .begin_write()
             .map_err(|e| StoreError::database(path, "begin write", e))?;
-        for table in [VMS, VMIS, LAUNCHERS, EVENTS] {
+        for table in TABLES {
             txn.open_table(table)
                 .map_err(|e| StoreError::database(path, "create table", e))?;
         }
@@ -612,6 +620,26 @@ impl Txn<'_> {
     /// The instance of `key`.
     pub fn vmi(&self, key: &VmKey) -> Result<Option<VirtualMachineInstance>, StoreError> {
         self.get(VMIS, "vmis", key)
+    }
+
+    /// The `VirtualMachineClusterInstancetype` named `name`.
+    pub fn instancetype(&self, name: &str) -> Result<Option<InstancetypeSpec>, StoreError> {
+        self.get(INSTANCETYPES, "instancetypes", &cluster_key(name))
+    }
+
+    /// Writes the `VirtualMachineClusterInstancetype` named `name`.
+    pub fn put_instancetype(&self, name: &str, spec: &InstancetypeSpec) -> Result<(), StoreError> {
+        self.put(INSTANCETYPES, "instancetypes", &cluster_key(name), spec)
+    }
+
+    /// The `VirtualMachineClusterPreference` named `name`.
+    pub fn preference(&self, name: &str) -> Result<Option<PreferenceSpec>, StoreError> {
+        self.get(PREFERENCES, "preferences", &cluster_key(name))
+    }
+
+    /// Writes the `VirtualMachineClusterPreference` named `name`.
+    pub fn put_preference(&self, name: &str, spec: &PreferenceSpec) -> Result<(), StoreError> {
+        self.put(PREFERENCES, "preferences", &cluster_key(name), spec)
     }
 
     /// Writes the instance of `key`.

@@ -4,6 +4,7 @@ pub mod access;
 pub mod clock;
 pub mod condition;
 pub mod instance;
+pub mod instancetype;
 pub mod vm;
 pub mod vmi;
 
@@ -15,6 +16,7 @@ pub use access::{
 pub use clock::{Clock, ClockOffsetUtc, Timer, TimerSettings};
 pub use condition::{Condition, ConditionStatus, ConditionType};
 pub use instance::*;
+pub use instancetype::*;
 pub use vm::*;
 pub use vmi::*;
 

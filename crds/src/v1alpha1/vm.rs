@@ -49,6 +49,14 @@ pub struct VirtualMachineSpec {
     pub running: Option<bool>,
     /// The instance this machine creates.
     pub template: VirtualMachineInstanceTemplateSpec,
+    /// A `VirtualMachineClusterInstancetype` that gives the template its vCPUs and memory
+    /// (the template then sets neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instancetype: Option<super::InstancetypeMatcher>,
+    /// A `VirtualMachineClusterPreference` whose defaults fill what the template leaves
+    /// out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<super::InstancetypeMatcher>,
 }
 
 /// The instance a `VirtualMachine` creates.

@@ -410,6 +410,30 @@ pub enum ValidationError {
         /// Field path.
         path: String,
     },
+    /// A template field the VM's instance type sets.
+    #[error("{path}: the instance type sets it; leave it out of a VM with spec.instancetype")]
+    InstancetypeConflict {
+        /// Field path.
+        path: String,
+    },
+    /// A preferred CPU topology that is not served.
+    #[error("{path}: {value:?} is not served: use sockets, cores or threads")]
+    TopologyNotServed {
+        /// Field path.
+        path: String,
+        /// The value written.
+        value: String,
+    },
+    /// An instance type or preference kind that is not served.
+    #[error("{path}: kind {value:?} is not served: use {expected} (the namespaced kinds are not served)")]
+    InstancetypeKind {
+        /// Field path.
+        path: String,
+        /// The kind written.
+        value: String,
+        /// The served kind.
+        expected: &'static str,
+    },
     /// An access credential or propagation method Ironvisor does not serve.
     #[error("{path}: not served: {reason}")]
     AccessCredentialNotServed {
@@ -620,6 +644,9 @@ impl ValidationError {
             | Self::BootloaderChoice { path }
             | Self::InvalidVolumeLabel { path, .. }
             | Self::AccessCredentialNotServed { path, .. }
+            | Self::InstancetypeConflict { path }
+            | Self::TopologyNotServed { path, .. }
+            | Self::InstancetypeKind { path, .. }
             | Self::AccessCredentialNeedsCloudConfig { path, .. }
             | Self::InvalidRelativePath { path, .. }
             | Self::DownwardApiFieldChoice { path }

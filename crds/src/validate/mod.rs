@@ -12,6 +12,8 @@ mod config_volumes;
 mod error;
 mod firmware;
 mod formats;
+mod sizing;
+pub use sizing::{instancetype, preference};
 mod interface_ports;
 
 use std::collections::{BTreeMap, HashMap};
@@ -70,7 +72,15 @@ pub fn vm(vm: &VirtualMachine) -> Result<(), ValidationErrors> {
     if let Some(metadata) = &vm.spec.template.metadata {
         template_meta(metadata, "spec.template.metadata", &mut errors);
     }
-    errors.extend(instance_spec(&vm.spec.template.spec, "spec.template.spec"));
+    let template_errors = instance_spec(&vm.spec.template.spec, "spec.template.spec");
+    // An instance type gives the memory the template leaves out.
+    let sized = vm.spec.instancetype.is_some();
+    errors.extend(
+        template_errors
+            .into_iter()
+            .filter(|error| !(sized && matches!(error, ValidationError::MemoryMissing { .. }))),
+    );
+    sizing::references(vm, &mut errors);
     finish("VirtualMachine", &vm.metadata, errors)
 }
 

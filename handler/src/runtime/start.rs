@@ -22,8 +22,8 @@ use crate::records::{
     VmKey,
 };
 use crate::status::{
-    set_vmi_conditions, set_vmi_phase, time, INSUFFICIENT_CPUS_REASON, INSUFFICIENT_MEMORY_REASON,
-    UNSCHEDULABLE_REASON,
+    set_vmi_conditions, set_vmi_phase, time, INSTANCETYPE_REASON, INSUFFICIENT_CPUS_REASON,
+    INSUFFICIENT_MEMORY_REASON, UNSCHEDULABLE_REASON,
 };
 use crate::store::{StoreError, VmSnapshot};
 use crate::strategy::StartReason;
@@ -66,7 +66,22 @@ impl Runtime {
         reason: StartReason,
         consume_requests: usize,
     ) -> Result<(), RuntimeError> {
-        let spec = snap.record.vm.spec.template.spec.clone();
+        let spec = {
+            let vm = snap.record.vm.clone();
+            self.ctx
+                .store
+                .call(move |store| store.transact(|t| crate::sizing::instance_spec(t, &vm)))
+                .await?
+        };
+        let spec = match spec {
+            Ok(spec) => spec,
+            Err(missing) => {
+                let message = format!("VM {key}: {missing}");
+                return self
+                    .mark_unschedulable(key, INSTANCETYPE_REASON, message)
+                    .await;
+            }
+        };
         if let Some(message) = memory_problem(key, &spec, &self.ctx.config.node_name) {
             return self
                 .mark_unschedulable(key, INSUFFICIENT_MEMORY_REASON, message)
@@ -84,7 +99,7 @@ impl Runtime {
         let uid = new_uid();
         let paths = InstancePaths::new(&self.ctx.config, key, &uid);
         let cgroups = self.ctx.cgroups.paths_for(key);
-        let vmi = new_vmi(&snap.record.vm, key, &uid, now);
+        let vmi = new_vmi(&snap.record.vm, &spec, key, &uid, now);
         let record = LauncherRecord {
             vmi_uid: uid.clone(),
             phase: LauncherPhase::Preparing,
@@ -414,8 +429,15 @@ fn describe(reason: StartReason) -> &'static str {
     }
 }
 
-/// The instance object of a VM: its template, owned by the VM, in phase Pending.
-fn new_vmi(vm: &VirtualMachine, key: &VmKey, uid: &str, now: i64) -> VirtualMachineInstance {
+/// The instance object of a VM: `spec` (its template, sized by its instance type), owned by
+/// the VM, in phase Pending.
+fn new_vmi(
+    vm: &VirtualMachine,
+    spec: &VirtualMachineInstanceSpec,
+    key: &VmKey,
+    uid: &str,
+    now: i64,
+) -> VirtualMachineInstance {
     let template_meta = vm.spec.template.metadata.clone().unwrap_or_default();
     let owner = OwnerReference {
         api_version: ironvisor_crds::v1alpha1::API_VERSION.to_string(),
@@ -425,7 +447,7 @@ fn new_vmi(vm: &VirtualMachine, key: &VmKey, uid: &str, now: i64) -> VirtualMach
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
-    let mut vmi = VirtualMachineInstance::new(&key.name, vm.spec.template.spec.clone());
+    let mut vmi = VirtualMachineInstance::new(&key.name, spec.clone());
     vmi.metadata = ObjectMeta {
         name: Some(key.name.clone()),
         namespace: Some(key.namespace.clone()),
