@@ -52,3 +52,32 @@ def test_kubevirt_vm_runs_with_only_its_api_version_changed(
     k.run("delete", "vm", vm, "-n", ns, "--wait=false")
     wait_for(f"VM {ns}/{vm} gone", lambda: k.get("vm", vm, ns) is None, 120,
              describe=lambda: diagnostics(k, ns))
+
+
+def test_a_vm_naming_a_missing_instance_type_waits_naming_it_until_it_exists(
+        ironvisor: Kubectl, namespace: str) -> None:
+    """The corpus instance-type VM with its objects renamed so that none exists yet: no
+    instance is made, a Warning event names the missing instance type, and once the
+    instance type and preference are applied the VM runs."""
+    k, ns, vm = ironvisor, namespace, "sized-later"
+    text = as_ironvisor("instancetype-app.yaml")
+    text = (text.replace("corpus.2cpu", "later.2cpu").replace("corpus.sockets", "later.sockets")
+            .replace("name: instancetype-app", f"name: {vm}"))
+    *objects, vm_text = text.split("\n---\n")
+    k.apply(vm_text, ns)
+    event = wait_for("a Warning event naming the missing instance type", lambda: next(
+        (e for e in k.events(ns, vm) if e["reason"] == "InstancetypeNotUsable"), None), 60,
+        describe=lambda: diagnostics(k, ns))
+    note = event.get("note") or event.get("message") or ""
+    assert 'VirtualMachineClusterInstancetype "later.2cpu" does not exist' in note, event
+    assert k.get("vmi", vm, ns) is None
+    k.apply("\n---\n".join(objects), ns)
+    vmi = wait_for(f"VMI {ns}/{vm} Running", lambda: (
+        (lambda obj: obj if obj and phase(obj) == "Running" else None)(k.get("vmi", vm, ns))),
+        BOOT_TIMEOUT, describe=lambda: diagnostics(k, ns))
+    cpu = vmi["spec"]["domain"]["cpu"]
+    assert (cpu["sockets"], cpu["cores"], cpu["threads"]) == (2, 1, 1), cpu
+    assert vmi["spec"]["domain"]["memory"]["guest"] == "256Mi"
+    k.run("delete", "vm", vm, "-n", ns, "--wait=false")
+    wait_for(f"VM {ns}/{vm} gone", lambda: k.get("vm", vm, ns) is None, 120,
+             describe=lambda: diagnostics(k, ns))

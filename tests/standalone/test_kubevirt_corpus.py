@@ -45,3 +45,35 @@ def test_kubevirt_vm_runs_with_only_its_api_version_changed(
         while node.virtctl("get", vm, check=False).returncode == 0:
             assert time.monotonic() < deadline, f"VM {vm} was not deleted within 60 s"
             time.sleep(0.5)
+
+
+def test_a_vm_naming_a_missing_instance_type_waits_naming_it_until_it_exists(
+        node: Node, tmp_path: Path) -> None:
+    """The corpus instance-type VM, its objects renamed so that none exists yet: the VM
+    does not start and says which instance type is missing; once the instance type and
+    preference are applied, it starts."""
+    text = as_ironvisor("instancetype-app.yaml")
+    text = (text.replace("corpus.2cpu", "later.2cpu").replace("corpus.sockets", "later.sockets")
+            .replace("name: instancetype-app", "name: sized-later"))
+    *objects, vm = text.split("\n---\n")
+    vm_file, objects_file = tmp_path / "vm.yaml", tmp_path / "objects.yaml"
+    vm_file.write_text(vm)
+    objects_file.write_text("\n---\n".join(objects))
+    node.virtctl("apply", "-f", str(vm_file))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            describe = node.virtctl("describe", "sized-later").stdout
+            if "InstancetypeNotFound" in describe:
+                break
+            assert time.monotonic() < deadline, describe
+            time.sleep(0.5)
+        assert ('spec.instancetype.name: VirtualMachineClusterInstancetype "later.2cpu" '
+                "does not exist") in describe, describe
+        assert not node.instance_dirs(), "an instance was started anyway"
+        applied = node.virtctl("apply", "-f", str(objects_file)).stdout
+        assert "later.2cpu created" in applied, applied
+        assert "later.sockets created" in applied, applied
+        node.wait_status("sized-later", "Running", timeout=120)
+    finally:
+        node.virtctl("delete", "sized-later")
