@@ -190,8 +190,9 @@ def test_bad_names_are_refused(bad: str) -> None:
 
 def test_every_image_lists_under_its_full_name() -> None:
     names = {image.name: containers.listed_reference(image) for image in containers.IMAGES}
-    assert list(names) == ["pause", "rootfs", "busybox", "guest-kernel", "launcher", "handler",
-                           "controller", "apiserver"]
+    assert list(names) == ["pause", "rootfs", "debian", "busybox", "guest-kernel", "launcher",
+                           "handler", "controller", "apiserver"]
+    assert names["debian"] == "docker.io/ironvisor/debian:bookworm"
     assert names["apiserver"] == f"docker.io/ironvisor/apiserver:{containers.VERSION}"
     assert names["pause"] == "docker.io/ironvisor/pause:3.10"
     assert names["busybox"] == "docker.io/ironvisor/busybox:1.35"
