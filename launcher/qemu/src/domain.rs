@@ -47,6 +47,10 @@ pub const METADATA_NAMESPACE: &str = "https://ironvisor.io/libvirt/launcher/v1";
 pub const METADATA_PREFIX: &str = "ironvisor";
 /// QEMU machine type: i440fx, legacy PCI (virtio-pci needs no PCIe root ports there).
 pub const MACHINE_TYPE: &str = "pc";
+/// Size of QEMU's TCG translation-block cache: its default (1 GiB on hosts with memory to
+/// spare) grows the QEMU process beyond guest memory by that much during a long boot, and
+/// the memory limit of the launcher pod killed it; 128 MiB holds a Linux guest's hot code.
+pub const TCG_TB_CACHE_MIB: u32 = 128;
 /// First bytes of a qcow2 image ("QFI\xfb").
 pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
@@ -475,7 +479,15 @@ impl DomainPlan {
         line(x, 2, "<smbios mode='sysinfo'/>");
         self.boot_xml(x);
         line(x, 1, "</os>");
-        line(x, 1, "<features><acpi/><apic/></features>");
+        // TCG's translation cache is 1 GiB by default on a large host, which a long boot
+        // fills; bounded, QEMU stays within the pod's or cgroup's memory overhead.
+        line(
+            x,
+            1,
+            &format!(
+                "<features><acpi/><apic/><tcg><tb-cache unit='MiB'>{TCG_TB_CACHE_MIB}</tb-cache></tcg></features>"
+            ),
+        );
         let topology = &self.cpu_topology;
         line(
             x,

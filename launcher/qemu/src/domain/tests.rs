@@ -607,3 +607,13 @@ fn an_efi_boot_loads_ovmf_without_secure_boot_and_keeps_its_variables_in_the_run
         Some(fx.dir.path().join(NVRAM_FILE).to_str().unwrap())
     );
 }
+
+#[test]
+fn the_tcg_translation_cache_is_bounded() {
+    let xml = plan(&fixture()).to_xml();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let features = child(doc.root_element(), "features");
+    let cache = child(child(features, "tcg"), "tb-cache");
+    assert_eq!(cache.attribute("unit"), Some("MiB"));
+    assert_eq!(cache.text(), Some(TCG_TB_CACHE_MIB.to_string().as_str()));
+}
