@@ -6,6 +6,8 @@ use crate::v1alpha1::{DiskBus, VirtualMachineInstanceSpec};
 
 /// Reason of the warning about disks on a bus the microVM does not have.
 pub const DISK_BUS_MAPPED_REASON: &str = "DiskBusMapped";
+/// Reason of the warning about `bootloader.bios.useSerial`.
+pub const BIOS_SERIAL_MAPPED_REASON: &str = "BiosSerialMapped";
 
 /// One mapping to warn about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +43,23 @@ pub fn mapped_settings(spec: &VirtualMachineInstanceSpec) -> Vec<MappedSetting> 
             ),
         });
     }
+    let use_serial = spec
+        .domain
+        .firmware
+        .as_ref()
+        .and_then(|firmware| firmware.bootloader.as_ref())
+        .and_then(|bootloader| bootloader.bios.as_ref())
+        .and_then(|bios| bios.use_serial);
+    if use_serial == Some(true) {
+        mapped.push(MappedSetting {
+            reason: BIOS_SERIAL_MAPPED_REASON,
+            message: "bootloader.bios.useSerial: the BIOS's own messages are not copied to the \
+                      serial console (the microVM has no BIOS; under emulation SeaBIOS draws \
+                      on the absent display); the disk's bootloader and kernel use the serial \
+                      console as they are configured to"
+                .to_string(),
+        });
+    }
     mapped
 }
 
@@ -73,6 +92,26 @@ mod tests {
             }),
             ..Disk::default()
         }
+    }
+
+    #[test]
+    fn use_serial_gets_a_warning_saying_what_the_console_shows() {
+        use crate::v1alpha1::{BiosBootloader, Bootloader, Firmware};
+        let mut spec = VirtualMachineInstanceSpec::default();
+        assert!(mapped_settings(&spec).is_empty());
+        spec.domain.firmware = Some(Firmware {
+            bootloader: Some(Bootloader {
+                bios: Some(BiosBootloader {
+                    use_serial: Some(true),
+                }),
+                efi: None,
+            }),
+            ..Firmware::default()
+        });
+        let mapped = mapped_settings(&spec);
+        assert_eq!(mapped.len(), 1);
+        assert_eq!(mapped[0].reason, BIOS_SERIAL_MAPPED_REASON);
+        assert!(mapped[0].message.starts_with("bootloader.bios.useSerial"));
     }
 
     #[test]

@@ -373,8 +373,9 @@ pub struct Bootloader {
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BiosBootloader {
-    /// KubeVirt shows the BIOS's own messages on the serial console with this. Accepted;
-    /// the guest's bootloader and kernel use the serial console either way.
+    /// KubeVirt shows the BIOS's own messages on the serial console with this. Accepted
+    /// with a `BiosSerialMapped` Warning event: the guest's bootloader and kernel use the
+    /// serial console either way, the BIOS's messages are not copied there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_serial: Option<bool>,
 }
