@@ -935,4 +935,6 @@ pub fn generated_mac(name: &str, id: &str) -> [u8; 6] {
 }
 
 #[cfg(test)]
+mod cli_tests;
+#[cfg(test)]
 mod tests;
