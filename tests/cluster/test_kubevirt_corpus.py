@@ -60,8 +60,11 @@ def test_a_vm_naming_a_missing_instance_type_waits_naming_it_until_it_exists(
     instance is made, a Warning event names the missing instance type, and once the
     instance type and preference are applied the VM runs."""
     k, ns, vm = ironvisor, namespace, "sized-later"
+    # Cluster-wide objects outlive the test's namespace (and the cluster's down and up,
+    # which keep etcd's data): names of this namespace's own, deleted at the end.
+    size, preference = f"{ns}.2cpu", f"{ns}.sockets"
     text = as_ironvisor("instancetype-app.yaml")
-    text = (text.replace("corpus.2cpu", "later.2cpu").replace("corpus.sockets", "later.sockets")
+    text = (text.replace("corpus.2cpu", size).replace("corpus.sockets", preference)
             .replace("name: instancetype-app", f"name: {vm}"))
     *objects, vm_text = text.split("\n---\n")
     k.apply(vm_text, ns)
@@ -69,7 +72,7 @@ def test_a_vm_naming_a_missing_instance_type_waits_naming_it_until_it_exists(
         (e for e in k.events(ns, vm) if e["reason"] == "InstancetypeNotUsable"), None), 60,
         describe=lambda: diagnostics(k, ns))
     note = event.get("note") or event.get("message") or ""
-    assert 'VirtualMachineClusterInstancetype "later.2cpu" does not exist' in note, event
+    assert f'VirtualMachineClusterInstancetype "{size}" does not exist' in note, event
     assert k.get("vmi", vm, ns) is None
     k.apply("\n---\n".join(objects), ns)
     vmi = wait_for(f"VMI {ns}/{vm} Running", lambda: (
@@ -81,3 +84,5 @@ def test_a_vm_naming_a_missing_instance_type_waits_naming_it_until_it_exists(
     k.run("delete", "vm", vm, "-n", ns, "--wait=false")
     wait_for(f"VM {ns}/{vm} gone", lambda: k.get("vm", vm, ns) is None, 120,
              describe=lambda: diagnostics(k, ns))
+    k.run("delete", "virtualmachineclusterinstancetype", size, "--ignore-not-found")
+    k.run("delete", "virtualmachineclusterpreference", preference, "--ignore-not-found")
