@@ -161,12 +161,21 @@ async fn reconcile(
         })?
         .filter(|p| p.labels().get(LABEL_CREATED_BY) == Some(&uid))
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&ctx.node_name));
-    let Some(pod_uid) = pod.and_then(|p| p.uid()) else {
+    let Some(pod) = pod else {
         return Ok(Action::requeue(RETRY));
     };
+    let Some(pod_uid) = pod.uid() else {
+        return Ok(Action::requeue(RETRY));
+    };
+    // The pod IP, once the kubelet reports it: the namespace wired must have it.
+    let pod_ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok());
 
     let mut pending = false;
-    let wired = match wire_network(&ctx, &vmi, &object, &uid, &pod_uid).await {
+    let wired = match wire_network(&ctx, &vmi, &object, &uid, &pod_uid, pod_ip).await {
         Ok(wired) => wired,
         Err(error) => {
             // Said on the instance too: its launcher waits for the wiring meanwhile.
@@ -245,6 +254,7 @@ async fn wire_network(
     object: &str,
     uid: &str,
     pod_uid: &str,
+    pod_ip: Option<std::net::Ipv4Addr>,
 ) -> Result<NetworkOutcome, InstanceError> {
     // Defaulted as the controller does for the pod, so both see the same interfaces.
     let mut spec = vmi.spec.clone();
@@ -259,10 +269,13 @@ async fn wire_network(
     let Some(request) = request else {
         return Ok(NetworkOutcome::NoInterface);
     };
+    let Some(pod_ip) = pod_ip else {
+        return Ok(NetworkOutcome::NotYet);
+    };
     let settings = ctx.network.clone();
     let pod_uid = pod_uid.to_string();
     let wiring = tokio::task::spawn_blocking(move || {
-        pod_network::ensure_wired(&settings, &request, &pod_uid)
+        pod_network::ensure_wired(&settings, &request, &pod_uid, pod_ip)
     })
     .await
     .map_err(|e| PodNetworkError::Task(e.to_string()))

@@ -77,11 +77,13 @@ pub enum Wiring {
     Done(Box<VmNetwork>),
 }
 
-/// Wires `request` into the pod `pod_uid`, or takes up an earlier wiring. Blocking.
+/// Wires `request` into the pod `pod_uid`, whose IP is `pod_ip`, or takes up an earlier
+/// wiring. Blocking.
 pub fn ensure_wired(
     settings: &PodNetworkSettings,
     request: &VmNetworkRequest,
     pod_uid: &str,
+    pod_ip: std::net::Ipv4Addr,
 ) -> Result<Wiring, PodNetworkError> {
     let Some(file) = empty_dir(&settings.kubelet_root, pod_uid, SOCKETS_VOLUME)
         .map(|dir| dir.join(NETWORK_FILE))
@@ -92,21 +94,32 @@ pub fn ensure_wired(
         });
     };
     let pids = pod_processes(&settings.proc_root, pod_uid);
-    let Some(&pid) = pids.first() else {
+    let Some((pid, netns_inode)) = pod_namespace(&settings.proc_root, pod_uid, &pids) else {
         return Ok(Wiring::NotYet);
     };
     if let Some(network) = read_wiring(&file)? {
         if network.vm_uid == request.vm_uid {
-            ironvisor_net::resume_pod(&settings.state_dir, &network, pid)?;
+            ironvisor_net::resume_pod(&settings.state_dir, &network, pid, netns_inode)?;
             return Ok(Wiring::Done(Box::new(network)));
         }
     }
     let pod = PodNamespace {
         pid,
+        netns_inode,
+        pod_ip,
         dns_servers: pod_nameservers(&settings.proc_root, &pids),
         node_netns: &settings.node_netns,
     };
-    let network = ironvisor_net::wire_pod(&settings.state_dir, request, &pod)?;
+    let network = match ironvisor_net::wire_pod(&settings.state_dir, request, &pod) {
+        Ok(network) => network,
+        // A process still on its way into the pod (the runtime's init before it joins
+        // the pod's namespace): the next pass finds it there.
+        Err(error @ ironvisor_net::NetError::NotThePod { .. }) => {
+            tracing::info!(%error, "not wired yet");
+            return Ok(Wiring::NotYet);
+        }
+        Err(error) => return Err(error.into()),
+    };
     write_wiring(&file, &network)?;
     Ok(Wiring::Done(Box::new(network)))
 }
@@ -135,30 +148,61 @@ pub fn interface_status(network: &VmNetwork) -> VirtualMachineInstanceNetworkInt
 }
 
 /// Host pids of the processes in the pod's cgroup (cgroupfs `pod<uid>` or systemd
-/// `pod<uid with underscores>.slice`), which share the pod's network namespace. Processes
-/// in the agent's own network namespace (a host-network pod) are left out.
+/// `pod<uid with underscores>.slice`), which share the pod's network namespace, oldest
+/// first (the sandbox's pause process, which lives as long as the pod, before short-lived
+/// init container processes). Processes in the agent's own network namespace (a
+/// host-network pod) are left out.
 pub fn pod_processes(proc_root: &Path, pod_uid: &str) -> Vec<u32> {
-    let cgroupfs = format!("/pod{pod_uid}/");
-    let systemd = format!("-pod{}.slice", pod_uid.replace('-', "_"));
     let own_netns = std::fs::read_link(proc_root.join("self/ns/net")).ok();
     let Ok(entries) = std::fs::read_dir(proc_root) else {
         return Vec::new();
     };
-    let mut pids: Vec<u32> = entries
+    let mut pids: Vec<(u64, u32)> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let dir = proc_root.join(pid.to_string());
-            let in_pod = std::fs::read_to_string(dir.join("cgroup")).is_ok_and(|cgroups| {
-                cgroups
-                    .lines()
-                    .any(|l| l.contains(&cgroupfs) || l.contains(&systemd))
-            });
-            in_pod && std::fs::read_link(dir.join("ns/net")).ok() != own_netns
+        .filter(|&pid| {
+            in_pod(proc_root, pid, pod_uid)
+                && std::fs::read_link(proc_root.join(format!("{pid}/ns/net"))).ok() != own_netns
         })
+        .map(|pid| (start_time(proc_root, pid).unwrap_or(u64::MAX), pid))
         .collect();
     pids.sort_unstable();
-    pids
+    pids.into_iter().map(|(_, pid)| pid).collect()
+}
+
+/// Whether process `pid` is in the cgroup of pod `pod_uid`.
+fn in_pod(proc_root: &Path, pid: u32, pod_uid: &str) -> bool {
+    let cgroupfs = format!("/pod{pod_uid}/");
+    let systemd = format!("-pod{}.slice", pod_uid.replace('-', "_"));
+    std::fs::read_to_string(proc_root.join(format!("{pid}/cgroup"))).is_ok_and(|cgroups| {
+        cgroups
+            .lines()
+            .any(|l| l.contains(&cgroupfs) || l.contains(&systemd))
+    })
+}
+
+/// When process `pid` started, in clock ticks after boot (`/proc/<pid>/stat` field 22).
+fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(format!("{pid}/stat"))).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields after its last ')'.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The first of `pids` whose network namespace can be read while it is still in the pod:
+/// its pid and the namespace's inode (`net:[INODE]`). The cgroup is read again after the
+/// namespace, so a pid reused by a process outside the pod in between is not taken.
+fn pod_namespace(proc_root: &Path, pod_uid: &str, pids: &[u32]) -> Option<(u32, u64)> {
+    pids.iter().find_map(|&pid| {
+        let link = std::fs::read_link(proc_root.join(format!("{pid}/ns/net"))).ok()?;
+        let inode = link
+            .to_str()?
+            .strip_prefix("net:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()?;
+        in_pod(proc_root, pid, pod_uid).then_some((pid, inode))
+    })
 }
 
 /// The pod's own name servers (its resolv.conf as the kubelet wrote it), reachable ones only.
@@ -248,6 +292,24 @@ mod tests {
         );
         assert_eq!(pod_processes(root.path(), uid), vec![10, 11]);
         assert!(pod_processes(root.path(), "missing").is_empty());
+        assert_eq!(pod_namespace(root.path(), uid, &[12, 10]), Some((10, 2)));
+    }
+
+    #[test]
+    fn the_oldest_process_of_the_pod_comes_first() {
+        let root = tempfile::tempdir().unwrap();
+        let uid = "0b6f1c2d-aaaa-bbbb-cccc-000000000002";
+        std::fs::create_dir_all(root.path().join("self/ns")).unwrap();
+        std::os::unix::fs::symlink("net:[1]", root.path().join("self/ns/net")).unwrap();
+        let cgroup = format!("4:memory:/kubepods/burstable/pod{uid}/c\n");
+        // pid 5 is an init container's `cp` started after the pause process (pid 900,
+        // the pids wrapped around); the name has a space and a parenthesis.
+        for (pid, name, start) in [(5, "cp", 5000), (900, "pause", 100), (7, "a) b", 7000)] {
+            fake_proc(root.path(), pid, &cgroup, "net:[4]");
+            let stat = format!("{pid} ({name}) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0");
+            std::fs::write(root.path().join(format!("{pid}/stat")), stat).unwrap();
+        }
+        assert_eq!(pod_processes(root.path(), uid), vec![900, 5, 7]);
     }
 
     #[test]

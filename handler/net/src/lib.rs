@@ -184,6 +184,22 @@ pub enum NetError {
         #[source]
         source: StateError,
     },
+    /// The namespace named through the pod's process is not the pod's: its `eth0` lacks the
+    /// pod IP (a process of the pod can be in the node's namespace for a moment, while
+    /// the container runtime moves it into the pod's).
+    #[error(
+        "VM {vm_key}: the namespace of process {pid} has {found} on eth0, not the pod IP {expected}:          not the pod's namespace yet; trying again"
+    )]
+    NotThePod {
+        /// The VM.
+        vm_key: String,
+        /// The process the namespace was named through.
+        pid: u32,
+        /// What eth0 has.
+        found: String,
+        /// The pod IP the API server reports.
+        expected: std::net::Ipv4Addr,
+    },
     /// The VM already has a network set up with different parameters.
     #[error(
         "VM {vm_key}: network namespace {netns} is already set up for {existing}; \

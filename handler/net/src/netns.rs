@@ -31,6 +31,17 @@ pub enum NetnsError {
         #[source]
         source: ToolError,
     },
+    /// The name was attached to another namespace than the one meant (the process it was
+    /// attached through ended and its pid was reused); the name is removed again.
+    #[error("network namespace {name} is namespace {found}, not {expected}: the process it was named through ended; try again")]
+    Changed {
+        /// Namespace name.
+        name: String,
+        /// The inode of the namespace meant.
+        expected: u64,
+        /// The inode the name got.
+        found: u64,
+    },
     /// The namespace file could not be opened.
     #[error("opening network namespace {path}: {source}")]
     Open {
@@ -76,6 +87,29 @@ pub(crate) fn attach(name: &str, pid: u32) -> Result<(), NetnsError> {
             name: name.to_string(),
             source,
         })
+}
+
+/// Names the network namespace of process `pid`, as [`attach`], and checks that the name
+/// got the namespace whose inode is `expected` (`/proc/<pid>/ns/net` read earlier):
+/// between that read and the attach the process may have ended and its pid gone to a
+/// process in another namespace. On a mismatch the name is removed again.
+pub(crate) fn attach_checked(name: &str, pid: u32, expected: u64) -> Result<(), NetnsError> {
+    attach(name, pid)?;
+    let found = std::fs::metadata(path(name))
+        .map(|meta| std::os::unix::fs::MetadataExt::ino(&meta))
+        .map_err(|source| NetnsError::Open {
+            path: path(name),
+            source,
+        })?;
+    if found == expected {
+        return Ok(());
+    }
+    delete(name)?;
+    Err(NetnsError::Changed {
+        name: name.to_string(),
+        expected,
+        found,
+    })
 }
 
 /// Deletes the namespace `name`; does nothing if it does not exist.

@@ -35,6 +35,12 @@ pub fn pod_netns_name(vm_uid: &str) -> String {
 pub struct PodNamespace<'a> {
     /// Any process in the pod's network namespace (the node agent sees host pids).
     pub pid: u32,
+    /// The inode of that namespace (`/proc/<pid>/ns/net`), checked once the name is
+    /// attached: the pid may have been reused in between.
+    pub netns_inode: u64,
+    /// The pod IP the API server reports: the namespace's `eth0` must have it before
+    /// anything is set up there.
+    pub pod_ip: Ipv4Addr,
     /// Name servers the guest is offered (the pod's own, from its resolv.conf).
     pub dns_servers: Vec<Ipv4Addr>,
     /// The node's network namespace, where the neighbour entry of a bridge-bound pod IP is
@@ -87,7 +93,7 @@ pub fn wire_pod(
     }
     // A name left attached by an earlier agent (its state gone) may point elsewhere.
     netns::delete(&ns).map_err(netns_err)?;
-    netns::attach(&ns, pod.pid).map_err(netns_err)?;
+    netns::attach_checked(&ns, pod.pid, pod.netns_inode).map_err(netns_err)?;
 
     let binding_err = |source| NetError::Binding {
         vm_key: req.vm_key.clone(),
@@ -97,6 +103,14 @@ pub fn wire_pod(
     let result = binding::pod_attachment(&ns)
         .map_err(binding_err)
         .and_then(|attachment| {
+            if attachment.address != pod.pod_ip {
+                return Err(NetError::NotThePod {
+                    vm_key: req.vm_key.clone(),
+                    pid: pod.pid,
+                    found: attachment.address.to_string(),
+                    expected: pod.pod_ip,
+                });
+            }
             let mut st = VmState {
                 version: STATE_VERSION,
                 vm_key: req.vm_key.clone(),
@@ -153,14 +167,19 @@ pub fn wire_pod(
 /// Takes up a wiring that was done before this agent started (its record is the pod's
 /// copy of `network`): names the pod's namespace again, records the state and restarts the
 /// DHCP server if it is not running. The guest keeps its network throughout.
-pub fn resume_pod(state_dir: &Path, network: &VmNetwork, pid: u32) -> Result<(), NetError> {
+pub fn resume_pod(
+    state_dir: &Path,
+    network: &VmNetwork,
+    pid: u32,
+    netns_inode: u64,
+) -> Result<(), NetError> {
     let ns = pod_netns_name(&network.vm_uid);
     let span = tracing::debug_span!("pod_network_resume", uid = %network.vm_uid, netns = %ns);
     let _guard = span.enter();
     let vm_key = || network.vm_key.clone();
     let dir = state::vm_dir(state_dir, &ns);
     if !netns::exists(&ns) {
-        netns::attach(&ns, pid).map_err(|source| NetError::Netns {
+        netns::attach_checked(&ns, pid, netns_inode).map_err(|source| NetError::Netns {
             vm_key: vm_key(),
             source,
         })?;
