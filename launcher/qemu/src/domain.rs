@@ -264,7 +264,7 @@ impl DomainPlan {
                     .as_deref()
                     .map(|path| absolute_file("initrd", path))
                     .transpose()?,
-                cmdline: kernel.cmdline.clone(),
+                cmdline: emulation_cmdline(&kernel.cmdline),
             },
             Boot::Firmware { kind, disk } => {
                 if kind == FirmwareKind::Efi && !Path::new(OVMF_CODE).is_file() {
@@ -742,6 +742,23 @@ fn absolute_socket(what: &'static str, path: &Path) -> Result<PathBuf, DomainErr
     })?;
     Ok(cwd.join(path))
 }
+
+/// The guest kernel's command line under emulation: the VM's own, plus `no_timer_check`.
+/// Linux checks at boot that the timer interrupt arrives through the IO-APIC within a few
+/// milliseconds and panics ("IO-APIC + timer doesn't work!") when it does not; a TCG vCPU
+/// starved of host CPU (many guests booting at once on a small node) misses that window
+/// although the timer works. The parameter skips only that check.
+fn emulation_cmdline(cmdline: &str) -> String {
+    if cmdline.split_whitespace().any(|arg| arg == NO_TIMER_CHECK) {
+        return cmdline.to_string();
+    }
+    if cmdline.trim().is_empty() {
+        return NO_TIMER_CHECK.to_string();
+    }
+    format!("{cmdline} {NO_TIMER_CHECK}")
+}
+
+const NO_TIMER_CHECK: &str = "no_timer_check";
 
 #[cfg(test)]
 mod tests;

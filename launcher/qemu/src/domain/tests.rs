@@ -176,10 +176,10 @@ fn xml_describes_a_tcg_guest_with_direct_kernel_boot() {
         text(os, "initrd"),
         initrd.as_ref().unwrap().to_str().unwrap()
     );
-    // Escaped on the way in, identical on the way out.
+    // Escaped on the way in, identical on the way out, and the timer check skipped.
     assert_eq!(
         text(os, "cmdline"),
-        "console=ttyS0 reboot=k panic=1 a=<b>&c"
+        "console=ttyS0 reboot=k panic=1 a=<b>&c no_timer_check"
     );
     // No topology: the vCPUs are cores of one socket. No clock: UTC.
     let topology = child(child(domain, "cpu"), "topology");
@@ -616,4 +616,14 @@ fn the_tcg_translation_cache_is_bounded() {
     let cache = child(child(features, "tcg"), "tb-cache");
     assert_eq!(cache.attribute("unit"), Some("MiB"));
     assert_eq!(cache.text(), Some(TCG_TB_CACHE_MIB.to_string().as_str()));
+}
+
+#[test]
+fn no_timer_check_is_added_once() {
+    assert_eq!(emulation_cmdline(""), "no_timer_check");
+    assert_eq!(emulation_cmdline("quiet"), "quiet no_timer_check");
+    assert_eq!(
+        emulation_cmdline("no_timer_check quiet"),
+        "no_timer_check quiet"
+    );
 }
