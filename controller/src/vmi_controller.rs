@@ -107,6 +107,11 @@ async fn reconcile_inner(
             }
         }
     }
+    if current.is_some_and(Phase::is_final) {
+        // Written once, with its reason and message; an observation of a finished
+        // instance knows neither and would wipe them.
+        return Ok(Action::await_change());
+    }
     let observation = observe(current, pod.as_ref());
     if let Some(node) = &observation.node_name {
         label_node(vmi, &vmis, node).await?;
