@@ -7,7 +7,12 @@ one 2-core node): create N small VMIs 100 ms apart, then delete them, and print
 - API writes per VMI: the API server's own `apiserver_request_total` for the write verbs
   (POST, PUT, PATCH, DELETE), all clients (controller, kubelet, scheduler, node agent),
   before and after, divided by N;
-- node memory per VM: the drop of MemAvailable with all N running, divided by N.
+- node memory per VM: the drop of MemAvailable with all N running, divided by N;
+- where creation → Running goes, median per step, from the objects' own timestamps
+  (whole seconds): VMI created → launcher pod created (controller) → scheduled
+  (scheduler) → first init container started (kubelet: sandbox, CNI) → last init
+  container finished (image copies) → compute container started → VMI Running (node
+  agent, launcher; the watch's wall clock).
 
     python3 -m tests.bench.density --vms 20 [--interval 0.1] [--timeout 900]
 
@@ -20,6 +25,7 @@ KubeVirt's published audit for 100 minimal VMIs on real clusters: creation → R
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -75,6 +81,7 @@ class Watch:
 
     def __init__(self, k: Kubectl, namespace: str) -> None:
         self.running: dict[str, float] = {}
+        self.running_wall: dict[str, float] = {}
         self.deleted: dict[str, float] = {}
         self.proc = subprocess.Popen(
             ["kubectl", "get", "vmi", "-n", namespace, "-w", "-o", "json",
@@ -103,10 +110,43 @@ class Watch:
                     self.deleted.setdefault(name, now)
                 elif (obj.get("status") or {}).get("phase") == "Running":
                     self.running.setdefault(name, now)
+                    self.running_wall.setdefault(name, time.time())
 
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+STEPS = ("controller: VMI -> pod", "scheduler: pod -> scheduled",
+         "kubelet: scheduled -> first init", "init containers (copies)",
+         "kubelet: last init -> compute", "launcher: compute -> Running")
+
+
+def stamp(value: str | None) -> float | None:
+    """An API timestamp (RFC 3339, whole seconds) as epoch seconds."""
+    if not value:
+        return None
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def step_times(vmi: dict, pod: dict, running_wall: float) -> list[float] | None:
+    """The seconds each of STEPS took for one VMI, or None when a timestamp is missing."""
+    status = pod.get("status", {})
+    scheduled = next((c.get("lastTransitionTime") for c in status.get("conditions", [])
+                      if c["type"] == "PodScheduled"), None)
+    inits = status.get("initContainerStatuses") or []
+    starts = [i.get("state", {}).get("terminated", {}).get("startedAt") for i in inits]
+    ends = [i.get("state", {}).get("terminated", {}).get("finishedAt") for i in inits]
+    compute = next((c.get("state", {}).get("running", {}).get("startedAt")
+                    for c in status.get("containerStatuses", []) if c["name"] == "compute"),
+                   None)
+    points = [stamp(vmi["metadata"]["creationTimestamp"]),
+              stamp(pod["metadata"]["creationTimestamp"]), stamp(scheduled),
+              min((stamp(t) for t in starts if t), default=None),
+              max((stamp(t) for t in ends if t), default=None), stamp(compute), running_wall]
+    if any(p is None for p in points):
+        return None
+    return [b - a for a, b in zip(points, points[1:])]
 
 
 def run(vms: int, interval: float, timeout: float) -> dict[str, float]:
@@ -146,6 +186,14 @@ def run(vms: int, interval: float, timeout: float) -> dict[str, float]:
         mem_per_vm_mib = (mem_before - mem_available_kib()) / vms / 1024
         writes_per_vmi = (write_requests(k) - writes_before) / vms
         to_running = [watch.running[n] - created[n] for n in created]
+        vmis = {v["metadata"]["name"]: v for v in k.json("get", "vmi", "-n", namespace)["items"]}
+        steps = []
+        for pod in k.json("get", "pods", "-n", namespace)["items"]:
+            name = pod["metadata"].get("labels", {}).get("ironvisor.io/vmi")
+            if name in vmis and name in watch.running_wall:
+                times = step_times(vmis[name], pod, watch.running_wall[name])
+                if times:
+                    steps.append(times)
         deleting: dict[str, float] = {}
         for name in created:
             deleting[name] = time.monotonic()
@@ -169,6 +217,9 @@ def run(vms: int, interval: float, timeout: float) -> dict[str, float]:
         "writes_per_vmi": writes_per_vmi,
         "mem_per_vm_mib": mem_per_vm_mib,
         "running_mean": statistics.fmean(to_running),
+        "steps": {step: statistics.median(t[i] for t in steps) for i, step in enumerate(STEPS)}
+        if steps else {},
+        "steps_count": len(steps),
     }
 
 
@@ -190,6 +241,11 @@ def main() -> int:
           f"({r['gone_count']} of {r['vms']} seen)")
     print(f"  API writes per VMI   {r['writes_per_vmi']:.1f} (all clients)")
     print(f"  node memory per VM   {r['mem_per_vm_mib']:.0f} MiB (MemAvailable drop)")
+    if r["steps"]:
+        print(f"  where creation -> Running goes (median of {r['steps_count']}, "
+              "API timestamps in whole seconds):")
+        for step, seconds in r["steps"].items():
+            print(f"    {step:<34} {seconds:5.1f} s")
     print("  KubeVirt audit, 100 minimal VMIs: creation -> Running p50 15-23 s, "
           "p95 19.5-30 s; deletion ~1 s")
     return 0
