@@ -277,6 +277,12 @@ tlsPrivateKeyFile: $PKI/kubelet-serving.key
 clusterDomain: cluster.local
 podCIDR: $NODE_POD_CIDR
 maxPods: 110
+# Guaranteed pods that ask for whole CPUs (VMs with dedicatedCpuPlacement) get CPUs of
+# their own. The static policy reserves ceil(kubeReserved cpu) = 1 CPU (the lowest) for
+# the shared pool, while the scheduler only subtracts the 100m itself.
+cpuManagerPolicy: static
+kubeReserved:
+  cpu: 100m
 serializeImagePulls: false
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
@@ -497,6 +503,13 @@ prepare_host() {
 	ip addr replace "$NODE_IP/32" dev "$NODE_LINK" || die "could not give $NODE_LINK the address $NODE_IP"
 	ip link set "$NODE_LINK" up
 	mkdir -p "$KUBELET_ROOT"
+	# The kubelet refuses a CPU manager checkpoint written under another policy (a node
+	# from before the static policy): drop it while the kubelet is down.
+	local checkpoint=$KUBELET_ROOT/cpu_manager_state
+	if ! running kubelet && [ -f "$checkpoint" ] && ! grep -q '"policyName":"static"' "$checkpoint"; then
+		rm -f "$checkpoint"
+		log "removed $checkpoint (written under another CPU manager policy)"
+	fi
 }
 
 has_pause_image() { grep -qxF "$PAUSE_IMAGE" <<<"$(ctr_k8s images ls -q 2>/dev/null)"; }

@@ -33,7 +33,8 @@ use serde_json::json;
 pub use ironvisor_crds::cluster::KVM_RESOURCE;
 use ironvisor_crds::cluster::{
     launcher_pod_name, ANNOTATION_VMI, COMPONENT_LAUNCHER, COMPUTE_CONTAINER, LABEL_COMPONENT,
-    LABEL_CREATED_BY, LABEL_VMI_NAME, NODE_LABEL_HARDWARE_KVM, TUN_RESOURCE,
+    LABEL_CREATED_BY, LABEL_VMI_NAME, NODE_LABEL_CPU_MANAGER, NODE_LABEL_HARDWARE_KVM,
+    TUN_RESOURCE,
 };
 
 const VMI_DIR: &str = "/var/run/ironvisor/vmi";
@@ -66,6 +67,9 @@ pub enum LauncherPodError {
     /// The instance could not be serialized for the pod.
     #[error("the instance cannot be serialized: {0}")]
     Serialize(String),
+    /// A hostDisk the pod may not be given.
+    #[error(transparent)]
+    HostDisk(#[from] crate::host_disks::HostDiskError),
 }
 
 impl LauncherPodError {
@@ -75,6 +79,7 @@ impl LauncherPodError {
             Self::Metadata(_) | Self::Serialize(_) => "InvalidInstance",
             Self::Memory(_) => "InvalidMemory",
             Self::UnsupportedVolume { .. } => "UnsupportedVolume",
+            Self::HostDisk(_) => "HostDiskNotAllowed",
         }
     }
 }
@@ -90,6 +95,8 @@ pub struct LauncherPodSettings {
     pub memory_overhead_bytes: u64,
     /// CPU request per vCPU in millicores when vCPUs are not dedicated.
     pub cpu_request_millis_per_vcpu: u32,
+    /// The node directory hostDisk volumes must be under; `None` refuses them.
+    pub host_disk_root: Option<std::path::PathBuf>,
 }
 
 /// The launcher pod of `vmi`.
@@ -129,13 +136,13 @@ pub fn launcher_pod(
     ];
     let config = crate::config_volumes::config_volumes(spec);
     volumes.extend(config.volumes);
+    let host_disks = crate::host_disks::host_disks(spec, settings.host_disk_root.as_deref())?;
+    volumes.extend(host_disks.volumes);
     volumes.sort_by(|a, b| a.name.cmp(&b.name));
     let mut init_containers = vec![tools_container(settings)];
     for volume in &spec.volumes {
         if let Some(disk) = &volume.container_disk {
             init_containers.push(container_disk_copier(&volume.name, &disk.image, settings));
-        } else if volume.host_disk.is_some() {
-            return Err(unsupported(&volume.name, "hostDisk"));
         } else if volume.persistent_volume_claim.is_some() {
             return Err(unsupported(&volume.name, "persistentVolumeClaim"));
         }
@@ -158,6 +165,15 @@ pub fn launcher_pod(
     let mut node_selector = spec.node_selector.clone();
     if spec.hardware_isolation() == HardwareIsolation::Required {
         node_selector.insert(NODE_LABEL_HARDWARE_KVM.into(), "true".into());
+    }
+    if spec.dedicated_cpu_placement() {
+        // CPUs of its own come from the kubelet's static CPU manager policy, and only to
+        // Guaranteed pods: every container, init containers too, with limits equal to
+        // its requests (the compute container asks for whole CPUs).
+        node_selector.insert(NODE_LABEL_CPU_MANAGER.into(), "true".into());
+        for container in &mut init_containers {
+            container.resources = Some(guaranteed_copier_resources());
+        }
     }
     let grace = spec
         .termination_grace_period_seconds
@@ -193,7 +209,7 @@ pub fn launcher_pod(
                 compute
                     .volume_mounts
                     .get_or_insert_with(Vec::new)
-                    .extend(config.mounts);
+                    .extend(config.mounts.into_iter().chain(host_disks.mounts));
                 compute
             }],
             volumes: Some(volumes),
@@ -316,6 +332,20 @@ fn copier_resources() -> ResourceRequirements {
             "memory".to_string(),
             Quantity("256Mi".into()),
         )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The copiers' resources in a Guaranteed pod: requests equal limits. More CPU than in a
+/// Burstable pod, where the copy may use idle CPU beyond its request; here it is capped.
+fn guaranteed_copier_resources() -> ResourceRequirements {
+    let quantities = BTreeMap::from([
+        ("cpu".to_string(), Quantity("200m".into())),
+        ("memory".to_string(), Quantity("256Mi".into())),
+    ]);
+    ResourceRequirements {
+        requests: Some(quantities.clone()),
+        limits: Some(quantities),
         ..ResourceRequirements::default()
     }
 }
@@ -458,6 +488,8 @@ fn compute_container(
             crate::config_volumes::CONFIG_VOLUMES_DIR.into(),
             "--access-credentials".into(),
             crate::config_volumes::ACCESS_CREDENTIALS_DIR.into(),
+            "--host-disks".into(),
+            crate::host_disks::HOST_DISKS_DIR.into(),
             "--kernel-dir".into(),
             KERNEL_DIR.into(),
             "--run-dir".into(),
@@ -510,6 +542,7 @@ mod tests {
             image_pull_policy: "IfNotPresent".into(),
             memory_overhead_bytes: 200 << 20,
             cpu_request_millis_per_vcpu: 100,
+            host_disk_root: Some("/var/lib/ironvisor".into()),
         }
     }
 
@@ -608,6 +641,35 @@ mod tests {
             resources.limits.as_ref().unwrap()["cpu"],
             Quantity("2".into())
         );
+        // Guaranteed: every container's requests equal its limits, init containers too.
+        let spec = pod.spec.as_ref().unwrap();
+        for container in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+        {
+            let resources = container.resources.as_ref().unwrap();
+            for resource in ["cpu", "memory"] {
+                assert_eq!(
+                    resources.requests.as_ref().unwrap()[resource],
+                    resources.limits.as_ref().unwrap()[resource],
+                    "{} {resource}",
+                    container.name
+                );
+            }
+        }
+        let selector = spec.node_selector.as_ref().unwrap();
+        assert_eq!(selector[NODE_LABEL_CPU_MANAGER], "true");
+    }
+
+    #[test]
+    fn shared_cpus_leave_the_pod_burstable_on_any_node() {
+        let pod = launcher_pod(&vmi(), &settings()).unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        assert!(spec.node_selector.is_none());
+        let resources = compute(&pod).resources.as_ref().unwrap();
+        assert!(!resources.limits.as_ref().unwrap().contains_key("cpu"));
     }
 
     #[test]
@@ -711,16 +773,47 @@ mod tests {
     }
 
     #[test]
-    fn node_volumes_are_refused_by_name() {
+    fn claims_are_refused_by_name() {
         let mut vmi = vmi();
         vmi.spec.volumes.push(VmVolume {
             name: "data".into(),
-            host_disk: Some(Default::default()),
+            persistent_volume_claim: Some(Default::default()),
             ..VmVolume::default()
         });
         let error = launcher_pod(&vmi, &settings()).unwrap_err();
         assert_eq!(error.reason(), "UnsupportedVolume");
-        assert!(error.to_string().contains("spec.volumes[data]: hostDisk"));
+        assert!(error
+            .to_string()
+            .contains("spec.volumes[data]: persistentVolumeClaim"));
+    }
+
+    #[test]
+    fn host_disks_mount_their_directory_into_the_compute_container_only_under_the_root() {
+        let mut vmi = vmi();
+        vmi.spec.volumes.push(VmVolume {
+            name: "data".into(),
+            host_disk: Some(ironvisor_crds::v1alpha1::HostDisk {
+                path: "/var/lib/ironvisor/disks/data.raw".into(),
+                ..Default::default()
+            }),
+            ..VmVolume::default()
+        });
+        let pod = launcher_pod(&vmi, &settings()).unwrap();
+        let mounts = compute(&pod).volume_mounts.clone().unwrap();
+        assert!(mounts
+            .iter()
+            .any(|m| m.mount_path == "/var/run/ironvisor/host-disks/data"));
+        let mut elsewhere = vmi.clone();
+        elsewhere.spec.volumes.last_mut().unwrap().host_disk =
+            Some(ironvisor_crds::v1alpha1::HostDisk {
+                path: "/etc/data.raw".into(),
+                ..Default::default()
+            });
+        let error = launcher_pod(&elsewhere, &settings()).unwrap_err();
+        assert_eq!(error.reason(), "HostDiskNotAllowed");
+        assert!(error
+            .to_string()
+            .starts_with("spec.volumes[data]: hostDisk path /etc/data.raw is outside"));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod config_volumes;
 pub mod context;
+pub mod host_disks;
 pub mod http;
 pub mod launcher_pod;
 pub mod leader;

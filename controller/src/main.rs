@@ -44,6 +44,10 @@ struct Cli {
     /// CPU request per shared vCPU, in millicores (KubeVirt's default ratio is 1/10).
     #[arg(long, default_value_t = 100)]
     cpu_request_millis_per_vcpu: u32,
+    /// The node directory under which hostDisk volumes may be; without it hostDisks are
+    /// refused (a hostPath gives the pod the node's files).
+    #[arg(long, value_name = "DIR")]
+    host_disk_root: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             image_pull_policy: cli.image_pull_policy,
             memory_overhead_bytes: overhead,
             cpu_request_millis_per_vcpu: cli.cpu_request_millis_per_vcpu,
+            host_disk_root: cli.host_disk_root,
         },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

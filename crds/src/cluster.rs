@@ -43,6 +43,11 @@ pub const ANNOTATION_VMI: &str = "ironvisor.io/vmi";
 /// Node label set by the node agent on nodes whose KVM can run stock guests.
 pub const NODE_LABEL_HARDWARE_KVM: &str = "ironvisor.io/hardware-kvm";
 
+/// Node label set by the node agent: `true` where the kubelet runs the static CPU
+/// manager policy, so Guaranteed pods with whole CPUs get CPUs of their own. Instances
+/// with `dedicatedCpuPlacement` select it.
+pub const NODE_LABEL_CPU_MANAGER: &str = "ironvisor.io/cpumanager";
+
 /// Name of the launcher pod's main container.
 pub const COMPUTE_CONTAINER: &str = "compute";
 

@@ -22,6 +22,10 @@ pub struct ClusterArgs {
     /// The kubelet's root directory (launcher pods' volumes are under <root>/pods).
     #[arg(long, value_name = "DIR", default_value = pod_volumes::DEFAULT_KUBELET_ROOT)]
     kubelet_root: PathBuf,
+    /// The kubelet's CPU manager checkpoint, read to label the node
+    /// `ironvisor.io/cpumanager` [default: <kubelet-root>/cpu_manager_state].
+    #[arg(long, value_name = "FILE")]
+    cpu_manager_state: Option<PathBuf>,
     /// The kubelet's device-plugin directory.
     #[arg(long, value_name = "DIR", default_value = ironvisor_deviceplugin::config::DEFAULT_PLUGIN_DIR)]
     device_plugin_dir: PathBuf,
@@ -82,8 +86,16 @@ pub fn run(args: ClusterArgs) -> ExitCode {
             Ok(client) => client,
             Err(code) => return code,
         };
+        let checkpoint = args
+            .cpu_manager_state
+            .clone()
+            .unwrap_or_else(|| capability::cpu_manager_checkpoint(&args.kubelet_root));
+        let capabilities = capability::Capabilities {
+            hardware_kvm,
+            static_cpu_manager: capability::static_cpu_manager(&checkpoint),
+        };
         if let Err(error) =
-            capability::label_node(client.clone(), &args.node_name, hardware_kvm).await
+            capability::label_node(client.clone(), &args.node_name, capabilities).await
         {
             eprintln!("ironvisor-handler cluster: {error}");
             return ExitCode::FAILURE;
@@ -104,12 +116,19 @@ pub fn run(args: ClusterArgs) -> ExitCode {
             tokio::join!(
                 ironvisor_deviceplugin::run_device_plugins(plugins, shutdown.clone()),
                 instances::run(context.clone(), shutdown.clone()),
-                instances::sweep_networks(context, shutdown),
+                instances::sweep_networks(context.clone(), shutdown.clone()),
+                capability::keep_labelled(
+                    context.client.clone(),
+                    args.node_name.clone(),
+                    capabilities,
+                    checkpoint,
+                    shutdown,
+                ),
             )
         };
         // The link returns Ok only at shutdown; an error (the port taken) ends the agent.
         let plugins = tokio::select! {
-            (plugins, (), ()) = agent => plugins,
+            (plugins, (), (), ()) = agent => plugins,
             Err(error) = link => {
                 eprintln!("ironvisor-handler cluster: {error}");
                 return ExitCode::FAILURE;

@@ -8,6 +8,7 @@
 //! <data-dir>/vms/<ns>/<name>/disks/           overlays, emptyDisks, cloud-init seeds
 //! <data-dir>/net/                             CNI IPAM leases and per-VM network state
 //! <data-dir>/volumes/<claim>.img              standalone PersistentVolumeClaims
+//! <data-dir>/oci-disks/sha256-<hex>/          containerDisks unpacked from oci: / oci-archive:
 //! <run-dir>/vmi/<uid>/                        per-instance sockets, pid and status files
 //! ```
 
@@ -135,6 +136,12 @@ impl DaemonConfig {
     /// Standalone PVC images.
     pub fn volumes_dir(&self) -> PathBuf {
         self.data_dir.join("volumes")
+    }
+
+    /// The cache of containerDisks unpacked from OCI layouts and archives
+    /// (see `ironvisor_disks::oci_cache`).
+    pub fn oci_disks_dir(&self) -> PathBuf {
+        self.data_dir.join("oci-disks")
     }
 
     /// The launcher program for a backend.

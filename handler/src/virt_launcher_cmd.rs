@@ -13,7 +13,8 @@ use ironvisor_handler::pod::libvirt::{self, LibvirtSetup};
 use ironvisor_handler::pod::termination::DEFAULT_TERMINATION_LOG;
 use ironvisor_handler::pod::{
     self, VirtLauncherConfig, DEFAULT_ACCESS_CREDENTIALS, DEFAULT_CONFIG_VOLUMES,
-    DEFAULT_CONTAINER_DISKS, DEFAULT_KERNEL_DIR, DEFAULT_RUN_DIR, DEFAULT_VMI_FILE,
+    DEFAULT_CONTAINER_DISKS, DEFAULT_HOST_DISKS, DEFAULT_KERNEL_DIR, DEFAULT_RUN_DIR,
+    DEFAULT_VMI_FILE,
 };
 
 /// Command line of `virt-launcher`.
@@ -31,6 +32,9 @@ pub struct VirtLauncherArgs {
     /// The Secrets of `accessCredentials`: one directory per credential, by index.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_ACCESS_CREDENTIALS)]
     access_credentials: PathBuf,
+    /// hostDisk volumes: one directory per volume, the node directory of its file.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_HOST_DISKS)]
+    host_disks: PathBuf,
     /// `kernel` and `initrd` copied from the kernel-boot container image.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_KERNEL_DIR)]
     kernel_dir: PathBuf,
@@ -76,6 +80,7 @@ pub fn run(args: VirtLauncherArgs) -> ExitCode {
         container_disks: args.container_disks,
         config_volumes: args.config_volumes,
         access_credentials: args.access_credentials,
+        host_disks: args.host_disks,
         kernel_dir: args.kernel_dir,
         run_dir: args.run_dir,
         launcher,

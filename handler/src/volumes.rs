@@ -191,6 +191,8 @@ pub fn disk_error_reason(error: &DiskError) -> &'static str {
             ..
         } => "ImageNotFound",
         DiskError::Image { .. } => "ImageUnusable",
+        DiskError::OciImage { source, .. } if source.is_not_found() => "ImageNotFound",
+        DiskError::OciImage { .. } => "ImageUnusable",
         DiskError::NoSpace { .. } => "NoSpace",
         DiskError::HostDiskMissing { .. } | DiskError::HostDiskNoCapacity { .. } => {
             "HostDiskNotFound"
@@ -257,6 +259,33 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "VM default/vm: volume root has no source"
+        );
+    }
+
+    #[test]
+    fn oci_image_errors_are_not_found_or_unusable() {
+        use ironvisor_disks::oci_layout::OciLayoutError;
+        use ironvisor_disks::OciCacheError;
+        let oci = |source| DiskError::OciImage {
+            volume: "root".into(),
+            source: Box::new(OciCacheError::Layout {
+                image: "oci-archive:/x.tar".into(),
+                source,
+            }),
+        };
+        let missing = oci(OciLayoutError::Missing {
+            path: "/x.tar".into(),
+        });
+        assert_eq!(disk_error_reason(&missing), "ImageNotFound");
+        let corrupt = oci(OciLayoutError::DigestMismatch {
+            digest: "sha256:00".into(),
+            found: "11".into(),
+        });
+        assert_eq!(disk_error_reason(&corrupt), "ImageUnusable");
+        assert_eq!(
+            corrupt.to_string(),
+            "volume root: containerDisk: image oci-archive:/x.tar: blob sha256:00 does not \
+             match its digest: its content hashes to sha256:11"
         );
     }
 }

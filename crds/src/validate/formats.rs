@@ -13,7 +13,16 @@ pub fn absolute_path(value: &str) -> bool {
 
 /// Image names resolve to local files in standalone mode, so they are kept to a safe
 /// alphabet: `[registry/]name[:tag][@digest]` without empty, `.` or `..` components.
+/// The standalone node also reads OCI layouts, `oci:/abs/dir[:tag]` and
+/// `oci-archive:/abs/file.tar[:tag]`: their path after the first `/` follows the same rules.
+/// (`oci:5000/x` stays a registry host with a port.)
 pub fn image_reference(value: &str) -> Result<(), &'static str> {
+    let oci_path = ["oci:/", "oci-archive:/"]
+        .iter()
+        .find_map(|prefix| value.strip_prefix(prefix));
+    if let Some(path) = oci_path {
+        return image_reference(path);
+    }
     if value.len() > 255 {
         Err("longer than 255 characters")
     } else if !value
@@ -252,10 +261,24 @@ mod tests {
             "ironvisor/rootfs:busybox",
             "registry.local:5000/a/b:1.0",
             "a@sha256:0123abcd",
+            "oci:/var/lib/images/rootfs",
+            "oci-archive:/var/cache/ironvisor/oci/rootfs.tar:busybox",
+            "oci:5000/registry/with/port:1",
         ] {
             assert_eq!(image_reference(good), Ok(()), "{good}");
         }
-        for bad in ["../x", "/x", "a//b", "a/./b", "a b", "a\nb", ".hidden"] {
+        for bad in [
+            "../x",
+            "/x",
+            "a//b",
+            "a/./b",
+            "a b",
+            "a\nb",
+            ".hidden",
+            "oci-archive:/a/../b.tar",
+            "oci:/",
+            "oci://a",
+        ] {
             assert!(image_reference(bad).is_err(), "{bad:?}");
         }
         assert!(serial("ROOT-0001"));

@@ -3,7 +3,7 @@
 //!
 //! | volume source             | file                                                  | owned |
 //! |---------------------------|-------------------------------------------------------|-------|
-//! | `containerDisk`           | `<vm_dir>/disks/<volume>.overlay.qcow2`, a qcow2 overlay backed by the store image | yes |
+//! | `containerDisk`           | `<vm_dir>/disks/<volume>.overlay.qcow2`, a qcow2 overlay backed by the store image or the [`oci_cache`] entry | yes |
 //! | `emptyDisk`               | `<vm_dir>/disks/<volume>.empty.img`, sparse raw       | yes   |
 //! | `cloudInitNoCloud`        | `<vm_dir>/disks/<volume>.cidata.img`, FAT `cidata`    | yes   |
 //! | `hostDisk`                | the given absolute path, raw (created sparse by `DiskOrCreate`) | no |
@@ -18,6 +18,11 @@
 //! the base's absolute path and format as backing file). No `qemu-img` binary is needed on
 //! the node and the launcher reads the same format through `ironvisor_diskimage::open_as`.
 //! The base file is only ever opened read-only.
+//!
+//! **OCI containerDisks.** An image `oci:/abs/layout[:tag]` or `oci-archive:/abs/file.tar[:tag]`
+//! is read from that OCI image layout ([`oci_layout`]), its one file under `/disk/` is
+//! unpacked once into a cache keyed by the manifest digest ([`oci_cache`], [`oci_layers`]),
+//! and the overlay is backed by the cached file. Other references go to the [`ImageStore`].
 //!
 //! **Standalone PVCs.** Without a CSI driver, a claim `data` is the raw image file
 //! `<volumes_dir>/data.img`, which an operator creates (`truncate -s 10G ...`).
@@ -37,12 +42,19 @@ pub mod config_disk;
 mod fsutil;
 pub mod image_store;
 pub mod manifest;
+pub mod oci_cache;
+pub mod oci_layers;
+pub mod oci_layout;
+#[cfg(test)]
+mod oci_tests;
 mod prepare;
 
 use std::path::PathBuf;
 
 pub use image_store::{ImageRef, ImageStore, ImageStoreError, ResolvedImage};
 pub use ironvisor_diskimage::DiskFormat;
+pub use oci_cache::{CachedDisk, OciCache, OciCacheError};
+pub use oci_layout::OciReference;
 pub use prepare::{cleanup, disks_dir, prepare, DiskError, DISKS_DIR};
 
 /// A disk file ready for the launcher.
@@ -66,9 +78,11 @@ pub struct PreparedDisk {
 /// Where a volume's data comes from (KubeVirt volume sources, quantities already in bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeSource {
-    /// A base image from the [`ImageStore`], used through a per-VM copy-on-write overlay.
+    /// A base image from the [`ImageStore`] or an OCI layout ([`OciCache`]), used through a
+    /// per-VM copy-on-write overlay.
     ContainerDisk {
-        /// Image reference, e.g. `ironvisor/rootfs:busybox`.
+        /// Image reference, e.g. `ironvisor/rootfs:busybox` or
+        /// `oci-archive:/var/lib/images/rootfs.tar:busybox`.
         image: String,
     },
     /// A blank sparse raw disk that lives as long as the VM.
@@ -136,6 +150,8 @@ pub struct DiskContext {
     pub vm_uid: String,
     /// Base images for containerDisks.
     pub images: ImageStore,
+    /// Disks unpacked from `oci:` / `oci-archive:` containerDisks.
+    pub oci_cache: OciCache,
     /// Where standalone PVC images live.
     pub volumes_dir: PathBuf,
 }

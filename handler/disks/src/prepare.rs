@@ -9,8 +9,10 @@ use ironvisor_diskimage::{create_overlay, inspect, DiskImageError};
 
 use crate::cloudinit::{self, CloudInitError, NoCloudSeed};
 use crate::fsutil;
-use crate::image_store::ImageStoreError;
+use crate::image_store::{ImageStoreError, ResolvedImage};
 use crate::manifest::{Manifest, ManifestError};
+use crate::oci_cache::OciCacheError;
+use crate::oci_layout::OciReference;
 use crate::{DiskContext, DiskFormat, PreparedDisk, VolumeRequest, VolumeSource};
 
 /// Name of the directory inside the VM directory that holds the disks this crate creates.
@@ -69,6 +71,14 @@ pub enum DiskError {
         volume: String,
         /// The store error (names the reference and the files).
         source: ImageStoreError,
+    },
+    /// An `oci:` / `oci-archive:` containerDisk cannot be read or unpacked.
+    #[error("volume {volume}: containerDisk: {source}")]
+    OciImage {
+        /// The volume.
+        volume: String,
+        /// The layout or cache error (names the image and what is wrong).
+        source: Box<OciCacheError>,
     },
     /// The copy-on-write overlay cannot be created or read.
     #[error("volume {volume}: containerDisk overlay {path}: {source}")]
@@ -464,14 +474,7 @@ impl Volume<'_> {
         manifest: &mut Manifest,
         image: &str,
     ) -> Result<PreparedDisk, DiskError> {
-        let base = self
-            .ctx
-            .images
-            .resolve(image)
-            .map_err(|source| DiskError::Image {
-                volume: self.name(),
-                source,
-            })?;
+        let base = self.base_image(image)?;
         let path = self.owned_file(manifest, ".overlay.qcow2")?;
         let overlay_err = |source| match source {
             DiskImageError::NoSpace { .. } => DiskError::NoSpace {
@@ -505,6 +508,39 @@ impl Volume<'_> {
             create_overlay(&path, &base.path, base.format).map_err(overlay_err)?;
         }
         Ok(self.disk(path, DiskFormat::Qcow2, true))
+    }
+
+    /// The base file of a containerDisk: from the OCI cache for `oci:` / `oci-archive:`
+    /// references, else from the image store.
+    fn base_image(&self, image: &str) -> Result<ResolvedImage, DiskError> {
+        if OciReference::is_oci(image) {
+            let disk = self
+                .ctx
+                .oci_cache
+                .resolve(image)
+                .map_err(|source| match source {
+                    OciCacheError::NoSpace { path, .. } => DiskError::NoSpace {
+                        volume: self.name(),
+                        path,
+                    },
+                    source => DiskError::OciImage {
+                        volume: self.name(),
+                        source: Box::new(source),
+                    },
+                })?;
+            return Ok(ResolvedImage {
+                reference: image.to_owned(),
+                path: disk.path,
+                format: disk.format,
+            });
+        }
+        self.ctx
+            .images
+            .resolve(image)
+            .map_err(|source| DiskError::Image {
+                volume: self.name(),
+                source,
+            })
     }
 
     fn empty_disk(

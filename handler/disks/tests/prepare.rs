@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use ironvisor_diskimage::open_as;
 use ironvisor_disks::{
-    cleanup, disks_dir, prepare, DiskContext, DiskError, DiskFormat, ImageStore, PreparedDisk,
-    VolumeRequest, VolumeSource,
+    cleanup, disks_dir, prepare, DiskContext, DiskError, DiskFormat, ImageStore, OciCache,
+    PreparedDisk, VolumeRequest, VolumeSource,
 };
 
 struct Node {
@@ -43,6 +43,7 @@ fn node() -> Node {
         vm_name: "vm1".into(),
         vm_uid: "6a1e7c1e-0000-4000-8000-000000000001".into(),
         images: ImageStore::new(&images),
+        oci_cache: OciCache::new(root.join("oci-disks")),
         volumes_dir: volumes,
     };
     Node {

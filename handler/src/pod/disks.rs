@@ -6,12 +6,13 @@
 //! | `emptyDisk` | `<run-dir>/disks/<volume>.empty.img`, sparse raw (`ironvisor-disks`) |
 //! | `cloudInitNoCloud` | `<run-dir>/disks/<volume>.cidata.img` (`ironvisor-disks`) |
 //! | `configMap`, `secret`, `serviceAccount`, `downwardAPI` | `<run-dir>/disks/<volume>.files.img`: a FAT image of `<config-volumes>/<volume>/`, which the kubelet fills ([`ironvisor_disks::config_disk`]) |
-//! | `hostDisk`, `persistentVolumeClaim` | refused: not supported in cluster mode yet |
+//! | `hostDisk` | `<host-disks>/<volume>/<file name>`: the node directory of its file, mounted by the controller (created at `capacity` for `DiskOrCreate`, by `ironvisor-disks`) |
+//! | `persistentVolumeClaim` | refused: not supported in cluster mode yet |
 
 use std::path::{Path, PathBuf};
 
 use ironvisor_crds::v1alpha1::VirtualMachineInstanceSpec;
-use ironvisor_disks::{DiskContext, DiskError, ImageStore, VolumeRequest, VolumeSource};
+use ironvisor_disks::{DiskContext, DiskError, ImageStore, OciCache, VolumeRequest, VolumeSource};
 use ironvisor_launcher_api::config::DiskConfig;
 
 use super::container_disk::{self, ContainerDiskError};
@@ -31,6 +32,14 @@ pub enum PodDiskError {
         volume: String,
         /// `hostDisk` or `persistentVolumeClaim`.
         kind: &'static str,
+    },
+    /// A hostDisk path that names no file.
+    #[error("volume {volume}: hostDisk path {path} names no file")]
+    HostDiskPath {
+        /// The volume.
+        volume: String,
+        /// The path as given.
+        path: PathBuf,
     },
     /// A containerDisk has no usable file.
     #[error(transparent)]
@@ -64,6 +73,7 @@ impl PodDiskError {
         match self {
             Self::Volume(e) => e.reason(),
             Self::Unsupported { .. } => "UnsupportedVolume",
+            Self::HostDiskPath { .. } => "HostDiskNotFound",
             Self::ContainerDisk(_) => "ContainerDiskUnusable",
             Self::ClusterFiles { .. } => "VolumeFilesUnusable",
             Self::Prepare { source, .. } => volumes::disk_error_reason(source),
@@ -78,6 +88,8 @@ pub struct PodVolumes<'a> {
     pub container_disks: &'a Path,
     /// `<config-volumes>/<volume>/` per configMap, secret, serviceAccount or downwardAPI.
     pub config_volumes: &'a Path,
+    /// `<host-disks>/<volume>/` per hostDisk: the directory of its file on the node.
+    pub host_disks: &'a Path,
     /// The run directory; emptyDisks and seeds go to its `disks/`.
     pub run_dir: &'a Path,
 }
@@ -115,10 +127,34 @@ pub fn prepare(
                 made.push((disks.len(), request));
                 disks.push(None);
             }
+            VolumeSource::HostDisk {
+                path,
+                create,
+                capacity_bytes,
+            } => {
+                // The same file, seen through the pod's mount of its directory.
+                let Some(file_name) = path.file_name() else {
+                    return Err(PodDiskError::HostDiskPath {
+                        volume: request.name,
+                        path: path.clone(),
+                    });
+                };
+                let in_pod = dirs.host_disks.join(&request.name).join(file_name);
+                tracing::info!(volume = %request.name, node_path = %path.display(), pod_path = %in_pod.display(), "hostDisk");
+                let request = VolumeRequest {
+                    source: VolumeSource::HostDisk {
+                        path: in_pod,
+                        create: *create,
+                        capacity_bytes: *capacity_bytes,
+                    },
+                    ..request.clone()
+                };
+                made.push((disks.len(), request));
+                disks.push(None);
+            }
             VolumeSource::ClusterFiles { kind, label } => {
                 disks.push(Some(cluster_files_disk(dirs, &request, kind, label)?));
             }
-            VolumeSource::HostDisk { .. } => return Err(unsupported(request, "hostDisk")),
             VolumeSource::Pvc { .. } => return Err(unsupported(request, "persistentVolumeClaim")),
         }
     }
@@ -127,8 +163,9 @@ pub fn prepare(
             vm_dir: dirs.run_dir.to_path_buf(),
             vm_name: key.name.clone(),
             vm_uid: uid.to_string(),
-            // Neither is used for emptyDisks and seeds.
+            // None of these is used for emptyDisks and seeds.
             images: ImageStore::new(dirs.container_disks),
+            oci_cache: OciCache::new(dirs.container_disks),
             volumes_dir: dirs.run_dir.to_path_buf(),
         };
         let requests: Vec<VolumeRequest> = made.iter().map(|(_, r)| r.clone()).collect();
@@ -248,6 +285,7 @@ mod tests {
         let dirs = PodVolumes {
             container_disks: &container_disks,
             config_volumes: &root.path().join("config-volumes"),
+            host_disks: root.path(),
             run_dir: &run_dir,
         };
         let disks = prepare(dirs, &key, "uid-1", &spec).unwrap();
@@ -278,6 +316,7 @@ mod tests {
         let dirs = PodVolumes {
             container_disks: root.path(),
             config_volumes: &config_volumes,
+            host_disks: root.path(),
             run_dir: root.path(),
         };
         let key = VmKey::new("default", "vm");
@@ -306,28 +345,41 @@ mod tests {
     }
 
     #[test]
-    fn host_disks_and_claims_are_refused_by_name() {
+    fn a_host_disk_is_its_file_in_the_pods_mount_and_claims_are_refused_by_name() {
         let root = tempfile::tempdir().unwrap();
         let dirs = PodVolumes {
             container_disks: root.path(),
             config_volumes: root.path(),
+            host_disks: &root.path().join("host-disks"),
             run_dir: root.path(),
         };
         let key = VmKey::new("default", "vm");
+        std::fs::create_dir_all(root.path().join("host-disks/host")).unwrap();
         let host = spec(vec![Volume {
             name: "host".into(),
             host_disk: Some(HostDisk {
-                path: "/data/disk.img".into(),
+                path: "/var/lib/ironvisor/disks/data.raw".into(),
+                type_: ironvisor_crds::v1alpha1::HostDiskType::DiskOrCreate,
+                capacity: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                    "1Mi".into(),
+                )),
+            }),
+            ..Volume::default()
+        }]);
+        let disks = prepare(dirs, &key, "u", &host).unwrap();
+        let expected = root.path().join("host-disks/host/data.raw");
+        assert_eq!(disks[0].path, expected);
+        assert_eq!(std::fs::metadata(&expected).unwrap().len(), 1 << 20);
+        let missing = spec(vec![Volume {
+            name: "host".into(),
+            host_disk: Some(HostDisk {
+                path: "/var/lib/ironvisor/disks/missing.raw".into(),
                 ..HostDisk::default()
             }),
             ..Volume::default()
         }]);
-        let error = prepare(dirs, &key, "u", &host).unwrap_err();
-        assert_eq!(error.reason(), "UnsupportedVolume");
-        assert_eq!(
-            error.to_string(),
-            "volume host: hostDisk volumes are not supported in cluster mode yet"
-        );
+        let error = prepare(dirs, &key, "u", &missing).unwrap_err();
+        assert_eq!(error.reason(), "HostDiskNotFound", "{error}");
         let claim = spec(vec![Volume {
             name: "data".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimSource {

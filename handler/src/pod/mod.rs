@@ -20,6 +20,7 @@
 
 pub mod access;
 pub mod container_disk;
+pub mod dedicated_cpus;
 pub mod disks;
 pub mod kernel;
 pub mod libvirt;
@@ -52,6 +53,8 @@ pub const DEFAULT_CONTAINER_DISKS: &str = "/var/run/ironvisor/container-disks";
 /// Where the pod's configMap, secret, serviceAccount and downwardAPI volumes are mounted,
 /// one directory per volume.
 pub const DEFAULT_CONFIG_VOLUMES: &str = "/var/run/ironvisor/config-volumes";
+/// Where the directory of each hostDisk is mounted: `<dir>/<volume>/`.
+pub const DEFAULT_HOST_DISKS: &str = "/var/run/ironvisor/host-disks";
 /// Where the Secret of `accessCredentials[i]` is mounted: `<dir>/<i>/`.
 pub const DEFAULT_ACCESS_CREDENTIALS: &str = "/var/run/ironvisor/access-credentials";
 /// Default kernel directory.
@@ -78,6 +81,8 @@ pub struct VirtLauncherConfig {
     pub config_volumes: PathBuf,
     /// `<dir>/<index>/` per `accessCredentials` Secret.
     pub access_credentials: PathBuf,
+    /// `<dir>/<volume>/` per hostDisk: the node directory of its file.
+    pub host_disks: PathBuf,
     /// `kernel` and `initrd` of `kernelBoot.container`.
     pub kernel_dir: PathBuf,
     /// Sockets and files of this instance.
@@ -132,6 +137,15 @@ pub enum PodError {
         #[source]
         source: access::AccessError,
     },
+    /// The vCPUs cannot get CPUs of their own.
+    #[error("VM {vm}: {source}")]
+    DedicatedCpus {
+        /// The VM.
+        vm: String,
+        /// Why.
+        #[source]
+        source: dedicated_cpus::DedicatedCpuError,
+    },
     /// The disks cannot be made.
     #[error("VM {vm}: {source}")]
     Disks {
@@ -184,6 +198,7 @@ impl PodError {
             Self::Unschedulable { .. } => "HardwareIsolationUnavailable",
             Self::Kernel { source, .. } => source.reason(),
             Self::Access { source, .. } => source.reason(),
+            Self::DedicatedCpus { source, .. } => source.reason(),
             Self::Disks { source, .. } => source.reason(),
             Self::Translate(e) => e.reason(),
             Self::Libvirt(_) => "LibvirtUnavailable",
@@ -285,9 +300,22 @@ fn prepare(config: &VirtLauncherConfig, span: &tracing::Span) -> Result<Prepared
             source,
         }
     })?;
+    let vcpu_affinity = if spec.dedicated_cpu_placement() {
+        let pinned = dedicated_cpus::vcpu_affinity(spec.vcpus()).map_err(|source| {
+            PodError::DedicatedCpus {
+                vm: vm.clone(),
+                source,
+            }
+        })?;
+        info!(?pinned, "vCPUs pinned to the pod's dedicated CPUs");
+        pinned
+    } else {
+        Vec::new()
+    };
     let dirs = PodVolumes {
         container_disks: &config.container_disks,
         config_volumes: &config.config_volumes,
+        host_disks: &config.host_disks,
         run_dir: &config.run_dir,
     };
     let disks = disks::prepare(dirs, &key, &uid, &spec).map_err(|source| PodError::Disks {
@@ -315,7 +343,7 @@ fn prepare(config: &VirtLauncherConfig, span: &tracing::Span) -> Result<Prepared
             nets,
             console_socket: config.run_dir.join(CONSOLE_SOCKET),
             api_socket: config.run_dir.join(API_SOCKET),
-            vcpu_affinity: Vec::new(),
+            vcpu_affinity,
         },
     )?;
     launch.console.stdio = true;

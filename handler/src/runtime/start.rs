@@ -9,7 +9,7 @@ use ironvisor_crds::v1alpha1::{
     IsolationMode, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceNetworkInterface,
     VirtualMachineInstancePhase, VirtualMachineInstanceSpec,
 };
-use ironvisor_disks::{DiskContext, VolumeSource};
+use ironvisor_disks::{DiskContext, OciCache, VolumeSource};
 use ironvisor_launcher_api::config::{DiskConfig, NetConfig};
 use ironvisor_net::VmNetwork;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -638,6 +638,7 @@ fn prepare_disks(
         vm_name: key.name.clone(),
         vm_uid: uid.to_string(),
         images: ctx.images.clone(),
+        oci_cache: OciCache::new(ctx.config.oci_disks_dir()),
         volumes_dir: ctx.config.volumes_dir(),
     };
     let prepared = ironvisor_disks::prepare(&context, &requests).map_err(|e| StartFailure {
