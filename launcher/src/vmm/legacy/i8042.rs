@@ -57,6 +57,12 @@ const CTRL_ALT_DEL_SET2: [u8; 11] = [
     0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14,
 ];
 
+/// Bytes the output queue holds at most: the controller's one-byte output register plus
+/// the keyboard's own 16-byte buffer, as on real hardware. Replies that do not fit are
+/// dropped (a real keyboard signals an overrun the same way: the byte is lost), so a
+/// guest that writes commands without ever reading cannot grow the queue.
+const OUTPUT_LIMIT: usize = 17;
+
 /// The byte the next data-port write carries, after a command that takes a parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PendingWrite {
@@ -94,27 +100,40 @@ impl I8042 {
 
     /// Types Ctrl+Alt+Del on the keyboard: Linux turns it into SIGINT for init (or an
     /// immediate reboot when init did not ask for the signal), the graceful-stop path.
+    ///
+    /// The host's keys win over what the guest left unread: the oldest queued bytes make
+    /// room for the whole sequence.
     pub fn send_ctrl_alt_del(&mut self) {
         let codes: &[u8] = if self.ctr & CTR_XLATE != 0 {
             &CTRL_ALT_DEL_SET1
         } else {
             &CTRL_ALT_DEL_SET2
         };
+        let overflow = (self.output.len() + codes.len()).saturating_sub(OUTPUT_LIMIT);
+        self.output.drain(..overflow);
         for &code in codes {
             self.push_kbd(code);
         }
     }
 
     fn push_kbd(&mut self, byte: u8) {
-        self.output.push_back((byte, false));
-        if self.ctr & CTR_KBD_INT != 0 {
+        if self.push(byte, false) && self.ctr & CTR_KBD_INT != 0 {
             self.kbd_irq.raise();
         }
     }
 
     fn push_controller(&mut self, byte: u8) {
         // Replies to controller commands are read by polling; no interrupt needed.
-        self.output.push_back((byte, false));
+        self.push(byte, false);
+    }
+
+    /// Queues a byte for the guest unless the queue is full; returns whether it was queued.
+    fn push(&mut self, byte: u8, aux: bool) -> bool {
+        if self.output.len() >= OUTPUT_LIMIT {
+            return false;
+        }
+        self.output.push_back((byte, aux));
+        true
     }
 
     fn status(&self) -> u8 {
@@ -162,7 +181,9 @@ impl I8042 {
                 }
             }
             PendingWrite::KbdOutput => self.push_kbd(value),
-            PendingWrite::AuxOutput => self.output.push_back((value, true)),
+            PendingWrite::AuxOutput => {
+                self.push(value, true);
+            }
             // There is no mouse; commands for it are swallowed.
             PendingWrite::ToAux => {}
             PendingWrite::None => self.keyboard_command(value),
@@ -292,6 +313,36 @@ mod tests {
         let codes: Vec<u8> = (0..11).map(|_| read_data(&mut dev)).collect();
         assert_eq!(&codes[..4], &[0x14, 0x11, 0xe0, 0x71]);
         assert_eq!(codes[10], 0x14);
+    }
+
+    #[test]
+    fn a_guest_that_never_reads_cannot_grow_the_output_queue() {
+        let (mut dev, _evt, _rx) = controller();
+        for round in 0..10_000u32 {
+            match round % 5 {
+                0 => dev.write(DATA_OFFSET, &[KBD_CMD_GET_ID]),
+                1 => dev.write(COMMAND_OFFSET, &[CMD_READ_CTR]),
+                2 => dev.write(COMMAND_OFFSET, &[CMD_SELF_TEST]),
+                3 => {
+                    dev.write(COMMAND_OFFSET, &[CMD_WRITE_KBD_OUTPUT]);
+                    dev.write(DATA_OFFSET, &[0x42]);
+                }
+                _ => {
+                    dev.write(COMMAND_OFFSET, &[CMD_WRITE_AUX_OUTPUT]);
+                    dev.write(DATA_OFFSET, &[0x43]);
+                }
+            }
+        }
+        assert_eq!(dev.output.len(), OUTPUT_LIMIT);
+        // The host's Ctrl+Alt+Del still gets through whole, at the end of the queue.
+        dev.send_ctrl_alt_del();
+        assert_eq!(dev.output.len(), OUTPUT_LIMIT);
+        let codes: Vec<u8> = (0..OUTPUT_LIMIT).map(|_| read_data(&mut dev)).collect();
+        assert_eq!(
+            &codes[OUTPUT_LIMIT - CTRL_ALT_DEL_SET1.len()..],
+            CTRL_ALT_DEL_SET1
+        );
+        assert_eq!(status(&mut dev) & STATUS_OUTPUT_FULL, 0);
     }
 
     #[test]
