@@ -2,8 +2,9 @@
 //!
 //! One request queue served synchronously by the worker thread. Raw images move data with
 //! positioned reads and writes (`pread64`/`pwrite64`) straight between the image and guest
-//! memory; qcow2 images (per-VM copy-on-write overlays) go through `ironvisor-diskimage`,
-//! one bounce buffer per data segment.
+//! memory; qcow2 images (per-VM copy-on-write overlays) go through `ironvisor-diskimage`
+//! with a bounce buffer of at most [`BOUNCE_CHUNK`] bytes, whatever length a segment
+//! claims.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -34,6 +35,8 @@ use crate::device::{
     COMMON_FEATURES,
 };
 use crate::interrupt::Interrupt;
+use crate::log_limit::{guest_warn, LogLimiter};
+use crate::queue_pass::{Health, Pass};
 use crate::worker::{drain_event, EpollContext, EventHandler, EventToken, Worker};
 
 /// Bytes per virtio-blk sector.
@@ -44,6 +47,9 @@ const QUEUE_SIZE: u16 = 256;
 const HEADER_LEN: usize = 16;
 /// Length of the GET_ID answer.
 const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
+/// The largest host buffer a request to a non-raw image bounces through: a segment is
+/// moved in pieces of this size, so a guest naming a 4 GiB segment costs the host 1 MiB.
+pub(crate) const BOUNCE_CHUNK: usize = 1 << 20;
 /// Bytes of configuration space we expose: capacity, size_max, seg_max, geometry, blk_size.
 const CONFIG_LEN: usize = 24;
 const KIND: &str = "virtio-blk";
@@ -245,24 +251,29 @@ impl DiskImage {
                     })
             }
             Backing::Image(image) => {
-                let mut buf = vec![0u8; len];
-                lock(image)
-                    .read_at(&mut buf, offset)
-                    .map_err(|source| BlockError::ImageIo {
-                        head,
-                        op: "read",
-                        offset,
-                        len,
-                        source,
-                    })?;
-                mem.write_slice(&buf, addr)
-                    .map_err(|source| BlockError::Io {
-                        head,
-                        op: "read",
-                        offset,
-                        len,
-                        source,
-                    })
+                let mut buf = vec![0u8; len.min(BOUNCE_CHUNK)];
+                for (done, piece) in bounce_pieces(len) {
+                    let at = offset + done as u64;
+                    let chunk = &mut buf[..piece];
+                    lock(image)
+                        .read_at(chunk, at)
+                        .map_err(|source| BlockError::ImageIo {
+                            head,
+                            op: "read",
+                            offset: at,
+                            len: piece,
+                            source,
+                        })?;
+                    mem.write_slice(chunk, offset_addr(addr, done))
+                        .map_err(|source| BlockError::Io {
+                            head,
+                            op: "read",
+                            offset: at,
+                            len: piece,
+                            source,
+                        })?;
+                }
+                Ok(())
             }
         }
     }
@@ -289,24 +300,29 @@ impl DiskImage {
                     })
             }
             Backing::Image(image) => {
-                let mut buf = vec![0u8; len];
-                mem.read_slice(&mut buf, addr)
-                    .map_err(|source| BlockError::Io {
-                        head,
-                        op: "write",
-                        offset,
-                        len,
-                        source,
-                    })?;
-                lock(image)
-                    .write_at(&buf, offset)
-                    .map_err(|source| BlockError::ImageIo {
-                        head,
-                        op: "write",
-                        offset,
-                        len,
-                        source,
-                    })
+                let mut buf = vec![0u8; len.min(BOUNCE_CHUNK)];
+                for (done, piece) in bounce_pieces(len) {
+                    let at = offset + done as u64;
+                    let chunk = &mut buf[..piece];
+                    mem.read_slice(chunk, offset_addr(addr, done))
+                        .map_err(|source| BlockError::Io {
+                            head,
+                            op: "write",
+                            offset: at,
+                            len: piece,
+                            source,
+                        })?;
+                    lock(image)
+                        .write_at(chunk, at)
+                        .map_err(|source| BlockError::ImageIo {
+                            head,
+                            op: "write",
+                            offset: at,
+                            len: piece,
+                            source,
+                        })?;
+                }
+                Ok(())
             }
         }
     }
@@ -338,6 +354,18 @@ impl DiskImage {
         }
         Ok(offset)
     }
+}
+
+/// `(bytes already moved, length of the next piece)` for a transfer of `len` bytes in
+/// pieces of at most [`BOUNCE_CHUNK`].
+fn bounce_pieces(len: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..len)
+        .step_by(BOUNCE_CHUNK)
+        .map(move |done| (done, (len - done).min(BOUNCE_CHUNK)))
+}
+
+fn offset_addr(addr: GuestAddress, offset: usize) -> GuestAddress {
+    GuestAddress(addr.0.wrapping_add(offset as u64))
 }
 
 /// A virtio-blk device over a raw image file.
@@ -530,6 +558,8 @@ impl VirtioDevice for BlockDevice {
             queue_event: queue.event,
             interrupt,
             disk: self.disk.clone(),
+            health: Health::default(),
+            log: LogLimiter::default(),
         };
         let worker = Worker::spawn(KIND, handler).map_err(|source| ActivateError::Worker {
             device: KIND,
@@ -576,6 +606,8 @@ struct BlockWorker {
     queue_event: EventFd,
     interrupt: Arc<Interrupt>,
     disk: Arc<DiskImage>,
+    health: Health,
+    log: LogLimiter,
 }
 
 impl EventHandler for BlockWorker {
@@ -589,6 +621,9 @@ impl EventHandler for BlockWorker {
         match token {
             BlockToken::Queue => {
                 drain_event(&self.queue_event);
+                if self.health.is_broken() {
+                    return;
+                }
                 if self.process_queue() {
                     if let Err(err) = self.interrupt.signal_used_queue() {
                         tracing::error!(%err, "cannot raise the used-buffer interrupt");
@@ -597,18 +632,31 @@ impl EventHandler for BlockWorker {
             }
         }
     }
+
+    fn fail(&mut self, fault: &dyn std::fmt::Display) {
+        self.health.fail(KIND, "requests", fault, &self.interrupt);
+    }
 }
 
 impl BlockWorker {
-    /// Serves every available request; returns whether any was completed.
+    /// Serves the available requests, one bounded pass; returns whether any was completed.
     fn process_queue(&mut self) -> bool {
         let mut used_any = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+        let mut pass = Pass::new();
+        loop {
+            let chain = match pass.next(&mut self.queue, &self.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(fault) => {
+                    self.health.fail(KIND, "requests", &fault, &self.interrupt);
+                    return used_any;
+                }
+            };
             let head = chain.head_index();
             let used_len = match ChainBuffers::parse(chain) {
                 Ok(buffers) => self.serve(&buffers),
                 Err(err) => {
-                    tracing::warn!(path = %self.disk.path.display(), %err, "request dropped");
+                    guest_warn!(self.log, "malformed-chain", path = %self.disk.path.display(), %err, "request dropped");
                     0
                 }
             };
@@ -617,6 +665,7 @@ impl BlockWorker {
             }
             used_any = true;
         }
+        pass.finish(&self.queue_event);
         used_any
     }
 
@@ -628,7 +677,9 @@ impl BlockWorker {
         let _entered = span.enter();
         let writable = buffers.writable_len();
         if writable == 0 {
-            tracing::warn!(
+            guest_warn!(
+                self.log,
+                "missing-status",
                 path = %self.disk.path.display(),
                 err = %BlockError::MissingStatus { head },
                 "request dropped"
@@ -638,7 +689,7 @@ impl BlockWorker {
         let (status, data_len) = match execute(&self.disk, &self.mem, buffers) {
             Ok(len) => (VIRTIO_BLK_S_OK as u8, len),
             Err(err) => {
-                tracing::warn!(path = %self.disk.path.display(), %err, "request failed");
+                guest_warn!(self.log, "request-failed", path = %self.disk.path.display(), %err, "request failed");
                 (err.status(), 0)
             }
         };

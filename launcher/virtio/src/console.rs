@@ -26,6 +26,8 @@ use crate::device::{
     COMMON_FEATURES,
 };
 use crate::interrupt::Interrupt;
+use crate::log_limit::{guest_warn, LogLimiter};
+use crate::queue_pass::{Health, Pass};
 use crate::worker::{drain_event, EpollContext, EventHandler, EventToken, Worker};
 
 const QUEUE_SIZE: u16 = 256;
@@ -251,6 +253,8 @@ impl VirtioDevice for ConsoleDevice {
             input: VecDeque::new(),
             input_full: false,
             output: VecDeque::new(),
+            health: Health::default(),
+            log: LogLimiter::default(),
         };
         let worker = Worker::spawn(KIND, handler).map_err(|source| ActivateError::Worker {
             device: KIND,
@@ -325,6 +329,8 @@ struct ConsoleWorker {
     input_full: bool,
     /// Guest bytes waiting for the client socket.
     output: VecDeque<u8>,
+    health: Health,
+    log: LogLimiter,
 }
 
 impl EventHandler for ConsoleWorker {
@@ -386,6 +392,10 @@ impl EventHandler for ConsoleWorker {
                 tracing::error!(%err, "cannot raise the used-buffer interrupt");
             }
         }
+    }
+
+    fn fail(&mut self, fault: &dyn std::fmt::Display) {
+        self.health.fail(KIND, "all", fault, &self.interrupt);
     }
 }
 
@@ -483,9 +493,18 @@ impl ConsoleWorker {
     /// was used.
     fn fill_rx(&mut self) -> bool {
         let mut used = false;
+        if self.health.is_broken() {
+            return false;
+        }
+        let mut pass = Pass::new();
         while !self.input.is_empty() {
-            let Some(chain) = self.rx.pop_descriptor_chain(&self.mem) else {
-                break;
+            let chain = match pass.next(&mut self.rx, &self.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(fault) => {
+                    self.health.fail(KIND, "rx", &fault, &self.interrupt);
+                    return used;
+                }
             };
             let head = chain.head_index();
             let written = match ChainBuffers::parse(chain) {
@@ -498,13 +517,13 @@ impl ConsoleWorker {
                             written
                         }
                         Err(err) => {
-                            tracing::warn!(%err, "console rx buffer returned empty");
+                            guest_warn!(self.log, "bad-rx-buffer", %err, "console rx buffer returned empty");
                             0
                         }
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(%err, "console rx buffer returned empty");
+                    guest_warn!(self.log, "bad-rx-buffer", %err, "console rx buffer returned empty");
                     0
                 }
             };
@@ -516,6 +535,7 @@ impl ConsoleWorker {
             }
             used = true;
         }
+        pass.finish(&self.rx_event);
         used
     }
 
@@ -523,29 +543,63 @@ impl ConsoleWorker {
     /// (dropping it when none is connected). Returns whether TX buffers were used.
     fn process_tx(&mut self, ctx: &EpollContext<'_, ConsoleToken>) -> bool {
         let mut used = false;
+        if self.health.is_broken() {
+            return false;
+        }
+        let mut pass = Pass::new();
         while self.output.len() < OUTPUT_CAPACITY {
-            let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) else {
-                break;
+            let chain = match pass.next(&mut self.tx, &self.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(fault) => {
+                    self.health.fail(KIND, "tx", &fault, &self.interrupt);
+                    break;
+                }
             };
             let head = chain.head_index();
             match ChainBuffers::parse(chain) {
-                Ok(buffers) => {
-                    let mut data = vec![0u8; buffers.readable_len()];
-                    match buffers.gather(&self.mem, 0, &mut data) {
-                        Ok(len) if self.client.is_some() => self.output.extend(&data[..len]),
-                        Ok(len) => tracing::trace!(len, "console output dropped, no client"),
-                        Err(err) => tracing::warn!(%err, "console tx chain dropped"),
-                    }
+                Ok(buffers) => self.take_output(&buffers),
+                Err(err) => {
+                    guest_warn!(self.log, "bad-tx-chain", %err, "console tx chain dropped");
                 }
-                Err(err) => tracing::warn!(%err, "console tx chain dropped"),
             }
             if let Err(err) = self.tx.add_used(&self.mem, head, 0) {
                 tracing::error!(head, %err, "cannot return a console tx buffer");
             }
             used = true;
         }
+        pass.finish(&self.tx_event);
         self.flush_output(ctx);
         used
+    }
+
+    /// Copies one TX chain into `output`, never more than the room left in it: the chain's
+    /// length is the guest's to choose (descriptors may all point at one buffer, up to the
+    /// chain's 4 GiB cap), so the copy is bounded by what the host buffers, not by it.
+    /// What does not fit is dropped, as output is when no client is connected.
+    fn take_output(&mut self, buffers: &ChainBuffers) {
+        let offered = buffers.readable_len();
+        if self.client.is_none() {
+            tracing::trace!(len = offered, "console output dropped, no client");
+            return;
+        }
+        let room = OUTPUT_CAPACITY.saturating_sub(self.output.len());
+        let mut data = vec![0u8; offered.min(room)];
+        match buffers.gather(&self.mem, 0, &mut data) {
+            Ok(len) => {
+                self.output.extend(&data[..len]);
+                if offered > len {
+                    tracing::debug!(
+                        offered,
+                        kept = len,
+                        "console tx chain larger than the output buffer; the rest is dropped"
+                    );
+                }
+            }
+            Err(err) => {
+                guest_warn!(self.log, "bad-tx-chain", %err, "console tx chain dropped");
+            }
+        }
     }
 
     /// Writes buffered output to the client until it would block.

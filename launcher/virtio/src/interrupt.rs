@@ -2,7 +2,7 @@
 //! (guest reads and ACKs) and the device worker (which sets bits), plus the irq EventFd.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use vmm_sys_util::eventfd::EventFd;
@@ -20,6 +20,9 @@ pub const VIRTIO_INT_CONFIG: u32 = VIRTIO_MMIO_INT_CONFIG;
 pub struct Interrupt {
     status: AtomicU32,
     config_generation: AtomicU32,
+    /// Set by a worker whose queue the driver corrupted; the transport shows it as
+    /// `DEVICE_NEEDS_RESET` in the device status until the driver resets the device.
+    needs_reset: AtomicBool,
     irq: EventFd,
 }
 
@@ -29,6 +32,7 @@ impl Interrupt {
         Self {
             status: AtomicU32::new(0),
             config_generation: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
             irq,
         }
     }
@@ -43,6 +47,19 @@ impl Interrupt {
     pub fn signal_config_change(&self) -> io::Result<()> {
         self.config_generation.fetch_add(1, Ordering::AcqRel);
         self.raise(VIRTIO_INT_CONFIG)
+    }
+
+    /// The device hit an error it cannot recover from without a reset (virtio 1.x §2.1.2):
+    /// records `DEVICE_NEEDS_RESET` and sends the configuration change notification the
+    /// spec requires of a device whose driver is running.
+    pub fn signal_needs_reset(&self) -> io::Result<()> {
+        self.needs_reset.store(true, Ordering::Release);
+        self.raise(VIRTIO_INT_CONFIG)
+    }
+
+    /// Whether a worker asked for a reset since the last one.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::Acquire)
     }
 
     fn raise(&self, bit: u32) -> io::Result<()> {
@@ -60,9 +77,10 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::AcqRel);
     }
 
-    /// Clears every bit (device reset).
+    /// Clears every bit and the reset request (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::Release);
+        self.needs_reset.store(false, Ordering::Release);
     }
 
     /// `ConfigGeneration`: changes whenever the device configuration changes.
@@ -99,5 +117,18 @@ mod tests {
         assert_eq!(interrupt.status(), VIRTIO_INT_CONFIG);
         interrupt.clear();
         assert_eq!(interrupt.status(), 0);
+    }
+
+    #[test]
+    fn needs_reset_raises_the_config_interrupt_until_cleared() {
+        let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let interrupt = Interrupt::new(irq);
+        assert!(!interrupt.needs_reset());
+        interrupt.signal_needs_reset().expect("signal");
+        assert!(interrupt.needs_reset());
+        assert_eq!(interrupt.status(), VIRTIO_INT_CONFIG);
+        assert_eq!(interrupt.irq_event().read().expect("read irq"), 1);
+        interrupt.clear();
+        assert!(!interrupt.needs_reset());
     }
 }

@@ -31,6 +31,8 @@ use crate::device::{
     COMMON_FEATURES,
 };
 use crate::interrupt::Interrupt;
+use crate::log_limit::{guest_warn, LogLimiter};
+use crate::queue_pass::{Health, Pass};
 use crate::worker::{drain_event, EpollContext, EventHandler, EventToken, Worker};
 
 /// Size of the request queue.
@@ -261,6 +263,8 @@ impl VirtioDevice for RngDevice {
             timer,
             bucket,
             scratch: Vec::new(),
+            health: Health::default(),
+            log: LogLimiter::default(),
         };
         let worker = match Worker::spawn(KIND, handler) {
             Ok(worker) => worker,
@@ -364,6 +368,8 @@ struct RngWorker {
     bucket: TokenBucket,
     /// Reused host buffer for `getrandom` (grows up to [`CHUNK`] bytes).
     scratch: Vec<u8>,
+    health: Health,
+    log: LogLimiter,
 }
 
 /// What serving the queue ended with.
@@ -396,6 +402,9 @@ impl EventHandler for RngWorker {
                 }
             }
         }
+        if self.health.is_broken() {
+            return;
+        }
         let (used, outcome) = self.process_queue(Instant::now());
         if used {
             if let Err(err) = self.interrupt.signal_used_queue() {
@@ -410,6 +419,10 @@ impl EventHandler for RngWorker {
             }
         }
     }
+
+    fn fail(&mut self, fault: &dyn std::fmt::Display) {
+        self.health.fail(KIND, "requests", fault, &self.interrupt);
+    }
 }
 
 impl RngWorker {
@@ -417,7 +430,16 @@ impl RngWorker {
     /// returned to the used ring, and whether the queue was drained or throttled.
     fn process_queue(&mut self, now: Instant) -> (bool, Outcome) {
         let mut used_any = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+        let mut pass = Pass::new();
+        loop {
+            let chain = match pass.next(&mut self.queue, &self.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(fault) => {
+                    self.health.fail(KIND, "requests", &fault, &self.interrupt);
+                    return (used_any, Outcome::Drained);
+                }
+            };
             let head = chain.head_index();
             let used_len = match ChainBuffers::parse(chain) {
                 Ok(buffers) => {
@@ -434,7 +456,7 @@ impl RngWorker {
                 }
                 Err(err) => {
                     let err = RngError::from(err);
-                    tracing::warn!(head, %err, "virtio-rng request returned empty");
+                    guest_warn!(self.log, "malformed-chain", head, %err, "virtio-rng request returned empty");
                     0
                 }
             };
@@ -443,6 +465,7 @@ impl RngWorker {
             }
             used_any = true;
         }
+        pass.finish(&self.queue_event);
         (used_any, Outcome::Drained)
     }
 
@@ -451,7 +474,9 @@ impl RngWorker {
     fn serve(&mut self, buffers: &ChainBuffers, len: u64) -> u32 {
         let head = buffers.head();
         if buffers.writable().is_empty() {
-            tracing::warn!(
+            guest_warn!(
+                self.log,
+                "no-writable-buffer",
                 head,
                 readable = buffers.readable_len(),
                 "virtio-rng request without a device-writable buffer, returned empty"

@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::{ActivateError, DeviceQueue, VirtioDevice, VIRTIO_F_VERSION_1_BIT};
 use crate::interrupt::Interrupt;
+use crate::log_limit::{guest_warn, LogLimiter};
 
 /// `MagicValue`: "virt" in little endian.
 pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;
@@ -112,6 +113,7 @@ pub struct MmioTransport {
     driver_features_select: u32,
     driver_features: u64,
     status: u32,
+    log: LogLimiter,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -170,6 +172,7 @@ impl MmioTransport {
             driver_features_select: 0,
             driver_features: 0,
             status: 0,
+            log: LogLimiter::default(),
         })
     }
 
@@ -206,7 +209,9 @@ impl MmioTransport {
             return;
         }
         if data.len() != 4 {
-            tracing::warn!(
+            guest_warn!(
+                self.log,
+                "odd-width-access",
                 device = self.device.kind(),
                 offset,
                 len = data.len(),
@@ -223,7 +228,9 @@ impl MmioTransport {
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_SPACE {
             if self.status & VIRTIO_CONFIG_S_DRIVER == 0 {
-                tracing::warn!(
+                guest_warn!(
+                    self.log,
+                    "early-config-write",
                     device = self.device.kind(),
                     offset,
                     "config space write before the driver is set up, ignored"
@@ -234,7 +241,9 @@ impl MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            tracing::warn!(
+            guest_warn!(
+                self.log,
+                "odd-width-access",
                 device = self.device.kind(),
                 offset,
                 len = data.len(),
@@ -273,7 +282,13 @@ impl MmioTransport {
                 self.selected_queue().map_or(0, |q| u32::from(q.ready()))
             }
             regs::VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
-            regs::VIRTIO_MMIO_STATUS => self.status,
+            regs::VIRTIO_MMIO_STATUS => {
+                if self.interrupt.needs_reset() {
+                    self.status | VIRTIO_CONFIG_S_NEEDS_RESET
+                } else {
+                    self.status
+                }
+            }
             regs::VIRTIO_MMIO_CONFIG_GENERATION => self.interrupt.config_generation(),
             // No shared memory regions: a length of all ones means "no such region".
             regs::VIRTIO_MMIO_SHM_LEN_LOW
@@ -281,7 +296,9 @@ impl MmioTransport {
             | regs::VIRTIO_MMIO_SHM_BASE_LOW
             | regs::VIRTIO_MMIO_SHM_BASE_HIGH => u32::MAX,
             _ => {
-                tracing::warn!(
+                guest_warn!(
+                    self.log,
+                    "unknown-register",
                     device = self.device.kind(),
                     offset,
                     "read of a write-only or unknown virtio-mmio register"
@@ -312,12 +329,16 @@ impl MmioTransport {
             regs::VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
             regs::VIRTIO_MMIO_STATUS => self.set_status(value),
             regs::VIRTIO_MMIO_SHM_SEL => {}
-            _ => tracing::warn!(
-                device = self.device.kind(),
-                offset,
-                value,
-                "write to a read-only or unknown virtio-mmio register, ignored"
-            ),
+            _ => {
+                guest_warn!(
+                    self.log,
+                    "unknown-register",
+                    device = self.device.kind(),
+                    offset,
+                    value,
+                    "write to a read-only or unknown virtio-mmio register, ignored"
+                );
+            }
         }
     }
 
@@ -325,7 +346,9 @@ impl MmioTransport {
         if self.status & VIRTIO_CONFIG_S_DRIVER == 0
             || self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
         {
-            tracing::warn!(
+            guest_warn!(
+                self.log,
+                "feature-negotiation",
                 device = self.device.kind(),
                 status = self.status,
                 "DriverFeatures written outside feature negotiation, ignored"
@@ -336,18 +359,24 @@ impl MmioTransport {
         match self.driver_features_select {
             0 => self.driver_features = (self.driver_features & !0xffff_ffff) | value,
             1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (value << 32),
-            select => tracing::warn!(
-                device = self.device.kind(),
-                select,
-                "DriverFeatures written with a selector beyond bit 63, ignored"
-            ),
+            select => {
+                guest_warn!(
+                    self.log,
+                    "feature-negotiation",
+                    device = self.device.kind(),
+                    select,
+                    "DriverFeatures written with a selector beyond bit 63, ignored"
+                );
+            }
         }
     }
 
     fn write_queue_register(&mut self, reg: u32, value: u32) {
         let kind = self.device.kind();
         if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
-            tracing::warn!(
+            guest_warn!(
+                self.log,
+                "queue-setup",
                 device = kind,
                 reg,
                 "queue register written after DRIVER_OK, ignored"
@@ -356,7 +385,9 @@ impl MmioTransport {
         }
         let index = self.queue_select;
         let Some(queue) = self.queues.get_mut(index as usize) else {
-            tracing::warn!(
+            guest_warn!(
+                self.log,
+                "queue-setup",
                 device = kind,
                 index,
                 "queue register written for a queue that does not exist"
@@ -392,7 +423,7 @@ impl MmioTransport {
             _ => Ok(()),
         };
         if let Err(err) = result {
-            tracing::warn!(device = kind, index, reg, value, %err, "invalid queue configuration, ignored");
+            guest_warn!(self.log, "queue-setup", device = kind, index, reg, value, %err, "invalid queue configuration, ignored");
         }
     }
 
@@ -404,11 +435,15 @@ impl MmioTransport {
                     tracing::error!(device = self.device.kind(), queue = value, %err, "cannot signal queue event");
                 }
             }
-            None => tracing::warn!(
-                device = self.device.kind(),
-                queue = value,
-                "QueueNotify for a queue that does not exist"
-            ),
+            None => {
+                guest_warn!(
+                    self.log,
+                    "bad-notify",
+                    device = self.device.kind(),
+                    queue = value,
+                    "QueueNotify for a queue that does not exist"
+                );
+            }
         }
     }
 
@@ -427,7 +462,11 @@ impl MmioTransport {
         }
         let old = self.status;
         if value & old != old {
-            tracing::warn!("driver tried to clear device status bits, ignored");
+            guest_warn!(
+                self.log,
+                "status-write",
+                "driver tried to clear device status bits, ignored"
+            );
             return;
         }
         let added = value & !old;

@@ -105,6 +105,10 @@ pub(crate) trait EventHandler: Send + 'static {
         token: Self::Token,
         events: EventSet,
     );
+
+    /// The loop cannot go on (its epoll instance failed): the device is dead until a reset
+    /// and should say so to the driver (`DEVICE_NEEDS_RESET`).
+    fn fail(&mut self, fault: &dyn std::fmt::Display);
 }
 
 /// A running worker thread; stopping (or dropping) it kills the loop and joins the thread.
@@ -212,17 +216,21 @@ fn run_loop<H: EventHandler>(name: &str, epoll: Epoll, kill: EventFd, mut handle
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
                 tracing::error!(%err, "epoll_wait failed; the worker stops");
+                handler.fail(&format_args!("the worker's epoll_wait failed: {err}"));
                 return handler;
             }
         };
-        for event in &events[..count] {
+        let ready = &events[..count];
+        // A stop request wins over device work that became ready at the same time: the
+        // caller waiting for it may be a vCPU thread (a driver resetting the device).
+        if ready.iter().any(|event| event.data() == KILL_TOKEN) {
+            // Drain the counter so that a reused EventFd would not fire again.
+            let _ = kill.read();
+            tracing::debug!("worker stopped");
+            return handler;
+        }
+        for event in ready {
             let raw = event.data();
-            if raw == KILL_TOKEN {
-                // Drain the counter so that a reused EventFd would not fire again.
-                let _ = kill.read();
-                tracing::debug!("worker stopped");
-                return handler;
-            }
             match H::Token::from_raw(raw) {
                 Some(token) => handler.handle_event(&ctx, token, event.event_set()),
                 None => tracing::warn!(raw, "event with an unknown token"),
@@ -267,6 +275,9 @@ mod tests {
             self.seen += self.event.read().expect("read");
             self.tx.send(self.seen).expect("send");
         }
+        fn fail(&mut self, fault: &dyn std::fmt::Display) {
+            panic!("unexpected worker failure: {fault}");
+        }
     }
 
     #[test]
@@ -279,6 +290,46 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).expect("event"), 3);
         let handler = worker.stop().expect("handler back");
         assert_eq!(handler.seen, 3);
+    }
+
+    /// A handler that always has more work: each event re-arms itself.
+    struct Endless {
+        event: EventFd,
+        passes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl EventHandler for Endless {
+        type Token = TestToken;
+        fn register(&mut self, ctx: &EpollContext<'_, TestToken>) -> io::Result<()> {
+            ctx.add(&self.event, TestToken::Event, EventSet::IN)
+        }
+        fn handle_event(&mut self, _: &EpollContext<'_, TestToken>, _: TestToken, _: EventSet) {
+            self.passes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.event.write(1).expect("re-arm");
+        }
+        fn fail(&mut self, fault: &dyn std::fmt::Display) {
+            panic!("unexpected worker failure: {fault}");
+        }
+    }
+
+    #[test]
+    fn a_stop_request_wins_over_a_device_that_always_has_work() {
+        let event = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        event.write(1).expect("first event");
+        let passes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let worker = Worker::spawn(
+            "test-worker-endless",
+            Endless {
+                event,
+                passes: passes.clone(),
+            },
+        )
+        .expect("spawn");
+        while passes.load(std::sync::atomic::Ordering::Relaxed) < 100 {
+            std::thread::yield_now();
+        }
+        assert!(worker.stop().is_some());
     }
 
     #[test]

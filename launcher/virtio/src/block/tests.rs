@@ -37,6 +37,8 @@ fn worker_for(mem: &GuestMemoryMmap<()>, device: &BlockDevice, queue: Queue) -> 
         queue_event: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
         interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"))),
         disk: device.disk.clone(),
+        health: Health::default(),
+        log: LogLimiter::default(),
     }
 }
 
@@ -433,4 +435,168 @@ fn a_qcow2_overlay_reads_its_base_and_keeps_writes_to_itself() {
     let head = driver.add_chain(&[(16, false), (512, true), (1, true)]);
     driver.write_readable(head, &header(VIRTIO_BLK_T_IN, 64));
     assert_eq!(complete(&mut worker, &driver, 4, head).1, IOERR);
+}
+
+/// Peak resident set of this test process, in KiB.
+fn peak_rss_kib() -> i64 {
+    // SAFETY: getrusage only writes the zero-initialised struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) }, 0);
+    usage.ru_maxrss
+}
+
+#[test]
+fn qcow2_segments_bounce_in_bounded_chunks() {
+    // A sparse 5 GiB base under a qcow2 overlay, so a ~4 GiB segment is inside the disk.
+    let base = NamedTempFile::new().expect("tempfile");
+    base.as_file().set_len(5 << 30).expect("sparse base");
+    let data: Vec<u8> = (0..(5 * BOUNCE_CHUNK / 2))
+        .map(|i| (i * 7 % 256) as u8)
+        .collect();
+    base.as_file().write_all_at(&data, 4096).expect("base data");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overlay = dir.path().join("overlay.qcow2");
+    ironvisor_diskimage::create_overlay(&overlay, base.path(), DiskFormat::Raw).expect("overlay");
+    let device =
+        BlockDevice::with_format(&overlay, DiskFormat::Qcow2, false, "big").expect("device");
+    let mem = test_memory();
+    let mut driver = QueueDriver::new(&mem, 16);
+    let mut worker = worker_for(&mem, &device, driver.queue());
+    let (header_at, data_at, status_at) = (8u64 << 20, 9u64 << 20, 12u64 << 20);
+
+    // A 2.5 MiB segment crosses chunk boundaries and arrives whole.
+    mem.write_slice(&header(VIRTIO_BLK_T_IN, 8), GuestAddress(header_at))
+        .expect("header");
+    let head = driver.add_raw_chain(&[
+        (header_at, 16, false),
+        (data_at, data.len() as u32, true),
+        (status_at, 1, true),
+    ]);
+    assert!(worker.process_queue());
+    assert_eq!(driver.used_entry(0).0, head);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(status_at)).expect("status"),
+        OK
+    );
+    let mut read = vec![0u8; data.len()];
+    mem.read_slice(&mut read, GuestAddress(data_at))
+        .expect("read back");
+    assert_eq!(read, data);
+
+    // A write of a 240 MiB segment of (untouched, so not resident) guest memory: the host
+    // moves it through one chunk-sized buffer instead of a buffer as large as the segment.
+    let big_mem =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 256 << 20)]).expect("memory");
+    let mut big_driver = QueueDriver::new(&big_mem, 16);
+    let mut big_worker = worker_for(&big_mem, &device, big_driver.queue());
+    let segment = 240u32 << 20;
+    big_mem
+        .write_slice(&header(VIRTIO_BLK_T_OUT, 16), GuestAddress(header_at))
+        .expect("header");
+    let before = peak_rss_kib();
+    let head = big_driver.add_raw_chain(&[
+        (header_at, 16, false),
+        (16 << 20, segment, false),
+        (status_at, 1, true),
+    ]);
+    assert!(big_worker.process_queue());
+    assert_eq!(big_driver.used_entry(0).0, head);
+    let status: u8 = big_mem.read_obj(GuestAddress(status_at)).expect("status");
+    assert_eq!(status, OK);
+    let grown_mib = (peak_rss_kib() - before) / 1024;
+    assert!(
+        grown_mib < 96,
+        "the host buffered {grown_mib} MiB for a {} MiB segment",
+        segment >> 20
+    );
+}
+
+/// Activates `device` on `driver`'s queue with a worker thread.
+fn activate_on(
+    device: &mut BlockDevice,
+    mem: &GuestMemoryMmap<()>,
+    driver: &QueueDriver<'_>,
+) -> (EventFd, Arc<Interrupt>) {
+    let notify = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")));
+    let queue = DeviceQueue {
+        index: 0,
+        queue: driver.queue(),
+        event: notify.try_clone().expect("clone"),
+    };
+    device
+        .activate(mem.clone(), interrupt.clone(), vec![queue])
+        .expect("activate");
+    (notify, interrupt)
+}
+
+#[test]
+fn reset_returns_while_a_hostile_driver_keeps_the_ring_full() {
+    let img = image(4);
+    let mut device = BlockDevice::new(img.path(), false, "d").expect("device");
+    let mem = test_memory();
+    let mut driver = QueueDriver::new(&mem, 16);
+    let (_, avail_ring, used_ring) = driver.ring_addresses();
+    let head = driver.add_chain(&[(16, false), (20, true), (1, true)]);
+    driver.write_readable(head, &header(VIRTIO_BLK_T_GET_ID, 0));
+    let (notify, interrupt) = activate_on(&mut device, &mem, &driver);
+
+    // The "guest" keeps the available index a ring ahead of what the device used (with a
+    // notification each time), so the device never runs out of work: the first entry is a
+    // GET_ID request, the others name whatever heads the ring slots hold.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refiller = {
+        let (mem, stop) = (mem.clone(), stop.clone());
+        let notify = notify.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let mut avail = 1u16;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let used: u16 = mem.read_obj(GuestAddress(used_ring + 2)).expect("used");
+                // Only forward: a stale read must not move the index back.
+                let target = used.wrapping_add(15);
+                if target.wrapping_sub(avail) < 0x8000 {
+                    avail = target;
+                    mem.write_obj(avail, GuestAddress(avail_ring + 2))
+                        .expect("avail");
+                    notify.write(1).expect("notify");
+                }
+            }
+        })
+    };
+    notify.write(1).expect("notify");
+    crate::test_utils::wait_until("requests served", || driver.used_idx() > 100);
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let resetter = std::thread::spawn(move || {
+        device.reset();
+        done_tx.send(device.is_active()).expect("send");
+    });
+    let outcome = done_rx.recv_timeout(std::time::Duration::from_secs(30));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    refiller.join().expect("refiller");
+    assert_eq!(outcome, Ok(false), "reset did not stop the worker");
+    resetter.join().expect("resetter");
+    assert!(
+        !interrupt.needs_reset(),
+        "a well-formed ring was reported as corrupted"
+    );
+}
+
+#[test]
+fn a_corrupted_avail_index_asks_the_driver_for_a_reset() {
+    let img = image(4);
+    let mut device = BlockDevice::new(img.path(), false, "d").expect("device");
+    let mem = test_memory();
+    let driver = QueueDriver::new(&mem, 16);
+    let (_, avail_ring, _) = driver.ring_addresses();
+    let (notify, interrupt) = activate_on(&mut device, &mem, &driver);
+    mem.write_obj(40u16, GuestAddress(avail_ring + 2))
+        .expect("avail");
+    notify.write(1).expect("notify");
+    crate::test_utils::wait_until("needs reset", || interrupt.needs_reset());
+    assert_ne!(interrupt.status() & crate::interrupt::VIRTIO_INT_CONFIG, 0);
+    assert_eq!(driver.used_idx(), 0);
+    device.reset();
+    assert!(!device.is_active());
 }

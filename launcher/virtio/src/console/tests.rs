@@ -2,6 +2,7 @@ use std::io::{Read as _, Write as _};
 use std::os::unix::fs::FileTypeExt;
 use std::time::Duration;
 
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 use super::*;
@@ -269,4 +270,44 @@ fn reset_keeps_the_client() {
         device.reset();
         assert!(!device.is_active());
     }
+}
+
+#[test]
+fn a_tx_chain_repeating_one_buffer_is_copied_only_up_to_the_output_buffer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.sock");
+    let mut device = ConsoleDevice::new(&path).expect("device");
+    let mem = test_memory();
+    let rx = QueueDriver::new_at(&mem, 0, 16);
+    let mut tx = QueueDriver::new_at(&mem, DRIVER_SPAN, 256);
+    let running = activate(&mut device, &mem, &rx, &tx);
+    let mut client = connect(&path);
+    guest_write(&mut tx, &running, b"hello");
+    let mut got = [0u8; 5];
+    client.read_exact(&mut got).expect("client accepted");
+
+    // 200 descriptors that all name the same 1 MiB buffer: 200 MiB offered.
+    let buffer = 3 * DRIVER_SPAN;
+    mem.write_slice(&[b'x'; 1 << 20], GuestAddress(buffer))
+        .expect("fill");
+    let descs = vec![(buffer, 1u32 << 20, false); 200];
+    tx.add_raw_chain(&descs);
+    running.tx_notify.write(1).expect("notify");
+    tx.wait_used(2);
+
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match client.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err) => panic!("read: {err}"),
+        }
+    }
+    assert_eq!(received.len(), OUTPUT_CAPACITY);
+    assert!(received.iter().all(|&b| b == b'x'));
 }

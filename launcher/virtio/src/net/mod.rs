@@ -20,6 +20,8 @@ use crate::device::{
     COMMON_FEATURES,
 };
 use crate::interrupt::Interrupt;
+use crate::log_limit::{guest_warn, LogLimiter};
+use crate::queue_pass::{check_avail, Health, Pass, CHAINS_PER_PASS};
 use crate::worker::{drain_event, EpollContext, EventHandler, EventToken, Worker};
 
 use tap::Tap;
@@ -318,6 +320,8 @@ struct NetWorker {
     tx_frame: Vec<u8>,
     /// A readable tap is waiting for the guest to post RX buffers.
     rx_waiting: bool,
+    health: Health,
+    log: LogLimiter,
 }
 
 impl NetWorker {
@@ -339,6 +343,8 @@ impl NetWorker {
             rx_frame: vec![0; MAX_FRAME_LEN],
             tx_frame: vec![0; MAX_FRAME_LEN],
             rx_waiting: false,
+            health: Health::default(),
+            log: LogLimiter::default(),
         }
     }
 
@@ -348,8 +354,13 @@ impl NetWorker {
         }
     }
 
-    /// Whether the guest posted an RX buffer we have not used yet.
-    fn rx_buffer_available(&self) -> bool {
+    /// Whether the guest posted an RX buffer we have not used yet (a corrupted RX ring
+    /// marks the device broken and counts as none).
+    fn rx_buffer_available(&mut self) -> bool {
+        if let Err(fault) = check_avail(&self.rx, &self.mem) {
+            self.health.fail(KIND, "rx", &fault, &self.interrupt);
+            return false;
+        }
         match self.rx.avail_idx(&self.mem, Ordering::Acquire) {
             Ok(idx) => idx.0 != self.rx.next_avail(),
             Err(err) => {
@@ -364,7 +375,15 @@ impl NetWorker {
     /// were used.
     fn process_rx(&mut self) -> bool {
         let mut used_any = false;
-        loop {
+        for frame in 0.. {
+            if frame == CHAINS_PER_PASS {
+                // The tap stays readable (edge-triggered): come back through the RX queue
+                // event after the loop looked at its other events.
+                if let Err(err) = self.rx_event.write(1) {
+                    tracing::error!(%err, "cannot re-arm rx; it resumes on the next notification");
+                }
+                break;
+            }
             if !self.rx_buffer_available() {
                 if !self.rx_waiting {
                     tracing::trace!("no rx buffers; waiting for the driver");
@@ -408,11 +427,11 @@ impl NetWorker {
                 }
                 Err(err @ NetError::RxBufferTooSmall { .. }) => {
                     // Keep the buffer for the next (smaller) frame.
-                    tracing::warn!(%err, "rx frame dropped");
+                    guest_warn!(self.log, "rx-buffer-too-small", %err, "rx frame dropped");
                     self.rx.set_next_avail(self.rx.next_avail().wrapping_sub(1));
                 }
                 Err(err) => {
-                    tracing::warn!(%err, "rx frame dropped, buffer returned empty");
+                    guest_warn!(self.log, "bad-rx-buffer", %err, "rx frame dropped, buffer returned empty");
                     if let Err(err) = self.rx.add_used(&self.mem, head, 0) {
                         tracing::error!(head, %err, "cannot return an rx buffer");
                     }
@@ -426,7 +445,16 @@ impl NetWorker {
     /// Sends every pending TX chain to the tap; returns whether buffers were used.
     fn process_tx(&mut self) -> bool {
         let mut used_any = false;
-        while let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) {
+        let mut pass = Pass::new();
+        loop {
+            let chain = match pass.next(&mut self.tx, &self.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(fault) => {
+                    self.health.fail(KIND, "tx", &fault, &self.interrupt);
+                    return used_any;
+                }
+            };
             let head = chain.head_index();
             let result = ChainBuffers::parse(chain)
                 .map_err(NetError::from)
@@ -441,13 +469,14 @@ impl NetWorker {
                         })
                 });
             if let Err(err) = result {
-                tracing::warn!(%err, "tx frame dropped");
+                guest_warn!(self.log, "bad-tx-frame", %err, "tx frame dropped");
             }
             if let Err(err) = self.tx.add_used(&self.mem, head, 0) {
                 tracing::error!(head, %err, "cannot return a tx buffer");
             }
             used_any = true;
         }
+        pass.finish(&self.tx_event);
         used_any
     }
 }
@@ -470,6 +499,11 @@ impl EventHandler for NetWorker {
     fn handle_event(&mut self, _: &EpollContext<'_, NetToken>, token: NetToken, events: EventSet) {
         let span = tracing::trace_span!("virtio_net_event", tap = self.tap.name(), ?token);
         let _entered = span.enter();
+        if self.health.is_broken() {
+            drain_event(&self.rx_event);
+            drain_event(&self.tx_event);
+            return;
+        }
         let used = match token {
             NetToken::RxQueue => {
                 drain_event(&self.rx_event);
@@ -489,6 +523,10 @@ impl EventHandler for NetWorker {
         if used {
             self.signal();
         }
+    }
+
+    fn fail(&mut self, fault: &dyn std::fmt::Display) {
+        self.health.fail(KIND, "all", fault, &self.interrupt);
     }
 }
 

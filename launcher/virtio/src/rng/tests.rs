@@ -47,6 +47,8 @@ fn manual_worker(mem: &GuestMemoryMmap<()>, driver: &QueueDriver<'_>, rate: u64)
         timer: nonblocking_timer().expect("timer"),
         bucket: TokenBucket::new(nz(rate), Instant::now()),
         scratch: Vec::new(),
+        health: crate::queue_pass::Health::default(),
+        log: crate::log_limit::LogLimiter::default(),
     }
 }
 

@@ -546,3 +546,29 @@ fn block_device_end_to_end() {
         assert!(!t.device().is_active());
     }
 }
+
+#[test]
+fn a_worker_asking_for_a_reset_shows_needs_reset_until_the_driver_resets() {
+    let mem = test_memory();
+    let (device, _) = FakeDevice::new(&[16]);
+    let mut t = MmioTransport::new(mem.clone(), Box::new(device), irq()).expect("transport");
+    let q0 = QueueDriver::new(&mem, 16);
+    negotiate(&mut t, VIRTIO_F_VERSION_1_BIT);
+    setup_queue(&mut t, 0, &q0);
+    let running = ACK | DRIVER | FEATURES_OK | DRIVER_OK;
+    write32(&mut t, regs::VIRTIO_MMIO_STATUS, running);
+    assert_eq!(read32(&mut t, regs::VIRTIO_MMIO_STATUS), running);
+
+    // What a device worker does when the driver corrupted a ring.
+    t.interrupt().signal_needs_reset().expect("signal");
+    assert_eq!(
+        read32(&mut t, regs::VIRTIO_MMIO_STATUS),
+        running | VIRTIO_CONFIG_S_NEEDS_RESET
+    );
+    assert_eq!(
+        read32(&mut t, regs::VIRTIO_MMIO_INTERRUPT_STATUS),
+        crate::interrupt::VIRTIO_INT_CONFIG
+    );
+    write32(&mut t, regs::VIRTIO_MMIO_STATUS, 0);
+    assert_eq!(read32(&mut t, regs::VIRTIO_MMIO_STATUS), 0);
+}
