@@ -25,6 +25,7 @@ pub mod cpus;
 pub mod daemon;
 pub mod files;
 pub mod launcher_proc;
+pub mod log_rotation;
 pub mod monitor;
 pub mod pod;
 pub mod procfs;

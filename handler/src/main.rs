@@ -125,6 +125,9 @@ struct MonitorCli {
     /// The launcher's output.
     #[arg(long)]
     log_file: PathBuf,
+    /// Rotate the log past this many bytes (one previous generation is kept).
+    #[arg(long, hide = true, default_value_t = ironvisor_handler::log_rotation::MAX_LOG_BYTES)]
+    log_max_bytes: u64,
     /// Network namespace to run the launcher in.
     #[arg(long)]
     netns: Option<PathBuf>,
@@ -233,6 +236,7 @@ fn run_monitor(args: MonitorCli) -> ExitCode {
         status_file: args.status_file,
         pid_file: args.pid_file,
         log_file: args.log_file,
+        log_max_bytes: args.log_max_bytes,
         netns: args.netns,
         cgroups: args.cgroups,
         argv: args.argv,

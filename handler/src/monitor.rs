@@ -10,7 +10,8 @@
 //! 4. starts the launcher with stdin on `/dev/null` and stdout/stderr appended to the log
 //!    file, and writes its pid and start time to the pid file;
 //! 5. forwards SIGTERM and SIGINT to the launcher (a graceful stop);
-//! 6. when the launcher ends, writes `{"code":N}` or `{"signal":N}` atomically to the
+//! 6. keeps the log under a size cap (see `log_rotation`), checked on a `SIGALRM` timer;
+//! 7. when the launcher ends, writes `{"code":N}` or `{"signal":N}` atomically to the
 //!    status file, and exits with the same code (128 + N for a signal).
 //!
 //! The monitor runs no async runtime and creates no threads: it waits with `sigwait`, so
@@ -29,6 +30,7 @@ use nix::unistd::Pid;
 
 use crate::cgroup;
 use crate::files::{write_atomic, FileError};
+use crate::log_rotation;
 use crate::procfs;
 use crate::records::{ExitOutcome, ProcessIdentity};
 
@@ -41,6 +43,8 @@ pub struct MonitorArgs {
     pub pid_file: PathBuf,
     /// The launcher's stdout/stderr (appended).
     pub log_file: PathBuf,
+    /// The size past which the log is rotated.
+    pub log_max_bytes: u64,
     /// The network namespace to run the launcher in.
     pub netns: Option<PathBuf>,
     /// The cgroups to join.
@@ -146,7 +150,7 @@ fn prepare_and_spawn(args: &MonitorArgs, log: &File) -> Result<Child, MonitorErr
     }
     // Blocked before the launcher exists so no SIGCHLD or SIGTERM is lost; the child
     // starts with an empty signal mask (the standard library resets it).
-    forwarded_signals()
+    monitor_signals()
         .thread_block()
         .map_err(|source| MonitorError::Signals {
             action: "block signals",
@@ -188,12 +192,22 @@ pub fn forwarded_signals() -> SigSet {
     set
 }
 
+/// What the monitor waits for: the forwarded signals and its log-size timer.
+fn monitor_signals() -> SigSet {
+    let mut set = forwarded_signals();
+    set.add(Signal::SIGALRM);
+    set
+}
+
 fn supervise(args: &MonitorArgs, mut child: Child) -> Result<i32, MonitorError> {
     let pid = child.id();
     if let Ok(Some(identity)) = procfs::identify(pid as i32) {
         write_pid_file(args, &identity)?;
     }
-    let signals = forwarded_signals();
+    if let Err(err) = log_rotation::start_check_timer(log_rotation::CHECK_INTERVAL) {
+        eprintln!("ironvisor-handler monitor: the log will not be rotated: {err}");
+    }
+    let signals = monitor_signals();
     let status = loop {
         if let Some(status) = child
             .try_wait()
@@ -205,9 +219,13 @@ fn supervise(args: &MonitorArgs, mut child: Child) -> Result<i32, MonitorError> 
             action: "wait for signals",
             source,
         })?;
-        if matches!(signal, Signal::SIGTERM | Signal::SIGINT) {
+        match signal {
             // Graceful stop: the launcher asks the guest to shut down.
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            Signal::SIGTERM | Signal::SIGINT => {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+            Signal::SIGALRM => rotate_log(args),
+            _ => {}
         }
     };
     let outcome = match (status.code(), status.signal()) {
@@ -221,6 +239,28 @@ fn supervise(args: &MonitorArgs, mut child: Child) -> Result<i32, MonitorError> 
         ExitOutcome::Signal(signal) => 128 + signal,
         ExitOutcome::Vanished | ExitOutcome::NotStarted => 1,
     })
+}
+
+/// Rotates the log when it passed its cap; says so in the fresh log.
+fn rotate_log(args: &MonitorArgs) {
+    match log_rotation::rotate_if_larger(&args.log_file, args.log_max_bytes) {
+        Ok(true) => {
+            let note = format!(
+                "ironvisor-handler monitor: log passed {} bytes; earlier lines are in {}\n",
+                args.log_max_bytes,
+                log_rotation::previous_generation(&args.log_file).display()
+            );
+            let written = OpenOptions::new()
+                .append(true)
+                .open(&args.log_file)
+                .and_then(|mut log| log.write_all(note.as_bytes()));
+            if let Err(err) = written {
+                eprintln!("ironvisor-handler monitor: cannot note the rotation in the log: {err}");
+            }
+        }
+        Ok(false) => {}
+        Err(err) => eprintln!("ironvisor-handler monitor: {err}"),
+    }
 }
 
 fn write_pid_file(args: &MonitorArgs, identity: &ProcessIdentity) -> Result<(), MonitorError> {
