@@ -167,6 +167,22 @@ def vmi(name: str) -> dict:
     }
 
 
+def wait_namespace_gone(api: Api, namespace: str, timeout: float) -> float | None:
+    """Seconds until ``namespace`` (and so every VMI and pod in it) is gone; ``None`` after
+    ``timeout``. The next run, or the cluster's shutdown, should not inherit thousands of
+    objects still being deleted."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            api.call("GET", f"/api/v1/namespaces/{namespace}")
+        except BenchError as error:
+            if ": 404 " in str(error):
+                return time.monotonic() - started
+            raise
+        time.sleep(3)
+    return None
+
+
 def run_once(api: Api, vms: int, concurrency: int, timeout: float) -> dict[str, float]:
     namespace = f"bench-scale-{uuid.uuid4().hex[:6]}"
     api.call("POST", "/api/v1/namespaces",
@@ -190,9 +206,12 @@ def run_once(api: Api, vms: int, concurrency: int, timeout: float) -> dict[str, 
     hwm = controller_hwm_kib()
     if running < vms:
         raise BenchError(f"{running} of {vms} VMIs Running after {timeout:.0f} s")
+    deleting = time.monotonic()
     api.call("DELETE", f"/api/v1/namespaces/{namespace}")
+    deleted_s = wait_namespace_gone(api, namespace, timeout)
     return {
         "vms": vms, "create_s": created, "all_running_s": elapsed,
+        "namespace_deleted_s": deleted_s if deleted_s is not None else time.monotonic() - deleting,
         "requests_per_vm": requests / vms,
         "controller_peak_mib": max(hwm.values(), default=0) / 1024,
         "controller_peak_before_mib": max(hwm_before.values(), default=0) / 1024,
@@ -236,7 +255,8 @@ def main() -> int:
             print(f"scale: {vms} VMIs on {len(nodes)} KWOK nodes: created in {r['create_s']:.0f} s, "
                   f"all Running after {r['all_running_s']:.0f} s; controller peak RSS "
                   f"{r['controller_peak_mib']:.0f} MiB; {r['requests_per_vm']:.1f} API requests "
-                  "per VM (all clients)", flush=True)
+                  f"per VM (all clients); namespace gone {r['namespace_deleted_s']:.0f} s after "
+                  "its deletion", flush=True)
     except BenchError as error:
         print(f"scale benchmark: {error}", file=sys.stderr)
         return 1
