@@ -129,6 +129,7 @@ impl ExitOutcome {
                 Some(ExitStatus::GuestCrash) => "GuestCrashed",
                 Some(ExitStatus::GracefulStop) => "StoppedGracefully",
                 Some(ExitStatus::HardStop) => "StoppedHard",
+                Some(ExitStatus::SeccompViolation) => "SeccompViolation",
                 None => "LauncherFailed",
             },
             Self::Signal(_) => "LauncherKilled",

@@ -10,6 +10,7 @@
 //! - [`guardian`]: the socket guardian process, which removes the socket files of a
 //!   launcher that was killed.
 //! - [`sockets`]: clearing a stale socket path before binding, refusing a live one.
+//! - [`seccomp`]: the seccomp filters of the vmm, vCPU and device worker threads.
 //! - [`host`]: what the host can do (is there a /dev/kvm, can it run hardware-assisted guests).
 //! - [`instance`]: what a hypervisor backend provides to the main loop.
 //! - [`vmm`]: the KVM VM, vCPU threads, the I/O bus, legacy devices and the run loop.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod guardian;
 pub mod host;
 pub mod instance;
+pub mod seccomp;
 pub mod sockets;
 pub mod vmm;
 

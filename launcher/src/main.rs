@@ -16,7 +16,9 @@ use ironvisor_launcher::vmm::KvmBackend;
     about = "Ironvisor's per-VM KVM microVMM",
     args_conflicts_with_subcommands = true,
     after_help = "Exit codes: 0 guest powered off, 1 launcher error, 3 guest rebooted, \
-                  4 guest crashed, 5 stopped gracefully, 6 stopped hard."
+                  4 guest crashed, 5 stopped gracefully, 6 stopped hard, 7 a forbidden system call \
+                  (seccomp). Environment: IRONVISOR_SECCOMP=enforce|log|off (default enforce; \
+                  log and off are for debugging), IRONVISOR_LOG."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -26,6 +28,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    ironvisor_launcher::seccomp::prepare_process();
     cli::run_main(
         "ironvisor-launcher",
         |args: Cli| (args.command, args.launch),

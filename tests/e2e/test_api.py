@@ -42,6 +42,12 @@ def test_status_pause_resume_shutdown(runner: E2ERunner, launcher: Path) -> None
     assert devices and isinstance(devices[0], list) and devices[0], running
     assert MAC in [str(m).lower() for m in _find(devices[0], "mac")], running
 
+    # vmm (main + runtime), 2 vCPUs and the virtio-net worker at least, all filtered.
+    assert int(l1f["threads_total"]) >= 5, l1f["threads_total"]
+    assert l1f["threads_seccomp_filtered"] == l1f["threads_total"], (
+        f"{l1f['threads_seccomp_filtered']} of {l1f['threads_total']} launcher threads "
+        "run under a seccomp filter")
+
     assert l1f["pause_rc"] == "0"
     assert int(l1f["paused_growth"]) == 0, "the console kept printing while paused"
     paused = facts.status_json("paused")

@@ -14,6 +14,7 @@
 //! | guest crashed | 4 | `GuestCrashed` |
 //! | graceful stop completed | 5 | `Stopped` |
 //! | hard stop (forced, or the grace period expired) | 6 | `ForcedStop` |
+//! | a forbidden system call (seccomp) | 7 | `SeccompViolation` |
 //! | launcher killed by signal N | 128+N | `LauncherKilled` |
 //! | failed before the launcher ran | 1 | `BadSpec`, `HardwareIsolationUnavailable`, ... |
 //!
@@ -190,6 +191,10 @@ fn describe(status: ExitStatus) -> (&'static str, &'static str) {
             "ForcedStop",
             "stopped hard: forced, or the guest did not shut down within the grace period",
         ),
+        ExitStatus::SeccompViolation => (
+            "SeccompViolation",
+            "a launcher thread made a system call its seccomp filter forbids",
+        ),
     }
 }
 
@@ -212,6 +217,7 @@ mod tests {
             (4, 4, "GuestCrashed"),
             (5, 5, "Stopped"),
             (6, 6, "ForcedStop"),
+            (7, 7, "SeccompViolation"),
             (2, 2, "LauncherError"),
         ];
         for (code, exit_code, reason) in cases {

@@ -18,6 +18,9 @@ pub enum ExitStatus {
     GracefulStop = 5,
     /// The VM was stopped hard: a forced shutdown, or a graceful one that timed out.
     HardStop = 6,
+    /// A launcher thread made a system call its seccomp filter forbids (the launcher logs
+    /// which one and ends at once).
+    SeccompViolation = 7,
 }
 
 impl ExitStatus {
@@ -35,6 +38,7 @@ impl ExitStatus {
             ExitStatus::GuestCrash,
             ExitStatus::GracefulStop,
             ExitStatus::HardStop,
+            ExitStatus::SeccompViolation,
         ]
         .into_iter()
         .find(|status| status.code() == code)
@@ -42,7 +46,10 @@ impl ExitStatus {
 
     /// Whether the VM ended by failing (what `RerunOnFailure` restarts on).
     pub fn is_failure(self) -> bool {
-        matches!(self, ExitStatus::LauncherError | ExitStatus::GuestCrash)
+        matches!(
+            self,
+            ExitStatus::LauncherError | ExitStatus::GuestCrash | ExitStatus::SeccompViolation
+        )
     }
 }
 
@@ -55,6 +62,7 @@ impl fmt::Display for ExitStatus {
             ExitStatus::GuestCrash => "guest crashed",
             ExitStatus::GracefulStop => "stopped gracefully",
             ExitStatus::HardStop => "stopped hard",
+            ExitStatus::SeccompViolation => "killed by its seccomp filter",
         };
         f.write_str(text)
     }
@@ -66,7 +74,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_unknown_codes_are_none() {
-        for code in [0, 1, 3, 4, 5, 6] {
+        for code in [0, 1, 3, 4, 5, 6, 7] {
             assert_eq!(
                 ExitStatus::from_code(code).map(ExitStatus::code),
                 Some(code)
@@ -76,5 +84,6 @@ mod tests {
         assert_eq!(ExitStatus::from_code(137), None);
         assert!(ExitStatus::GuestCrash.is_failure());
         assert!(!ExitStatus::GuestPoweroff.is_failure());
+        assert!(ExitStatus::SeccompViolation.is_failure());
     }
 }

@@ -16,6 +16,10 @@ use crate::instance::VmInstance;
 
 /// What must outlive the vCPU threads: the VM fd, the KVM handle and guest memory.
 pub struct VmResources {
+    /// The I/O buses (every device) are dropped here, on the thread that drops the
+    /// handle, not on whichever vCPU thread ends last: a device's cleanup (the console
+    /// socket's removal) is not something the vCPU seccomp filter allows.
+    pub _buses: Arc<crate::vmm::vcpu::IoBuses>,
     pub _vm: kvm_ioctls::VmFd,
     pub _kvm: kvm_ioctls::Kvm,
     pub _mem: crate::GuestMemory,

@@ -35,6 +35,7 @@ use self::vcpu::{IoBuses, VcpuError, VcpuSet};
 use self::vm::VmError;
 use crate::config::LaunchConfig;
 use crate::instance::{Backend, PreparedInstance};
+use crate::seccomp::{self, SeccompLevel};
 use crate::GuestMemory;
 
 /// Why the VM could not be built or started. Each variant names the step and the input.
@@ -61,6 +62,8 @@ pub enum VmmError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Affinity(#[from] AffinityError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// A fully built VM whose vCPUs have not started yet.
@@ -160,7 +163,17 @@ impl PreparedInstance for PreparedVm {
             ..
         } = self.devices;
         let buses = Arc::new(IoBuses { pio, mmio });
-        let vcpus = VcpuSet::start(self.vcpus, &self.pinning, buses, events.clone())?;
+        // Every thread confined before a vCPU thread exists (see `crate::seccomp`).
+        let seccomp_level = SeccompLevel::from_env()?;
+        seccomp::install_process(seccomp_level)?;
+        seccomp::confine_device_workers(seccomp_level);
+        let vcpus = VcpuSet::start(
+            self.vcpus,
+            &self.pinning,
+            buses.clone(),
+            events.clone(),
+            seccomp_level,
+        )?;
         Ok(Arc::new(VmHandle::new(
             self.name,
             self.memory_mib,
@@ -169,6 +182,7 @@ impl PreparedInstance for PreparedVm {
             i8042,
             events,
             VmResources {
+                _buses: buses,
                 _vm: self.vm,
                 _kvm: self._kvm,
                 _mem: self._mem,

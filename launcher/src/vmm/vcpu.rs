@@ -22,6 +22,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use super::affinity::VcpuPinning;
 use super::bus::Bus;
 use super::events::{EventSender, VmEvent};
+use crate::seccomp::{self, SeccompLevel, ThreadKind};
 use crate::GuestMemory;
 
 /// How long a pause or stop waits for every vCPU to acknowledge.
@@ -298,6 +299,7 @@ impl VcpuSet {
         pinning: &VcpuPinning,
         buses: Arc<IoBuses>,
         events: EventSender,
+        seccomp: SeccompLevel,
     ) -> Result<Self, VcpuError> {
         let shared = Arc::new(Shared::new());
         let bodies = (0u32..)
@@ -309,6 +311,7 @@ impl VcpuSet {
                     buses: buses.clone(),
                     shared: shared.clone(),
                     events: events.clone(),
+                    seccomp,
                 };
                 move || thread.run()
             })
@@ -430,6 +433,7 @@ struct VcpuThread {
     buses: Arc<IoBuses>,
     shared: Arc<Shared>,
     events: EventSender,
+    seccomp: SeccompLevel,
 }
 
 /// What the run loop does after one exit.
@@ -443,6 +447,18 @@ impl VcpuThread {
     fn run(mut self) {
         let span = tracing::info_span!("vcpu", index = self.index);
         let _guard = span.enter();
+        // Before the first KVM_RUN: the guest never runs an instruction unfiltered.
+        if let Err(err) = seccomp::install_thread(ThreadKind::Vcpu, self.seccomp) {
+            tracing::error!(%err, "vCPU thread cannot be confined");
+            self.events.send(VmEvent::VcpuFailed {
+                vcpu: self.index,
+                reason: err.to_string(),
+            });
+            return;
+        }
+        if self.index == 0 {
+            seccomp::probe(ThreadKind::Vcpu);
+        }
         loop {
             if !self.shared.wait_until_runnable() {
                 return;

@@ -56,4 +56,4 @@ pub use rng::{RngDevice, RngError};
 pub use transport::{
     MmioTransport, TransportError, MMIO_MAGIC_VALUE, MMIO_VENDOR_ID, MMIO_VERSION,
 };
-pub use worker::WorkerError;
+pub use worker::{set_thread_init, ThreadInit, WorkerError};

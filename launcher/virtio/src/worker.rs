@@ -9,6 +9,19 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+/// What every worker thread runs first, before it serves a queue (the launcher installs
+/// its device-worker seccomp filter there); an error stops the worker and marks the device
+/// as needing a reset.
+pub type ThreadInit = fn() -> Result<(), String>;
+
+static THREAD_INIT: std::sync::OnceLock<ThreadInit> = std::sync::OnceLock::new();
+
+/// Sets the [`ThreadInit`] of every worker thread started from now on; only the first
+/// call counts (returns whether it was this one).
+pub fn set_thread_init(init: ThreadInit) -> bool {
+    THREAD_INIT.set(init).is_ok()
+}
+
 /// Epoll data value reserved for the kill EventFd.
 const KILL_TOKEN: u64 = u64::MAX;
 /// Events fetched per `epoll_wait`.
@@ -204,6 +217,13 @@ pub(crate) fn drain_event(event: &EventFd) {
 fn run_loop<H: EventHandler>(name: &str, epoll: Epoll, kill: EventFd, mut handler: H) -> H {
     let span = tracing::debug_span!("virtio_worker", worker = %name);
     let _entered = span.enter();
+    if let Some(init) = THREAD_INIT.get() {
+        if let Err(reason) = init() {
+            tracing::error!(%reason, "worker thread setup failed; the worker stops");
+            handler.fail(&format_args!("worker thread setup failed: {reason}"));
+            return handler;
+        }
+    }
     tracing::debug!("worker started");
     let ctx = EpollContext {
         epoll: &epoll,

@@ -19,6 +19,15 @@ vm_start api /tmp/api "iv.run=counter" --vcpus 2 --memory-mib 256 \
 	--net "id=net0,tap=ivtap2,mac=$MAC" --api-socket "$api"
 wait_for /tmp/api.console "GUEST-COUNTER 3" 180 || fact ready no
 status running
+# Every launcher thread (vmm, vCPUs, device workers) runs under a seccomp filter.
+total=0 filtered=0
+for task in /proc/"$VM_PID"/task/*; do
+	total=$((total + 1))
+	grep -q '^Seccomp:[[:space:]]*2' "$task/status" && filtered=$((filtered + 1))
+	echo "L1: thread $(cat "$task/comm") $(grep '^Seccomp:' "$task/status")"
+done
+fact threads_total "$total"
+fact threads_seccomp_filtered "$filtered"
 ctl pause
 fact pause_rc $?
 sleep 0.5
