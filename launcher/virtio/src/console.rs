@@ -498,13 +498,14 @@ impl ConsoleWorker {
         }
         let mut pass = Pass::new();
         while !self.input.is_empty() {
-            let chain = match pass.next(&mut self.rx, &self.mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(fault) => {
-                    self.health.fail(KIND, "rx", &fault, &self.interrupt);
-                    return used;
-                }
+            let Some(chain) = pass.next_healthy(
+                &mut self.rx,
+                &self.mem,
+                &mut self.health,
+                (KIND, "rx"),
+                &self.interrupt,
+            ) else {
+                break;
             };
             let head = chain.head_index();
             let written = match ChainBuffers::parse(chain) {
@@ -548,13 +549,14 @@ impl ConsoleWorker {
         }
         let mut pass = Pass::new();
         while self.output.len() < OUTPUT_CAPACITY {
-            let chain = match pass.next(&mut self.tx, &self.mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(fault) => {
-                    self.health.fail(KIND, "tx", &fault, &self.interrupt);
-                    break;
-                }
+            let Some(chain) = pass.next_healthy(
+                &mut self.tx,
+                &self.mem,
+                &mut self.health,
+                (KIND, "tx"),
+                &self.interrupt,
+            ) else {
+                break;
             };
             let head = chain.head_index();
             match ChainBuffers::parse(chain) {

@@ -81,6 +81,25 @@ impl Pass {
         Ok(chain)
     }
 
+    /// [`Pass::next`] for a device's worker: a fault is recorded in `health` (logged once,
+    /// `DEVICE_NEEDS_RESET` raised) and ends the pass like an empty ring.
+    pub(crate) fn next_healthy<'m>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &'m GuestMemoryMmap<()>,
+        health: &mut Health,
+        site: (&'static str, &'static str),
+        interrupt: &Interrupt,
+    ) -> Option<DescriptorChain<&'m GuestMemoryMmap<()>>> {
+        match self.next(queue, mem) {
+            Ok(chain) => chain,
+            Err(fault) => {
+                health.fail(site.0, site.1, &fault, interrupt);
+                None
+            }
+        }
+    }
+
     /// Whether the pass stopped on its budget (work may be left in the ring).
     pub(crate) fn budget_spent(&self) -> bool {
         self.left == 0

@@ -431,15 +431,13 @@ impl RngWorker {
     fn process_queue(&mut self, now: Instant) -> (bool, Outcome) {
         let mut used_any = false;
         let mut pass = Pass::new();
-        loop {
-            let chain = match pass.next(&mut self.queue, &self.mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(fault) => {
-                    self.health.fail(KIND, "requests", &fault, &self.interrupt);
-                    return (used_any, Outcome::Drained);
-                }
-            };
+        while let Some(chain) = pass.next_healthy(
+            &mut self.queue,
+            &self.mem,
+            &mut self.health,
+            (KIND, "requests"),
+            &self.interrupt,
+        ) {
             let head = chain.head_index();
             let used_len = match ChainBuffers::parse(chain) {
                 Ok(buffers) => {

@@ -446,15 +446,13 @@ impl NetWorker {
     fn process_tx(&mut self) -> bool {
         let mut used_any = false;
         let mut pass = Pass::new();
-        loop {
-            let chain = match pass.next(&mut self.tx, &self.mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(fault) => {
-                    self.health.fail(KIND, "tx", &fault, &self.interrupt);
-                    return used_any;
-                }
-            };
+        while let Some(chain) = pass.next_healthy(
+            &mut self.tx,
+            &self.mem,
+            &mut self.health,
+            (KIND, "tx"),
+            &self.interrupt,
+        ) {
             let head = chain.head_index();
             let result = ChainBuffers::parse(chain)
                 .map_err(NetError::from)
