@@ -18,6 +18,9 @@
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod overlay;
 mod qcow2;
 mod raw;
