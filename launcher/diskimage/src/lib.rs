@@ -23,6 +23,7 @@
 pub mod fuzzing;
 mod overlay;
 mod qcow2;
+mod qcow2_guard;
 mod raw;
 
 use std::fmt;
