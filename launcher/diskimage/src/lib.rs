@@ -18,8 +18,12 @@
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod overlay;
 mod qcow2;
+mod qcow2_guard;
 mod raw;
 
 use std::fmt;

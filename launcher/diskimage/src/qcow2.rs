@@ -51,6 +51,9 @@ pub(crate) fn inspect(path: &Path) -> Result<ImageInfo, DiskImageError> {
         path: path.to_path_buf(),
         source,
     };
+    // imago 0.2.6 panics on some malformed header extensions; refuse those first.
+    let file = std::fs::File::open(path).map_err(qcow2_err)?;
+    crate::qcow2_guard::check_header_extensions(&file).map_err(qcow2_err)?;
     // Opened explicitly so that the deny-all gate only stops the backing file and data file.
     let storage = ImagoFile::open(StorageOpenOptions::new().filename(path).write(false))
         .map_err(qcow2_err)?;

@@ -39,6 +39,9 @@ use crate::log_limit::{guest_warn, LogLimiter};
 use crate::queue_pass::{Health, Pass};
 use crate::worker::{drain_event, EpollContext, EventHandler, EventToken, Worker};
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
+
 /// Bytes per virtio-blk sector.
 pub const SECTOR_SIZE: u64 = 512;
 /// Size of the request queue.

@@ -30,6 +30,9 @@ use crate::log_limit::{guest_warn, LogLimiter};
 use crate::queue_pass::{Health, Pass};
 use crate::worker::{drain_event, EpollContext, EventHandler, EventToken, Worker};
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
+
 const QUEUE_SIZE: u16 = 256;
 /// Bytes of configuration space: cols, rows, max_nr_ports, emerg_wr.
 const CONFIG_LEN: usize = 12;

@@ -40,6 +40,10 @@ mod rng;
 mod transport;
 mod worker;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod test_utils;
 

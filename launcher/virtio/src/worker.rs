@@ -27,6 +27,9 @@ const KILL_TOKEN: u64 = u64::MAX;
 /// Events fetched per `epoll_wait`.
 const EVENT_BATCH: usize = 32;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
+
 /// Why a worker thread could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

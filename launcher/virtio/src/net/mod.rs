@@ -3,6 +3,9 @@
 
 mod tap;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
+
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -9,6 +9,9 @@ use super::{NetError, VNET_HDR_LEN};
 
 const TUN_PATH: &str = "/dev/net/tun";
 
+#[cfg(feature = "fuzzing")]
+mod fuzzing;
+
 /// An open tap queue. If the interface did not exist, the kernel created a non-persistent
 /// one that disappears when this is dropped.
 #[derive(Debug)]
