@@ -6,6 +6,11 @@
 //! `panic = "abort"` a hostile containerDisk would abort the node agent that inspects it.
 //! The qcow2 specification makes the table a whole number of entries, so anything else
 //! is refused here, before imago parses the header.
+//!
+//! An image with an **external data file** is refused too: its guest data lives in a host
+//! file named in the header, which imago opens read-write when the launcher opens the
+//! image's overlay. An untrusted containerDisk could thus hand its guest any host file.
+//! The only file an image may name is its backing file, which the node agent checks.
 
 use std::fs::File;
 use std::io;
@@ -17,6 +22,12 @@ const FEATURE_NAME_TABLE: u32 = 0x6803_f857;
 const FEATURE_ENTRY_LEN: u32 = 48;
 /// Byte offset of `header_length` in a version 3 header.
 const HEADER_LENGTH_OFFSET: u64 = 100;
+/// Byte offset of `incompatible_features` in a version 3 header.
+const INCOMPATIBLE_FEATURES_OFFSET: u64 = 72;
+/// `incompatible_features` bit 2: the guest data is in an external data file.
+const EXTERNAL_DATA_FILE_BIT: u32 = 1 << 2;
+/// Header extension type naming the external data file.
+const DATA_FILE_NAME: u32 = 0x4441_5441;
 
 /// Refuses a header whose feature name table is not a whole number of entries. Anything
 /// else that is wrong (short file, bad version, extensions beyond the first cluster) is
@@ -34,6 +45,11 @@ pub(crate) fn check_header_extensions(file: &File) -> io::Result<()> {
     let Some(cluster_size) = 1u64.checked_shl(cluster_bits) else {
         return Ok(());
     };
+    // The low half of the big-endian u64 holds the bits the specification defines.
+    let incompatible = read_u32(file, INCOMPATIBLE_FEATURES_OFFSET + 4)?.unwrap_or(0);
+    if incompatible & EXTERNAL_DATA_FILE_BIT != 0 {
+        return Err(external_data_file());
+    }
     let Some(header_length) = read_u32(file, HEADER_LENGTH_OFFSET)? else {
         return Ok(());
     };
@@ -48,6 +64,9 @@ pub(crate) fn check_header_extensions(file: &File) -> io::Result<()> {
         if kind == 0 || offset + u64::from(len) > cluster_size {
             return Ok(());
         }
+        if kind == DATA_FILE_NAME {
+            return Err(external_data_file());
+        }
         if kind == FEATURE_NAME_TABLE && len % FEATURE_ENTRY_LEN != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -60,6 +79,13 @@ pub(crate) fn check_header_extensions(file: &File) -> io::Result<()> {
         offset += u64::from(len).next_multiple_of(8);
     }
     Ok(())
+}
+
+fn external_data_file() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the image keeps its data in an external data file; only a backing file may be named",
+    )
 }
 
 /// The big-endian u32 at `offset`; `None` past the end of the file.
@@ -119,5 +145,24 @@ mod tests {
         check_header_extensions(file.as_file()).unwrap();
         let file = image(&[]);
         check_header_extensions(file.as_file()).unwrap();
+    }
+
+    #[test]
+    fn an_external_data_file_is_refused_by_flag_or_by_name() {
+        // The incompatible feature bit alone.
+        let file = image(&[]);
+        file.as_file()
+            .write_all_at(
+                &u64::from(EXTERNAL_DATA_FILE_BIT).to_be_bytes(),
+                INCOMPATIBLE_FEATURES_OFFSET,
+            )
+            .unwrap();
+        let err = check_header_extensions(file.as_file()).unwrap_err();
+        assert!(err.to_string().contains("external data file"), "{err}");
+        // The extension naming a host file.
+        let file = image(&extension(DATA_FILE_NAME, b"/etc/shadow"));
+        assert!(check_header_extensions(file.as_file()).is_err());
+        let err = crate::inspect(file.path()).unwrap_err();
+        assert!(err.to_string().contains("external data file"), "{err}");
     }
 }

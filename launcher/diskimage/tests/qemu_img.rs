@@ -220,3 +220,27 @@ fn standalone_qcow2_from_qemu_img_grows_and_stays_consistent() {
     assert_check_clean(&image);
     assert!(convert_to_raw(&image, &dir.path().join("out.raw")) == model);
 }
+
+#[test]
+#[ignore = "needs qemu-img and qemu-io (Debian package qemu-utils)"]
+fn an_image_with_an_external_data_file_is_refused() {
+    require_qemu_img();
+    let dir = tempfile::tempdir().unwrap();
+    // A host file the image's author would like the guest to see (and write).
+    let host_file = dir.path().join("host-secret.raw");
+    fs::write(&host_file, vec![0x5a; 1 << 20]).unwrap();
+    let image = dir.path().join("disk.qcow2");
+    let data_file = format!("data_file={},data_file_raw=on", host_file.display());
+    let (ok, text) = qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        &data_file,
+        image.to_str().unwrap(),
+        "1M",
+    ]);
+    assert!(ok, "{text}");
+    let err = inspect(&image).unwrap_err();
+    assert!(err.to_string().contains("external data file"), "{err}");
+}
