@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Ironvisor test on a fresh Debian 12 machine (root): installs what it needs,
 # checks formatting and lints, builds the guest images, starts libvirt for the
-# software-emulation backend, runs the Rust tests, builds the release binaries and runs
+# software-emulation backend, runs the Rust tests and a short smoke of every fuzz target,
+# builds the release binaries and runs
 # the end-to-end tests (the KVM launcher and the node agent for real inside nested KVM,
 # the software-emulation node on the host), then cluster mode on a real single-node
 # Kubernetes built and started by scripts/cluster.sh (cached by version under
@@ -58,6 +59,11 @@ if grep -qwE 'vmx|svm' /proc/cpuinfo; then
 fi
 log "unit and integration tests (cargo test, including the ignored ones)"
 cargo test --workspace --locked -- --include-ignored "${cargo_skips[@]}" 2>&1 | tee "$logs/cargo-test.log"
+
+# Every cargo-fuzz target for a few seconds (built with nightly + ASan, cached by toolchain
+# version under /var/cache/ironvisor/fuzz-target): a crash, hang or OOM fails the run.
+log "fuzzing smoke (scripts/fuzz.sh: each target 5 s)"
+scripts/fuzz.sh smoke 5 2>&1 | tee "$logs/fuzz-smoke.log"
 
 log "release binaries"
 cargo build --release --locked -p ironvisor-launcher -p ironvisor-bootbench \
