@@ -41,6 +41,8 @@ const fn kvm_ior(nr: u64, size: usize) -> u64 {
     (IOC_READ << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
 }
 
+/// `FIONBIO`, as an ioctl request argument.
+pub(super) const FIONBIO: u64 = libc::FIONBIO;
 /// `KVM_RUN`: `_IO(KVMIO, 0x80)`.
 pub(super) const KVM_RUN: u64 = 0xae80;
 /// `KVM_GET_REGS`: `_IOR(KVMIO, 0x81, struct kvm_regs)`.
@@ -258,6 +260,12 @@ const VCPU: &[Allowed] = &[Allowed {
 
 /// A virtio worker: queues, image files, taps, the console socket.
 const DEVICE_WORKER: &[Allowed] = &[
+    Allowed {
+        syscall: libc::SYS_ioctl,
+        reason: "FIONBIO: the standard library makes an accepted console client non-blocking \
+                 with it",
+        only: Only::Ioctls(&[FIONBIO]),
+    },
     any(libc::SYS_readv, "tap frames"),
     any(libc::SYS_writev, "tap frames"),
     any(libc::SYS_pread64, "disk reads"),
