@@ -148,7 +148,9 @@ pub fn run_launcher(
     program: &Path,
     config: &Path,
 ) -> Result<Ended, SuperviseError> {
-    let mut child = with_signals_unblocked(&mut Command::new(program))
+    let mut command = Command::new(program);
+    crate::launcher_proc::default_launcher_seccomp(&mut command);
+    let mut child = with_signals_unblocked(&mut command)
         .arg("--config")
         .arg(config)
         .stdin(Stdio::null())
