@@ -4,6 +4,7 @@
 //! boots a Linux kernel on it, runs its virtio-mmio devices and serves the gRPC control
 //! API on a unix socket. Crates and modules:
 //!
+//! - [`boot_trace`]: boot-phase timestamps for the boot benchmark.
 //! - [`cli`]: what both launcher binaries share (`ctl`, logging, running with the
 //!   socket guardian, the error report).
 //! - `config` (from `ironvisor-launcher-api`): the one typed configuration and its validation.
@@ -20,6 +21,7 @@
 //! - `ironvisor-launcher-api`: the gRPC control service and the `VmControl` contract.
 
 pub use ironvisor_launcher_api::config;
+pub mod boot_trace;
 pub mod cli;
 pub mod guardian;
 pub mod host;

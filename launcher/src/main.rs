@@ -18,7 +18,8 @@ use ironvisor_launcher::vmm::KvmBackend;
     after_help = "Exit codes: 0 guest powered off, 1 launcher error, 3 guest rebooted, \
                   4 guest crashed, 5 stopped gracefully, 6 stopped hard, 7 a forbidden system call \
                   (seccomp). Environment: IRONVISOR_SECCOMP=enforce|log|off (default enforce; \
-                  log and off are for debugging), IRONVISOR_LOG."
+                  log and off are for debugging), IRONVISOR_LOG, IRONVISOR_BOOT_TRACE=1 (boot-phase \
+                  timestamps on stderr)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +29,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    ironvisor_launcher::boot_trace::mark("main");
     ironvisor_launcher::seccomp::prepare_process();
     cli::run_main(
         "ironvisor-launcher",
@@ -46,6 +48,7 @@ fn run_launch(args: LaunchArgs) -> anyhow::Result<u8> {
     let host = HostCaps::probe();
     config.validate(&host.limits())?;
     host.check_hardware_kvm()?;
+    ironvisor_launcher::boot_trace::mark("config_checked");
     let backend = KvmBackend {
         kvm_path: host.kvm_device.clone(),
     };

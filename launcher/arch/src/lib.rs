@@ -24,5 +24,6 @@ pub mod cpuid;
 pub mod initrd_format;
 pub mod layout;
 pub mod memory;
+pub mod ram_mapping;
 pub mod smbios;
 pub mod topology;

@@ -7,6 +7,7 @@
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::layout::{EBDA_START, HIGH_RAM_START, MMIO_GAP_END, MMIO_GAP_START, PAGE_SIZE};
+use crate::ram_mapping;
 
 /// Smallest guest RAM accepted: the low-memory boot structures plus 1 MiB of high RAM.
 pub const MIN_MEMORY_BYTES: u64 = 2 << 20;
@@ -68,7 +69,8 @@ pub fn ram_regions(mem_bytes: u64) -> Vec<(GuestAddress, usize)> {
     regions
 }
 
-/// Allocates anonymous host memory for `mem_bytes` of guest RAM, laid out by [`ram_regions`].
+/// Allocates anonymous host memory for `mem_bytes` of guest RAM, laid out by [`ram_regions`],
+/// each region on a 2 MiB boundary of the host (see [`ram_mapping`]).
 pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestMemoryMmap<()>, MemoryError> {
     let _span = tracing::debug_span!("create_guest_memory", mem_bytes).entered();
     if mem_bytes < MIN_MEMORY_BYTES {
@@ -90,7 +92,12 @@ pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestMemoryMmap<()>, Memory
         });
     }
     let regions = ram_regions(mem_bytes);
-    let mem = GuestMemoryMmap::from_ranges(&regions).map_err(|source| MemoryError::Mmap {
+    let mapped = regions
+        .iter()
+        .map(|&(start, size)| ram_mapping::aligned_region(start, size))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|mapped| GuestMemoryMmap::from_regions(mapped).map_err(Into::into));
+    let mem = mapped.map_err(|source| MemoryError::Mmap {
         bytes: mem_bytes,
         source,
     })?;

@@ -24,6 +24,8 @@ use ironvisor_arch::{acpi, boot, memory, smbios};
 use ironvisor_console::{ConsoleHub, ConsoleInput};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
+use crate::boot_trace;
+
 use self::affinity::{AffinityError, VcpuPinning};
 use self::boot_source::{BootSourceError, LoadedBoot};
 use self::bus::lock_device;
@@ -96,6 +98,7 @@ pub fn build(
     })?;
     let kvm = vm::open_kvm(kvm_path)?;
     let vm_fd = vm::create_vm(&kvm, &mem)?;
+    boot_trace::mark("memory_mapped");
 
     let LoadedBoot {
         kernel,
@@ -103,6 +106,7 @@ pub fn build(
         cmdline,
     } = boot_source::load(config, &mem)?;
     tracing::info!(entry = ?kernel.entry, "kernel loaded");
+    boot_trace::mark("kernel_loaded");
 
     let devices = create_devices(&vm_fd, &mem, config, Box::new(console.output()), events)?;
     console.set_input(Arc::new(SerialInput(devices.serial.clone())));
@@ -117,7 +121,9 @@ pub fn build(
     boot::configure_boot(&mem, &kernel, &cmdline, initrd.as_ref(), rsdp)
         .map_err(VmmError::BootParams)?;
 
+    boot_trace::mark("devices_created");
     let vcpus = vcpu::create_vcpus(&kvm, &vm_fd, &mem, &topology, &kernel.entry)?;
+    boot_trace::mark("vcpus_configured");
     Ok(PreparedVm {
         name: config.name.clone(),
         memory_mib: config.memory_mib,

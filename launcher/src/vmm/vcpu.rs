@@ -458,6 +458,7 @@ impl VcpuThread {
         }
         if self.index == 0 {
             seccomp::probe(ThreadKind::Vcpu);
+            crate::boot_trace::mark("first_kvm_run");
         }
         loop {
             if !self.shared.wait_until_runnable() {
