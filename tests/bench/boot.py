@@ -1,30 +1,36 @@
-"""Boot benchmark: the launcher against QEMU microvm, side by side inside one L1.
+"""Boot benchmark: the launcher side by side with QEMU microvm and, when given, Firecracker
+and Cloud Hypervisor, interleaved inside one L1.
 
-    python3 -m tests.bench.boot --runs N [--only launcher|qemu] [--warmup 1]
+    python3 -m tests.bench.boot --runs N [--only launcher|qemu|firecracker|cloud-hypervisor]
+        [--peer firecracker=PATH] [--peer cloud-hypervisor=PATH] [--warmup 1] [--pio-trace]
 
-Both boot the same vmlinux + initrd with ``iv.bench`` (the guest powers off right after
-printing IRONVISOR-GUEST-INIT-REACHED), 1 vCPU, 256 MiB, no devices. Per VMM it reports
-median/min/max of: ms from process start to the marker, memory overhead (Rss minus the
-guest-RAM mapping's Rss, from /proc/PID/smaps at marker time) and ru_maxrss.
+Every VMM boots the same vmlinux + initrd with the same command line (``iv.bench``: the
+guest powers off right after printing IRONVISOR-GUEST-INIT-REACHED), 1 vCPU, 256 MiB, no
+devices. The peers are binaries the user built (``scripts/build-peers.sh``). Per VMM the
+report gives boot time to the marker, its spread, memory overhead and ru_maxrss, the
+launcher's ratio to every other VMM, KVM's exit counters per VM and the launcher's
+start-up phases (see ``tests/bench/boot_report.py``). ``--pio-trace`` adds one traced boot
+per VMM and prints which I/O ports each guest boot exited on, side by side.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from images.build import BuildError, build
 from images.common import REPO_ROOT
+from tests.bench.boot_report import (BenchError, Stat, format_pio, format_table, parse_pio,
+                                     parse_results, summarise)
 from tests.nested import l1
+
+__all__ = ["BenchError", "Stat", "format_table", "parse_results", "summarise", "main"]
 
 BENCH_L1 = Path(__file__).resolve().parent / "l1-boot.sh"
 LAUNCHER = Path(os.environ.get("IRONVISOR_LAUNCHER",
@@ -32,30 +38,11 @@ LAUNCHER = Path(os.environ.get("IRONVISOR_LAUNCHER",
 MEM_MIB = 256
 CMDLINE = "console=ttyS0 reboot=k panic=1 quiet iv.bench"
 QEMU_FIRMWARE = ["bios-microvm.bin", "pvh.bin", "linuxboot_dma.bin"]
-
-#: Firecracker's published targets, measured on bare metal (not in a TCG-nested L1).
-FIRECRACKER_ANCHORS = ("Firecracker (published, bare metal): < 125 ms from VMM start to guest "
-                       "init, < 5 MiB VMM memory overhead")
+#: Peer VMMs and the L1 script's variable holding each one's path.
+PEERS = {"firecracker": "FIRECRACKER", "cloud-hypervisor": "CLOUD_HYPERVISOR"}
+BUILT_IN = ["launcher", "qemu"]
 
 log = logging.getLogger("tests.bench")
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run or produced no usable numbers."""
-
-
-@dataclass(frozen=True)
-class Stat:
-    """median, min, max of one metric."""
-
-    median: float
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, values: list[float]) -> Stat:
-        """Summarise a non-empty list."""
-        return cls(statistics.median(values), min(values), max(values))
 
 
 def bootbench_binary() -> Path:
@@ -73,61 +60,28 @@ def bootbench_binary() -> Path:
     return binary
 
 
-def parse_results(output: str) -> list[dict[str, object]]:
-    """The JSON objects of the ``BENCH-JSON`` lines."""
-    results = []
-    for line in output.splitlines():
-        if line.startswith("BENCH-JSON "):
-            try:
-                results.append(json.loads(line[len("BENCH-JSON "):]))
-            except json.JSONDecodeError as exc:
-                raise BenchError(f"bad bootbench line {line!r}: {exc}") from exc
-    return results
+def parse_peer(text: str) -> tuple[str, Path]:
+    """``NAME=PATH`` of ``--peer``: a known peer and an executable file."""
+    name, sep, path = text.partition("=")
+    if not sep or not path:
+        raise BenchError(f"--peer {text!r}: expected NAME=PATH, e.g. firecracker=/path/to/firecracker")
+    if name not in PEERS:
+        raise BenchError(f"--peer {text!r}: unknown peer {name!r} (known: {', '.join(PEERS)})")
+    binary = Path(path).resolve()
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        raise BenchError(f"--peer {text!r}: {binary} is not an executable file "
+                         "(scripts/build-peers.sh builds the peers)")
+    return name, binary
 
 
-def summarise(results: list[dict[str, object]]) -> dict[str, dict[str, Stat]]:
-    """Per VMM: marker_ms, overhead_mib, maxrss_mib (warm-up runs, numbered <= 0, skipped)."""
-    table: dict[str, dict[str, list[float]]] = {}
-    for r in results:
-        if int(r["run"]) <= 0 or r.get("error"):  # type: ignore[arg-type]
-            continue
-        row = table.setdefault(str(r["label"]), {"marker_ms": [], "overhead_mib": [], "maxrss_mib": []})
-        row["marker_ms"].append(float(r["marker_ms"]))  # type: ignore[arg-type]
-        row["overhead_mib"].append(float(r["overhead_kib"]) / 1024)  # type: ignore[arg-type]
-        row["maxrss_mib"].append(float(r["maxrss_kib"]) / 1024)  # type: ignore[arg-type]
-    return {vmm: {k: Stat.of(v) for k, v in row.items()} for vmm, row in table.items()}
-
-
-def format_table(summary: dict[str, dict[str, Stat]], runs: dict[str, int]) -> str:
-    """The report: one row per VMM, the launcher/QEMU ratio, and Firecracker's anchors."""
-    metrics = [("marker_ms", "boot to init marker (ms)", "{:.0f}"),
-               ("overhead_mib", "VMM overhead Rss (MiB)", "{:.2f}"),
-               ("maxrss_mib", "ru_maxrss (MiB)", "{:.1f}")]
-    lines = [f"{'VMM':10} {'runs':>4}  " + "  ".join(f"{title:>32}" for _, title, _ in metrics),
-             f"{'':10} {'':>4}  " + "  ".join(f"{'median [min..max]':>32}" for _ in metrics)]
-    for vmm in sorted(summary):
-        cells = []
-        for key, _, fmt in metrics:
-            s = summary[vmm][key]
-            cells.append(f"{fmt.format(s.median)} [{fmt.format(s.low)}..{fmt.format(s.high)}]")
-        lines.append(f"{vmm:10} {runs.get(vmm, 0):>4}  " + "  ".join(f"{c:>32}" for c in cells))
-    if "launcher" in summary and "qemu" in summary:
-        ratios = []
-        for key, title, _ in metrics:
-            q = summary["qemu"][key].median
-            ratio = summary["launcher"][key].median / q if q else float("nan")
-            ratios.append(f"{title}: {ratio:.2f}")
-        lines.append("launcher/QEMU (medians): " + "; ".join(ratios))
-    lines.append(FIRECRACKER_ANCHORS)
-    lines.append("Here both VMMs run on KVM inside a QEMU-TCG L1 (nested, emulated CPU): "
-                 "compare the two rows with each other, not with the anchors.")
-    return "\n".join(lines)
-
-
-def run_bench(runs: int, vmms: list[str], warmup: int, smp: int, timeout_s: float) -> tuple[str, l1.L1Result]:
+def run_bench(runs: int, vmms: list[str], peers: dict[str, Path], warmup: int, smp: int,
+              timeout_s: float, pio_trace: bool = False) -> tuple[str, l1.L1Result]:
     """Run the benchmark in one L1; returns (report text, L1 result)."""
     if runs < 1:
         raise BenchError("--runs must be at least 1")
+    missing_peer = [v for v in vmms if v in PEERS and v not in peers]
+    if missing_peer:
+        raise BenchError(f"{missing_peer[0]} needs --peer {missing_peer[0]}=PATH")
     images = build()
     bins = [bootbench_binary()]
     firmware = Path("/usr/share/qemu")
@@ -140,10 +94,15 @@ def run_bench(runs: int, vmms: list[str], warmup: int, smp: int, timeout_s: floa
     if "qemu" in vmms:
         bins.append(l1.qemu_binary())
         files += [(firmware / f, str(firmware / f)) for f in QEMU_FIRMWARE]
+    values = {"RUNS": str(runs), "WARMUP": str(warmup), "VMMS": " ".join(vmms),
+              "MEM_MIB": str(MEM_MIB), "CMDLINE": CMDLINE, "RUN_TIMEOUT_S": "120",
+              "PIO_TRACE": "1" if pio_trace else "0"}
+    for name, binary in peers.items():
+        if name in vmms:
+            bins.append(binary)
+            values[PEERS[name]] = str(binary)
     with tempfile.TemporaryDirectory(prefix="iv-bench-") as tmp:
         params = Path(tmp) / "params"
-        values = {"RUNS": str(runs), "WARMUP": str(warmup), "VMMS": " ".join(vmms),
-                  "MEM_MIB": str(MEM_MIB), "CMDLINE": CMDLINE, "RUN_TIMEOUT_S": "120"}
         params.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items()))
         files.append((params, "/bench/params"))
         spec = l1.L1Spec(script=BENCH_L1, bins=bins, files=files, smp=smp, timeout_s=timeout_s,
@@ -158,11 +117,14 @@ def run_bench(runs: int, vmms: list[str], warmup: int, smp: int, timeout_s: floa
     if missing:
         detail = "; ".join(str(r["error"]) for r in errors[:3])
         raise BenchError(f"no successful runs for {', '.join(missing)}: {detail} (log {result.log_path})")
-    counts = {v: sum(1 for r in results if r["label"] == v and int(r["run"]) > 0 and not r.get("error"))  # type: ignore[arg-type]
+    counts = {v: sum(1 for r in results if r["label"] == v and int(r["run"]) > 0 and not r.get("error"))  # type: ignore[call-overload]
               for v in vmms}
     report = format_table(summary, counts)
     if errors:
         report += f"\n{len(errors)} run(s) failed, e.g.: {errors[0]['error']}"
+    if pio_trace:
+        pio = format_pio(parse_pio(result.output))
+        report += "\n\n" + (pio or "no port histogram: L1 has no kvm_pio tracepoint")
     return report, result
 
 
@@ -172,15 +134,21 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=1, help="unreported runs of each VMM first")
-    parser.add_argument("--only", choices=["launcher", "qemu"], default=None)
+    parser.add_argument("--only", choices=BUILT_IN + list(PEERS), default=None)
+    parser.add_argument("--peer", action="append", default=[], metavar="NAME=PATH",
+                        help=f"add a peer VMM arm ({', '.join(PEERS)})")
+    parser.add_argument("--pio-trace", action="store_true",
+                        help="one more traced boot per VMM: I/O port exits side by side")
     parser.add_argument("--smp", type=int, default=2, help="L1 vCPUs")
     parser.add_argument("--timeout", type=float, default=1800.0, help="L1 time limit, seconds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    vmms = [args.only] if args.only else ["launcher", "qemu"]
     try:
-        report, result = run_bench(args.runs, vmms, args.warmup, args.smp, args.timeout)
+        peers = dict(parse_peer(p) for p in args.peer)
+        vmms = [args.only] if args.only else BUILT_IN + [p for p in PEERS if p in peers]
+        report, result = run_bench(args.runs, vmms, peers, args.warmup, args.smp, args.timeout,
+                                   args.pio_trace)
     except (BenchError, BuildError, l1.HarnessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -7,16 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.boot import BenchError, Stat, format_table, parse_results, summarise
+from tests.bench.boot import BenchError, Stat, format_table, parse_peer, parse_results, summarise
+from tests.bench.boot_report import format_pio, parse_pio
 from tests.e2e.vmtest import Facts, parse_facts, write_params
 from tests.nested import l1
 
 
-def _line(label: str, run: int, ms: float, overhead_kib: int, maxrss_kib: int) -> str:
+def _line(label: str, run: int, ms: float, overhead_kib: int, maxrss_kib: int,
+          kvm: dict[str, int] | None = None, phases: dict[str, float] | None = None,
+          kinds: dict[str, int] | None = None) -> str:
     return "BENCH-JSON " + json.dumps({
         "label": label, "run": run, "marker_ms": ms, "rss_kib": 0, "guest_ram_rss_kib": 0,
         "guest_mapping_kib": 0, "overhead_kib": overhead_kib, "maxrss_kib": maxrss_kib,
-        "error": None})
+        "kvm": kvm, "phases_ms": phases or {}, "overhead_by_kind_kib": kinds or {}, "error": None})
 
 
 def test_summary_skips_warmup_and_failed_runs() -> None:
@@ -33,14 +36,78 @@ def test_summary_skips_warmup_and_failed_runs() -> None:
     assert len(results) == 6
     summary = summarise(results)
     assert summary["qemu"]["marker_ms"] == Stat(200, 100, 300)
+    assert summary["qemu"]["marker_ms"].spread == 3.0
     assert summary["qemu"]["overhead_mib"] == Stat(82, 80, 84)
     assert summary["launcher"]["maxrss_mib"] == Stat(20, 20, 20)
     table = format_table(summary, {"qemu": 3, "launcher": 1})
-    assert "launcher/QEMU (medians): boot to init marker (ms): 0.25" in table
-    assert "VMM overhead Rss (MiB): 0.05" in table
+    assert "launcher/qemu (medians): boot 0.25, overhead 0.05" in table
     assert "< 125 ms" in table and "< 5 MiB" in table
+    assert "KVM exit counters" not in table and "start-up" not in table
     with pytest.raises(BenchError, match="bad bootbench line"):
         parse_results("BENCH-JSON {not json")
+
+
+def test_peers_counters_and_phases_are_reported() -> None:
+    kvm = {"exits": 2800, "io_exits": 500, "mmio_exits": 0, "insn_emulation": 1500,
+           "irq_window_exits": 3, "pf_taken": 41}
+    out = "\n".join([
+        _line("launcher", 1, 2400, 6 * 1024, 30 * 1024, kvm, {"main": 1.5, "first_kvm_run": 20.0},
+              {"exe_text": 3000, "heap": 1000}),
+        _line("launcher", 2, 2000, 6 * 1024, 30 * 1024, dict(kvm, pf_taken=16000),
+              {"main": 2.5, "first_kvm_run": 30.0}, {"exe_text": 3000, "heap": 1144}),
+        _line("firecracker", 1, 1800, 5 * 1024, 20 * 1024, dict(kvm, io_exits=289),
+              kinds={"exe_text": 2000}),
+        _line("cloud-hypervisor", 1, 2000, 7 * 1024, 25 * 1024),
+    ])
+    summary = summarise(parse_results(out))
+    assert summary["launcher"]["kvm.pf_taken"] == Stat(8020.5, 41, 16000)
+    assert summary["launcher"]["phase.first_kvm_run"] == Stat(25.0, 20.0, 30.0)
+    table = format_table(summary, {"launcher": 2, "firecracker": 1, "cloud-hypervisor": 1})
+    rows = table.splitlines()
+    assert rows[2].startswith("launcher ") and "1.20" in rows[2]  # spread 2400/2000
+    assert "launcher/firecracker (medians): boot 1.22, overhead 1.20" in table
+    assert "launcher/cloud-hypervisor (medians): boot 1.10, overhead 0.86" in table
+    kvm_rows = [r for r in rows if r.startswith("firecracker ") and "289 [289..289]" in r]
+    assert len(kvm_rows) == 1
+    kvm_block = table.split("KVM exit counters")[1].split("\n\n")[0]
+    assert "launcher" in kvm_block and "cloud-hypervisor" not in kvm_block  # no debugfs there
+    assert "  first_kvm_run      25.0 [20.0..30.0]" in table
+    mem_block = table.split("VMM overhead by kind")[1].split("\n\n")[0].splitlines()
+    assert mem_block[1].split() == ["VMM", "exe_text", "heap"]
+    assert mem_block[2].split() == ["launcher", "3000", "1072"]
+    assert mem_block[3].split() == ["firecracker", "2000", "-"]
+    assert table.index("  main ") < table.index("  first_kvm_run ")
+
+
+def test_peer_arguments_are_checked(tmp_path: Path) -> None:
+    exe = tmp_path / "fc"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    assert parse_peer(f"firecracker={exe}") == ("firecracker", exe)
+    with pytest.raises(BenchError, match="expected NAME=PATH"):
+        parse_peer("firecracker")
+    with pytest.raises(BenchError, match="unknown peer 'crosvm'"):
+        parse_peer(f"crosvm={exe}")
+    with pytest.raises(BenchError, match="not an executable file"):
+        parse_peer(f"cloud-hypervisor={tmp_path / 'missing'}")
+
+
+def test_port_histogram_is_side_by_side_busiest_first() -> None:
+    out = "\n".join(["PIO-HIST launcher pio_write 0x80 300", "PIO-HIST launcher pio_read 0x3fd 150",
+                     "PIO-HIST firecracker pio_read 0x3fd 140", "PIO-HIST firecracker pio_write 0x70 2",
+                     "L1-FACT unrelated=1"])
+    hist = parse_pio(out)
+    assert hist["launcher"] == {("write", 0x80): 300, ("read", 0x3fd): 150}
+    text = format_pio(hist, top=2)
+    rows = text.splitlines()
+    assert rows[1].split()[-2:] == ["launcher", "firecracker"]
+    assert rows[2].split()[-2:] == ["450", "142"]
+    assert rows[3].split()[:3] == ["write", "0x80", "POST"] and rows[3].split()[-2:] == ["300", "0"]
+    assert rows[4].split()[:3] == ["read", "0x3fd", "COM1"]
+    assert rows[-1] == "(1 more ports)"
+    assert format_pio({}) == ""
+    with pytest.raises(BenchError, match="bad port histogram line"):
+        parse_pio("PIO-HIST launcher pio_read 0xzz 1")
 
 
 def test_facts_and_status_blocks() -> None:

@@ -7,8 +7,12 @@
 //!
 //! Memory overhead is the process's total Rss minus the Rss of its guest-RAM mapping (the
 //! anonymous mapping of exactly the guest memory size), read from /proc/PID/smaps the
-//! moment the marker arrives; `maxrss_kib` is ru_maxrss from wait4 after the kill.
+//! moment the marker arrives; `maxrss_kib` is ru_maxrss from wait4 after the kill. At the
+//! same moment KVM's exit counters for the VM are read from debugfs (`kvm`), and the
+//! start-up phases the VMM wrote on stderr are turned into ms since the spawn (`phases_ms`).
 
+mod kvm_stats;
+mod phases;
 mod run;
 mod smaps;
 
@@ -40,12 +44,16 @@ struct Args {
     /// Number of runs.
     #[arg(long, default_value_t = 1)]
     runs: u32,
-    /// Index printed for the first run (runs are numbered from here).
-    #[arg(long, default_value_t = 1)]
-    first_run: u32,
+    /// Index printed for the first run (runs are numbered from here; warm-up and other
+    /// unreported runs are numbered 0 and below).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    first_run: i64,
     /// Seconds to wait for the marker before killing the VMM.
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
+    /// KVM's debugfs directory, for the VM's exit counters (none when it does not exist).
+    #[arg(long, default_value = "/sys/kernel/debug/kvm")]
+    kvm_debugfs: std::path::PathBuf,
     /// The VMM command line.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -55,7 +63,7 @@ struct Args {
 #[derive(Debug, Serialize)]
 struct Report<'a> {
     label: &'a str,
-    run: u32,
+    run: i64,
     #[serde(flatten)]
     measurement: Option<Measurement>,
     error: Option<String>,
@@ -75,10 +83,11 @@ fn main() -> ExitCode {
         marker: args.marker.clone(),
         guest_mem_mib: args.guest_mem_mib,
         timeout: Duration::from_secs(args.timeout_s),
+        kvm_debugfs: args.kvm_debugfs.clone(),
     };
     let mut failed = false;
     let stdout = std::io::stdout();
-    for run in args.first_run..args.first_run.saturating_add(args.runs) {
+    for run in args.first_run..args.first_run.saturating_add(i64::from(args.runs)) {
         let (measurement, error) = match run_once(&cfg) {
             Ok(m) => (Some(m), None),
             Err(e) => {

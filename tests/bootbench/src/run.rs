@@ -1,7 +1,9 @@
 //! One measured VMM run: spawn, time the console marker, sample smaps, kill, reap.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -10,6 +12,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{info, info_span, warn};
 
+use crate::kvm_stats::{self, KvmStatsError};
+use crate::phases;
 use crate::smaps::{self, SmapsError};
 
 /// How a run failed.
@@ -39,6 +43,9 @@ pub enum RunError {
     /// smaps could not be read at marker time.
     #[error("reading the memory map at marker time: {0}")]
     Smaps(#[from] SmapsError),
+    /// KVM's counters could not be read at marker time.
+    #[error("reading KVM's counters at marker time: {0}")]
+    KvmStats(#[from] KvmStatsError),
     /// Reaping the killed VMM failed.
     #[error("wait4({pid}) failed: {source}")]
     Wait { pid: u32, source: std::io::Error },
@@ -58,10 +65,12 @@ pub struct RunConfig {
     pub guest_mem_mib: u64,
     /// Limit for reaching the marker.
     pub timeout: Duration,
+    /// KVM's debugfs directory (`/sys/kernel/debug/kvm`); no counters when it is absent.
+    pub kvm_debugfs: PathBuf,
 }
 
 /// The numbers of one successful run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Measurement {
     /// Milliseconds from just before spawning to reading the marker.
     pub marker_ms: f64,
@@ -73,8 +82,15 @@ pub struct Measurement {
     pub guest_mapping_kib: u64,
     /// Rss minus guest-RAM Rss, KiB.
     pub overhead_kib: u64,
+    /// `overhead_kib` by kind (see [`smaps::overhead_breakdown`]), KiB.
+    pub overhead_by_kind_kib: BTreeMap<String, u64>,
     /// `ru_maxrss` from wait4 after the kill, KiB.
     pub maxrss_kib: u64,
+    /// KVM's counters for the VM at marker time (see [`kvm_stats::COUNTERS`]), when
+    /// debugfs is mounted.
+    pub kvm: Option<BTreeMap<String, u64>>,
+    /// Milliseconds from the spawn to each start-up phase the VMM reported on stderr.
+    pub phases_ms: BTreeMap<String, f64>,
 }
 
 enum Event {
@@ -113,30 +129,67 @@ impl MarkerScanner {
     }
 }
 
-/// Keeps the last `limit` bytes of a stream for error messages.
-fn spawn_tail_collector<R: Read + Send + 'static>(
+/// What a VMM wrote on stderr: its last bytes (for error messages) and its phase lines.
+#[derive(Debug, Default)]
+struct Stderr {
+    tail: Vec<u8>,
+    phases: Vec<(String, u64)>,
+}
+
+impl Stderr {
+    /// Takes one complete line: a phase line is recorded, anything else kept in the tail.
+    fn take_line(&mut self, line: &[u8], limit: usize) {
+        if let Some(phase) = std::str::from_utf8(line).ok().and_then(phases::parse_line) {
+            self.phases.push(phase);
+            return;
+        }
+        self.tail.extend_from_slice(line);
+        if self.tail.len() > limit {
+            self.tail.drain(..self.tail.len() - limit);
+        }
+    }
+}
+
+/// Reads `reader` to its end, line by line (lines longer than `limit` are cut), and sends
+/// what it collected.
+fn spawn_stderr_collector<R: Read + Send + 'static>(
     mut reader: R,
     limit: usize,
-) -> thread::JoinHandle<Vec<u8>> {
+) -> mpsc::Receiver<Stderr> {
+    let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
-        let mut kept = Vec::new();
+        let mut out = Stderr::default();
+        let mut line = Vec::new();
         let mut buf = [0u8; 4096];
         while let Ok(n) = reader.read(&mut buf) {
             if n == 0 {
                 break;
             }
-            kept.extend_from_slice(&buf[..n]);
-            if kept.len() > limit {
-                kept.drain(..kept.len() - limit);
+            for &b in &buf[..n] {
+                line.push(b);
+                if b == b'\n' || line.len() >= limit {
+                    out.take_line(&line, limit);
+                    line.clear();
+                }
             }
         }
-        kept
-    })
+        out.take_line(&line, limit);
+        let _ = tx.send(out);
+    });
+    rx
 }
 
-fn text_of(handle: Option<thread::JoinHandle<Vec<u8>>>) -> String {
-    let bytes = handle.and_then(|h| h.join().ok()).unwrap_or_default();
-    String::from_utf8_lossy(&bytes).trim().to_string()
+/// What the collector gathered; empty when the stream does not end soon after the VMM was
+/// reaped (a grandchild the VMM left behind still holds it open).
+fn collected(rx: Option<mpsc::Receiver<Stderr>>) -> Stderr {
+    rx.and_then(|rx| rx.recv_timeout(Duration::from_secs(2)).ok())
+        .unwrap_or_default()
+}
+
+fn text_of(rx: Option<mpsc::Receiver<Stderr>>) -> String {
+    String::from_utf8_lossy(&collected(rx).tail)
+        .trim()
+        .to_string()
 }
 
 /// Kills and reaps `pid`, returning ru_maxrss in KiB and the wait status.
@@ -169,6 +222,7 @@ pub fn run_once(cfg: &RunConfig) -> Result<Measurement, RunError> {
     let (program, args) = cfg.command.split_first().ok_or(RunError::EmptyCommand)?;
     let span = info_span!("run", program = %program);
     let _guard = span.enter();
+    let spawn_ns = phases::monotonic_ns();
     let started = Instant::now();
     let mut child = Command::new(program)
         .args(args)
@@ -181,7 +235,7 @@ pub fn run_once(cfg: &RunConfig) -> Result<Measurement, RunError> {
             source,
         })?;
     let pid = child.id();
-    let stderr = child.stderr.take().map(|e| spawn_tail_collector(e, 2048));
+    let stderr = child.stderr.take().map(|e| spawn_stderr_collector(e, 2048));
     let (tx, rx) = mpsc::channel();
     if let Some(mut stdout) = child.stdout.take() {
         thread::spawn(move || {
@@ -210,9 +264,15 @@ pub fn run_once(cfg: &RunConfig) -> Result<Measurement, RunError> {
                 if scanner.feed(&chunk) {
                     let marker_ms = started.elapsed().as_secs_f64() * 1000.0;
                     // Sample the memory map before anything else can change it.
-                    let usage = smaps::read(pid)
-                        .and_then(|maps| smaps::memory_use(&maps, cfg.guest_mem_mib * 1024));
-                    break Ok((marker_ms, usage));
+                    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                    let usage = smaps::read(pid).and_then(|maps| {
+                        let usage = smaps::memory_use(&maps, cfg.guest_mem_mib * 1024)?;
+                        let exe = exe.to_string_lossy();
+                        Ok((usage, smaps::overhead_breakdown(&maps, &exe, &usage)))
+                    });
+                    let kvm =
+                        kvm_stats::read_for_threads(&cfg.kvm_debugfs, &kvm_stats::threads_of(pid));
+                    break Ok((marker_ms, usage, kvm));
                 }
             }
             Ok(Event::Eof) | Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -231,15 +291,20 @@ pub fn run_once(cfg: &RunConfig) -> Result<Measurement, RunError> {
     let (maxrss_kib, _) = kill_and_reap(pid)?;
     drop(child);
     match outcome {
-        Ok((marker_ms, usage)) => {
-            let usage = usage?;
+        Ok((marker_ms, usage, kvm)) => {
+            let (usage, overhead_by_kind_kib) = usage?;
+            let kvm = kvm?;
+            let phases_ms = phases::relative_ms(spawn_ns, &collected(stderr).phases);
             let m = Measurement {
                 marker_ms,
                 rss_kib: usage.total_rss_kib,
                 guest_ram_rss_kib: usage.guest_rss_kib,
                 guest_mapping_kib: usage.guest_size_kib,
                 overhead_kib: usage.overhead_kib(),
+                overhead_by_kind_kib,
                 maxrss_kib,
+                kvm,
+                phases_ms,
             };
             info!(?m, "measured");
             Ok(m)
@@ -266,6 +331,7 @@ mod tests {
             // No mapping of sh is anywhere near 1 TiB.
             guest_mem_mib: 1 << 20,
             timeout: Duration::from_millis(timeout_ms),
+            kvm_debugfs: PathBuf::from("/nonexistent/kvm"),
         }
     }
 
@@ -300,6 +366,8 @@ mod tests {
         let script = "import mmap, sys, time\n\
                       m = mmap.mmap(-1, 8 << 20, flags=mmap.MAP_PRIVATE)\n\
                       m.write(b'x' * (2 << 20))\n\
+                      print('IRONVISOR-BOOT-PHASE mapped', time.monotonic_ns(), file=sys.stderr)\n\
+                      print('chatter', file=sys.stderr, flush=True)\n\
                       print('MARK-REACHED', flush=True)\n\
                       time.sleep(30)\n";
         let c = RunConfig {
@@ -307,6 +375,7 @@ mod tests {
             marker: "MARK-REACHED".into(),
             guest_mem_mib: 8,
             timeout: Duration::from_secs(30),
+            kvm_debugfs: PathBuf::from("/nonexistent/kvm"),
         };
         let m = run_once(&c).unwrap();
         assert!(m.marker_ms > 0.0 && m.marker_ms < 30_000.0, "{m:?}");
@@ -315,6 +384,10 @@ mod tests {
         assert_eq!(m.guest_mapping_kib, 8 * 1024);
         assert!(m.overhead_kib > 1024, "python itself is resident: {m:?}");
         assert!(m.maxrss_kib >= m.rss_kib, "{m:?}");
+        let mapped = m.phases_ms["mapped"];
+        assert!(mapped > 0.0 && mapped < m.marker_ms, "{m:?}");
+        assert_eq!(m.phases_ms.len(), 1, "{m:?}");
+        assert!(m.kvm.is_none(), "{m:?}");
     }
 
     #[test]

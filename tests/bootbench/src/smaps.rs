@@ -1,5 +1,6 @@
 //! `/proc/PID/smaps`: the process's resident memory and which part of it is guest RAM.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 
@@ -60,6 +61,8 @@ pub struct MemoryUse {
     /// Size of the mapping taken for guest RAM, KiB (more than the guest memory when the
     /// kernel merged it with a neighbour).
     pub guest_size_kib: u64,
+    /// Start address of the mapping taken for guest RAM.
+    pub guest_start: u64,
 }
 
 impl MemoryUse {
@@ -159,6 +162,7 @@ pub fn memory_use(mappings: &[Mapping], guest_kib: u64) -> Result<MemoryUse, Sma
             total_rss_kib,
             guest_rss_kib: g.rss_kib.saturating_sub(g.size_kib - guest_kib),
             guest_size_kib: g.size_kib,
+            guest_start: g.start,
         }),
         None => {
             let mut anon: Vec<(u64, u64)> = mappings
@@ -174,6 +178,42 @@ pub fn memory_use(mappings: &[Mapping], guest_kib: u64) -> Result<MemoryUse, Sma
             })
         }
     }
+}
+
+/// Where the overhead sits, KiB per kind: the VMM's own executable (`exe_text` executable,
+/// `exe_rodata` read-only, `exe_data` writable: relocated pointers and statics),
+/// `libraries` (other files), `heap` (`[heap]`), `main_stack`, `anonymous` (thread stacks,
+/// allocator arenas, the guest mapping's merged excess) and `kernel` (`[vdso]`, `[vvar]`).
+/// The kinds add up to [`MemoryUse::overhead_kib`].
+pub fn overhead_breakdown(
+    mappings: &[Mapping],
+    exe_path: &str,
+    guest: &MemoryUse,
+) -> BTreeMap<String, u64> {
+    let mut kinds = BTreeMap::new();
+    for m in mappings {
+        let (kind, rss) = if m.start == guest.guest_start && m.is_anonymous() {
+            ("anonymous", m.rss_kib.saturating_sub(guest.guest_rss_kib))
+        } else if m.pathname == exe_path && m.perms.contains('x') {
+            ("exe_text", m.rss_kib)
+        } else if m.pathname == exe_path && m.perms.contains('w') {
+            ("exe_data", m.rss_kib)
+        } else if m.pathname == exe_path {
+            ("exe_rodata", m.rss_kib)
+        } else if m.pathname == "[heap]" {
+            ("heap", m.rss_kib)
+        } else if m.pathname == "[stack]" {
+            ("main_stack", m.rss_kib)
+        } else if m.is_anonymous() {
+            ("anonymous", m.rss_kib)
+        } else if m.pathname.starts_with('[') {
+            ("kernel", m.rss_kib)
+        } else {
+            ("libraries", m.rss_kib)
+        };
+        *kinds.entry(kind.to_string()).or_insert(0) += rss;
+    }
+    kinds
 }
 
 /// Reads and parses `/proc/<pid>/smaps`.
@@ -231,6 +271,41 @@ Rss:                  12 kB
         assert_eq!(usage.guest_rss_kib, 40960);
         assert_eq!(usage.guest_size_kib, 262_144);
         assert_eq!(usage.overhead_kib(), 170 + 16 + 12);
+    }
+
+    #[test]
+    fn overhead_is_broken_down_by_kind_and_adds_up() {
+        let text = format!(
+            "{SAMPLE}\
+55d5c8a2c000-55d5c8b00000 r-xp 0002c000 fe:01 1234 /usr/bin/vmm
+Size:                848 kB
+Rss:                 600 kB
+55d5c8b00000-55d5c8b10000 rw-p 00100000 fe:01 1234 /usr/bin/vmm
+Size:                 64 kB
+Rss:                  64 kB
+7f2000000000-7f2000100000 r-xp 00000000 fe:01 99 /usr/lib/libc.so.6
+Size:               1024 kB
+Rss:                 500 kB
+55d5c9000000-55d5c9100000 rw-p 00000000 00:00 0 [heap]
+Size:               1024 kB
+Rss:                 300 kB
+7ffd10000000-7ffd10002000 r-xp 00000000 00:00 0 [vdso]
+Size:                  8 kB
+Rss:                   4 kB
+"
+        );
+        let maps = parse(&text).unwrap();
+        let usage = memory_use(&maps, 256 * 1024).unwrap();
+        let kinds = overhead_breakdown(&maps, "/usr/bin/vmm", &usage);
+        assert_eq!(kinds["exe_rodata"], 170);
+        assert_eq!(kinds["exe_text"], 600);
+        assert_eq!(kinds["exe_data"], 64);
+        assert_eq!(kinds["libraries"], 500);
+        assert_eq!(kinds["heap"], 300);
+        assert_eq!(kinds["main_stack"], 12);
+        assert_eq!(kinds["anonymous"], 16);
+        assert_eq!(kinds["kernel"], 4);
+        assert_eq!(kinds.values().sum::<u64>(), usage.overhead_kib());
     }
 
     #[test]

@@ -1,0 +1,67 @@
+//! Start-up phase lines a VMM writes on stderr (the launcher's `IRONVISOR_BOOT_TRACE`).
+//!
+//! Each line is `IRONVISOR-BOOT-PHASE <phase> <CLOCK_MONOTONIC ns>`; with the same clock
+//! read just before the spawn, each phase becomes milliseconds since the VMM was started.
+
+use std::collections::BTreeMap;
+
+/// The prefix of a phase line.
+pub const LINE_PREFIX: &str = "IRONVISOR-BOOT-PHASE ";
+
+/// CLOCK_MONOTONIC in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// `(phase, ns)` of a phase line, `None` for any other line.
+pub fn parse_line(line: &str) -> Option<(String, u64)> {
+    let rest = line.trim_end().strip_prefix(LINE_PREFIX)?;
+    let (phase, ns) = rest.split_once(' ')?;
+    Some((phase.to_string(), ns.trim().parse().ok()?))
+}
+
+/// Milliseconds from `spawn_ns` to each phase (the first line of a phase counts).
+pub fn relative_ms(spawn_ns: u64, lines: &[(String, u64)]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (phase, ns) in lines {
+        out.entry(phase.clone())
+            .or_insert_with(|| ns.saturating_sub(spawn_ns) as f64 / 1e6);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_lines_parse_and_others_do_not() {
+        assert_eq!(
+            parse_line("IRONVISOR-BOOT-PHASE kernel_loaded 123456\n"),
+            Some(("kernel_loaded".into(), 123456))
+        );
+        assert_eq!(parse_line("IRONVISOR-BOOT-PHASE kernel_loaded soon"), None);
+        assert_eq!(parse_line("WARN something IRONVISOR-BOOT-PHASE x 1"), None);
+    }
+
+    #[test]
+    fn phases_are_relative_to_the_spawn_and_the_first_one_wins() {
+        let lines = vec![
+            ("main".to_string(), 3_500_000),
+            ("first_kvm_run".to_string(), 11_000_000),
+            ("main".to_string(), 9_000_000),
+        ];
+        let ms = relative_ms(1_000_000, &lines);
+        assert_eq!(ms["main"], 2.5);
+        assert_eq!(ms["first_kvm_run"], 10.0);
+        assert!(monotonic_ns() > 0);
+    }
+}
