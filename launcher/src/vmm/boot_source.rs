@@ -175,8 +175,23 @@ fn load_files(
     Ok(LoadedBoot {
         kernel,
         initrd,
-        cmdline: cmdline.to_string(),
+        cmdline: with_machine_options(cmdline),
     })
+}
+
+/// `cmdline` plus what the guest kernel should know about this machine: it has no PCI
+/// bus (every device is virtio-mmio), so `pci=off` spares it probing the PCI
+/// configuration ports slot by slot (about 225 port exits per boot, each a trip to the
+/// VMM). A `pci=` the user gave is kept as it is.
+fn with_machine_options(cmdline: &str) -> String {
+    let user_set_pci = cmdline.split_whitespace().any(|p| p.starts_with("pci="));
+    if user_set_pci {
+        cmdline.to_string()
+    } else if cmdline.trim().is_empty() {
+        "pci=off".to_string()
+    } else {
+        format!("{} pci=off", cmdline.trim_end())
+    }
 }
 
 fn open(path: &std::path::Path, what: &'static str) -> Result<File, BootSourceError> {
@@ -201,6 +216,20 @@ fn in_memory_file(name: &str, bytes: &[u8]) -> std::io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_is_told_there_is_no_pci_unless_the_user_said_otherwise() {
+        assert_eq!(
+            with_machine_options("console=ttyS0 quiet "),
+            "console=ttyS0 quiet pci=off"
+        );
+        assert_eq!(with_machine_options(""), "pci=off");
+        assert_eq!(
+            with_machine_options("pci=noacpi console=ttyS0"),
+            "pci=noacpi console=ttyS0"
+        );
+        assert_eq!(with_machine_options("xpci=1"), "xpci=1 pci=off");
+    }
 
     #[test]
     fn a_disk_without_a_command_line_boots_its_root_on_the_serial_console() {
