@@ -66,7 +66,7 @@ if [ "${PIO_TRACE:-0}" = 1 ]; then
 	T=/sys/kernel/tracing
 	[ -e "$T/events" ] || mount -t tracefs tracefs "$T" 2>/dev/null
 	if [ -e "$T/events/kvm/kvm_pio/enable" ]; then
-		echo 32768 >"$T/buffer_size_kb"
+		echo 8192 >"$T/buffer_size_kb"
 		for vmm in $VMMS; do
 			echo >"$T/trace"
 			echo 1 >"$T/events/kvm/kvm_pio/enable"

@@ -7,7 +7,8 @@
 //!
 //! Memory overhead is the process's total Rss minus the Rss of its guest-RAM mapping (the
 //! anonymous mapping of exactly the guest memory size), read from /proc/PID/smaps the
-//! moment the marker arrives; `maxrss_kib` is ru_maxrss from wait4 after the kill. At the
+//! moment the marker arrives; `maxrss_kib` is ru_maxrss from wait4 once the VMM ended (by
+//! itself when its guest powers off soon after the marker, else killed: `killed`). At the
 //! same moment KVM's exit counters for the VM are read from debugfs (`kvm`), and the
 //! start-up phases the VMM wrote on stderr are turned into ms since the spawn (`phases_ms`).
 
@@ -51,6 +52,10 @@ struct Args {
     /// Seconds to wait for the marker before killing the VMM.
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
+    /// Milliseconds the VMM may take to exit by itself after the marker before it is
+    /// killed (the bench guest powers off right after the marker).
+    #[arg(long, default_value_t = 10_000)]
+    exit_grace_ms: u64,
     /// KVM's debugfs directory, for the VM's exit counters (none when it does not exist).
     #[arg(long, default_value = "/sys/kernel/debug/kvm")]
     kvm_debugfs: std::path::PathBuf,
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
         guest_mem_mib: args.guest_mem_mib,
         timeout: Duration::from_secs(args.timeout_s),
         kvm_debugfs: args.kvm_debugfs.clone(),
+        exit_grace: Duration::from_millis(args.exit_grace_ms),
     };
     let mut failed = false;
     let stdout = std::io::stdout();

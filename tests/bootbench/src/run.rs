@@ -67,6 +67,9 @@ pub struct RunConfig {
     pub timeout: Duration,
     /// KVM's debugfs directory (`/sys/kernel/debug/kvm`); no counters when it is absent.
     pub kvm_debugfs: PathBuf,
+    /// How long the VMM may take to exit by itself after the marker (the bench guest
+    /// powers off right after it) before it is killed.
+    pub exit_grace: Duration,
 }
 
 /// The numbers of one successful run.
@@ -84,8 +87,10 @@ pub struct Measurement {
     pub overhead_kib: u64,
     /// `overhead_kib` by kind (see [`smaps::overhead_breakdown`]), KiB.
     pub overhead_by_kind_kib: BTreeMap<String, u64>,
-    /// `ru_maxrss` from wait4 after the kill, KiB.
+    /// `ru_maxrss` from wait4 after the VMM ended, KiB.
     pub maxrss_kib: u64,
+    /// The VMM did not exit by itself within the grace period and was killed.
+    pub killed: bool,
     /// KVM's counters for the VM at marker time (see [`kvm_stats::COUNTERS`]), when
     /// debugfs is mounted.
     pub kvm: Option<BTreeMap<String, u64>>,
@@ -192,29 +197,57 @@ fn text_of(rx: Option<mpsc::Receiver<Stderr>>) -> String {
         .to_string()
 }
 
-/// Kills and reaps `pid`, returning ru_maxrss in KiB and the wait status.
-fn kill_and_reap(pid: u32) -> Result<(u64, i32), RunError> {
+/// One `wait4` on `pid` (`flags` 0 or `WNOHANG`): `Some((ru_maxrss KiB, status))` once it
+/// was reaped, `None` while it still runs (WNOHANG).
+fn wait_for(pid: u32, flags: libc::c_int) -> Result<Option<(u64, i32)>, RunError> {
     let raw_pid = pid as libc::pid_t;
-    // SAFETY: sending a signal to our own child, which we have not reaped yet, so the pid
-    // cannot have been reused.
-    unsafe {
-        libc::kill(raw_pid, libc::SIGKILL);
-    }
     let mut status: libc::c_int = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
         // SAFETY: both pointers are to live, writable locals of the right types.
-        let rc = unsafe { libc::wait4(raw_pid, &mut status, 0, &mut usage) };
+        let rc = unsafe { libc::wait4(raw_pid, &mut status, flags, &mut usage) };
         if rc == raw_pid {
-            break;
+            return Ok(Some((u64::try_from(usage.ru_maxrss).unwrap_or(0), status)));
+        }
+        if rc == 0 {
+            return Ok(None);
         }
         let err = std::io::Error::last_os_error();
         if err.kind() != std::io::ErrorKind::Interrupted {
             return Err(RunError::Wait { pid, source: err });
         }
     }
-    Ok((u64::try_from(usage.ru_maxrss).unwrap_or(0), status))
+}
+
+/// Kills and reaps `pid`, returning ru_maxrss in KiB and the wait status.
+fn kill_and_reap(pid: u32) -> Result<(u64, i32), RunError> {
+    // SAFETY: sending a signal to our own child, which we have not reaped yet, so the pid
+    // cannot have been reused.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+    wait_for(pid, 0)?.ok_or(RunError::Wait {
+        pid,
+        source: std::io::Error::other("wait4 returned without the child"),
+    })
+}
+
+/// Lets `pid` exit by itself within `grace`, else kills it; reaps it either way and says
+/// whether it had to be killed.
+///
+/// Killing a VMM whose vCPU is inside the guest is rarer than a guest powering off and
+/// is what once in a while froze a nested L1 for good (the next VM never started), so a
+/// VMM whose guest shuts down is left to end on its own.
+fn reap_within(pid: u32, grace: Duration) -> Result<(u64, bool), RunError> {
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Some((maxrss_kib, _)) = wait_for(pid, libc::WNOHANG)? {
+            return Ok((maxrss_kib, false));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    Ok((kill_and_reap(pid)?.0, true))
 }
 
 /// Runs the VMM once and measures it.
@@ -288,7 +321,10 @@ pub fn run_once(cfg: &RunConfig) -> Result<Measurement, RunError> {
             Err(mpsc::RecvTimeoutError::Timeout) => break Err(()),
         }
     };
-    let (maxrss_kib, _) = kill_and_reap(pid)?;
+    let (maxrss_kib, killed) = match outcome {
+        Ok(_) => reap_within(pid, cfg.exit_grace)?,
+        Err(()) => (kill_and_reap(pid)?.0, true),
+    };
     drop(child);
     match outcome {
         Ok((marker_ms, usage, kvm)) => {
@@ -303,6 +339,7 @@ pub fn run_once(cfg: &RunConfig) -> Result<Measurement, RunError> {
                 overhead_kib: usage.overhead_kib(),
                 overhead_by_kind_kib,
                 maxrss_kib,
+                killed,
                 kvm,
                 phases_ms,
             };
@@ -332,6 +369,7 @@ mod tests {
             guest_mem_mib: 1 << 20,
             timeout: Duration::from_millis(timeout_ms),
             kvm_debugfs: PathBuf::from("/nonexistent/kvm"),
+            exit_grace: Duration::from_millis(300),
         }
     }
 
@@ -376,6 +414,7 @@ mod tests {
             guest_mem_mib: 8,
             timeout: Duration::from_secs(30),
             kvm_debugfs: PathBuf::from("/nonexistent/kvm"),
+            exit_grace: Duration::from_millis(300),
         };
         let m = run_once(&c).unwrap();
         assert!(m.marker_ms > 0.0 && m.marker_ms < 30_000.0, "{m:?}");
@@ -388,6 +427,12 @@ mod tests {
         assert!(mapped > 0.0 && mapped < m.marker_ms, "{m:?}");
         assert_eq!(m.phases_ms.len(), 1, "{m:?}");
         assert!(m.kvm.is_none(), "{m:?}");
+        assert!(m.killed, "it sleeps past the grace period: {m:?}");
+        // The same stand-in ending by itself right after the marker is not killed.
+        let mut c = c;
+        c.command[2] = c.command[2].replace("time.sleep(30)", "time.sleep(0.05)");
+        let m = run_once(&c).unwrap();
+        assert!(!m.killed, "{m:?}");
     }
 
     #[test]
