@@ -110,22 +110,35 @@ def run_bench(runs: int, vmms: list[str], peers: dict[str, Path], warmup: int, s
         result = l1.run(spec)
     if result.rc != 0:
         raise BenchError(f"the benchmark's L1 run failed: {result.failure} (log {result.log_path})")
-    results = parse_results(result.output)
+    try:
+        report = report_from_output(result.output, vmms)
+    except BenchError as exc:
+        raise BenchError(f"{exc} (log {result.log_path})") from exc
+    if pio_trace and "Port I/O exits" not in report:
+        report += "\n\nno port histogram: L1 has no kvm_pio tracepoint"
+    return report, result
+
+
+def report_from_output(output: str, vmms: list[str] | None = None) -> str:
+    """The report for the bootbench lines in an L1's output (every VMM seen there when
+    ``vmms`` is None); the port histogram is added when the output has one."""
+    results = parse_results(output)
     errors = [r for r in results if r.get("error")]
     summary = summarise(results)
+    vmms = vmms if vmms is not None else list(summary)
     missing = [v for v in vmms if v not in summary]
-    if missing:
+    if missing or not summary:
         detail = "; ".join(str(r["error"]) for r in errors[:3])
-        raise BenchError(f"no successful runs for {', '.join(missing)}: {detail} (log {result.log_path})")
+        raise BenchError(f"no successful runs for {', '.join(missing) or 'any VMM'}: {detail}")
     counts = {v: sum(1 for r in results if r["label"] == v and int(r["run"]) > 0 and not r.get("error"))  # type: ignore[call-overload]
               for v in vmms}
     report = format_table(summary, counts)
     if errors:
         report += f"\n{len(errors)} run(s) failed, e.g.: {errors[0]['error']}"
-    if pio_trace:
-        pio = format_pio(parse_pio(result.output))
-        report += "\n\n" + (pio or "no port histogram: L1 has no kvm_pio tracepoint")
-    return report, result
+    pio = format_pio(parse_pio(output))
+    if pio:
+        report += "\n\n" + pio
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,11 +152,21 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"add a peer VMM arm ({', '.join(PEERS)})")
     parser.add_argument("--pio-trace", action="store_true",
                         help="one more traced boot per VMM: I/O port exits side by side")
+    parser.add_argument("--from-log", type=Path, metavar="L1_LOG",
+                        help="print the report of an earlier run from its L1 console log "
+                             "(e.g. one whose L1 froze after the measured runs) and exit")
     parser.add_argument("--smp", type=int, default=2, help="L1 vCPUs")
     parser.add_argument("--timeout", type=float, default=1800.0, help="L1 time limit, seconds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
+    if args.from_log:
+        try:
+            print(report_from_output(args.from_log.read_text(errors="replace")))
+        except (OSError, BenchError) as exc:
+            print(f"error: {args.from_log}: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         peers = dict(parse_peer(p) for p in args.peer)
         vmms = [args.only] if args.only else BUILT_IN + [p for p in PEERS if p in peers]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.boot import BenchError, Stat, format_table, parse_peer, parse_results, summarise
+from tests.bench.boot import (BenchError, Stat, format_table, parse_peer, parse_results,
+                              report_from_output, summarise)
 from tests.bench.boot_report import format_pio, parse_pio
 from tests.e2e.vmtest import Facts, parse_facts, write_params
 from tests.nested import l1
@@ -108,6 +109,19 @@ def test_port_histogram_is_side_by_side_busiest_first() -> None:
     assert format_pio({}) == ""
     with pytest.raises(BenchError, match="bad port histogram line"):
         parse_pio("PIO-HIST launcher pio_read 0xzz 1")
+
+
+def test_a_report_is_printed_again_from_a_saved_log() -> None:
+    log = "\n".join(["NESTED-L1-INIT uptime=3", _line("launcher", 1, 2500, 6 * 1024, 86 * 1024),
+                     _line("firecracker", 1, 2300, 6 * 1024, 86 * 1024),
+                     "PIO-HIST launcher pio_read 0x71 30", "[  99.1] soft lockup"])
+    report = report_from_output(log)
+    assert "launcher/firecracker (medians): boot 1.09" in report
+    assert "Port I/O exits" in report and "CMOS/RTC" in report
+    with pytest.raises(BenchError, match="no successful runs for qemu"):
+        report_from_output(log, ["launcher", "qemu"])
+    with pytest.raises(BenchError, match="no successful runs for any VMM"):
+        report_from_output("L1 froze before anything ran")
 
 
 def test_facts_and_status_blocks() -> None:

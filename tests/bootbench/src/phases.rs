@@ -1,29 +1,20 @@
-//! Start-up phase lines a VMM writes on stderr (the launcher's `IRONVISOR_BOOT_TRACE`).
+//! Start-up phase lines a VMM writes on stderr (the launcher's `IRONVISOR_BOOT_TRACE`;
+//! the line format and the clock are the launcher's own `boot_trace`).
 //!
 //! Each line is `IRONVISOR-BOOT-PHASE <phase> <CLOCK_MONOTONIC ns>`; with the same clock
 //! read just before the spawn, each phase becomes milliseconds since the VMM was started.
 
 use std::collections::BTreeMap;
 
-/// The prefix of a phase line.
-pub const LINE_PREFIX: &str = "IRONVISOR-BOOT-PHASE ";
-
-/// CLOCK_MONOTONIC in nanoseconds.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a live, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-    }
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
+pub use ironvisor_launcher::boot_trace::monotonic_ns;
+use ironvisor_launcher::boot_trace::LINE_PREFIX;
 
 /// `(phase, ns)` of a phase line, `None` for any other line.
 pub fn parse_line(line: &str) -> Option<(String, u64)> {
-    let rest = line.trim_end().strip_prefix(LINE_PREFIX)?;
+    let rest = line
+        .trim_end()
+        .strip_prefix(LINE_PREFIX)?
+        .strip_prefix(' ')?;
     let (phase, ns) = rest.split_once(' ')?;
     Some((phase.to_string(), ns.trim().parse().ok()?))
 }
@@ -50,6 +41,9 @@ mod tests {
         );
         assert_eq!(parse_line("IRONVISOR-BOOT-PHASE kernel_loaded soon"), None);
         assert_eq!(parse_line("WARN something IRONVISOR-BOOT-PHASE x 1"), None);
+        // What the launcher writes is what is read here.
+        let written = ironvisor_launcher::boot_trace::line("first_kvm_run", 77);
+        assert_eq!(parse_line(&written), Some(("first_kvm_run".into(), 77)));
     }
 
     #[test]
