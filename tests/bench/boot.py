@@ -3,6 +3,7 @@ and Cloud Hypervisor, interleaved inside one L1.
 
     python3 -m tests.bench.boot --runs N [--only launcher|qemu|firecracker|cloud-hypervisor]
         [--peer firecracker=PATH] [--peer cloud-hypervisor=PATH] [--warmup 1] [--pio-trace]
+        [--pin-cpu N] [--from-log L1_LOG]
 
 Every VMM boots the same vmlinux + initrd with the same command line (``iv.bench``: the
 guest powers off right after printing IRONVISOR-GUEST-INIT-REACHED), 1 vCPU, 256 MiB, no
@@ -10,7 +11,8 @@ devices. The peers are binaries the user built (``scripts/build-peers.sh``). Per
 report gives boot time to the marker, its spread, memory overhead and ru_maxrss, the
 launcher's ratio to every other VMM, KVM's exit counters per VM and the launcher's
 start-up phases (see ``tests/bench/boot_report.py``). ``--pio-trace`` adds one traced boot
-per VMM and prints which I/O ports each guest boot exited on, side by side.
+per VMM and prints which I/O ports each guest boot exited on, side by side. ``--pin-cpu N``
+runs every VMM (all its threads) on L1 CPU N, the same for all of them.
 """
 
 from __future__ import annotations
@@ -75,10 +77,13 @@ def parse_peer(text: str) -> tuple[str, Path]:
 
 
 def run_bench(runs: int, vmms: list[str], peers: dict[str, Path], warmup: int, smp: int,
-              timeout_s: float, pio_trace: bool = False) -> tuple[str, l1.L1Result]:
+              timeout_s: float, pio_trace: bool = False,
+              pin_cpu: int | None = None) -> tuple[str, l1.L1Result]:
     """Run the benchmark in one L1; returns (report text, L1 result)."""
     if runs < 1:
         raise BenchError("--runs must be at least 1")
+    if pin_cpu is not None and not 0 <= pin_cpu < smp:
+        raise BenchError(f"--pin-cpu {pin_cpu}: L1 has CPUs 0..{smp - 1} (--smp {smp})")
     missing_peer = [v for v in vmms if v in PEERS and v not in peers]
     if missing_peer:
         raise BenchError(f"{missing_peer[0]} needs --peer {missing_peer[0]}=PATH")
@@ -96,7 +101,8 @@ def run_bench(runs: int, vmms: list[str], peers: dict[str, Path], warmup: int, s
         files += [(firmware / f, str(firmware / f)) for f in QEMU_FIRMWARE]
     values = {"RUNS": str(runs), "WARMUP": str(warmup), "VMMS": " ".join(vmms),
               "MEM_MIB": str(MEM_MIB), "CMDLINE": CMDLINE, "RUN_TIMEOUT_S": "120",
-              "PIO_TRACE": "1" if pio_trace else "0"}
+              "PIO_TRACE": "1" if pio_trace else "0",
+              "PIN_CPU": "" if pin_cpu is None else str(pin_cpu)}
     for name, binary in peers.items():
         if name in vmms:
             bins.append(binary)
@@ -152,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"add a peer VMM arm ({', '.join(PEERS)})")
     parser.add_argument("--pio-trace", action="store_true",
                         help="one more traced boot per VMM: I/O port exits side by side")
+    parser.add_argument("--pin-cpu", type=int, default=None, metavar="N",
+                        help="run every VMM on L1 CPU N (default: left to L1's scheduler)")
     parser.add_argument("--from-log", type=Path, metavar="L1_LOG",
                         help="print the report of an earlier run from its L1 console log "
                              "(e.g. one whose L1 froze after the measured runs) and exit")
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         peers = dict(parse_peer(p) for p in args.peer)
         vmms = [args.only] if args.only else BUILT_IN + [p for p in PEERS if p in peers]
         report, result = run_bench(args.runs, vmms, peers, args.warmup, args.smp, args.timeout,
-                                   args.pio_trace)
+                                   args.pio_trace, args.pin_cpu)
     except (BenchError, BuildError, l1.HarnessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

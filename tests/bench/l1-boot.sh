@@ -22,6 +22,8 @@ EOF
 measure() {
 	label=$1 run=$2
 	shift 2
+	# With PIN_CPU every thread of the VMM runs on that one L1 CPU (the same for all VMMs).
+	[ -z "${PIN_CPU:-}" ] || set -- taskset -c "$PIN_CPU" "$@"
 	"$BENCH" --label "$label" --guest-mem-mib "$MEM_MIB" --first-run "$run" \
 		--timeout-s "$RUN_TIMEOUT_S" -- "$@" >/tmp/bench.out 2>/tmp/bench.err
 	rc=$?
