@@ -98,6 +98,16 @@ class Node:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        self._remove_cgroup_parents()
+
+    def _remove_cgroup_parents(self) -> None:
+        """The daemon removes each VM's cgroup but not the parent it was given: remove the
+        parents left empty (a parent still in use by another daemon stays)."""
+        for parent in Path("/sys/fs/cgroup").glob(f"*/{self.cgroup_parent}"):
+            try:
+                parent.rmdir()
+            except OSError:
+                pass
 
     def log(self) -> str:
         """The daemon's log, without colours."""
