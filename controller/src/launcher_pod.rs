@@ -11,6 +11,7 @@
 //! | `/var/run/ironvisor/kernel/{kernel,initrd}` | emptyDir | init container `kernel-boot` |
 //! | `/var/run/ironvisor/sockets/` | emptyDir | the launcher's API and console sockets |
 //! | `/var/run/ironvisor/config-volumes/<volume>/` | configMap, secret, projected, downward API | the kubelet ([`crate::config_volumes`]) |
+//! | `/var/run/ironvisor/claims/<volume>/`, `/var/run/ironvisor/claim-devices/<volume>` | persistentVolumeClaim (Filesystem, Block) | the claim's CSI driver ([`crate::claims`]) |
 //!
 //! Images are copied out by running them as init containers with the launcher image's
 //! static busybox (KubeVirt's containerDisk convention: a disk image is an OCI image with
@@ -18,6 +19,7 @@
 
 use std::collections::BTreeMap;
 
+use ironvisor_crds::pod_claims::PodClaim;
 use ironvisor_crds::quantity;
 use ironvisor_crds::v1alpha1::{HardwareIsolation, VirtualMachineInstance};
 use k8s_openapi::api::core::v1::{
@@ -56,20 +58,15 @@ pub enum LauncherPodError {
     /// Guest memory is missing or not a valid quantity.
     #[error("spec.domain.memory.guest: {0}")]
     Memory(String),
-    /// A volume source the cluster mode cannot provide yet.
-    #[error("spec.volumes[{volume}]: {kind} volumes are not supported in cluster mode yet")]
-    UnsupportedVolume {
-        /// Volume name.
-        volume: String,
-        /// Source kind (`hostDisk`, `persistentVolumeClaim`).
-        kind: &'static str,
-    },
     /// The instance could not be serialized for the pod.
     #[error("the instance cannot be serialized: {0}")]
     Serialize(String),
     /// A hostDisk the pod may not be given.
     #[error(transparent)]
     HostDisk(#[from] crate::host_disks::HostDiskError),
+    /// A persistentVolumeClaim volume whose claim was not read first.
+    #[error("spec.volumes[{0}]: its PersistentVolumeClaim was not read")]
+    UnreadClaim(String),
 }
 
 impl LauncherPodError {
@@ -78,8 +75,8 @@ impl LauncherPodError {
         match self {
             Self::Metadata(_) | Self::Serialize(_) => "InvalidInstance",
             Self::Memory(_) => "InvalidMemory",
-            Self::UnsupportedVolume { .. } => "UnsupportedVolume",
             Self::HostDisk(_) => "HostDiskNotAllowed",
+            Self::UnreadClaim(_) => "PersistentVolumeClaimUnusable",
         }
     }
 }
@@ -99,10 +96,12 @@ pub struct LauncherPodSettings {
     pub host_disk_root: Option<std::path::PathBuf>,
 }
 
-/// The launcher pod of `vmi`.
+/// The launcher pod of `vmi`, whose persistentVolumeClaim volumes are `claims`
+/// ([`crate::claims::read_claims`]).
 pub fn launcher_pod(
     vmi: &VirtualMachineInstance,
     settings: &LauncherPodSettings,
+    claims: &[PodClaim],
 ) -> Result<Pod, LauncherPodError> {
     let name = vmi
         .metadata
@@ -138,13 +137,17 @@ pub fn launcher_pod(
     volumes.extend(config.volumes);
     let host_disks = crate::host_disks::host_disks(spec, settings.host_disk_root.as_deref())?;
     volumes.extend(host_disks.volumes);
+    let claim_mounts = crate::claims::claim_mounts(spec, claims);
+    volumes.extend(claim_mounts.volumes);
     volumes.sort_by(|a, b| a.name.cmp(&b.name));
     let mut init_containers = vec![tools_container(settings)];
     for volume in &spec.volumes {
         if let Some(disk) = &volume.container_disk {
             init_containers.push(container_disk_copier(&volume.name, &disk.image, settings));
-        } else if volume.persistent_volume_claim.is_some() {
-            return Err(unsupported(&volume.name, "persistentVolumeClaim"));
+        } else if volume.persistent_volume_claim.is_some()
+            && !claims.iter().any(|c| c.volume == volume.name)
+        {
+            return Err(LauncherPodError::UnreadClaim(volume.name.clone()));
         }
     }
     if let Some(boot) = spec
@@ -206,10 +209,20 @@ pub fn launcher_pod(
                     spec.dedicated_cpu_placement(),
                     !spec.domain.devices.interfaces.is_empty(),
                 );
+                compute.volume_mounts.get_or_insert_with(Vec::new).extend(
+                    config
+                        .mounts
+                        .into_iter()
+                        .chain(host_disks.mounts)
+                        .chain(claim_mounts.mounts),
+                );
+                if !claim_mounts.devices.is_empty() {
+                    compute.volume_devices = Some(claim_mounts.devices);
+                }
                 compute
-                    .volume_mounts
+                    .command
                     .get_or_insert_with(Vec::new)
-                    .extend(config.mounts.into_iter().chain(host_disks.mounts));
+                    .extend(claim_mounts.args);
                 compute
             }],
             volumes: Some(volumes),
@@ -227,13 +240,6 @@ pub fn launcher_pod(
         status: None,
     };
     Ok(pod)
-}
-
-fn unsupported(volume: &str, kind: &'static str) -> LauncherPodError {
-    LauncherPodError::UnsupportedVolume {
-        volume: volume.into(),
-        kind,
-    }
 }
 
 /// The instance as the pod's downward-API file carries it: identity and spec only.
@@ -590,7 +596,7 @@ mod tests {
 
     #[test]
     fn pod_requests_guest_memory_plus_overhead_and_shares_cpu() {
-        let pod = launcher_pod(&vmi(), &settings()).unwrap();
+        let pod = launcher_pod(&vmi(), &settings(), &[]).unwrap();
         let resources = compute(&pod).resources.as_ref().unwrap();
         let requests = resources.requests.as_ref().unwrap();
         assert_eq!(requests["memory"], Quantity("456Mi".into()));
@@ -607,7 +613,7 @@ mod tests {
         let mut vmi = vmi();
         vmi.spec.domain.devices.interfaces.clear();
         vmi.spec.domain.devices.autoattach_pod_interface = Some(false);
-        let pod = launcher_pod(&vmi, &settings()).unwrap();
+        let pod = launcher_pod(&vmi, &settings(), &[]).unwrap();
         let requests = compute(&pod).resources.as_ref().unwrap().requests.clone();
         assert!(
             !requests.unwrap().contains_key(TUN_RESOURCE),
@@ -615,7 +621,7 @@ mod tests {
         );
         vmi.spec.domain.devices.interfaces =
             serde_json::from_str(r#"[{"name": "default", "masquerade": {}}]"#).unwrap();
-        let pod = launcher_pod(&vmi, &settings()).unwrap();
+        let pod = launcher_pod(&vmi, &settings(), &[]).unwrap();
         let resources = compute(&pod).resources.as_ref().unwrap();
         let one = Quantity("1".into());
         assert_eq!(resources.requests.as_ref().unwrap()[TUN_RESOURCE], one);
@@ -631,7 +637,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .dedicated_cpu_placement = Some(true);
-        let pod = launcher_pod(&vmi, &settings()).unwrap();
+        let pod = launcher_pod(&vmi, &settings(), &[]).unwrap();
         let resources = compute(&pod).resources.as_ref().unwrap();
         assert_eq!(
             resources.requests.as_ref().unwrap()["cpu"],
@@ -665,7 +671,7 @@ mod tests {
 
     #[test]
     fn shared_cpus_leave_the_pod_burstable_on_any_node() {
-        let pod = launcher_pod(&vmi(), &settings()).unwrap();
+        let pod = launcher_pod(&vmi(), &settings(), &[]).unwrap();
         let spec = pod.spec.as_ref().unwrap();
         assert!(spec.node_selector.is_none());
         let resources = compute(&pod).resources.as_ref().unwrap();
@@ -674,7 +680,7 @@ mod tests {
 
     #[test]
     fn pod_is_named_labelled_and_owned_by_the_instance() {
-        let pod = launcher_pod(&vmi(), &settings()).unwrap();
+        let pod = launcher_pod(&vmi(), &settings(), &[]).unwrap();
         assert_eq!(
             pod.metadata.name.as_deref(),
             Some("virt-launcher-small-abcde")
@@ -697,7 +703,7 @@ mod tests {
 
     #[test]
     fn pod_is_not_privileged() {
-        let pod = launcher_pod(&vmi(), &settings()).unwrap();
+        let pod = launcher_pod(&vmi(), &settings(), &[]).unwrap();
         let spec = pod.spec.as_ref().unwrap();
         for container in spec
             .containers
@@ -719,7 +725,7 @@ mod tests {
 
     #[test]
     fn images_are_copied_out_by_init_containers() {
-        let pod = launcher_pod(&vmi(), &settings()).unwrap();
+        let pod = launcher_pod(&vmi(), &settings(), &[]).unwrap();
         let inits = pod.spec.as_ref().unwrap().init_containers.clone().unwrap();
         let names: Vec<_> = inits.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["tools", "volume-rootdisk", "kernel-boot"]);
@@ -739,7 +745,7 @@ mod tests {
 
     #[test]
     fn the_instance_travels_in_an_annotation_read_through_the_downward_api() {
-        let pod = launcher_pod(&vmi(), &settings()).unwrap();
+        let pod = launcher_pod(&vmi(), &settings(), &[]).unwrap();
         let document: serde_json::Value =
             serde_json::from_str(&pod.metadata.annotations.as_ref().unwrap()[ANNOTATION_VMI])
                 .unwrap();
@@ -767,24 +773,69 @@ mod tests {
             hardware_isolation: Some(HardwareIsolation::Required),
             ..Features::default()
         });
-        let pod = launcher_pod(&vmi, &settings()).unwrap();
+        let pod = launcher_pod(&vmi, &settings(), &[]).unwrap();
         let selector = pod.spec.unwrap().node_selector.unwrap();
         assert_eq!(selector[NODE_LABEL_HARDWARE_KVM], "true");
     }
 
     #[test]
-    fn claims_are_refused_by_name() {
+    fn claims_reach_the_compute_container_as_mounts_devices_and_arguments() {
+        use ironvisor_crds::pod_claims::ClaimMode;
         let mut vmi = vmi();
-        vmi.spec.volumes.push(VmVolume {
-            name: "data".into(),
-            persistent_volume_claim: Some(Default::default()),
-            ..VmVolume::default()
-        });
-        let error = launcher_pod(&vmi, &settings()).unwrap_err();
-        assert_eq!(error.reason(), "UnsupportedVolume");
-        assert!(error
-            .to_string()
-            .contains("spec.volumes[data]: persistentVolumeClaim"));
+        for name in ["data", "raw"] {
+            vmi.spec.volumes.push(VmVolume {
+                name: name.into(),
+                persistent_volume_claim: Some(
+                    ironvisor_crds::v1alpha1::PersistentVolumeClaimSource {
+                        claim_name: format!("{name}-claim"),
+                        read_only: None,
+                    },
+                ),
+                ..VmVolume::default()
+            });
+        }
+        let error = launcher_pod(&vmi, &settings(), &[]).unwrap_err();
+        assert_eq!(error.reason(), "PersistentVolumeClaimUnusable");
+        assert!(error.to_string().contains("spec.volumes[data]"), "{error}");
+        let claims = [
+            PodClaim {
+                volume: "data".into(),
+                mode: ClaimMode::Filesystem {
+                    capacity_bytes: 1 << 30,
+                },
+            },
+            PodClaim {
+                volume: "raw".into(),
+                mode: ClaimMode::Block,
+            },
+        ];
+        let pod = launcher_pod(&vmi, &settings(), &claims).unwrap();
+        let compute = compute(&pod);
+        assert!(compute
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "claim-data" && m.mount_path == "/var/run/ironvisor/claims/data"));
+        assert_eq!(
+            compute.volume_devices.as_ref().unwrap()[0].device_path,
+            "/var/run/ironvisor/claim-devices/raw"
+        );
+        let command = compute.command.as_ref().unwrap();
+        assert!(
+            command.ends_with(&[
+                "--claim".to_string(),
+                format!("data=filesystem:{}", 1u64 << 30),
+                "--claim".to_string(),
+                "raw=block".to_string(),
+            ]),
+            "{command:?}"
+        );
+        let volumes = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        assert!(volumes.iter().any(|v| v
+            .persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.claim_name == "raw-claim")));
     }
 
     #[test]
@@ -798,7 +849,7 @@ mod tests {
             }),
             ..VmVolume::default()
         });
-        let pod = launcher_pod(&vmi, &settings()).unwrap();
+        let pod = launcher_pod(&vmi, &settings(), &[]).unwrap();
         let mounts = compute(&pod).volume_mounts.clone().unwrap();
         assert!(mounts
             .iter()
@@ -809,7 +860,7 @@ mod tests {
                 path: "/etc/data.raw".into(),
                 ..Default::default()
             });
-        let error = launcher_pod(&elsewhere, &settings()).unwrap_err();
+        let error = launcher_pod(&elsewhere, &settings(), &[]).unwrap_err();
         assert_eq!(error.reason(), "HostDiskNotAllowed");
         assert!(error
             .to_string()
@@ -821,7 +872,7 @@ mod tests {
         let mut vmi = vmi();
         vmi.spec.domain.memory = None;
         assert_eq!(
-            launcher_pod(&vmi, &settings()).unwrap_err().reason(),
+            launcher_pod(&vmi, &settings(), &[]).unwrap_err().reason(),
             "InvalidMemory"
         );
     }

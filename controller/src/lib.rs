@@ -11,6 +11,7 @@
 //! - [`run`]: wiring it together for the binary.
 #![deny(missing_docs)]
 
+pub mod claims;
 pub mod config_volumes;
 pub mod context;
 pub mod host_disks;

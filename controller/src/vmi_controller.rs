@@ -9,12 +9,13 @@ use std::time::Duration;
 use ironvisor_crds::v1alpha1::{
     VirtualMachineInstance, VirtualMachineInstancePhase as Phase, VirtualMachineInstanceStatus,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
+use crate::claims::read_claims;
 use crate::context::{
     apply_status, ensure_finalizer, key, kube_error, measured, now, remove_finalizer, Context,
     ReconcileError,
@@ -26,6 +27,8 @@ use ironvisor_crds::cluster::{
     launcher_pod_name, LABEL_CREATED_BY, LABEL_NODE_NAME, VMI_FINALIZER,
 };
 
+/// How often an instance waiting for a PersistentVolumeClaim looks for it again.
+const CLAIM_POLL: Duration = Duration::from_secs(5);
 /// How often a deleting instance checks whether its pod is gone (pod events also wake it).
 const DELETE_POLL: Duration = Duration::from_secs(2);
 
@@ -89,7 +92,28 @@ async fn reconcile_inner(
     let current = vmi.status.as_ref().and_then(|s| s.phase);
     let mut pod = pod;
     if pod.is_none() && matches!(current, None | Some(Phase::Pending)) {
-        match launcher_pod(vmi, &ctx.pod_settings) {
+        let claims_api: Api<PersistentVolumeClaim> =
+            Api::namespaced(ctx.client.clone(), &namespace);
+        let claims = match read_claims(&claims_api, &namespace, &vmi.spec)
+            .await
+            .map_err(kube_error("reading the PersistentVolumeClaims of", &object))?
+        {
+            Ok(claims) => claims,
+            Err(error) => {
+                // Not an error of the instance: the claim may be created later.
+                let observation = Observation {
+                    phase: Phase::Pending,
+                    reason: Some(error.reason().into()),
+                    message: Some(error.to_string()),
+                    node_name: None,
+                    ready: false,
+                    scheduled: None,
+                };
+                write_status(ctx, vmi, &vmis, &observation).await?;
+                return Ok(Action::requeue(CLAIM_POLL));
+            }
+        };
+        match launcher_pod(vmi, &ctx.pod_settings, &claims) {
             Ok(desired) => {
                 pod = Some(create_pod(ctx, vmi, &pods, &desired).await?);
             }

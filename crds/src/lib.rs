@@ -56,6 +56,7 @@ pub mod defaults;
 pub mod instancetype;
 pub mod locate;
 pub mod node_link;
+pub mod pod_claims;
 pub mod quantity;
 pub mod unknown_fields;
 pub mod v1alpha1;

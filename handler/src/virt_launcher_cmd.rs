@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use ironvisor_crds::pod_claims::{PodClaim, CLAIM_DEVICES_DIR, CLAIM_MOUNTS_DIR};
 use ironvisor_handler::backend::{BackendMode, BACKEND_ENV};
 use ironvisor_handler::config::launcher_binaries;
 use ironvisor_handler::pod::libvirt::{self, LibvirtSetup};
@@ -35,6 +36,16 @@ pub struct VirtLauncherArgs {
     /// hostDisk volumes: one directory per volume, the node directory of its file.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_HOST_DISKS)]
     host_disks: PathBuf,
+    /// A persistentVolumeClaim volume: VOLUME=filesystem:BYTES (its file system mounted at
+    /// --claim-mounts/VOLUME/) or VOLUME=block (its device at --claim-devices/VOLUME).
+    #[arg(long = "claim", value_name = "VOLUME=MODE")]
+    claims: Vec<PodClaim>,
+    /// Filesystem claims: one mount per volume.
+    #[arg(long, value_name = "DIR", default_value = CLAIM_MOUNTS_DIR)]
+    claim_mounts: PathBuf,
+    /// Block claims: one device per volume.
+    #[arg(long, value_name = "DIR", default_value = CLAIM_DEVICES_DIR)]
+    claim_devices: PathBuf,
     /// `kernel` and `initrd` copied from the kernel-boot container image.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_KERNEL_DIR)]
     kernel_dir: PathBuf,
@@ -81,6 +92,9 @@ pub fn run(args: VirtLauncherArgs) -> ExitCode {
         config_volumes: args.config_volumes,
         access_credentials: args.access_credentials,
         host_disks: args.host_disks,
+        claims: args.claims,
+        claim_mounts: args.claim_mounts,
+        claim_devices: args.claim_devices,
         kernel_dir: args.kernel_dir,
         run_dir: args.run_dir,
         launcher,

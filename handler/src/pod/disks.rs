@@ -7,7 +7,8 @@
 //! | `cloudInitNoCloud` | `<run-dir>/disks/<volume>.cidata.img` (`ironvisor-disks`) |
 //! | `configMap`, `secret`, `serviceAccount`, `downwardAPI` | `<run-dir>/disks/<volume>.files.img`: a FAT image of `<config-volumes>/<volume>/`, which the kubelet fills ([`ironvisor_disks::config_disk`]) |
 //! | `hostDisk` | `<host-disks>/<volume>/<file name>`: the node directory of its file, mounted by the controller (created at `capacity` for `DiskOrCreate`, by `ironvisor-disks`) |
-//! | `persistentVolumeClaim` | refused: not supported in cluster mode yet |
+//! | `persistentVolumeClaim`, Filesystem | `<claim-mounts>/<volume>/disk.img` on the claim's volume, created sparse at the claim's size (at most the free space) when absent |
+//! | `persistentVolumeClaim`, Block | `<claim-devices>/<volume>`: the claim's device itself |
 
 use std::path::{Path, PathBuf};
 
@@ -15,9 +16,16 @@ use ironvisor_crds::v1alpha1::VirtualMachineInstanceSpec;
 use ironvisor_disks::{DiskContext, DiskError, ImageStore, OciCache, VolumeRequest, VolumeSource};
 use ironvisor_launcher_api::config::DiskConfig;
 
+use std::os::unix::fs::FileTypeExt;
+
+use ironvisor_crds::pod_claims::{ClaimMode, PodClaim, CLAIM_DISK_FILE};
+
 use super::container_disk::{self, ContainerDiskError};
 use crate::records::VmKey;
 use crate::volumes::{self, VolumeError};
+
+/// A Filesystem claim's disk file is a whole number of these (1 MiB).
+const CLAIM_DISK_ALIGNMENT: u64 = 1 << 20;
 
 /// Why the disks cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -25,13 +33,34 @@ pub enum PodDiskError {
     /// The disks and volumes do not fit together.
     #[error(transparent)]
     Volume(#[from] VolumeError),
-    /// A volume source the pod cannot provide yet.
-    #[error("volume {volume}: {kind} volumes are not supported in cluster mode yet")]
-    Unsupported {
+    /// A persistentVolumeClaim volume the controller gave the pod no `--claim` for.
+    #[error("volume {volume}: persistentVolumeClaim {claim:?} was not given to the pod (no --claim {volume}=...)")]
+    ClaimNotGiven {
         /// The volume.
         volume: String,
-        /// `hostDisk` or `persistentVolumeClaim`.
-        kind: &'static str,
+        /// The claim name.
+        claim: String,
+    },
+    /// A Block claim whose device is not in the pod.
+    #[error("volume {volume}: the Block device of its persistentVolumeClaim is not at {path}: {problem}")]
+    ClaimDevice {
+        /// The volume.
+        volume: String,
+        /// Where it should be.
+        path: PathBuf,
+        /// What is there instead.
+        problem: String,
+    },
+    /// A Filesystem claim that is not mounted.
+    #[error("volume {volume}: the file system of its persistentVolumeClaim is not mounted at {path}: {source}")]
+    ClaimMount {
+        /// The volume.
+        volume: String,
+        /// The mount point.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
     },
     /// A hostDisk path that names no file.
     #[error("volume {volume}: hostDisk path {path} names no file")]
@@ -72,7 +101,9 @@ impl PodDiskError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Volume(e) => e.reason(),
-            Self::Unsupported { .. } => "UnsupportedVolume",
+            Self::ClaimNotGiven { .. } | Self::ClaimDevice { .. } | Self::ClaimMount { .. } => {
+                "PersistentVolumeClaimUnusable"
+            }
             Self::HostDiskPath { .. } => "HostDiskNotFound",
             Self::ContainerDisk(_) => "ContainerDiskUnusable",
             Self::ClusterFiles { .. } => "VolumeFilesUnusable",
@@ -92,6 +123,19 @@ pub struct PodVolumes<'a> {
     pub host_disks: &'a Path,
     /// The run directory; emptyDisks and seeds go to its `disks/`.
     pub run_dir: &'a Path,
+    /// The persistentVolumeClaim volumes.
+    pub claims: PodClaims<'a>,
+}
+
+/// The persistentVolumeClaim volumes in the pod ([`ironvisor_crds::pod_claims`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PodClaims<'a> {
+    /// What the controller said each claim is (`--claim`).
+    pub given: &'a [PodClaim],
+    /// `<dir>/<volume>/` per Filesystem claim.
+    pub mounts: &'a Path,
+    /// `<dir>/<volume>` per Block claim.
+    pub devices: &'a Path,
 }
 
 /// The launcher's disks of the instance, in guest order.
@@ -155,7 +199,25 @@ pub fn prepare(
             VolumeSource::ClusterFiles { kind, label } => {
                 disks.push(Some(cluster_files_disk(dirs, &request, kind, label)?));
             }
-            VolumeSource::Pvc { .. } => return Err(unsupported(request, "persistentVolumeClaim")),
+            VolumeSource::Pvc { claim, .. } => {
+                let given = dirs
+                    .claims
+                    .given
+                    .iter()
+                    .find(|c| c.volume == request.name)
+                    .ok_or_else(|| PodDiskError::ClaimNotGiven {
+                        volume: request.name.clone(),
+                        claim: claim.clone(),
+                    })?;
+                match given.mode {
+                    ClaimMode::Block => disks.push(Some(claim_device(dirs, &request)?)),
+                    ClaimMode::Filesystem { capacity_bytes } => {
+                        let request = claim_file_request(dirs, &request, capacity_bytes)?;
+                        made.push((disks.len(), request));
+                        disks.push(None);
+                    }
+                }
+            }
         }
     }
     if !made.is_empty() {
@@ -219,11 +281,57 @@ fn cluster_files_disk(
     })
 }
 
-fn unsupported(request: VolumeRequest, kind: &'static str) -> PodDiskError {
-    PodDiskError::Unsupported {
-        volume: request.name,
-        kind,
+/// A Block claim: its device, used as a raw disk.
+fn claim_device(dirs: PodVolumes<'_>, request: &VolumeRequest) -> Result<DiskConfig, PodDiskError> {
+    let path = dirs.claims.devices.join(&request.name);
+    let fail = |problem: String| PodDiskError::ClaimDevice {
+        volume: request.name.clone(),
+        path: path.clone(),
+        problem,
+    };
+    let metadata = std::fs::metadata(&path).map_err(|e| fail(e.to_string()))?;
+    if !metadata.file_type().is_block_device() {
+        return Err(fail("not a block device".into()));
     }
+    tracing::info!(volume = %request.name, path = %path.display(), "Block persistentVolumeClaim");
+    Ok(DiskConfig {
+        id: request.name.clone(),
+        path,
+        format: ironvisor_launcher_api::config::ImageFormat::Raw,
+        read_only: request.read_only,
+        serial: request.serial.clone(),
+    })
+}
+
+/// A Filesystem claim: its `disk.img`, made like a `DiskOrCreate` hostDisk at the claim's
+/// size or the free space on the claim, whichever is smaller (a file system keeps some of
+/// a volume for itself, so a file of the full size could fill it and fail guest writes).
+fn claim_file_request(
+    dirs: PodVolumes<'_>,
+    request: &VolumeRequest,
+    capacity_bytes: u64,
+) -> Result<VolumeRequest, PodDiskError> {
+    let mount = dirs.claims.mounts.join(&request.name);
+    let fail = |source| PodDiskError::ClaimMount {
+        volume: request.name.clone(),
+        path: mount.clone(),
+        source,
+    };
+    let stats = nix::sys::statvfs::statvfs(&mount).map_err(|e| fail(e.into()))?;
+    let free = stats
+        .blocks_available()
+        .saturating_mul(stats.fragment_size());
+    let size = capacity_bytes.min(free) / CLAIM_DISK_ALIGNMENT * CLAIM_DISK_ALIGNMENT;
+    let path = mount.join(CLAIM_DISK_FILE);
+    tracing::info!(volume = %request.name, path = %path.display(), capacity_bytes, free, size, "Filesystem persistentVolumeClaim");
+    Ok(VolumeRequest {
+        source: VolumeSource::HostDisk {
+            path,
+            create: true,
+            capacity_bytes: Some(size.max(CLAIM_DISK_ALIGNMENT)),
+        },
+        ..request.clone()
+    })
 }
 
 #[cfg(test)]
@@ -235,6 +343,14 @@ mod tests {
     };
     use ironvisor_launcher_api::config::ImageFormat;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn no_claims() -> PodClaims<'static> {
+        PodClaims {
+            given: &[],
+            mounts: Path::new("/nonexistent"),
+            devices: Path::new("/nonexistent"),
+        }
+    }
 
     fn spec(volumes: Vec<Volume>) -> VirtualMachineInstanceSpec {
         let mut spec = VirtualMachineInstanceSpec::default();
@@ -287,6 +403,7 @@ mod tests {
             config_volumes: &root.path().join("config-volumes"),
             host_disks: root.path(),
             run_dir: &run_dir,
+            claims: no_claims(),
         };
         let disks = prepare(dirs, &key, "uid-1", &spec).unwrap();
         let ids: Vec<&str> = disks.iter().map(|d| d.id.as_str()).collect();
@@ -318,6 +435,7 @@ mod tests {
             config_volumes: &config_volumes,
             host_disks: root.path(),
             run_dir: root.path(),
+            claims: no_claims(),
         };
         let key = VmKey::new("default", "vm");
         let disks = prepare(dirs, &key, "u", &spec).unwrap();
@@ -352,6 +470,7 @@ mod tests {
             config_volumes: root.path(),
             host_disks: &root.path().join("host-disks"),
             run_dir: root.path(),
+            claims: no_claims(),
         };
         let key = VmKey::new("default", "vm");
         std::fs::create_dir_all(root.path().join("host-disks/host")).unwrap();
@@ -401,5 +520,82 @@ mod tests {
         }]);
         let error = prepare(dirs, &key, "u", &missing).unwrap_err();
         assert_eq!(error.reason(), "ContainerDiskUnusable");
+    }
+
+    #[test]
+    fn filesystem_claims_get_a_disk_img_and_block_claims_are_their_device() {
+        let root = tempfile::tempdir().unwrap();
+        let mounts = root.path().join("claims");
+        std::fs::create_dir_all(mounts.join("data")).unwrap();
+        let devices = root.path().join("claim-devices");
+        std::fs::create_dir_all(&devices).unwrap();
+        let claim = |name: &str| Volume {
+            name: name.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimSource {
+                claim_name: format!("{name}-claim"),
+                read_only: None,
+            }),
+            ..Volume::default()
+        };
+        let given = [
+            PodClaim {
+                volume: "data".into(),
+                mode: ClaimMode::Filesystem {
+                    capacity_bytes: (3 << 20) + 5,
+                },
+            },
+            PodClaim {
+                volume: "raw".into(),
+                mode: ClaimMode::Block,
+            },
+        ];
+        let dirs = PodVolumes {
+            container_disks: root.path(),
+            config_volumes: root.path(),
+            host_disks: root.path(),
+            run_dir: root.path(),
+            claims: PodClaims {
+                given: &given,
+                mounts: &mounts,
+                devices: &devices,
+            },
+        };
+        let key = VmKey::new("default", "vm");
+        let disks = prepare(dirs, &key, "u", &spec(vec![claim("data")])).unwrap();
+        let image = mounts.join("data/disk.img");
+        assert_eq!(disks[0].path, image);
+        assert_eq!(disks[0].format, ImageFormat::Raw);
+        assert_eq!(
+            std::fs::metadata(&image).unwrap().len(),
+            3 << 20,
+            "whole MiB"
+        );
+        // An existing disk.img is the guest's data: used as it is.
+        std::fs::write(&image, b"kept").unwrap();
+        prepare(dirs, &key, "u", &spec(vec![claim("data")])).unwrap();
+        assert_eq!(std::fs::read(&image).unwrap(), b"kept");
+
+        // A regular file where the device should be is refused naming the path.
+        std::fs::write(devices.join("raw"), b"").unwrap();
+        let error = prepare(dirs, &key, "u", &spec(vec![claim("raw")])).unwrap_err();
+        assert_eq!(error.reason(), "PersistentVolumeClaimUnusable");
+        assert!(error.to_string().contains("not a block device"), "{error}");
+        // Any block device node stands in for the claim's device.
+        let device = std::fs::read_dir("/dev")
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_type().unwrap().is_block_device())
+            .expect("a block device node in /dev");
+        std::fs::remove_file(devices.join("raw")).unwrap();
+        std::os::unix::fs::symlink(device.path(), devices.join("raw")).unwrap();
+        let disks = prepare(dirs, &key, "u", &spec(vec![claim("raw")])).unwrap();
+        assert_eq!(disks[0].path, devices.join("raw"));
+
+        // A claim the controller did not describe, or a Filesystem claim not mounted.
+        let error = prepare(dirs, &key, "u", &spec(vec![claim("other")])).unwrap_err();
+        assert!(error.to_string().contains("no --claim other="), "{error}");
+        std::fs::remove_dir_all(mounts.join("data")).unwrap();
+        let error = prepare(dirs, &key, "u", &spec(vec![claim("data")])).unwrap_err();
+        assert!(error.to_string().contains("is not mounted at"), "{error}");
     }
 }

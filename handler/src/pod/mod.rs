@@ -83,6 +83,12 @@ pub struct VirtLauncherConfig {
     pub access_credentials: PathBuf,
     /// `<dir>/<volume>/` per hostDisk: the node directory of its file.
     pub host_disks: PathBuf,
+    /// The persistentVolumeClaim volumes, as the controller describes them.
+    pub claims: Vec<ironvisor_crds::pod_claims::PodClaim>,
+    /// `<dir>/<volume>/` per Filesystem claim.
+    pub claim_mounts: PathBuf,
+    /// `<dir>/<volume>` per Block claim.
+    pub claim_devices: PathBuf,
     /// `kernel` and `initrd` of `kernelBoot.container`.
     pub kernel_dir: PathBuf,
     /// Sockets and files of this instance.
@@ -317,6 +323,11 @@ fn prepare(config: &VirtLauncherConfig, span: &tracing::Span) -> Result<Prepared
         config_volumes: &config.config_volumes,
         host_disks: &config.host_disks,
         run_dir: &config.run_dir,
+        claims: disks::PodClaims {
+            given: &config.claims,
+            mounts: &config.claim_mounts,
+            devices: &config.claim_devices,
+        },
     };
     let disks = disks::prepare(dirs, &key, &uid, &spec).map_err(|source| PodError::Disks {
         vm: vm.clone(),

@@ -144,6 +144,8 @@ pub struct PlannedDisk {
     pub serial: String,
     /// Guest device name ("vda").
     pub target: String,
+    /// The path is a host block device (a Block-mode volume), given to QEMU as one.
+    pub block_device: bool,
 }
 
 /// One NIC as the domain sees it.
@@ -293,8 +295,12 @@ impl DomainPlan {
                 ImageFormat::Raw => DiskFormat::Raw,
                 ImageFormat::Qcow2 => DiskFormat::Qcow2,
             };
+            let block_device = std::fs::metadata(&path)
+                .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+                .unwrap_or(false);
             disks.push(PlannedDisk {
                 id: disk.id.clone(),
+                block_device,
                 path,
                 format,
                 read_only: disk.read_only,
@@ -652,7 +658,14 @@ impl DomainPlan {
     }
 
     fn disk_xml(&self, x: &mut String, index: usize, disk: &PlannedDisk) {
-        line(x, 2, "<disk type='file' device='disk'>");
+        // libvirt opens a block device with QEMU's host_device driver only as a
+        // type='block' disk; its 'file' driver refuses anything but a regular file.
+        let (kind, attribute) = if disk.block_device {
+            ("block", "dev")
+        } else {
+            ("file", "file")
+        };
+        line(x, 2, &format!("<disk type='{kind}' device='disk'>"));
         line(
             x,
             3,
@@ -661,7 +674,7 @@ impl DomainPlan {
         line(
             x,
             3,
-            &format!("<source file='{}'/>", escape_path(&disk.path)),
+            &format!("<source {attribute}='{}'/>", escape_path(&disk.path)),
         );
         line(
             x,

@@ -627,3 +627,33 @@ fn no_timer_check_is_added_once() {
         "no_timer_check quiet"
     );
 }
+
+#[test]
+fn a_block_device_disk_is_a_block_disk_with_a_dev_source() {
+    // Any block device node will do; the plan only looks at the file type.
+    let Some(device) = std::fs::read_dir("/dev")
+        .unwrap()
+        .flatten()
+        .find(|e| std::os::unix::fs::FileTypeExt::is_block_device(&e.file_type().unwrap()))
+    else {
+        panic!("no block device node in /dev to test with");
+    };
+    let mut fx = fixture();
+    fx.config.disks[1].path = device.path();
+    fx.config.disks[1].format = ImageFormat::Raw;
+    let plan = plan(&fx);
+    assert!(!plan.disks[0].block_device);
+    assert!(plan.disks[1].block_device);
+    let xml = plan.to_xml();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let devices = child(doc.root_element(), "devices");
+    let disks: Vec<_> = devices
+        .children()
+        .filter(|n| n.has_tag_name("disk"))
+        .collect();
+    assert_eq!(disks[0].attribute("type"), Some("file"));
+    assert_eq!(disks[1].attribute("type"), Some("block"));
+    let source = child(disks[1], "source");
+    assert_eq!(source.attribute("dev"), plan.disks[1].path.to_str());
+    assert_eq!(source.attribute("file"), None);
+}
