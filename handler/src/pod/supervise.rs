@@ -257,22 +257,40 @@ fn copy_stderr(stderr: ChildStderr) -> mpsc::Receiver<Option<String>> {
     rx
 }
 
-/// The launcher's last error line and last line.
+/// The launcher's last error line and last line. An error line ending in ':' takes the
+/// indented lines after it (`invalid launch configuration (1 problem):` then
+/// `  - disks[2].path: ...`), so the reason names the problem, within [`MAX_LINE`].
 #[derive(Debug, Default)]
 struct ErrorTail {
     error: Option<String>,
     last: Option<String>,
+    /// The error line ends in ':' and indented details may follow.
+    open: bool,
 }
 
 impl ErrorTail {
     fn push(&mut self, raw: &[u8]) {
         let text = String::from_utf8_lossy(&raw[..raw.len().min(MAX_LINE)]);
+        let indented = text.starts_with([' ', '\t']);
         let text = text.trim();
         if text.is_empty() {
             return;
         }
+        match &mut self.error {
+            Some(error) if self.open && indented => {
+                let room = MAX_LINE.saturating_sub(error.len() + 1);
+                if room > 0 {
+                    error.push(' ');
+                    error.extend(text.chars().take(room));
+                }
+                self.last = Some(text.to_string());
+                return;
+            }
+            _ => self.open = false,
+        }
         if text.contains(": error: ") || text.contains(" ERROR ") {
             self.error = Some(text.to_string());
+            self.open = text.ends_with(':');
         }
         self.last = Some(text.to_string());
     }
@@ -301,6 +319,15 @@ mod tests {
         let mut tail = ErrorTail::default();
         tail.push(b"something odd\n");
         assert_eq!(tail.best().as_deref(), Some("something odd"));
+        let mut tail = ErrorTail::default();
+        tail.push(b"ironvisor-launcher-qemu: error: invalid launch configuration (1 problem):\n");
+        tail.push(b"  - disks[2].path: /d is a special file, not a regular file\n");
+        tail.push(b"guardian: done\n");
+        tail.push(b"  indented noise after the details\n");
+        assert_eq!(
+            tail.best().as_deref(),
+            Some("ironvisor-launcher-qemu: error: invalid launch configuration (1 problem): - disks[2].path: /d is a special file, not a regular file")
+        );
         let mut tail = ErrorTail::default();
         tail.push(&[b'x'; 10_000]);
         assert_eq!(tail.best().map(|l| l.len()), Some(MAX_LINE));

@@ -508,7 +508,7 @@ impl LaunchConfig {
         let mut images: HashMap<PathBuf, (usize, bool)> = HashMap::new();
         for (i, disk) in self.disks.iter().enumerate() {
             let field = format!("disks[{i}].path");
-            if let Some(size) = check_regular_file(issues, &field, &disk.path, !disk.read_only) {
+            if let Some(size) = check_disk_image(issues, &field, &disk.path, !disk.read_only) {
                 if size == 0 {
                     issues.push(&field, format!("{} is empty", disk.path.display()));
                 } else if disk.format == ImageFormat::Raw && size % DISK_SECTOR_SIZE != 0 {
@@ -734,6 +734,33 @@ impl LaunchConfig {
 
 /// Checks that `path` is an existing, regular, openable file (writable too when asked).
 /// Returns its size when it is, after recording an issue under `field` when it is not.
+/// A disk image is a regular file or a block device (a Block-mode volume); its size.
+fn check_disk_image(issues: &mut Issues, field: &str, path: &Path, writable: bool) -> Option<u64> {
+    let is_block = std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+        .unwrap_or(false);
+    if !is_block {
+        return check_regular_file(issues, field, path, writable);
+    }
+    let opened = OpenOptions::new().read(true).write(writable).open(path);
+    // A block device's size is where its end is; its metadata says 0.
+    match opened.and_then(|mut f| std::io::Seek::seek(&mut f, io::SeekFrom::End(0))) {
+        Ok(size) => Some(size),
+        Err(e) => {
+            let access = if writable {
+                "readable and writable"
+            } else {
+                "readable"
+            };
+            issues.push(
+                field,
+                format!("block device {} is not {access}: {e}", path.display()),
+            );
+            None
+        }
+    }
+}
+
 fn check_regular_file(
     issues: &mut Issues,
     field: &str,

@@ -25,10 +25,13 @@
 //!   bind mounts, loop devices). [`publish`]: putting a volume at a target and taking it
 //!   away.
 //! - [`identity`], [`controller`], [`node`], [`registration`]: the gRPC services.
-//! - [`socket`], [`server`]: binding the sockets and serving until shutdown.
+//! - [`socket`], [`server`]: binding the sockets and serving until shutdown;
+//!   [`authority`]: the relay in front of both that lets grpc-go clients dialling a bare
+//!   socket path (the kubelet's plugin watcher) through tonic's HTTP/2 checks.
 
 #![deny(missing_docs)]
 
+pub mod authority;
 pub mod blocking;
 pub mod capability;
 pub mod capacity;

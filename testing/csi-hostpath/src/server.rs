@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
 use tracing::{info, warn};
@@ -98,8 +97,9 @@ struct Running {
 }
 
 fn spawn(listener: UnixListener, router: Router, mut stop: watch::Receiver<bool>) -> ServerTask {
+    // Relayed: the kubelet names sockets by path in `:authority` ([`authority`]).
     tokio::spawn(router.serve_with_incoming_shutdown(
-        UnixListenerStream::new(listener),
+        crate::authority::relayed_incoming(listener),
         async move {
             let _ = stop.wait_for(|stop| *stop).await;
         },

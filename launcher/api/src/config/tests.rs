@@ -427,6 +427,24 @@ fn disk_images_must_exist_and_be_whole_sectors() {
 }
 
 #[test]
+fn a_block_device_is_a_disk_image_sized_by_its_end() {
+    // An unattached loop device: a block device of 0 bytes that opens without privilege
+    // beyond root's and without touching any data.
+    let device = std::fs::read_dir("/sys/class/block")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
+        .find(|e| std::fs::read_to_string(e.path().join("size")).is_ok_and(|s| s.trim() == "0"))
+        .map(|e| std::path::Path::new("/dev").join(e.file_name()))
+        .expect("an unattached loop device");
+    let mut fx = Fixture::new();
+    fx.config.disks[0].path = device;
+    fx.config.disks[0].read_only = true;
+    // Taken as a disk (not "a special file"), and its size read: 0, so empty.
+    assert_one_issue(&fx.config, "disks[0].path", &["loop", "is empty"]);
+}
+
+#[test]
 fn an_image_is_shared_only_read_only() {
     let mut fx = Fixture::new();
     let mut second = fx.config.disks[0].clone();
