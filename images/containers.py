@@ -43,6 +43,8 @@ DEFAULT_SOCKET = Path("/run/ironvisor-cluster/containerd/containerd.sock")
 VERSION = "0.1.0"
 PAUSE_TAG = "3.10"
 BUSYBOX_TAG = "1.35"
+#: The CSI external-provisioner built by scripts/cluster/build.sh (same default version).
+CSI_PROVISIONER_VERSION = os.environ.get("CSI_PROVISIONER_VERSION") or "v5.3.0"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 #: Compressed base layers unused for this long are removed from the cache.
 LAYER_CACHE_DAYS = 14
@@ -268,6 +270,41 @@ def spec_apiserver(inputs: Inputs) -> ImageSpec:
     return _static_service(inputs, "ironvisor-apiserver", "apiserver", "api-server")
 
 
+def spec_csi_hostpath(inputs: Inputs) -> ImageSpec:
+    """The test cluster's CSI driver (testing/csi-hostpath): one static binary. It runs
+    privileged (bind mounts, loop devices), so as root."""
+    package = "ironvisor-csi-hostpath"
+    try:
+        path = inputs.static(package, package)
+    except cargo.CargoError as exc:
+        raise ContainersError(f"csi-hostpath: {exc}") from exc
+    if elf.elf_interpreter(path) is not None:
+        raise ContainersError(f"csi-hostpath: {path} is dynamically linked (crt-static ignored?)")
+    return ImageSpec(f"ironvisor/csi-hostpath:{VERSION}",
+                     (Layer((Entry(f"/usr/local/bin/{package}", source=path, mode=0o755),
+                             Entry("/tmp", mode=0o1777)),
+                            comment=f"{package} (testing/csi-hostpath), static"),),
+                     entrypoint=(f"/usr/local/bin/{package}",))
+
+
+def spec_csi_provisioner(inputs: Inputs) -> ImageSpec:
+    """The upstream CSI external-provisioner sidecar, built from its Go module by
+    scripts/cluster/build.sh (static: CGO_ENABLED=0)."""
+    binary = (inputs.cache.parent / "csi-provisioner" / CSI_PROVISIONER_VERSION / "bin"
+              / "csi-provisioner")
+    if not binary.is_file():
+        raise ContainersError(f"csi-provisioner: {binary} is missing; scripts/cluster/build.sh "
+                              "builds it (scripts/cluster.sh up runs that)")
+    if elf.elf_interpreter(binary) is not None:
+        raise ContainersError(f"csi-provisioner: {binary} is dynamically linked")
+    return ImageSpec(f"ironvisor/csi-provisioner:{CSI_PROVISIONER_VERSION}",
+                     (Layer((Entry("/csi-provisioner", source=binary, mode=0o755),
+                             Entry(str(CA_BUNDLE), source=CA_BUNDLE, mode=0o644),
+                             Entry("/tmp", mode=0o1777)),
+                            comment=f"external-provisioner {CSI_PROVISIONER_VERSION}"),),
+                     entrypoint=("/csi-provisioner",))
+
+
 @dataclass(frozen=True)
 class Image:
     """A buildable image: its short name, its repository and how to make its spec."""
@@ -288,6 +325,8 @@ IMAGES = (
     Image("handler", "ironvisor/handler", spec_handler),
     Image("controller", "ironvisor/controller", spec_controller),
     Image("apiserver", "ironvisor/apiserver", spec_apiserver),
+    Image("csi-hostpath", "ironvisor/csi-hostpath", spec_csi_hostpath),
+    Image("csi-provisioner", "ironvisor/csi-provisioner", spec_csi_provisioner),
 )
 
 
@@ -310,7 +349,7 @@ def listed_reference(image: Image) -> str:
             return f"docker.io/{image.repository}:debian-<M.m> (tag from the kernel build)"
         return normalize_reference(kernel_reference(version.read_text().strip()))
     tag = {"pause": PAUSE_TAG, "rootfs": "busybox", "busybox": BUSYBOX_TAG,
-           "debian": "bookworm"}.get(
+           "debian": "bookworm", "csi-provisioner": CSI_PROVISIONER_VERSION}.get(
         image.name, VERSION)
     return normalize_reference(f"{image.repository}:{tag}")
 

@@ -534,6 +534,37 @@ node_ready() {
 	[ -z "$since" ] || [[ ! ${ready#* } < $since ]]
 }
 
+# ---------------------------------------------------------------- storage
+
+CSI_DRIVER=hostpath.csi.ironvisor.io
+CSI_MANIFEST=$HERE/cluster/storage/csi-hostpath.yaml
+CSI_DATA=$STATE/csi-hostpath
+CSI_IMAGES=(csi-hostpath csi-provisioner)
+
+image_digests() { ctr_k8s images ls 2>/dev/null | awk '$1 ~ /^docker.io\/ironvisor\/csi-/ {print $1, $3}'; }
+
+csi_registered() {
+	kubectl get csinode "$NODE_NAME" -o jsonpath='{.spec.drivers[*].name}' | grep -qw "$CSI_DRIVER"
+}
+
+# The storage add-on (scripts/cluster/storage): the CSI driver and provisioner images
+# built offline and imported, the manifest applied, then the driver registered with the
+# kubelet. Pods keep the image they started with, so an import that changed one restarts
+# the DaemonSet.
+deploy_storage() {
+	local before
+	before=$(image_digests)
+	log "storage: building and importing ${CSI_IMAGES[*]} with images/containers.py"
+	(cd "$REPO" && python3 -m images.containers import --only "${CSI_IMAGES[@]}" --containerd-socket "$CONTAINERD_SOCK") ||
+		die "could not build or import the CSI images (python3 -m images.containers import --only ${CSI_IMAGES[*]})"
+	kubectl apply -f "$CSI_MANIFEST" >/dev/null || die "kubectl apply -f $CSI_MANIFEST failed"
+	if [ -n "$before" ] && [ "$before" != "$(image_digests)" ]; then
+		log "storage: new CSI images; restarting the csi-hostpath DaemonSet"
+		kubectl rollout restart -n ironvisor-csi daemonset/csi-hostpath >/dev/null
+	fi
+	wait_until "the CSI driver $CSI_DRIVER registered on node $NODE_NAME" csi_registered
+}
+
 cmd_up() {
 	need_root up
 	take_lock
@@ -550,6 +581,7 @@ cmd_up() {
 	done
 	wait_until "node $NODE_NAME Ready" node_ready "$since"
 	wait_until "the default service account" kubectl get serviceaccount default -n default
+	deploy_storage
 	log "cluster up in $((SECONDS - started)) s: node $NODE_NAME ($NODE_IP); eval \"\$($0 env)\" for kubectl"
 }
 
@@ -694,6 +726,10 @@ cleanup_host() {
 	ip link del "$CNI_BRIDGE" 2>/dev/null || true
 	ip link del "$NODE_LINK" 2>/dev/null || true
 	rm -rf "$STATE/cni/ipam"
+	# Loop devices of the CSI driver's Block volumes (their files stay, as the volumes do).
+	for m in $(losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null | awk -v d="$CSI_DATA/" 'index($2, d) == 1 {print $1}'); do
+		losetup --detach "$m" 2>/dev/null || log "could not detach the loop device $m"
+	done
 	# kube-proxy's own cleanup (iptables, and nftables where `nft` is), then every KUBE-* and
 	# CNI-* chain that kube-proxy, the kubelet and the bridge plugin's ipMasq made.
 	if [ -x "$K8S_BIN/kube-proxy" ] && [ -f "$STATE/config/kube-proxy.yaml" ]; then

@@ -4,6 +4,7 @@
 #   $CACHE/kubernetes/<version>/bin/  kube-apiserver kube-controller-manager kube-scheduler
 #                                     kubelet kube-proxy kubectl   (k8s.io/kubernetes)
 #   $CACHE/etcd/<version>/bin/etcd                                  (go.etcd.io/etcd/server/v3)
+#   $CACHE/csi-provisioner/<version>/bin/csi-provisioner            (the CSI external-provisioner)
 #   $CACHE/go/{mod,build}                                           Go module and build caches
 #
 # The k8s.io/kubernetes module cannot be built with `go install`: its go.mod points the
@@ -21,6 +22,8 @@ K8S_VERSION=${K8S_VERSION:-v1.34.4}
 # The etcd the Kubernetes release itself is built against (go.etcd.io/etcd/client/v3 in
 # its go.mod); 1.34 supports etcd 3.5 and 3.6.
 ETCD_VERSION=${ETCD_VERSION:-v3.6.4}
+# The CSI external-provisioner sidecar of the test cluster's storage (scripts/cluster/csi).
+CSI_PROVISIONER_VERSION=${CSI_PROVISIONER_VERSION:-v5.3.0}
 CACHE=${IRONVISOR_CACHE_DIR:-/var/cache/ironvisor}
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 
@@ -29,16 +32,18 @@ die() { log "error: $*"; exit 1; }
 
 k8s_bin=$CACHE/kubernetes/$K8S_VERSION/bin
 etcd_bin=$CACHE/etcd/$ETCD_VERSION/bin
+csi_bin=$CACHE/csi-provisioner/$CSI_PROVISIONER_VERSION/bin
 
 all_cached() {
 	local b
 	[ -x "$etcd_bin/etcd" ] || return 1
+	[ -x "$csi_bin/csi-provisioner" ] || return 1
 	for b in "${K8S_BINARIES[@]}"; do [ -x "$k8s_bin/$b" ] || return 1; done
 }
 
 # Fast path, without Go and without the lock: everything is there already.
 if all_cached; then
-	log "cached: Kubernetes $K8S_VERSION in $k8s_bin, etcd $ETCD_VERSION in $etcd_bin"
+	log "cached: Kubernetes $K8S_VERSION in $k8s_bin, etcd $ETCD_VERSION in $etcd_bin, csi-provisioner $CSI_PROVISIONER_VERSION in $csi_bin"
 	exit 0
 fi
 
@@ -123,5 +128,30 @@ build_etcd() {
 	log "etcd $ETCD_VERSION built in $((SECONDS - started)) s"
 }
 
+# The provisioner is built from its own module (its go.mod pins the k8s.io modules it was
+# released with), copied out of the module cache so `go build` can use it as the main
+# module; it needs nothing that is not on the module proxy.
+build_csi_provisioner() {
+	if [ -x "$csi_bin/csi-provisioner" ]; then
+		log "csi-provisioner $CSI_PROVISIONER_VERSION: cached in $csi_bin"
+		return
+	fi
+	local module=github.com/kubernetes-csi/external-provisioner/v5 src dir started=$SECONDS
+	[[ $CSI_PROVISIONER_VERSION == v5.* ]] ||
+		die "CSI_PROVISIONER_VERSION=$CSI_PROVISIONER_VERSION: only v5.x releases ($module) are supported"
+	dir=$(go mod download -json "$module@$CSI_PROVISIONER_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+	[ -d "$dir" ] || die "could not download $module@$CSI_PROVISIONER_VERSION from the Go module proxy"
+	src=$CACHE/csi-provisioner/$CSI_PROVISIONER_VERSION/src
+	rm -rf "$src"
+	mkdir -p "$(dirname "$src")" "$csi_bin"
+	cp -r "$dir" "$src"
+	chmod -R u+w "$src"
+	(cd "$src" && gobuild -mod=mod -ldflags "-s -w -X main.version=$CSI_PROVISIONER_VERSION" \
+		-o "$csi_bin/csi-provisioner" ./cmd/csi-provisioner) ||
+		die "go build of csi-provisioner $CSI_PROVISIONER_VERSION failed ($src)"
+	log "csi-provisioner $CSI_PROVISIONER_VERSION built in $((SECONDS - started)) s"
+}
+
 build_etcd
 build_kubernetes
+build_csi_provisioner

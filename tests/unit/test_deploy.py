@@ -11,12 +11,14 @@ import pytest
 import yaml
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+#: The test cluster's storage add-on (applied by scripts/cluster.sh up).
+STORAGE = Path(__file__).resolve().parents[2] / "scripts" / "cluster" / "storage"
 KUBERNETES_VERSION = "1.34.0"
 
 
 def manifests() -> list[tuple[Path, dict]]:
     docs = []
-    for path in sorted(DEPLOY.rglob("*.yaml")):
+    for path in sorted(DEPLOY.rglob("*.yaml")) + sorted(STORAGE.glob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
         for doc in yaml.safe_load_all(path.read_text()):
@@ -37,7 +39,7 @@ def test_manifest_is_valid(path: Path, doc: dict) -> None:
     try:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as error:
-        pytest.fail(f"{path.relative_to(DEPLOY)}: {doc['kind']} {doc['metadata']['name']}: {error}")
+        pytest.fail(f"{path.name}: {doc['kind']} {doc['metadata']['name']}: {error}")
 
 
 def test_kustomization_lists_every_manifest() -> None:

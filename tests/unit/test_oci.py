@@ -191,7 +191,11 @@ def test_bad_names_are_refused(bad: str) -> None:
 def test_every_image_lists_under_its_full_name() -> None:
     names = {image.name: containers.listed_reference(image) for image in containers.IMAGES}
     assert list(names) == ["pause", "rootfs", "debian", "busybox", "guest-kernel", "launcher",
-                           "handler", "controller", "apiserver"]
+                           "handler", "controller", "apiserver", "csi-hostpath",
+                           "csi-provisioner"]
+    assert names["csi-provisioner"] == (
+        f"docker.io/ironvisor/csi-provisioner:{containers.CSI_PROVISIONER_VERSION}")
+    assert names["csi-hostpath"] == f"docker.io/ironvisor/csi-hostpath:{containers.VERSION}"
     assert names["debian"] == "docker.io/ironvisor/debian:bookworm"
     assert names["apiserver"] == f"docker.io/ironvisor/apiserver:{containers.VERSION}"
     assert names["pause"] == "docker.io/ironvisor/pause:3.10"
