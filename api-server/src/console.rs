@@ -85,6 +85,9 @@ pub fn check_upgrade(
 }
 
 /// Answers the upgrade and relays between the WebSocket and `link` once it happened.
+/// With `half_close` (port forwarding), an empty message on the input channel ends the
+/// input only: the guest's side gets end-of-file and its output still flows until it
+/// closes.
 pub fn upgrade(
     mut request: Request<Incoming>,
     key: &str,
@@ -92,6 +95,7 @@ pub fn upgrade(
     protocol: Option<&'static str>,
     link: LinkStream,
     what: String,
+    half_close: bool,
 ) -> Response<Full<Bytes>> {
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(
@@ -105,7 +109,7 @@ pub fn upgrade(
                     )
                     .await;
                     info!(%what, "console attached");
-                    relay(socket, link, framing).await;
+                    relay(socket, link, framing, half_close).await;
                     info!(%what, "console detached");
                 }
                 Err(error) => debug!(%error, "the console upgrade did not happen"),
@@ -127,8 +131,18 @@ pub fn upgrade(
     response
 }
 
-/// Copies both ways until either side ends.
-async fn relay<S>(socket: WebSocketStream<S>, link: LinkStream, framing: Framing)
+/// How the client's input ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InputEnd {
+    /// It closed the WebSocket or went away.
+    Closed,
+    /// It sent end-of-file (half-close).
+    Eof,
+}
+
+/// Copies both ways until either side ends (or, after a half-close, until the guest's
+/// side ends).
+async fn relay<S>(socket: WebSocketStream<S>, link: LinkStream, framing: Framing, half_close: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -157,6 +171,7 @@ where
         let _ = to_client.send(Message::Close(None)).await;
     };
     let input = async {
+        let mut end = InputEnd::Closed;
         while let Some(Ok(message)) = from_client.next().await {
             let data = match message {
                 Message::Binary(data) => data.to_vec(),
@@ -172,16 +187,26 @@ where
                 },
                 Framing::Plain => data,
             };
+            if half_close && payload.is_empty() {
+                end = InputEnd::Eof;
+                break;
+            }
             if to_guest.write_all(&payload).await.is_err() || to_guest.flush().await.is_err() {
                 break;
             }
         }
         let _ = to_guest.shutdown().await;
+        end
     };
-    // Either direction ending ends the session.
-    tokio::select! {
-        () = output => {}
-        () = input => {}
+    // Either direction ending ends the session, except a half-close, after which the
+    // guest's output is still relayed until it ends.
+    tokio::pin!(output);
+    let end = tokio::select! {
+        () = &mut output => return,
+        end = input => end,
+    };
+    if end == InputEnd::Eof {
+        output.await;
     }
 }
 

@@ -79,7 +79,13 @@ impl NodeLink {
     /// Asks the agent running `namespace/name` to do `op`; on success returns the open
     /// connection (for a console, the console's bytes follow).
     #[instrument(skip(self), fields(op = op.name()))]
-    pub async fn open(&self, namespace: &str, name: &str, op: LinkOp) -> Result<LinkStream, Reply> {
+    pub async fn open(
+        &self,
+        namespace: &str,
+        name: &str,
+        op: LinkOp,
+        port: Option<u16>,
+    ) -> Result<LinkStream, Reply> {
         let what = format!("VirtualMachineInstance {namespace}/{name}");
         let vmi = Api::<VirtualMachineInstance>::namespaced(self.client.clone(), namespace)
             .get_opt(name)
@@ -102,6 +108,7 @@ impl NodeLink {
             op,
             namespace: namespace.to_string(),
             name: name.to_string(),
+            port,
         };
         let exchange = async {
             stream.get_mut().write_all(&encode_line(&request)).await?;
@@ -131,8 +138,10 @@ impl NodeLink {
         })?;
         match reply.code {
             200 => Ok(stream),
+            400 => Err(Reply::bad_request(reply.message)),
             404 => Err(Reply::not_found(reply.message)),
             409 => Err(Reply::conflict(reply.message)),
+            502 => Err(Reply::bad_gateway(reply.message)),
             _ => Err(Reply::internal(reply.message)),
         }
     }

@@ -72,6 +72,12 @@ impl Reply {
         Self::failure(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
     }
 
+    /// 502: something behind the api-server refused (a guest port nothing listens on).
+    /// Not retried by clients, unlike 503.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::failure(StatusCode::BAD_GATEWAY, "BadGateway", message)
+    }
+
     /// 503.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::failure(

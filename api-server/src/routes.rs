@@ -9,6 +9,7 @@
 //! | `/apis/subresources.ironvisor.io/v1alpha1/namespaces/NS/virtualmachines/NAME/{start,stop,restart}` | PUT | lifecycle |
 //! | `.../namespaces/NS/virtualmachineinstances/NAME/{pause,unpause}` | PUT | vCPUs |
 //! | `.../namespaces/NS/virtualmachineinstances/NAME/console` | GET (WebSocket) | serial console |
+//! | `.../namespaces/NS/virtualmachineinstances/NAME/portforward/PORT[/tcp]` | GET (WebSocket) | a TCP connection to the guest's PORT |
 
 use hyper::Method;
 use serde_json::{json, Value};
@@ -65,7 +66,11 @@ pub enum Route {
         name: String,
         /// Which.
         op: LinkOp,
+        /// The guest port of a `portforward`.
+        port: Option<u16>,
     },
+    /// A known path with a bad parameter; the message says which.
+    Invalid(String),
     /// A VM subresource.
     Vm {
         /// Namespace.
@@ -140,6 +145,34 @@ pub fn route(method: &Method, path: &str) -> Route {
                     namespace: namespace.to_string(),
                     name: name.to_string(),
                     op,
+                    port: None,
+                },
+            )
+        }
+        // KubeVirt's `portforward/PORT` and `portforward/PORT/PROTOCOL` (tcp only).
+        ["apis", group, version, "namespaces", namespace, "virtualmachineinstances", name, "portforward", port, rest @ ..]
+            if *group == SUBRESOURCE_GROUP
+                && *version == SUBRESOURCE_VERSION
+                && rest.len() <= 1 =>
+        {
+            if let Some(protocol) = rest.first().filter(|p| !p.eq_ignore_ascii_case("tcp")) {
+                return Route::Invalid(format!(
+                    "portforward protocol {protocol:?} is not served; only tcp is"
+                ));
+            }
+            let Some(port) = port.parse::<u16>().ok().filter(|p| *p != 0) else {
+                return Route::Invalid(format!(
+                    "portforward port {port:?} is not a port number (1-65535)"
+                ));
+            };
+            expect(
+                &Method::GET,
+                "GET",
+                Route::Vmi {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    op: LinkOp::PortForward,
+                    port: Some(port),
                 },
             )
         }
@@ -179,6 +212,7 @@ fn resource_list() -> Value {
     resources.push(entry("virtualmachineinstances/pause".into(), "update"));
     resources.push(entry("virtualmachineinstances/unpause".into(), "update"));
     resources.push(entry("virtualmachineinstances/console".into(), "get"));
+    resources.push(entry("virtualmachineinstances/portforward".into(), "get"));
     json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
@@ -233,7 +267,8 @@ mod tests {
             Route::Vmi {
                 namespace: "default".into(),
                 name: "small".into(),
-                op: LinkOp::Console
+                op: LinkOp::Console,
+                port: None,
             }
         );
         assert_eq!(
@@ -244,7 +279,8 @@ mod tests {
             Route::Vmi {
                 namespace: "default".into(),
                 name: "small".into(),
-                op: LinkOp::Pause
+                op: LinkOp::Pause,
+                port: None,
             }
         );
         assert_eq!(
@@ -258,6 +294,45 @@ mod tests {
             route(
                 &Method::PUT,
                 &format!("{BASE}/virtualmachineinstances/small/start")
+            ),
+            Route::NotFound
+        );
+    }
+
+    #[test]
+    fn port_forward_takes_a_port_and_optionally_tcp() {
+        for path in ["portforward/22", "portforward/22/tcp"] {
+            assert_eq!(
+                route(
+                    &Method::GET,
+                    &format!("{BASE}/virtualmachineinstances/small/{path}")
+                ),
+                Route::Vmi {
+                    namespace: "default".into(),
+                    name: "small".into(),
+                    op: LinkOp::PortForward,
+                    port: Some(22),
+                }
+            );
+        }
+        for (path, needle) in [
+            ("portforward/0", "\"0\""),
+            ("portforward/ssh", "\"ssh\""),
+            ("portforward/70000", "\"70000\""),
+            ("portforward/53/udp", "\"udp\""),
+        ] {
+            match route(
+                &Method::GET,
+                &format!("{BASE}/virtualmachineinstances/small/{path}"),
+            ) {
+                Route::Invalid(message) => assert!(message.contains(needle), "{message}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            route(
+                &Method::GET,
+                &format!("{BASE}/virtualmachineinstances/small/portforward/22/tcp/x")
             ),
             Route::NotFound
         );
@@ -284,7 +359,8 @@ mod tests {
                 "virtualmachines/restart",
                 "virtualmachineinstances/pause",
                 "virtualmachineinstances/unpause",
-                "virtualmachineinstances/console"
+                "virtualmachineinstances/console",
+                "virtualmachineinstances/portforward"
             ]
         );
         let Route::Discovery(groups) = route(&Method::GET, "/apis/") else {

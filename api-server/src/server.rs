@@ -174,7 +174,8 @@ async fn respond(
                 namespace,
                 name,
                 op,
-            } => match vmi_action(state, peer_name, request, &namespace, &name, op).await {
+                port,
+            } => match vmi_action(state, peer_name, request, &namespace, &name, op, port).await {
                 Ok(response) => response,
                 Err(reply) => reply.into_response(),
             },
@@ -184,6 +185,7 @@ async fn respond(
             Route::NotFound => {
                 Reply::not_found(format!("{path} is not served here")).into_response()
             }
+            Route::Invalid(message) => Reply::bad_request(message).into_response(),
         }
     }
     .instrument(span)
@@ -223,7 +225,8 @@ async fn authorize(
     }
 }
 
-/// pause, unpause and console: through the node agent that runs the instance.
+/// pause, unpause, console and portforward: through the node agent that runs the
+/// instance.
 async fn vmi_action(
     state: &ServerState,
     peer_name: Option<&str>,
@@ -231,17 +234,18 @@ async fn vmi_action(
     namespace: &str,
     name: &str,
     op: LinkOp,
+    port: Option<u16>,
 ) -> Result<Response<Full<Bytes>>, Reply> {
-    // A console that is not a WebSocket upgrade is refused before anything is asked.
+    // A console or port forward that is not a WebSocket upgrade is refused before
+    // anything is asked.
     let upgrade = match op {
-        LinkOp::Console => Some(console::check_upgrade(&request)?),
+        LinkOp::Console | LinkOp::PortForward => Some(console::check_upgrade(&request)?),
         LinkOp::Pause | LinkOp::Unpause => None,
     };
     let access = Access {
-        verb: if op == LinkOp::Console {
-            "get"
-        } else {
-            "update"
+        verb: match op {
+            LinkOp::Console | LinkOp::PortForward => "get",
+            LinkOp::Pause | LinkOp::Unpause => "update",
         },
         resource: "virtualmachineinstances",
         subresource: op.name(),
@@ -249,11 +253,17 @@ async fn vmi_action(
         name: name.to_string(),
     };
     authorize(state, peer_name, request.headers(), &access).await?;
-    let link = state.node_link.open(namespace, name, op).await?;
+    let link = state.node_link.open(namespace, name, op, port).await?;
     let what = format!("VirtualMachineInstance {namespace}/{name}");
     match upgrade {
         Some((key, framing, protocol)) => Ok(console::upgrade(
-            request, &key, framing, protocol, link, what,
+            request,
+            &key,
+            framing,
+            protocol,
+            link,
+            what,
+            op == LinkOp::PortForward,
         )),
         None => {
             info!(op = op.name(), "done");

@@ -2,8 +2,9 @@
 //! instance, over the mutual-TLS connection to the agent's pod
 //! ([`crate::cluster::NODE_LINK_PORT`]).
 //!
-//! One JSON line each way opens the exchange; for a console, the connection then carries
-//! the serial console's bytes both ways until either side closes it.
+//! One JSON line each way opens the exchange; for a console (or a port forward), the
+//! connection then carries the serial console's (or the guest port's) bytes both ways until
+//! either side closes it.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,8 @@ pub enum LinkOp {
     Pause,
     /// Resume them.
     Unpause,
+    /// Connect to a TCP port of the guest ([`LinkRequest::port`]).
+    PortForward,
 }
 
 impl LinkOp {
@@ -29,6 +32,7 @@ impl LinkOp {
             Self::Console => "console",
             Self::Pause => "pause",
             Self::Unpause => "unpause",
+            Self::PortForward => "portforward",
         }
     }
 }
@@ -43,6 +47,9 @@ pub struct LinkRequest {
     pub namespace: String,
     /// The instance's name.
     pub name: String,
+    /// The guest's TCP port, for [`LinkOp::PortForward`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// The reply line.
@@ -88,11 +95,17 @@ mod tests {
             op: LinkOp::Console,
             namespace: "default".into(),
             name: "small".into(),
+            port: None,
         };
         let line = encode_line(&request);
         assert_eq!(line.last(), Some(&b'\n'));
         let back: LinkRequest = serde_json::from_slice(&line).unwrap();
         assert_eq!(back, request);
+        assert!(!String::from_utf8_lossy(&line).contains("port"));
+        let forward: LinkRequest =
+            serde_json::from_str(r#"{"op":"portForward","namespace":"d","name":"n","port":22}"#)
+                .unwrap();
+        assert_eq!((forward.op, forward.port), (LinkOp::PortForward, Some(22)));
         assert!(serde_json::from_str::<LinkRequest>(
             r#"{"op":"console","namespace":"d","name":"n","x":1}"#
         )

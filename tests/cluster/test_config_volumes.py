@@ -3,11 +3,15 @@ real cluster: the kubelet writes each into the launcher pod, `virt-launcher` tur
 volume into a read-only FAT disk and adds the Secret's SSH key to the cloud-init userData,
 and the Debian guest mounts the disks by volume label and prints what it reads (the
 ConfigMap's and Secret's values, the namespace and a token of the service account, the
-VM's labels) and whether cloud-init installed the key."""
+VM's labels) and whether cloud-init installed the key. Then `virtctl ssh` logs in with
+that key through the cluster's port forwarding and reads a mounted file."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +19,7 @@ from tests.cluster.conftest import diagnostics
 from tests.cluster.kube import Kubectl, phase, wait_for
 from tests.cluster.test_kubevirt_corpus import compute_log
 from tests.debian_guest import manifest as debian_manifest
+from tests.standalone.node import VIRTCTL
 
 pytestmark = pytest.mark.cluster
 
@@ -47,7 +52,7 @@ kind: Secret
 metadata:
   name: my-keys
 stringData:
-  key1: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOh5dCqk0J2hlJZoJfJv9Vq0p5D1nU3W7bY9mS2cX4aB ironvisor-test-key
+  key1: PUBLIC_KEY
 """
 
 USER_DATA = """\
@@ -104,10 +109,19 @@ def manifest() -> str:
                            labels="        app: cfgtest\n")
 
 
+def key_pair(directory: Path) -> tuple[Path, str]:
+    """A fresh ed25519 key without passphrase: its private key file and public line."""
+    key = directory / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ironvisor-test-key",
+                    "-f", str(key)], check=True)
+    return key, (directory / "id_ed25519.pub").read_text().strip()
+
+
 def test_cluster_object_volumes_reach_the_guest_as_labelled_disks(
-        ironvisor: Kubectl, namespace: str) -> None:
+        ironvisor: Kubectl, namespace: str, tmp_path: Path) -> None:
     k, ns = ironvisor, namespace
-    k.apply(OBJECTS, ns)
+    key, public = key_pair(tmp_path)
+    k.apply(OBJECTS.replace("PUBLIC_KEY", public), ns)
     k.apply(manifest(), ns)
     vmi = wait_for(f"VMI {ns}/{NAME} Running", lambda: (
         (lambda obj: obj if obj and phase(obj) == "Running" else None)(k.get("vmi", NAME, ns))),
@@ -127,6 +141,19 @@ def test_cluster_object_volumes_reach_the_guest_as_labelled_disks(
     pod = k.json("get", "pods", "-n", ns, "-l",
                  f"ironvisor.io/created-by={vmi['metadata']['uid']}")["items"][0]
     assert pod["spec"]["serviceAccountName"] == "builder", pod["spec"]
+
+    # virtctl ssh with the Secret's key, through port-forward (no Service, no node port).
+    env = {key: value for key, value in os.environ.items() if key != "IRONVISOR_SOCKET"}
+    env.update(k.env)
+    login = subprocess.run(
+        [str(VIRTCTL), "ssh", "-n", ns, "-i", str(key), "-t", "-oStrictHostKeyChecking=no",
+         "-t", f"-oUserKnownHostsFile={tmp_path / 'known_hosts'}", "-t", "-oBatchMode=yes",
+         "-t", "-oHashKnownHosts=no", "-c", "cat /mnt/cfgdata/app.conf; echo user=$(id -un)", f"debian@vm/{NAME}"],
+        capture_output=True, text=True, timeout=180, env=env)
+    assert login.returncode == 0, (login.stdout, login.stderr)
+    assert "mode=vm" in login.stdout and "user=debian" in login.stdout, login.stdout
+    # The guest's host key was remembered under the VM's alias.
+    assert f"vm.{NAME}.{ns}" in (tmp_path / "known_hosts").read_text()
     k.run("delete", "vm", NAME, "-n", ns, "--wait=false")
     wait_for(f"VM {ns}/{NAME} gone", lambda: k.get("vm", NAME, ns) is None, 120,
              describe=lambda: diagnostics(k, ns))

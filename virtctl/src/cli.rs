@@ -50,6 +50,8 @@ Examples:
   virtctl stop small --grace-period 0   stop it at once
   virtctl restart small
   virtctl console small                 serial console (Ctrl+] detaches)
+  virtctl port-forward vm/small 8080:80 a guest port on localhost (cluster mode)
+  virtctl ssh -i KEY debian@vm/small    ssh through port-forward (cluster mode)
   virtctl --node apply -f vm.yaml       create a VM on the standalone node
   virtctl completion bash > /etc/bash_completion.d/virtctl"
 )]
@@ -124,6 +126,12 @@ pub enum Command {
     Console(ConsoleArgs),
     /// Print the launcher log of a VM's current (or last) run.
     Logs(LogsArgs),
+    /// Forward local TCP ports to a VM's guest ports (cluster mode, through the API):
+    /// `port-forward vm/NAME 8080:80`, or `--stdio vm/NAME 22` for an ssh ProxyCommand.
+    PortForward(PortForwardArgs),
+    /// SSH to a VM's guest through `port-forward` with the local `ssh`:
+    /// `ssh -i KEY USER@vm/NAME [-c COMMAND]`.
+    Ssh(SshArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
 }
@@ -274,6 +282,49 @@ pub struct LogsArgs {
     /// Keep printing new log lines as they are written.
     #[arg(short = 'f', long)]
     pub follow: bool,
+}
+
+/// Arguments of `port-forward`.
+#[derive(Debug, Args)]
+pub struct PortForwardArgs {
+    /// The VM: `vm/NAME`, `vmi/NAME` or `NAME`.
+    pub target: String,
+    /// `LOCAL:REMOTE` or `PORT` (the same on both sides); with `--stdio`, one `PORT`.
+    #[arg(required = true, value_name = "PORTS")]
+    pub ports: Vec<String>,
+    /// Relay one connection over standard input and output instead of listening.
+    #[arg(long)]
+    pub stdio: bool,
+    /// The local address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: std::net::IpAddr,
+}
+
+/// Arguments of `ssh`.
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// `USER@vm/NAME`, or `vm/NAME` with `--username`.
+    pub target: String,
+    /// The private key to log in with.
+    #[arg(short = 'i', long = "identity-file", value_name = "FILE")]
+    pub identity_file: Option<PathBuf>,
+    /// The user to log in as.
+    #[arg(short = 'l', long)]
+    pub username: Option<String>,
+    /// The guest's SSH port.
+    #[arg(short = 'p', long, default_value_t = 22)]
+    pub port: u16,
+    /// Run this command instead of a login shell.
+    #[arg(short = 'c', long)]
+    pub command: Option<String>,
+    /// More options for the local ssh (each one word, e.g. `-t -oStrictHostKeyChecking=no`).
+    #[arg(
+        short = 't',
+        long = "local-ssh-opts",
+        value_name = "OPTION",
+        allow_hyphen_values = true
+    )]
+    pub local_ssh_opts: Vec<String>,
 }
 
 /// Checks what the parser cannot: `apply` takes no `--namespace`.

@@ -198,6 +198,28 @@ impl Cluster {
         }
     }
 
+    /// Opens a TCP connection to `port` of instance `name`'s guest (a WebSocket with the
+    /// channel protocol, as the console).
+    #[instrument(skip(self), fields(namespace = %self.namespace))]
+    pub async fn port_forward(&self, name: &str, port: u16) -> Result<ConsoleSocket, ClusterError> {
+        let what = format!(
+            "port {port} of VirtualMachineInstance {}/{name}",
+            self.namespace
+        );
+        let request =
+            http::Request::get(self.vmi_subresource(name, &format!("portforward/{port}")))
+                .body(Vec::new())
+                .map_err(|error| ClusterError::Refused {
+                    what: what.clone(),
+                    code: 0,
+                    message: format!("cannot build the request: {error}"),
+                })?;
+        match self.client.connect(request).await {
+            Ok(connection) => Ok(connection.into_stream()),
+            Err(error) => Err(self.failure(what, error)),
+        }
+    }
+
     fn failure(&self, what: String, error: kube::Error) -> ClusterError {
         match error {
             kube::Error::Api(status) => ClusterError::Refused {

@@ -72,6 +72,23 @@ pub async fn run(cli: &Cli) -> Result<(), CommandError> {
             cluster_console::run(&cluster, &args.name, options).await?;
             return Ok(());
         }
+        Command::PortForward(args) => {
+            let cluster = connect(cli).await?;
+            crate::port_forward::run(
+                &cluster,
+                &args.target,
+                &args.ports,
+                args.stdio,
+                args.address,
+            )
+            .await?;
+            return Ok(());
+        }
+        Command::Ssh(args) => {
+            let exe = std::env::current_exe().map_err(crate::ssh::SshError::Exec)?;
+            let argv = crate::ssh::ssh_argv(cli, args, &exe)?;
+            return Err(crate::ssh::exec(&argv).into());
+        }
         Command::Completion(_) => return Ok(()),
     };
     let message = connect(cli).await?.vm_action(name, action, body).await?;

@@ -34,6 +34,18 @@ pub enum CommandError {
         /// The kubectl command to use.
         instead: String,
     },
+    /// The command needs a cluster.
+    #[error("virtctl {command} works in cluster mode only (through the cluster's API); on the standalone node reach the guest at the VM's IP (`virtctl get {{NAME}}` shows it)")]
+    ClusterOnly {
+        /// The subcommand.
+        command: &'static str,
+    },
+    /// Port forwarding failed.
+    #[error(transparent)]
+    PortForward(#[from] crate::port_forward::PortForwardError),
+    /// ssh could not be started.
+    #[error(transparent)]
+    Ssh(#[from] crate::ssh::SshError),
     /// The node daemon cannot be reached.
     #[error(transparent)]
     Connect(Box<ClientError>),
@@ -132,6 +144,15 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
     if !cli.standalone() {
         return crate::cluster_commands::run(&cli).await;
     }
+    match &cli.command {
+        Command::PortForward(_) => {
+            return Err(CommandError::ClusterOnly {
+                command: "port-forward",
+            })
+        }
+        Command::Ssh(_) => return Err(CommandError::ClusterOnly { command: "ssh" }),
+        _ => {}
+    }
     // Read local files before connecting, so a wrong path is reported as such even when
     // the daemon is down.
     let inputs = match &cli.command {
@@ -217,7 +238,7 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
             Ok(())
         }
         Command::Logs(args) => logs(&client, vm(&args.name), args.follow).await,
-        Command::Completion(_) => Ok(()),
+        Command::Completion(_) | Command::PortForward(_) | Command::Ssh(_) => Ok(()),
     }
 }
 

@@ -19,6 +19,8 @@ pub mod commands;
 pub mod console;
 pub mod describe;
 pub mod format;
+pub mod port_forward;
+pub mod ssh;
 pub mod terminal;
 
 pub use commands::{run, CommandError};

@@ -22,3 +22,4 @@ pub mod instances;
 pub mod node_link;
 pub mod pod_network;
 pub mod pod_volumes;
+pub mod port_forward;

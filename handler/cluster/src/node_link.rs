@@ -2,7 +2,7 @@
 //! [`NODE_LINK_PORT`] of the agent's pod through which the api-server (and only it: its
 //! client certificate must chain to the api-server's CA and be named
 //! [`NODE_LINK_CLIENT_NAME`]) reaches the instances on this node — their serial console,
-//! pause and unpause.
+//! pause and unpause, and their guests' TCP ports ([`crate::port_forward`]).
 //!
 //! The certificate, its key and the CA come from the Secret [`NODE_LINK_SECRET`] that the
 //! api-server writes; the agent waits for it, and reloads it when it changes.
@@ -247,6 +247,7 @@ async fn handle(stream: TcpStream, config: Arc<ServerConfig>, context: Arc<Insta
     async move {
         match request.op {
             LinkOp::Console => console_session(stream, &context, &request).await,
+            LinkOp::PortForward => crate::port_forward::session(stream, &context, &request).await,
             LinkOp::Pause | LinkOp::Unpause => {
                 let reply = vcpus(&context, &request).await;
                 info!(code = reply.code, message = %reply.message, "answered");
@@ -259,8 +260,8 @@ async fn handle(stream: TcpStream, config: Arc<ServerConfig>, context: Arc<Insta
     .await;
 }
 
-/// The reply for a console error.
-fn console_reply(error: &ConsoleError) -> LinkReply {
+/// The reply for a console error (also for finding a port forward's instance).
+pub(crate) fn console_reply(error: &ConsoleError) -> LinkReply {
     let code = match error {
         ConsoleError::NoInstance(_) => 404,
         ConsoleError::NoPod(_) | ConsoleError::Socket { .. } | ConsoleError::OtherNode { .. } => {

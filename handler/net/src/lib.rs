@@ -22,6 +22,7 @@ mod binding;
 mod cni;
 mod config;
 mod dhcp;
+mod guest_connect;
 mod netns;
 mod pod;
 mod ports;
@@ -45,6 +46,7 @@ pub use config::{
     DEFAULT_CNI_BIN_DIR, DEFAULT_SUBNET,
 };
 pub use dhcp::{reachable_nameservers, DhcpError};
+pub use guest_connect::{connect_in_netns, pod_guest_connect, GuestConnectError};
 pub use netns::{NetnsError, NETNS_RUN_DIR};
 pub use pod::{
     pod_netns_name, resume_pod, unwire_pod, wire_pod, wired_pods, PodNamespace, POD_NETWORK_FILE,
