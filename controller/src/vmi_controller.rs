@@ -101,14 +101,7 @@ async fn reconcile_inner(
             Ok(claims) => claims,
             Err(error) => {
                 // Not an error of the instance: the claim may be created later.
-                let observation = Observation {
-                    phase: Phase::Pending,
-                    reason: Some(error.reason().into()),
-                    message: Some(error.to_string()),
-                    node_name: None,
-                    ready: false,
-                    scheduled: None,
-                };
+                let observation = unplaced(Phase::Pending, error.reason(), error.to_string());
                 write_status(ctx, vmi, &vmis, &observation).await?;
                 return Ok(Action::requeue(CLAIM_POLL));
             }
@@ -118,14 +111,7 @@ async fn reconcile_inner(
                 pod = Some(create_pod(ctx, vmi, &pods, &desired).await?);
             }
             Err(error) => {
-                let observation = Observation {
-                    phase: Phase::Failed,
-                    reason: Some(error.reason().into()),
-                    message: Some(error.to_string()),
-                    node_name: None,
-                    ready: false,
-                    scheduled: None,
-                };
+                let observation = unplaced(Phase::Failed, error.reason(), error.to_string());
                 write_status(ctx, vmi, &vmis, &observation).await?;
                 return Ok(Action::await_change());
             }
@@ -142,6 +128,18 @@ async fn reconcile_inner(
     }
     write_status(ctx, vmi, &vmis, &observation).await?;
     Ok(Action::await_change())
+}
+
+/// An instance that has no pod, in `phase` for `reason`.
+fn unplaced(phase: Phase, reason: &str, message: String) -> Observation {
+    Observation {
+        phase,
+        reason: Some(reason.into()),
+        message: Some(message),
+        node_name: None,
+        ready: false,
+        scheduled: None,
+    }
 }
 
 /// Labels the instance with its node, so the node's agent can watch just its instances.

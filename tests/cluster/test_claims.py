@@ -115,6 +115,17 @@ def volume_path(k: Kubectl, ns: str, name: str) -> str:
     return pv["spec"]["csi"]["volumeHandle"]
 
 
+def set_strategy(k: Kubectl, ns: str, strategy: str) -> None:
+    k.run("patch", "vm", "claims", "-n", ns, "--type=merge",
+          "-p", f'{{"spec":{{"runStrategy":"{strategy}"}}}}')
+
+
+def delete_vm(k: Kubectl, ns: str) -> None:
+    k.run("delete", "vm", "claims", "-n", ns, "--wait=false")
+    wait_for("the VM gone", lambda: k.get("vm", "claims", ns) is None and stopped(k, ns), 180,
+             describe=lambda: diagnostics(k, ns))
+
+
 def stopped(k: Kubectl, ns: str) -> bool:
     return k.get("vmi", "claims", ns) is None and not k.json(
         "get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=virt-launcher")["items"]
@@ -155,11 +166,9 @@ def test_guest_data_on_filesystem_and_block_claims_outlives_its_vms(
     assert block_volume.read_bytes()[:64].startswith(f"{token}-block".encode())
 
     # Stop and start: the same claims, the same data.
-    k.run("patch", "vm", "claims", "-n", ns, "--type=merge",
-          "-p", '{"spec":{"runStrategy":"Halted"}}')
+    set_strategy(k, ns, "Halted")
     wait_for("the VM stopped", lambda: stopped(k, ns), 180, describe=lambda: diagnostics(k, ns))
-    k.run("patch", "vm", "claims", "-n", ns, "--type=merge",
-          "-p", '{"spec":{"runStrategy":"Always"}}')
+    set_strategy(k, ns, "Always")
     vmi2, console = boot_and_shell(k, ns, not_uid=vmi["metadata"]["uid"])
     try:
         out = read_tokens(console)
@@ -168,9 +177,7 @@ def test_guest_data_on_filesystem_and_block_claims_outlives_its_vms(
         console.close()
 
     # The VM deleted and made again on the same claims.
-    k.run("delete", "vm", "claims", "-n", ns, "--wait=false")
-    wait_for("the VM gone", lambda: k.get("vm", "claims", ns) is None and stopped(k, ns), 180,
-             describe=lambda: diagnostics(k, ns))
+    delete_vm(k, ns)
     k.apply(vm(), ns)
     _, console = boot_and_shell(k, ns, not_uid=vmi2["metadata"]["uid"])
     try:
@@ -180,9 +187,7 @@ def test_guest_data_on_filesystem_and_block_claims_outlives_its_vms(
         console.close()
 
     # The claims' volumes go with them (reclaimPolicy Delete).
-    k.run("delete", "vm", "claims", "-n", ns, "--wait=false")
-    wait_for("the VM gone", lambda: k.get("vm", "claims", ns) is None and stopped(k, ns), 180,
-             describe=lambda: diagnostics(k, ns))
+    delete_vm(k, ns)
     k.run("delete", "pvc", "fs-claim", "block-claim", "-n", ns, "--timeout=120s", timeout=130)
     wait_for("the volumes removed from the node",
              lambda: not fs_volume.exists() and not block_volume.exists(), 120,

@@ -185,17 +185,8 @@ impl Cluster {
             "console of VirtualMachineInstance {}/{name}",
             self.namespace
         );
-        let request = http::Request::get(self.vmi_subresource(name, "console"))
-            .body(Vec::new())
-            .map_err(|error| ClusterError::Refused {
-                what: what.clone(),
-                code: 0,
-                message: format!("cannot build the request: {error}"),
-            })?;
-        match self.client.connect(request).await {
-            Ok(connection) => Ok(connection.into_stream()),
-            Err(error) => Err(self.failure(what, error)),
-        }
+        self.websocket(self.vmi_subresource(name, "console"), what)
+            .await
     }
 
     /// Opens a TCP connection to `port` of instance `name`'s guest (a WebSocket with the
@@ -206,8 +197,17 @@ impl Cluster {
             "port {port} of VirtualMachineInstance {}/{name}",
             self.namespace
         );
+        self.websocket(
+            self.vmi_subresource(name, &format!("portforward/{port}")),
+            what,
+        )
+        .await
+    }
+
+    /// A WebSocket on `path`; errors name `what`.
+    async fn websocket(&self, path: String, what: String) -> Result<ConsoleSocket, ClusterError> {
         let request =
-            http::Request::get(self.vmi_subresource(name, &format!("portforward/{port}")))
+            http::Request::get(path)
                 .body(Vec::new())
                 .map_err(|error| ClusterError::Refused {
                     what: what.clone(),
