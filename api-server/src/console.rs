@@ -140,74 +140,96 @@ enum InputEnd {
     Eof,
 }
 
-/// Copies both ways until either side ends (or, after a half-close, until the guest's
-/// side ends).
+/// Copies both ways until either side ends. With `half_close` (port forwarding) each
+/// direction ends on its own, as TCP's do: the client's end-of-file (an empty input
+/// message) shuts the guest connection's sending side, the guest's end-of-file is passed on
+/// as an empty output message, and the session closes once both ended (or the client went
+/// away).
 async fn relay<S>(socket: WebSocketStream<S>, link: LinkStream, framing: Framing, half_close: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut to_client, mut from_client) = socket.split();
     let (mut from_guest, mut to_guest) = tokio::io::split(link);
-    let output = async {
-        let mut buffer = vec![0u8; 16 * 1024];
-        loop {
-            let n = match from_guest.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let message = match framing {
-                Framing::Channel => {
-                    let mut framed = Vec::with_capacity(n + 1);
-                    framed.push(STDOUT_CHANNEL);
-                    framed.extend_from_slice(&buffer[..n]);
-                    framed
+    let frame = |bytes: &[u8]| match framing {
+        Framing::Channel => {
+            let mut framed = Vec::with_capacity(bytes.len() + 1);
+            framed.push(STDOUT_CHANNEL);
+            framed.extend_from_slice(bytes);
+            framed
+        }
+        Framing::Plain => bytes.to_vec(),
+    };
+    let half_close_output = half_close && framing == Framing::Channel;
+    {
+        let output = async {
+            let mut buffer = vec![0u8; 16 * 1024];
+            loop {
+                let n = match from_guest.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if to_client
+                    .send(Message::binary(frame(&buffer[..n])))
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
-                Framing::Plain => buffer[..n].to_vec(),
-            };
-            if to_client.send(Message::binary(message)).await.is_err() {
-                break;
             }
-        }
-        let _ = to_client.send(Message::Close(None)).await;
-    };
-    let input = async {
-        let mut end = InputEnd::Closed;
-        while let Some(Ok(message)) = from_client.next().await {
-            let data = match message {
-                Message::Binary(data) => data.to_vec(),
-                Message::Text(text) => text.as_bytes().to_vec(),
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            let payload = match framing {
-                Framing::Channel => match data.split_first() {
-                    Some((&STDIN_CHANNEL, rest)) => rest.to_vec(),
-                    // Resize and other channels mean nothing to a serial console.
+            if half_close_output {
+                let _ = to_client.send(Message::binary(frame(&[]))).await;
+            }
+        };
+        let input = async {
+            let mut end = InputEnd::Closed;
+            while let Some(Ok(message)) = from_client.next().await {
+                let data = match message {
+                    Message::Binary(data) => data.to_vec(),
+                    Message::Text(text) => text.as_bytes().to_vec(),
+                    Message::Close(_) => break,
                     _ => continue,
-                },
-                Framing::Plain => data,
-            };
-            if half_close && payload.is_empty() {
-                end = InputEnd::Eof;
-                break;
+                };
+                let payload = match framing {
+                    Framing::Channel => match data.split_first() {
+                        Some((&STDIN_CHANNEL, rest)) => rest.to_vec(),
+                        // Resize and other channels mean nothing to a serial console.
+                        _ => continue,
+                    },
+                    Framing::Plain => data,
+                };
+                if half_close && payload.is_empty() {
+                    end = InputEnd::Eof;
+                    break;
+                }
+                if to_guest.write_all(&payload).await.is_err() || to_guest.flush().await.is_err() {
+                    break;
+                }
             }
-            if to_guest.write_all(&payload).await.is_err() || to_guest.flush().await.is_err() {
+            let _ = to_guest.shutdown().await;
+            end
+        };
+        tokio::pin!(output, input);
+        let mut output_ended = false;
+        let mut input_ended = None;
+        loop {
+            tokio::select! {
+                () = &mut output, if !output_ended => output_ended = true,
+                end = &mut input, if input_ended.is_none() => input_ended = Some(end),
+            }
+            let done = match input_ended {
+                // A console, or a client that went away: either side ending ends it.
+                _ if !half_close => true,
+                Some(InputEnd::Closed) => true,
+                Some(InputEnd::Eof) => output_ended,
+                None => output_ended && !half_close_output,
+            };
+            if done {
                 break;
             }
         }
-        let _ = to_guest.shutdown().await;
-        end
-    };
-    // Either direction ending ends the session, except a half-close, after which the
-    // guest's output is still relayed until it ends.
-    tokio::pin!(output);
-    let end = tokio::select! {
-        () = &mut output => return,
-        end = input => end,
-    };
-    if end == InputEnd::Eof {
-        output.await;
     }
+    let _ = to_client.send(Message::Close(None)).await;
 }
 
 #[cfg(test)]

@@ -170,8 +170,8 @@ fn relay_error(cluster: &Cluster, name: &str, port: u16, message: String) -> Por
     }
 }
 
-/// Copies `input` to the guest and the guest to `output` until either side ends; an
-/// error the server sends on the error channel is returned.
+/// Copies `input` to the guest and the guest to `output` until the server closes the
+/// session; an error the server sends on the error channel is returned.
 pub async fn relay<R, W>(socket: ConsoleSocket, mut input: R, mut output: W) -> Result<(), String>
 where
     R: AsyncRead + Unpin,
@@ -206,6 +206,11 @@ where
                 Err(error) => return Err(format!("the connection to the cluster closed: {error}")),
             };
             match data.split_first() {
+                // An empty message: the guest sent end-of-file; what the client still
+                // sends goes on until the server closes the session.
+                Some((&FROM_GUEST_CHANNEL, [])) => {
+                    let _ = output.shutdown().await;
+                }
                 Some((&FROM_GUEST_CHANNEL, rest)) => {
                     if output.write_all(rest).await.is_err() || output.flush().await.is_err() {
                         break;
@@ -220,8 +225,8 @@ where
         let _ = output.shutdown().await;
         Ok(())
     };
-    // The guest closing ends the relay; the client's end-of-file only half-closes, so the
-    // guest's last bytes still arrive (a request and its answer).
+    // Each side's end-of-file only half-closes, so a request and its answer both arrive;
+    // the server closes the session once both directions ended.
     tokio::select! {
         result = downstream => result,
         () = upstream => {
