@@ -38,14 +38,30 @@ def nocloud_seed(directory: Path, user_data: str = USER_DATA) -> Path:
     return seed
 
 
+def key_pair(directory: Path) -> tuple[Path, str]:
+    """A fresh ed25519 key without passphrase: its private key file and public line."""
+    key = directory / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ironvisor-test-key",
+                    "-f", str(key)], check=True)
+    return key, (directory / "id_ed25519.pub").read_text().strip()
+
+
+def ssh_options(known_hosts: Path) -> list[str]:
+    """`virtctl ssh`/`scp` options (`-t OPTION`) for a test: no prompts, the guest's host
+    key accepted once and kept in `known_hosts`."""
+    options = ["-oStrictHostKeyChecking=no", f"-oUserKnownHostsFile={known_hosts}",
+               "-oBatchMode=yes", "-oHashKnownHosts=no", "-oConnectTimeout=30"]
+    return [word for option in options for word in ("-t", option)]
+
+
 def manifest(name: str, bootloader: str, *, user_data: str = USER_DATA,
              extra_disks: tuple[str, ...] = (), extra_volumes: str = "",
-             template_spec: str = "", labels: str = "") -> str:
+             template_spec: str = "", labels: str = "", image: str = DEBIAN_DISK_NAME) -> str:
     """A KubeVirt-shaped VM of the Debian disk with a NoCloud seed. `bootloader` is the
     YAML of `firmware.bootloader` ("" for none); `extra_disks` are more virtio disks,
     whose volumes `extra_volumes` lists (YAML list items at the volumes' indentation);
     `template_spec` is more YAML at the template spec's level and `labels` the template's
-    labels (YAML at their level)."""
+    labels (YAML at their level); `image` the root disk's containerDisk image."""
     firmware = f"        firmware:\n          bootloader: {bootloader}\n" if bootloader else ""
     seed = "".join(f"              {line}\n" for line in user_data.splitlines())
     disks = "".join(f"""\
@@ -71,7 +87,7 @@ spec:
 {disks}      volumes:
         - name: root
           containerDisk:
-            image: {DEBIAN_DISK_NAME}
+            image: {image}
         - name: cloudinit
           cloudInitNoCloud:
             userData: |

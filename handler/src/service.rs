@@ -18,7 +18,8 @@ use ironvisor_crds::{defaults, validate, ValidationErrors};
 use ironvisor_handler_api::proto::handler_server::Handler;
 use ironvisor_handler_api::proto::{
     ActionResponse, AppliedObject, ApplyRequest, ApplyResponse, ConsoleChunk, ConsoleRequest,
-    ListRequest, ListResponse, LogChunk, LogsRequest, ObjectRef, StopRequest, VmView,
+    ListRequest, ListResponse, LogChunk, LogsRequest, ObjectRef, PortForwardChunk,
+    PortForwardRequest, StopRequest, VmView,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -39,6 +40,7 @@ use crate::store::{Store, StoreError, VmSnapshot};
 use crate::vm_view::view;
 
 mod attach;
+mod forward;
 
 /// Source name used in error messages when a request does not give one.
 const DEFAULT_SOURCE: &str = "<input>";
@@ -158,9 +160,28 @@ pub enum ServiceError {
         /// Why.
         reason: String,
     },
-    /// A console request stream without a first message naming the VM.
-    #[error("console: the first request must name the VM")]
-    ConsoleWithoutVm,
+    /// A console or port-forward request stream without a first message naming the VM.
+    #[error("{rpc}: the first request must name the VM")]
+    WithoutVm {
+        /// The request.
+        rpc: &'static str,
+    },
+    /// A port forward to no valid port.
+    #[error("port forward: {port} is not a port number (1-65535)")]
+    ForwardPort {
+        /// The port asked for.
+        port: u32,
+    },
+    /// The guest's port cannot be reached.
+    #[error("port {port} of VirtualMachine {key}: {reason}")]
+    Forward {
+        /// The VM.
+        key: VmKey,
+        /// The guest port.
+        port: u16,
+        /// Why.
+        reason: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -176,7 +197,9 @@ impl From<ServiceError> for Status {
             | ServiceError::MissingName { .. }
             | ServiceError::Duplicate { .. }
             | ServiceError::Empty { .. }
-            | ServiceError::ConsoleWithoutVm => Status::invalid_argument(message),
+            | ServiceError::WithoutVm { .. }
+            | ServiceError::ForwardPort { .. } => Status::invalid_argument(message),
+            ServiceError::Forward { .. } => Status::failed_precondition(message),
             ServiceError::NotFound(_) => Status::not_found(message),
             ServiceError::Deleting(_)
             | ServiceError::AlreadyRunning { .. }
@@ -799,10 +822,35 @@ impl Handler for HandlerService {
         let first = input
             .message()
             .await?
-            .ok_or(ServiceError::ConsoleWithoutVm)?;
-        let key = key_of(&first.vm.clone().ok_or(ServiceError::ConsoleWithoutVm)?);
+            .ok_or(ServiceError::WithoutVm { rpc: "console" })?;
+        let key = key_of(
+            &first
+                .vm
+                .clone()
+                .ok_or(ServiceError::WithoutVm { rpc: "console" })?,
+        );
         let span = info_span!("rpc", rpc = "Console", vm = %key);
         let stream = async { self.attach_console(&key, first.input, input).await }
+            .instrument(span.clone())
+            .await?;
+        Ok(Response::new(stream))
+    }
+
+    type PortForwardStream = BoxStream<PortForwardChunk>;
+
+    async fn port_forward(
+        &self,
+        request: Request<Streaming<PortForwardRequest>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        let mut input = request.into_inner();
+        let first = input.message().await?.ok_or(ServiceError::WithoutVm {
+            rpc: "port forward",
+        })?;
+        let key = key_of(&first.vm.clone().ok_or(ServiceError::WithoutVm {
+            rpc: "port forward",
+        })?);
+        let span = info_span!("rpc", rpc = "PortForward", vm = %key, port = first.port);
+        let stream = async { self.forward_port(&key, first.port, input).await }
             .instrument(span.clone())
             .await?;
         Ok(Response::new(stream))

@@ -18,7 +18,7 @@ import pytest
 from tests.cluster.conftest import diagnostics
 from tests.cluster.kube import Kubectl, phase, wait_for
 from tests.cluster.test_kubevirt_corpus import compute_log
-from tests.debian_guest import manifest as debian_manifest
+from tests.debian_guest import key_pair, manifest as debian_manifest, ssh_options
 from tests.standalone.node import VIRTCTL
 
 pytestmark = pytest.mark.cluster
@@ -109,14 +109,6 @@ def manifest() -> str:
                            labels="        app: cfgtest\n")
 
 
-def key_pair(directory: Path) -> tuple[Path, str]:
-    """A fresh ed25519 key without passphrase: its private key file and public line."""
-    key = directory / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ironvisor-test-key",
-                    "-f", str(key)], check=True)
-    return key, (directory / "id_ed25519.pub").read_text().strip()
-
-
 def test_cluster_object_volumes_reach_the_guest_as_labelled_disks(
         ironvisor: Kubectl, namespace: str, tmp_path: Path) -> None:
     k, ns = ironvisor, namespace
@@ -154,6 +146,17 @@ def test_cluster_object_volumes_reach_the_guest_as_labelled_disks(
     assert "mode=vm" in login.stdout and "user=debian" in login.stdout, login.stdout
     # The guest's host key was remembered under the VM's alias.
     assert f"vm.{NAME}.{ns}" in (tmp_path / "known_hosts").read_text()
+    # virtctl scp both ways over the same route.
+    upload = tmp_path / "upload.txt"
+    upload.write_text("sent by virtctl scp\n")
+    options = ssh_options(tmp_path / "known_hosts")
+    for source, target in ((str(upload), f"debian@vm/{NAME}:/tmp/upload.txt"),
+                           (f"debian@vm/{NAME}:/tmp/upload.txt", str(tmp_path / "back.txt"))):
+        copied = subprocess.run([str(VIRTCTL), "scp", "-n", ns, "-i", str(key), *options,
+                                 source, target], capture_output=True, text=True, timeout=180,
+                                env=env)
+        assert copied.returncode == 0, (copied.stdout, copied.stderr)
+    assert (tmp_path / "back.txt").read_text() == "sent by virtctl scp\n"
     k.run("delete", "vm", NAME, "-n", ns, "--wait=false")
     wait_for(f"VM {ns}/{NAME} gone", lambda: k.get("vm", NAME, ns) is None, 120,
              describe=lambda: diagnostics(k, ns))

@@ -113,8 +113,9 @@ class E2ERunner:
 
     def run(self, script: str, *, params: dict[str, str] | None = None,
             files: list[tuple[Path, str]] | None = None, timeout_s: float = 900.0,
-            smp: int = 2) -> Facts:
-        """Run ``tests/e2e/l1/<script>.sh`` in L1 and collect its facts."""
+            smp: int = 2, tools: list[Path] | None = None) -> Facts:
+        """Run ``tests/e2e/l1/<script>.sh`` in L1 and collect its facts; ``tools`` are more
+        host binaries the script runs."""
         run_dir = Path(tempfile.mkdtemp(prefix=f"{script}-", dir=self.work))
         params_file = run_dir / "params"
         write_params(params_file, params or {})
@@ -128,7 +129,7 @@ class E2ERunner:
             (vmm_file, "/e2e/vmm"),
             *(files or []),
         ]
-        bins = list(L1_TOOLS)
+        bins = [*L1_TOOLS, *(tools or [])]
         if self.vmm == "qemu":
             bins.append(l1.qemu_binary())
             all_files += [(Path("/usr/share/qemu") / f, f"/usr/share/qemu/{f}") for f in QEMU_FIRMWARE]

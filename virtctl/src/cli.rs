@@ -132,6 +132,9 @@ pub enum Command {
     /// SSH to a VM's guest through `port-forward` with the local `ssh`:
     /// `ssh -i KEY USER@vm/NAME [-c COMMAND]`.
     Ssh(SshArgs),
+    /// Copy files to or from a VM's guest through `port-forward` with the local `scp`:
+    /// `scp [-r] -i KEY SOURCE... DEST`, the VM's side written `[USER@]vm/NAME:PATH`.
+    Scp(ScpArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
 }
@@ -318,6 +321,37 @@ pub struct SshArgs {
     #[arg(short = 'c', long)]
     pub command: Option<String>,
     /// More options for the local ssh (each one word, e.g. `-t -oStrictHostKeyChecking=no`).
+    #[arg(
+        short = 't',
+        long = "local-ssh-opts",
+        value_name = "OPTION",
+        allow_hyphen_values = true
+    )]
+    pub local_ssh_opts: Vec<String>,
+}
+
+/// Arguments of `scp`.
+#[derive(Debug, Args)]
+pub struct ScpArgs {
+    /// Sources then the destination; the VM's side is `[USER@]vm/NAME:PATH`.
+    #[arg(required = true, num_args = 2.., value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// The private key to log in with.
+    #[arg(short = 'i', long = "identity-file", value_name = "FILE")]
+    pub identity_file: Option<PathBuf>,
+    /// The user to log in as.
+    #[arg(short = 'l', long)]
+    pub username: Option<String>,
+    /// The guest's SSH port.
+    #[arg(short = 'P', long, default_value_t = 22)]
+    pub port: u16,
+    /// Copy directories recursively.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Keep modification times and modes.
+    #[arg(short = 'p', long)]
+    pub preserve: bool,
+    /// More options for the local scp (each one word, e.g. `-t -oStrictHostKeyChecking=no`).
     #[arg(
         short = 't',
         long = "local-ssh-opts",

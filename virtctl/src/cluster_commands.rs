@@ -73,9 +73,9 @@ pub async fn run(cli: &Cli) -> Result<(), CommandError> {
             return Ok(());
         }
         Command::PortForward(args) => {
-            let cluster = connect(cli).await?;
+            let transport = crate::port_forward::Transport::Cluster(connect(cli).await?);
             crate::port_forward::run(
-                &cluster,
+                &transport,
                 &args.target,
                 &args.ports,
                 args.stdio,
@@ -84,10 +84,8 @@ pub async fn run(cli: &Cli) -> Result<(), CommandError> {
             .await?;
             return Ok(());
         }
-        Command::Ssh(args) => {
-            let exe = std::env::current_exe().map_err(crate::ssh::SshError::Exec)?;
-            let argv = crate::ssh::ssh_argv(cli, args, &exe)?;
-            return Err(crate::ssh::exec(&argv).into());
+        Command::Ssh(_) | Command::Scp(_) => {
+            return crate::ssh::exec_client(cli).map_or(Ok(()), |error| Err(error.into()))
         }
         Command::Completion(_) => return Ok(()),
     };

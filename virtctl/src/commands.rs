@@ -34,12 +34,6 @@ pub enum CommandError {
         /// The kubectl command to use.
         instead: String,
     },
-    /// The command needs a cluster.
-    #[error("virtctl {command} works in cluster mode only (through the cluster's API); on the standalone node reach the guest at the VM's IP (`virtctl get {{NAME}}` shows it)")]
-    ClusterOnly {
-        /// The subcommand.
-        command: &'static str,
-    },
     /// Port forwarding failed.
     #[error(transparent)]
     PortForward(#[from] crate::port_forward::PortForwardError),
@@ -144,14 +138,8 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
     if !cli.standalone() {
         return crate::cluster_commands::run(&cli).await;
     }
-    match &cli.command {
-        Command::PortForward(_) => {
-            return Err(CommandError::ClusterOnly {
-                command: "port-forward",
-            })
-        }
-        Command::Ssh(_) => return Err(CommandError::ClusterOnly { command: "ssh" }),
-        _ => {}
+    if let Some(error) = crate::ssh::exec_client(&cli) {
+        return Err(error.into());
     }
     // Read local files before connecting, so a wrong path is reported as such even when
     // the daemon is down.
@@ -238,7 +226,22 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
             Ok(())
         }
         Command::Logs(args) => logs(&client, vm(&args.name), args.follow).await,
-        Command::Completion(_) | Command::PortForward(_) | Command::Ssh(_) => Ok(()),
+        Command::PortForward(args) => {
+            let transport = crate::port_forward::Transport::Node {
+                client,
+                namespace: namespace.clone(),
+            };
+            crate::port_forward::run(
+                &transport,
+                &args.target,
+                &args.ports,
+                args.stdio,
+                args.address,
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Completion(_) | Command::Ssh(_) | Command::Scp(_) => Ok(()),
     }
 }
 

@@ -1,22 +1,18 @@
-//! `virtctl port-forward` in cluster mode: each local connection (or standard input and
-//! output with `--stdio`, as an ssh `ProxyCommand`) is relayed over its own WebSocket of
-//! the instance's `portforward/PORT` subresource, through kube-apiserver, Ironvisor's
-//! api-server and the node agent, which connects to the guest's port inside the launcher
-//! pod's network namespace. Channel framing as the console: 0 to the guest, 1 from it.
+//! `virtctl port-forward`: each local connection (or standard input and output with
+//! `--stdio`, as an ssh `ProxyCommand`) is relayed to a port of the VM's guest, which the
+//! node agent connects to inside the VM's network namespace. In cluster mode over a
+//! WebSocket of the instance's `portforward/PORT` subresource ([`crate::cluster_forward`]),
+//! on the standalone node over the daemon's `PortForward` stream
+//! ([`crate::node_forward`]). Each direction ends on its own, as TCP's do.
 
 use std::net::{IpAddr, SocketAddr};
 
-use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use ironvisor_handler_api::HandlerClient;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{info, info_span, Instrument};
 
-use crate::cluster::{Cluster, ClusterError, ConsoleSocket};
-
-const TO_GUEST_CHANNEL: u8 = 0;
-const FROM_GUEST_CHANNEL: u8 = 1;
-const ERROR_CHANNEL: u8 = 3;
+use crate::cluster::{Cluster, ClusterError};
 
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +34,26 @@ pub enum PortForwardError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Standard output cannot be taken over.
+    #[error("cannot relay to standard output: {source}")]
+    Stdout {
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The cluster refused or could not be reached.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The node daemon refused or could not be reached.
+    #[error("port {port} of VM {vm}: {}", crate::commands::detail(source))]
+    Node {
+        /// The VM.
+        vm: String,
+        /// The guest port.
+        port: u16,
+        /// The daemon's answer.
+        #[source]
+        source: Box<ironvisor_handler_api::ClientError>,
+    },
     /// Relaying failed.
     #[error("port {port} of VM {vm}: {message}")]
     Relay {
@@ -80,9 +93,57 @@ pub fn port_pair(text: &str) -> Result<(u16, u16), PortForwardError> {
     pair.ok_or_else(|| PortForwardError::Ports(text.into()))
 }
 
+/// Where connections are forwarded through.
+#[derive(Clone)]
+pub enum Transport {
+    /// The cluster's API.
+    Cluster(Cluster),
+    /// The standalone node's daemon, for VMs of `namespace`.
+    Node {
+        /// The daemon client.
+        client: HandlerClient,
+        /// The VM's namespace.
+        namespace: String,
+    },
+}
+
+impl Transport {
+    /// Relays one connection to the guest's `port` of VM `name`: `input` to the guest, the
+    /// guest to `output`, until both ended.
+    pub async fn forward<R, W>(
+        &self,
+        name: &str,
+        port: u16,
+        input: R,
+        output: W,
+    ) -> Result<(), PortForwardError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let relay_error = |namespace: &str, message: String| PortForwardError::Relay {
+            vm: format!("{namespace}/{name}"),
+            port,
+            message,
+        };
+        match self {
+            Self::Cluster(cluster) => {
+                let socket = cluster.port_forward(name, port).await?;
+                info!("connection relayed");
+                crate::cluster_forward::relay(socket, input, output)
+                    .await
+                    .map_err(|message| relay_error(&cluster.namespace, message))
+            }
+            Self::Node { client, namespace } => {
+                crate::node_forward::relay(client, namespace, name, port, input, output).await
+            }
+        }
+    }
+}
+
 /// Runs `port-forward`: `--stdio` relays one connection, otherwise listens until killed.
 pub async fn run(
-    cluster: &Cluster,
+    transport: &Transport,
     target: &str,
     ports: &[String],
     stdio: bool,
@@ -97,10 +158,10 @@ pub async fn run(
         let [(_, remote)] = pairs.as_slice() else {
             return Err(PortForwardError::StdioPorts(pairs.len()));
         };
-        let socket = cluster.port_forward(name, *remote).await?;
-        return relay(socket, tokio::io::stdin(), tokio::io::stdout())
-            .await
-            .map_err(|message| relay_error(cluster, name, *remote, message));
+        let output = stdio_output().map_err(|source| PortForwardError::Stdout { source })?;
+        return transport
+            .forward(name, *remote, tokio::io::stdin(), output)
+            .await;
     }
     let mut listeners = Vec::new();
     for (local, remote) in pairs {
@@ -119,9 +180,9 @@ pub async fn run(
     }
     let mut tasks = Vec::new();
     for (listener, remote) in listeners {
-        let cluster = cluster.clone();
+        let transport = transport.clone();
         let name = name.to_string();
-        tasks.push(tokio::spawn(accept_loop(cluster, name, listener, remote)));
+        tasks.push(tokio::spawn(accept_loop(transport, name, listener, remote)));
     }
     for task in tasks {
         let _ = task.await;
@@ -129,8 +190,19 @@ pub async fn run(
     Ok(())
 }
 
+/// Standard output as a file this relay owns alone: fd 1 itself is pointed at /dev/null,
+/// so dropping the file closes the last descriptor of the pipe and its reader sees the
+/// guest's end-of-file (tokio's stdout cannot be closed).
+fn stdio_output() -> std::io::Result<tokio::fs::File> {
+    use std::os::fd::AsFd;
+    let own = std::io::stdout().as_fd().try_clone_to_owned()?;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    nix::unistd::dup2_stdout(&null).map_err(std::io::Error::from)?;
+    Ok(tokio::fs::File::from_std(std::fs::File::from(own)))
+}
+
 /// Relays every connection accepted on `listener` to the guest's `remote` port.
-async fn accept_loop(cluster: Cluster, name: String, listener: TcpListener, remote: u16) {
+async fn accept_loop(transport: Transport, name: String, listener: TcpListener, remote: u16) {
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -139,100 +211,21 @@ async fn accept_loop(cluster: Cluster, name: String, listener: TcpListener, remo
                 continue;
             }
         };
-        let cluster = cluster.clone();
+        let transport = transport.clone();
         let name = name.clone();
         let span = info_span!("port_forward", vm = %name, remote, %peer);
         tokio::spawn(
             async move {
-                let socket = match cluster.port_forward(&name, remote).await {
-                    Ok(socket) => socket,
-                    Err(error) => {
-                        eprintln!("port-forward: {error}");
-                        return;
-                    }
-                };
-                info!("connection relayed");
                 let (from_client, to_client) = client.into_split();
-                if let Err(message) = relay(socket, from_client, to_client).await {
-                    eprintln!("port-forward: port {remote} of VM {name}: {message}");
+                if let Err(error) = transport
+                    .forward(&name, remote, from_client, to_client)
+                    .await
+                {
+                    eprintln!("port-forward: {error}");
                 }
             }
             .instrument(span),
         );
-    }
-}
-
-fn relay_error(cluster: &Cluster, name: &str, port: u16, message: String) -> PortForwardError {
-    PortForwardError::Relay {
-        vm: format!("{}/{name}", cluster.namespace),
-        port,
-        message,
-    }
-}
-
-/// Copies `input` to the guest and the guest to `output` until the server closes the
-/// session; an error the server sends on the error channel is returned.
-pub async fn relay<R, W>(socket: ConsoleSocket, mut input: R, mut output: W) -> Result<(), String>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let (mut sink, mut messages) = socket.split();
-    let upstream = async {
-        let mut buffer = vec![0u8; 16 * 1024];
-        loop {
-            let n = match input.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let mut framed = Vec::with_capacity(n + 1);
-            framed.push(TO_GUEST_CHANNEL);
-            framed.extend_from_slice(&buffer[..n]);
-            if sink.send(Message::binary(framed)).await.is_err() {
-                return;
-            }
-        }
-        // End-of-file: an empty message on the input channel half-closes the guest's
-        // connection; its answer still comes back until it closes.
-        let _ = sink.send(Message::binary(vec![TO_GUEST_CHANNEL])).await;
-        std::future::pending::<()>().await;
-    };
-    let downstream = async {
-        while let Some(message) = messages.next().await {
-            let data = match message {
-                Ok(Message::Binary(data)) => data,
-                Ok(Message::Close(_)) => break,
-                Ok(_) => continue,
-                Err(error) => return Err(format!("the connection to the cluster closed: {error}")),
-            };
-            match data.split_first() {
-                // An empty message: the guest sent end-of-file; what the client still
-                // sends goes on until the server closes the session.
-                Some((&FROM_GUEST_CHANNEL, [])) => {
-                    let _ = output.shutdown().await;
-                }
-                Some((&FROM_GUEST_CHANNEL, rest)) => {
-                    if output.write_all(rest).await.is_err() || output.flush().await.is_err() {
-                        break;
-                    }
-                }
-                Some((&ERROR_CHANNEL, rest)) if !rest.is_empty() => {
-                    return Err(String::from_utf8_lossy(rest).into_owned())
-                }
-                _ => continue,
-            }
-        }
-        let _ = output.shutdown().await;
-        Ok(())
-    };
-    // Each side's end-of-file only half-closes, so a request and its answer both arrive;
-    // the server closes the session once both directions ended.
-    tokio::select! {
-        result = downstream => result,
-        () = upstream => {
-            debug!("the connection to the cluster broke while sending");
-            Err("the connection to the cluster closed".into())
-        }
     }
 }
 

@@ -331,6 +331,44 @@ impl HandlerClient {
         })
     }
 
+    /// A TCP connection to `port` of the VM's guest. `input` carries the bytes for the
+    /// guest; an empty item ends the sending side (half-close) and nothing after it is
+    /// sent. Fails, naming the port, when nothing accepts on it.
+    pub async fn port_forward<S>(
+        &self,
+        vm: proto::ObjectRef,
+        port: u16,
+        input: S,
+    ) -> Result<PortForwardStream, ClientError>
+    where
+        S: Stream<Item = Vec<u8>> + Send + 'static,
+    {
+        let first = proto::PortForwardRequest {
+            vm: Some(vm),
+            port: u32::from(port),
+            data: Vec::new(),
+            eof: false,
+        };
+        let requests =
+            tokio_stream::once(first).chain(input.map(|data| proto::PortForwardRequest {
+                vm: None,
+                port: 0,
+                eof: data.is_empty(),
+                data,
+            }));
+        let inner = self
+            .call(
+                "PortForward",
+                self.options.request_timeout,
+                |mut c| async move { c.port_forward(requests).await },
+            )
+            .await?;
+        Ok(PortForwardStream {
+            inner,
+            socket: self.socket.clone(),
+        })
+    }
+
     /// The launcher log of the VM's current (or last) run; with `follow`, the stream
     /// stays open and yields new lines as they are written.
     pub async fn logs(&self, vm: proto::ObjectRef, follow: bool) -> Result<LogStream, ClientError> {
@@ -410,6 +448,33 @@ impl ConsoleStream {
         match self.inner.message().await {
             Ok(chunk) => Ok(chunk.map(|c| c.output)),
             Err(status) => Err(status_error(&self.socket, "Console", &status)),
+        }
+    }
+}
+
+/// What comes back from a guest port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardedBytes {
+    /// Bytes from the guest.
+    Data(Vec<u8>),
+    /// The guest ended its sending side.
+    Eof,
+}
+
+/// The guest's side of a port forward.
+#[derive(Debug)]
+pub struct PortForwardStream {
+    inner: Streaming<proto::PortForwardChunk>,
+    socket: PathBuf,
+}
+
+impl PortForwardStream {
+    /// What the guest sent next; `Ok(None)` once the connection ended both ways.
+    pub async fn next(&mut self) -> Result<Option<ForwardedBytes>, ClientError> {
+        match self.inner.message().await {
+            Ok(Some(chunk)) if chunk.eof => Ok(Some(ForwardedBytes::Eof)),
+            Ok(chunk) => Ok(chunk.map(|c| ForwardedBytes::Data(c.data))),
+            Err(status) => Err(status_error(&self.socket, "PortForward", &status)),
         }
     }
 }

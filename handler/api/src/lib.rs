@@ -21,7 +21,8 @@ pub mod proto {
 }
 
 pub use client::{
-    ClientError, ClientOptions, ConsoleStream, HandlerClient, LogStream, DEFAULT_SOCKET, SOCKET_ENV,
+    ClientError, ClientOptions, ConsoleStream, ForwardedBytes, HandlerClient, LogStream,
+    PortForwardStream, DEFAULT_SOCKET, SOCKET_ENV,
 };
 
 /// The namespace used when a request leaves it empty.

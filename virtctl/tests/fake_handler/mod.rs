@@ -10,7 +10,8 @@ use std::time::Duration;
 use ironvisor_handler_api::proto::handler_server::{Handler, HandlerServer};
 use ironvisor_handler_api::proto::{
     ActionResponse, AppliedObject, ApplyRequest, ApplyResponse, ConsoleChunk, ConsoleRequest,
-    Event, ListRequest, ListResponse, LogChunk, LogsRequest, ObjectRef, StopRequest, VmView,
+    Event, ListRequest, ListResponse, LogChunk, LogsRequest, ObjectRef, PortForwardChunk,
+    PortForwardRequest, StopRequest, VmView,
 };
 use serde_json::Value;
 use tokio::net::UnixListener;
@@ -32,6 +33,8 @@ pub struct State {
     pub console_input: BTreeMap<String, Vec<u8>>,
     /// Console attempts, by VM name.
     pub console_attempts: BTreeMap<String, usize>,
+    /// Bytes forwarded to a guest port, by "name:port", once that side ended.
+    pub forwarded: BTreeMap<String, Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -312,6 +315,58 @@ impl Handler for FakeHandler {
                 return;
             }
             let _ = tx.send(out(b"reboot: Power down\r\n")).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type PortForwardStream = BoxStream<PortForwardChunk>;
+
+    /// A guest port that greets and half-closes at once, then keeps what it receives
+    /// until the client's end-of-file; port 9 refuses.
+    async fn port_forward(
+        &self,
+        request: Request<Streaming<PortForwardRequest>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        let mut input = request.into_inner();
+        let first = input
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty port forward request stream"))?;
+        let r = first
+            .vm
+            .ok_or_else(|| Status::invalid_argument("the first request names no VM"))?;
+        let port = first.port;
+        self.record(format!(
+            "PortForward {}/{} {port}",
+            ns(&r.namespace),
+            r.name
+        ));
+        self.require(&r)?;
+        if port == 9 {
+            return Err(Status::failed_precondition(format!(
+                "port 9 of VirtualMachine {}/{}: connecting to the guest at 10.0.2.2:9: \
+                 Connection refused (os error 111)",
+                ns(&r.namespace),
+                r.name
+            )));
+        }
+        let (tx, rx) = mpsc::channel::<Result<PortForwardChunk, Status>>(16);
+        let state = self.state.clone();
+        let key = format!("{}:{port}", r.name);
+        tokio::spawn(async move {
+            let greeting = format!("hello from port {port}\n").into_bytes();
+            for chunk in [greeting, Vec::new()] {
+                let eof = chunk.is_empty();
+                let _ = tx.send(Ok(PortForwardChunk { data: chunk, eof })).await;
+            }
+            let mut received = Vec::new();
+            while let Some(Ok(request)) = input.next().await {
+                received.extend_from_slice(&request.data);
+                if request.eof {
+                    break;
+                }
+            }
+            state.lock().unwrap().forwarded.insert(key, received);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
