@@ -303,24 +303,16 @@ pub struct PortForwardArgs {
     pub address: std::net::IpAddr,
 }
 
-/// Arguments of `ssh`.
+/// What `ssh` and `scp` both take: the login and the local client's options.
 #[derive(Debug, Args)]
-pub struct SshArgs {
-    /// `USER@vm/NAME`, or `vm/NAME` with `--username`.
-    pub target: String,
+pub struct LoginArgs {
     /// The private key to log in with.
     #[arg(short = 'i', long = "identity-file", value_name = "FILE")]
     pub identity_file: Option<PathBuf>,
     /// The user to log in as.
     #[arg(short = 'l', long)]
     pub username: Option<String>,
-    /// The guest's SSH port.
-    #[arg(short = 'p', long, default_value_t = 22)]
-    pub port: u16,
-    /// Run this command instead of a login shell.
-    #[arg(short = 'c', long)]
-    pub command: Option<String>,
-    /// More options for the local ssh (each one word, e.g. `-t -oStrictHostKeyChecking=no`).
+    /// More options for the local client (each one word, e.g. `-t -oStrictHostKeyChecking=no`).
     #[arg(
         short = 't',
         long = "local-ssh-opts",
@@ -330,19 +322,32 @@ pub struct SshArgs {
     pub local_ssh_opts: Vec<String>,
 }
 
+/// Arguments of `ssh`.
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// `USER@vm/NAME`, or `vm/NAME` with `--username`.
+    pub target: String,
+    /// The login.
+    #[command(flatten)]
+    pub login: LoginArgs,
+    /// The guest's SSH port.
+    #[arg(short = 'p', long, default_value_t = 22)]
+    pub port: u16,
+    /// Run this command instead of a login shell.
+    #[arg(short = 'c', long)]
+    pub command: Option<String>,
+}
+
 /// Arguments of `scp`.
 #[derive(Debug, Args)]
 pub struct ScpArgs {
     /// Sources then the destination; the VM's side is `[USER@]vm/NAME:PATH`.
     #[arg(required = true, num_args = 2.., value_name = "PATH")]
     pub paths: Vec<String>,
-    /// The private key to log in with.
-    #[arg(short = 'i', long = "identity-file", value_name = "FILE")]
-    pub identity_file: Option<PathBuf>,
-    /// The user to log in as.
-    #[arg(short = 'l', long)]
-    pub username: Option<String>,
-    /// The guest's SSH port.
+    /// The login.
+    #[command(flatten)]
+    pub login: LoginArgs,
+    /// The guest's SSH port (scp's spelling).
     #[arg(short = 'P', long, default_value_t = 22)]
     pub port: u16,
     /// Copy directories recursively.
@@ -351,14 +356,6 @@ pub struct ScpArgs {
     /// Keep modification times and modes.
     #[arg(short = 'p', long)]
     pub preserve: bool,
-    /// More options for the local scp (each one word, e.g. `-t -oStrictHostKeyChecking=no`).
-    #[arg(
-        short = 't',
-        long = "local-ssh-opts",
-        value_name = "OPTION",
-        allow_hyphen_values = true
-    )]
-    pub local_ssh_opts: Vec<String>,
 }
 
 /// Checks what the parser cannot: `apply` takes no `--namespace`.

@@ -74,14 +74,7 @@ pub async fn run(cli: &Cli) -> Result<(), CommandError> {
         }
         Command::PortForward(args) => {
             let transport = crate::port_forward::Transport::Cluster(connect(cli).await?);
-            crate::port_forward::run(
-                &transport,
-                &args.target,
-                &args.ports,
-                args.stdio,
-                args.address,
-            )
-            .await?;
+            crate::port_forward::run(&transport, args).await?;
             return Ok(());
         }
         Command::Ssh(_) | Command::Scp(_) => {

@@ -231,14 +231,7 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
                 client,
                 namespace: namespace.clone(),
             };
-            crate::port_forward::run(
-                &transport,
-                &args.target,
-                &args.ports,
-                args.stdio,
-                args.address,
-            )
-            .await?;
+            crate::port_forward::run(&transport, args).await?;
             Ok(())
         }
         Command::Completion(_) | Command::Ssh(_) | Command::Scp(_) => Ok(()),

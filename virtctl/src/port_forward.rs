@@ -5,13 +5,14 @@
 //! on the standalone node over the daemon's `PortForward` stream
 //! ([`crate::node_forward`]). Each direction ends on its own, as TCP's do.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use ironvisor_handler_api::HandlerClient;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tracing::{info, info_span, Instrument};
 
+use crate::cli::PortForwardArgs;
 use crate::cluster::{Cluster, ClusterError};
 
 /// Why forwarding failed.
@@ -142,13 +143,8 @@ impl Transport {
 }
 
 /// Runs `port-forward`: `--stdio` relays one connection, otherwise listens until killed.
-pub async fn run(
-    transport: &Transport,
-    target: &str,
-    ports: &[String],
-    stdio: bool,
-    address: IpAddr,
-) -> Result<(), PortForwardError> {
+pub async fn run(transport: &Transport, args: &PortForwardArgs) -> Result<(), PortForwardError> {
+    let (target, ports, stdio, address) = (&args.target, &args.ports, args.stdio, args.address);
     let name = target_name(target)?;
     let pairs = ports
         .iter()

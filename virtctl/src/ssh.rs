@@ -7,7 +7,7 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use crate::cli::{Cli, ScpArgs, SshArgs};
+use crate::cli::{Cli, LoginArgs, ScpArgs, SshArgs};
 use crate::port_forward::{target_name, PortForwardError};
 
 /// Why ssh or scp cannot be started.
@@ -87,14 +87,22 @@ impl Route {
         }
     }
 
-    /// The options every client gets: the proxy and the host-key alias.
-    fn options(&self) -> Vec<OsString> {
-        vec![
+    /// `program` with what every client gets: the proxy, the host-key alias, the key and
+    /// the user's own options.
+    fn client(&self, program: &str, login: &LoginArgs) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = vec![
+            program.into(),
             "-o".into(),
             format!("ProxyCommand={}", self.proxy).into(),
             "-o".into(),
             format!("HostKeyAlias={}", self.host).into(),
-        ]
+        ];
+        if let Some(identity) = &login.identity_file {
+            argv.push("-i".into());
+            argv.push(identity.clone().into_os_string());
+        }
+        argv.extend(login.local_ssh_opts.iter().map(OsString::from));
+        argv
     }
 }
 
@@ -117,16 +125,10 @@ fn user_and_target<'a>(
 
 /// The ssh command line for `args`: `ssh OPTIONS... USER@HOST [COMMAND]`.
 pub fn ssh_argv(cli: &Cli, args: &SshArgs, self_exe: &Path) -> Result<Vec<OsString>, SshError> {
-    let (user, target) = user_and_target(&args.target, args.username.as_ref())?;
+    let (user, target) = user_and_target(&args.target, args.login.username.as_ref())?;
     let name = target_name(target)?;
     let route = Route::new(cli, name, args.port, self_exe);
-    let mut argv: Vec<OsString> = vec!["ssh".into()];
-    argv.extend(route.options());
-    if let Some(identity) = &args.identity_file {
-        argv.push("-i".into());
-        argv.push(identity.clone().into_os_string());
-    }
-    argv.extend(args.local_ssh_opts.iter().map(OsString::from));
+    let mut argv = route.client("ssh", &args.login);
     argv.push("-l".into());
     argv.push(user.into());
     argv.push(route.host.into());
@@ -155,7 +157,7 @@ fn vm_path(text: &str) -> Option<(Option<&str>, &str, &str)> {
 /// The scp command line for `args`: each VM side rewritten to `USER@HOST:PATH`.
 pub fn scp_argv(cli: &Cli, args: &ScpArgs, self_exe: &Path) -> Result<Vec<OsString>, SshError> {
     let mut vm: Option<(&str, &str)> = None;
-    let mut user = args.username.clone();
+    let mut user = args.login.username.clone();
     for text in &args.paths {
         let Some((given_user, name, _)) = vm_path(text) else {
             continue;
@@ -178,19 +180,13 @@ pub fn scp_argv(cli: &Cli, args: &ScpArgs, self_exe: &Path) -> Result<Vec<OsStri
     };
     let user = user.filter(|u| !u.is_empty()).ok_or(SshError::NoUser)?;
     let route = Route::new(cli, name, args.port, self_exe);
-    let mut argv: Vec<OsString> = vec!["scp".into()];
-    argv.extend(route.options());
-    if let Some(identity) = &args.identity_file {
-        argv.push("-i".into());
-        argv.push(identity.clone().into_os_string());
-    }
+    let mut argv = route.client("scp", &args.login);
     if args.recursive {
         argv.push("-r".into());
     }
     if args.preserve {
         argv.push("-p".into());
     }
-    argv.extend(args.local_ssh_opts.iter().map(OsString::from));
     argv.push("--".into());
     for text in &args.paths {
         argv.push(match vm_path(text) {

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use fake_handler::FakeDaemon;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 
 const VM: &str = "\
 apiVersion: ironvisor.io/v1alpha1
@@ -23,14 +22,8 @@ spec:
     spec: {}
 ";
 
-fn virtctl(daemon: &FakeDaemon) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_virtctl"));
-    cmd.env_remove("IRONVISOR_SOCKET")
-        .env_remove("VIRTCTL_LOG")
-        .arg("--socket")
-        .arg(daemon.socket())
-        .kill_on_drop(true);
-    cmd
+fn virtctl(daemon: &FakeDaemon) -> tokio::process::Command {
+    fake_handler::virtctl_command(daemon.socket())
 }
 
 async fn daemon_with_vm() -> (FakeDaemon, tempfile::TempDir) {

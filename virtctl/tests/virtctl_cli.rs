@@ -42,13 +42,8 @@ spec:
 ";
 
 fn virtctl(socket: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_virtctl"));
-    cmd.env_remove("IRONVISOR_SOCKET")
-        .env_remove("VIRTCTL_LOG")
-        .arg("--socket")
-        .arg(socket)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    let mut cmd = fake_handler::virtctl_command(socket);
+    cmd.stdin(Stdio::null());
     cmd
 }
 

@@ -446,3 +446,15 @@ impl FakeDaemon {
             .unwrap_or_default()
     }
 }
+
+/// The real `virtctl` binary, talking to the daemon at `socket` only (nothing from the
+/// caller's environment), killed when dropped.
+pub fn virtctl_command(socket: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_virtctl"));
+    cmd.env_remove("IRONVISOR_SOCKET")
+        .env_remove("VIRTCTL_LOG")
+        .arg("--socket")
+        .arg(socket)
+        .kill_on_drop(true);
+    cmd
+}
