@@ -171,21 +171,6 @@ impl InstancePaths {
     }
 }
 
-/// The environment variable that sets the launcher's seccomp level
-/// (`ironvisor-launcher --help`).
-pub const LAUNCHER_SECCOMP_ENV: &str = "IRONVISOR_SECCOMP";
-
-/// Launchers the node agent starts run without their seccomp filters unless the agent's
-/// own environment sets `IRONVISOR_SECCOMP` (e.g. `enforce`): with the filters enforced,
-/// the nested standalone e2e hung intermittently right after a VM's start (the L1 froze
-/// before the launcher's log could be read), and the cause is not found yet. Launchers
-/// run directly keep the filters on by default (docs/security.md).
-pub fn default_launcher_seccomp(command: &mut Command) {
-    if std::env::var_os(LAUNCHER_SECCOMP_ENV).is_none() {
-        command.env(LAUNCHER_SECCOMP_ENV, "off");
-    }
-}
-
 /// Creates the instance's runtime directory (mode 0700) and the VM directory, and
 /// starts a fresh log.
 pub fn prepare_files(key: &VmKey, paths: &InstancePaths) -> Result<(), LauncherError> {
@@ -299,7 +284,6 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<ProcessIdentity, LauncherErro
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);
-    default_launcher_seccomp(&mut command);
     let mut child = command.spawn().map_err(|source| LauncherError::Spawn {
         vm: vm.clone(),
         exe: request.monitor_exe.to_path_buf(),

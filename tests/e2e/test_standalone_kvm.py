@@ -146,6 +146,10 @@ def test_apply_runs_on_the_kvm_launcher(facts: Facts) -> None:
     threads = dict(t.split("=", 1) for t in f["launcher_thread_cpus"].split())
     assert threads.get("vcpu0") == "1", f["launcher_thread_cpus"]
     assert f["dedicated_event"] == "vCPUs pinned to dedicated host CPUs 1", f["dedicated_event"]
+    # The launcher the node agent started runs every thread under its seccomp filters.
+    modes = [t.rsplit("=", 1) for t in f["launcher_thread_seccomp"].split()]
+    assert modes and all(mode == "2" for _, mode in modes), f["launcher_thread_seccomp"]
+    assert "vcpu0" in {name for name, _ in modes}, f["launcher_thread_seccomp"]
 
 
 def test_console_shows_the_boot_and_takes_input(facts: Facts) -> None:

@@ -149,7 +149,6 @@ pub fn run_launcher(
     config: &Path,
 ) -> Result<Ended, SuperviseError> {
     let mut command = Command::new(program);
-    crate::launcher_proc::default_launcher_seccomp(&mut command);
     let mut child = with_signals_unblocked(&mut command)
         .arg("--config")
         .arg(config)

@@ -227,6 +227,14 @@ thread_cpus() {
 	done | sed 's/ $//'
 }
 fact launcher_thread_cpus "$(thread_cpus "$PID1")"
+# Every thread of the launcher runs under its seccomp filter (2: filter mode).
+thread_seccomp() {
+	for t in /proc/$1/task/*; do
+		printf '%s=%s ' "$(cat $t/comm 2>/dev/null)" \
+			"$(sed -n 's/^Seccomp:[[:space:]]*//p' $t/status 2>/dev/null)"
+	done | sed 's/ $//'
+}
+fact launcher_thread_seccomp "$(thread_seccomp "$PID1")"
 fact dedicated_event "$($VIRTCTL describe $VM | grep -o 'vCPUs pinned to dedicated host CPUs [0-9,-]*' | tail -n 1)"
 fact netns_list "$($IP netns list | awk '{ print $1 }' | tr '\n' ' ' | sed 's/ $//')"
 
@@ -391,5 +399,8 @@ wait "$HPID"
 fact handler_final_rc $?
 echo "L1: ----- handler log"
 sed "s/$ESC\[[0-9;]*m//g; s/^/handler| /" /tmp/handler.log | tail -n 200
+echo "L1: ----- seccomp audit lines"
+dmesg | grep -i 'type=1326\|seccomp' | tail -n 50
+fact seccomp_audit_lines "$(dmesg | grep -c 'type=1326')"
 fact scenario_done yes
 exit 0
