@@ -2,7 +2,8 @@
 kube-apiserver, Ironvisor's api-server (the `portforward` subresource) and the node agent,
 which connects to the guest inside the launcher pod's network namespace. Over standard
 input and output (`--stdio`, what `virtctl ssh` uses as ssh's ProxyCommand) and on a local
-listening port; a closed guest port and a user without the right are refused clearly."""
+listening port; a closed guest port and a user without the right are refused clearly.
+The test's namespace enforces the Pod Security "baseline" level."""
 
 from __future__ import annotations
 
@@ -37,8 +38,15 @@ def listen_once(console, port: int, greeting: str, got: str) -> None:
 def test_port_forward_reaches_a_guest_port(ironvisor: Kubectl, namespace: str,
                                            tmp_path: Path) -> None:
     k, ns = ironvisor, namespace
+    # The launcher pod meets the Pod Security "baseline" level: admitted where it is
+    # enforced (not privileged, no host namespaces or paths, devices from device plugins).
+    k.run("label", "namespace", ns, "pod-security.kubernetes.io/enforce=baseline",
+          "pod-security.kubernetes.io/enforce-version=latest")
     k.apply(EXAMPLE, ns)
     vmi_running(k, ns)
+    restricted = k.run("label", "--dry-run=server", "--overwrite", "namespace", ns,
+                       "pod-security.kubernetes.io/enforce=restricted")
+    print(f"\nwhat keeps the launcher pod from 'restricted': {restricted.stderr.strip()}")
     console = console_of(k, ns, "small")
     try:
         guest_shell(console)
