@@ -4,8 +4,6 @@
 //! turns it into the `portforward` subresource's WebSocket; `virtctl port-forward` and
 //! `virtctl ssh` use that.
 
-use std::time::Duration;
-
 use ironvisor_crds::cluster::LABEL_CREATED_BY;
 use ironvisor_crds::node_link::{encode_line, LinkReply, LinkRequest};
 use ironvisor_net::GuestConnectError;
@@ -15,9 +13,6 @@ use tracing::info;
 
 use crate::console;
 use crate::instances::InstanceContext;
-
-/// How long connecting to the guest may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects to the guest port `request` names and relays until either side closes.
 pub async fn session<S>(mut stream: BufReader<S>, context: &InstanceContext, request: &LinkRequest)
@@ -75,7 +70,12 @@ async fn connect(
         .unwrap_or_default();
     let state_dir = context.network.state_dir.clone();
     let connected = tokio::task::spawn_blocking(move || {
-        ironvisor_net::pod_guest_connect(&state_dir, &vm_uid, port, CONNECT_TIMEOUT)
+        ironvisor_net::pod_guest_connect(
+            &state_dir,
+            &vm_uid,
+            port,
+            ironvisor_net::GUEST_CONNECT_TIMEOUT,
+        )
     })
     .await
     .map_err(|error| LinkReply {

@@ -12,6 +12,10 @@ use nix::sched::{setns, CloneFlags};
 use crate::pod::pod_netns_name;
 use crate::{netns, state};
 
+/// How long connecting to a guest's port may take, in both modes (a guest that does not
+/// answer is reported, not waited for).
+pub const GUEST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why the guest port cannot be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestConnectError {

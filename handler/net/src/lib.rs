@@ -46,7 +46,9 @@ pub use config::{
     DEFAULT_CNI_BIN_DIR, DEFAULT_SUBNET,
 };
 pub use dhcp::{reachable_nameservers, DhcpError};
-pub use guest_connect::{connect_in_netns, pod_guest_connect, GuestConnectError};
+pub use guest_connect::{
+    connect_in_netns, pod_guest_connect, GuestConnectError, GUEST_CONNECT_TIMEOUT,
+};
 pub use netns::{NetnsError, NETNS_RUN_DIR};
 pub use pod::{
     pod_netns_name, resume_pod, unwire_pod, wire_pod, wired_pods, PodNamespace, POD_NETWORK_FILE,

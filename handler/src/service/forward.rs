@@ -9,9 +9,6 @@ use tokio::net::TcpStream;
 
 use super::*;
 
-/// How long connecting to the guest may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl HandlerService {
     /// Connects to `port` of the running guest of `key` and relays `input` to it and its
     /// bytes back, until both directions ended or the client went away.
@@ -45,7 +42,12 @@ impl HandlerService {
             })?;
         let (netns, guest_ip) = (network.netns_path.clone(), network.guest_ip);
         let connected = tokio::task::spawn_blocking(move || {
-            ironvisor_net::connect_in_netns(&netns, guest_ip, port, CONNECT_TIMEOUT)
+            ironvisor_net::connect_in_netns(
+                &netns,
+                guest_ip,
+                port,
+                ironvisor_net::GUEST_CONNECT_TIMEOUT,
+            )
         })
         .await
         .map_err(|error| ServiceError::Forward {
