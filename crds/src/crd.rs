@@ -3,6 +3,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use serde_json::Value;
+use std::sync::OnceLock;
 
 use crate::v1alpha1::{
     VirtualMachine, VirtualMachineClusterInstancetype, VirtualMachineClusterPreference,
@@ -86,6 +87,33 @@ impl CrdKind {
         serde_json::from_value(value).map_err(|source| CrdError::Json { name, source })
     }
 
+    /// The CRD object, generated once per process and kept: decoding a manifest with an
+    /// unknown field walks this schema, and generating it costs far more than the walk.
+    pub fn cached_crd(self) -> Result<&'static CustomResourceDefinition, CrdError> {
+        static CACHE: [OnceLock<CustomResourceDefinition>; 4] = [
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+        ];
+        let cell = &CACHE[self.index()];
+        if let Some(crd) = cell.get() {
+            return Ok(crd);
+        }
+        let crd = self.crd()?;
+        Ok(cell.get_or_init(|| crd))
+    }
+
+    /// This kind's position in [`CrdKind::ALL`].
+    fn index(self) -> usize {
+        match self {
+            Self::VirtualMachine => 0,
+            Self::VirtualMachineInstance => 1,
+            Self::ClusterInstancetype => 2,
+            Self::ClusterPreference => 3,
+        }
+    }
+
     /// The CRD as YAML, with a header saying how to regenerate it.
     pub fn yaml(self) -> Result<String, CrdError> {
         let crd = self.crd()?;
@@ -142,6 +170,16 @@ fn open_status(crd: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cached_crd_of_each_kind_is_its_own_and_made_once() {
+        for kind in CrdKind::ALL {
+            let first = kind.cached_crd().unwrap();
+            assert_eq!(first.metadata.name.as_deref(), Some(kind.crd_name()));
+            assert_eq!(*first, kind.crd().unwrap());
+            assert!(std::ptr::eq(first, kind.cached_crd().unwrap()));
+        }
+    }
 
     #[test]
     fn instance_types_and_preferences_are_cluster_wide() {

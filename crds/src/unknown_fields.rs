@@ -32,7 +32,7 @@ pub const METADATA_FIELDS: [&str; 15] = [
 /// The paths of every unknown field of `document` (a whole object of `kind`), in the
 /// order the walk meets them. `status` is not looked at: it is ignored on apply.
 pub fn unknown_fields(kind: CrdKind, document: &Value) -> Result<Vec<Vec<Segment>>, CrdError> {
-    let crd = kind.crd()?;
+    let crd = kind.cached_crd()?;
     let mut found = Vec::new();
     let Value::Object(object) = document else {
         return Ok(found);
