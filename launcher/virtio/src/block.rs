@@ -11,6 +11,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 pub use ironvisor_diskimage::DiskFormat;
 
@@ -20,7 +21,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap, ReadVolatile, VolatileMemoryError,
@@ -37,6 +38,7 @@ use crate::device::{
 use crate::interrupt::Interrupt;
 use crate::log_limit::{guest_warn, LogLimiter};
 use crate::queue_pass::{Health, Pass};
+use crate::rate_limit::{Alarm, RateLimit, RateLimiter};
 use crate::worker::{drain_event, EpollContext, EventHandler, EventToken, Worker};
 
 #[cfg(feature = "fuzzing")]
@@ -378,6 +380,10 @@ pub struct BlockDevice {
     acked_features: u64,
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 1],
+    rate_limit: RateLimit,
+    /// The buckets while the device is inactive (kept across resets, so that resetting
+    /// the device does not buy a new burst).
+    limiter: Option<RateLimiter>,
     worker: Option<Worker<BlockWorker>>,
 }
 
@@ -387,6 +393,7 @@ impl std::fmt::Debug for BlockDevice {
             .field("path", &self.disk.path)
             .field("read_only", &self.disk.read_only)
             .field("capacity_sectors", &self.disk.capacity_sectors)
+            .field("rate_limit", &self.rate_limit)
             .field("active", &self.worker.is_some())
             .finish()
     }
@@ -479,8 +486,23 @@ impl BlockDevice {
             acked_features: 0,
             config,
             queue_sizes: [QUEUE_SIZE],
+            rate_limit: RateLimit::default(),
+            limiter: None,
             worker: None,
         })
+    }
+
+    /// Limits the bytes (request data) and requests per second the guest gets served,
+    /// from the next activation on; each bucket starts full.
+    pub fn set_rate_limit(&mut self, limit: RateLimit) {
+        tracing::info!(path = %self.disk.path.display(), ?limit, "virtio-blk rate limit");
+        self.rate_limit = limit;
+        self.limiter = RateLimiter::new(limit, Instant::now());
+    }
+
+    /// The configured rate limit.
+    pub fn rate_limit(&self) -> RateLimit {
+        self.rate_limit
     }
 
     /// Disk size in 512-byte sectors.
@@ -555,18 +577,36 @@ impl VirtioDevice for BlockDevice {
                 actual: 0,
             });
         };
+        let throttle = match self.limiter.take() {
+            Some(limiter) => match Alarm::new() {
+                Ok(alarm) => Some(Throttle { limiter, alarm }),
+                Err(source) => {
+                    self.limiter = Some(limiter);
+                    return Err(ActivateError::Backend {
+                        device: KIND,
+                        source,
+                    });
+                }
+            },
+            None => None,
+        };
         let handler = BlockWorker {
             mem,
             queue: queue.queue,
             queue_event: queue.event,
             interrupt,
             disk: self.disk.clone(),
+            throttle,
             health: Health::default(),
             log: LogLimiter::default(),
         };
-        let worker = Worker::spawn(KIND, handler).map_err(|source| ActivateError::Worker {
-            device: KIND,
-            source,
+        let worker = Worker::spawn(KIND, handler).map_err(|source| {
+            // The buckets went down with the handler; start over with full ones.
+            self.limiter = RateLimiter::new(self.rate_limit, Instant::now());
+            ActivateError::Worker {
+                device: KIND,
+                source,
+            }
         })?;
         self.worker = Some(worker);
         Ok(())
@@ -574,7 +614,12 @@ impl VirtioDevice for BlockDevice {
 
     fn reset(&mut self) {
         if let Some(worker) = self.worker.take() {
-            worker.stop();
+            let handler = worker.stop();
+            // The buckets stay as drained as they were; full ones only after a panic.
+            self.limiter = match handler {
+                Some(handler) => handler.throttle.map(|throttle| throttle.limiter),
+                None => RateLimiter::new(self.rate_limit, Instant::now()),
+            };
         }
         self.acked_features = 0;
     }
@@ -588,18 +633,31 @@ impl VirtioDevice for BlockDevice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BlockToken {
     Queue,
+    /// The rate-limit alarm: throttled requests may now be served.
+    Throttle,
 }
 
 impl EventToken for BlockToken {
     fn to_raw(self) -> u64 {
         match self {
             BlockToken::Queue => 0,
+            BlockToken::Throttle => 1,
         }
     }
 
     fn from_raw(raw: u64) -> Option<Self> {
-        (raw == 0).then_some(BlockToken::Queue)
+        match raw {
+            0 => Some(BlockToken::Queue),
+            1 => Some(BlockToken::Throttle),
+            _ => None,
+        }
     }
+}
+
+/// A rate-limited worker's buckets and its wake-up.
+struct Throttle {
+    limiter: RateLimiter,
+    alarm: Alarm,
 }
 
 /// The worker side: the request queue and the image.
@@ -609,6 +667,7 @@ struct BlockWorker {
     queue_event: EventFd,
     interrupt: Arc<Interrupt>,
     disk: Arc<DiskImage>,
+    throttle: Option<Throttle>,
     health: Health,
     log: LogLimiter,
 }
@@ -617,21 +676,28 @@ impl EventHandler for BlockWorker {
     type Token = BlockToken;
 
     fn register(&mut self, ctx: &EpollContext<'_, BlockToken>) -> io::Result<()> {
-        ctx.add(&self.queue_event, BlockToken::Queue, EventSet::IN)
+        ctx.add(&self.queue_event, BlockToken::Queue, EventSet::IN)?;
+        if let Some(throttle) = &self.throttle {
+            ctx.add(&throttle.alarm, BlockToken::Throttle, EventSet::IN)?;
+        }
+        Ok(())
     }
 
     fn handle_event(&mut self, _: &EpollContext<'_, BlockToken>, token: BlockToken, _: EventSet) {
         match token {
-            BlockToken::Queue => {
-                drain_event(&self.queue_event);
-                if self.health.is_broken() {
-                    return;
+            BlockToken::Queue => drain_event(&self.queue_event),
+            BlockToken::Throttle => {
+                if let Some(throttle) = &mut self.throttle {
+                    throttle.alarm.acknowledge();
                 }
-                if self.process_queue() {
-                    if let Err(err) = self.interrupt.signal_used_queue() {
-                        tracing::error!(%err, "cannot raise the used-buffer interrupt");
-                    }
-                }
+            }
+        }
+        if self.health.is_broken() {
+            return;
+        }
+        if self.process_queue(Instant::now()) {
+            if let Err(err) = self.interrupt.signal_used_queue() {
+                tracing::error!(%err, "cannot raise the used-buffer interrupt");
             }
         }
     }
@@ -642,8 +708,10 @@ impl EventHandler for BlockWorker {
 }
 
 impl BlockWorker {
-    /// Serves the available requests, one bounded pass; returns whether any was completed.
-    fn process_queue(&mut self) -> bool {
+    /// Serves the available requests, one bounded pass, as far as the rate limit allows at
+    /// `now`; returns whether any was completed. A throttled request stays in the available
+    /// ring (and so do those behind it) until the alarm rings.
+    fn process_queue(&mut self, now: Instant) -> bool {
         let mut used_any = false;
         let mut pass = Pass::new();
         while let Some(chain) = pass.next_healthy(
@@ -655,7 +723,17 @@ impl BlockWorker {
         ) {
             let head = chain.head_index();
             let used_len = match ChainBuffers::parse(chain) {
-                Ok(buffers) => self.serve(&buffers),
+                Ok(buffers) => {
+                    if let Some(throttle) = &mut self.throttle {
+                        if let Err(wait) = throttle.limiter.admit(data_len(&buffers), now) {
+                            self.queue.go_to_previous_position();
+                            tracing::trace!(head, ?wait, "virtio-blk throttled");
+                            throttle.alarm.ring_after(wait, now);
+                            return used_any;
+                        }
+                    }
+                    self.serve(&buffers)
+                }
                 Err(err) => {
                     guest_warn!(self.log, "malformed-chain", path = %self.disk.path.display(), %err, "request dropped");
                     0
@@ -699,6 +777,13 @@ impl BlockWorker {
         }
         u32::try_from(data_len + 1).unwrap_or(u32::MAX)
     }
+}
+
+/// The data bytes a request moves, as the byte limit counts them: its buffers without the
+/// header and the status byte.
+fn data_len(buffers: &ChainBuffers) -> u64 {
+    let total = buffers.readable_len() as u64 + buffers.writable_len() as u64;
+    total.saturating_sub(HEADER_LEN as u64 + 1)
 }
 
 /// Executes the request in `buffers`; returns the data bytes written to guest memory.

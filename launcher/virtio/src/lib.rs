@@ -36,6 +36,7 @@ mod interrupt;
 mod log_limit;
 mod net;
 mod queue_pass;
+mod rate_limit;
 mod rng;
 mod transport;
 mod worker;
@@ -56,6 +57,7 @@ pub use device::{
 };
 pub use interrupt::{Interrupt, VIRTIO_INT_CONFIG, VIRTIO_INT_VRING};
 pub use net::{NetDevice, NetError, VNET_HDR_LEN};
+pub use rate_limit::RateLimit;
 pub use rng::{RngDevice, RngError};
 pub use transport::{
     MmioTransport, TransportError, MMIO_MAGIC_VALUE, MMIO_VENDOR_ID, MMIO_VERSION,

@@ -14,7 +14,6 @@
 
 use std::io;
 use std::num::NonZeroU64;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,15 +32,13 @@ use crate::device::{
 use crate::interrupt::Interrupt;
 use crate::log_limit::{guest_warn, LogLimiter};
 use crate::queue_pass::{Health, Pass};
+use crate::rate_limit::{nonblocking_timer, TokenBucket, MIN_WAIT};
 use crate::worker::{drain_event, EpollContext, EventHandler, EventToken, Worker};
 
 /// Size of the request queue.
 const QUEUE_SIZE: u16 = 256;
 /// Bytes of host entropy fetched per `getrandom` call (and the scratch buffer size).
 const CHUNK: usize = 64 * 1024;
-/// Shortest timer the worker arms while throttled, so a nearly full bucket does not spin.
-const MIN_WAIT: Duration = Duration::from_millis(1);
-const NANOS_PER_SEC: u128 = 1_000_000_000;
 const KIND: &str = "virtio-rng";
 
 /// Why a virtio-rng device could not be created, or a request could not be served.
@@ -59,93 +56,6 @@ pub enum RngError {
     /// The descriptor chain is malformed.
     #[error("malformed chain: {0}")]
     Chain(#[from] ChainError),
-}
-
-/// A token bucket: `rate` tokens (bytes) per second, at most `capacity` banked.
-///
-/// Time is passed in by the caller, so the arithmetic can be tested without sleeping.
-/// Fractions of a token are carried over (in byte-nanoseconds), so a low rate refilled at
-/// short intervals loses nothing.
-#[derive(Debug, Clone)]
-pub(crate) struct TokenBucket {
-    rate: u64,
-    capacity: u64,
-    tokens: u64,
-    /// Fraction of a token accrued since the last whole one, in units of 1/10^9 token.
-    fraction: u128,
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket of `rate` bytes per second with a burst of one second's worth.
-    pub(crate) fn new(rate: NonZeroU64, now: Instant) -> Self {
-        Self {
-            rate: rate.get(),
-            capacity: rate.get(),
-            tokens: rate.get(),
-            fraction: 0,
-            last: now,
-        }
-    }
-
-    /// Most tokens the bucket holds (the burst).
-    pub(crate) fn capacity(&self) -> u64 {
-        self.capacity
-    }
-
-    /// Tokens available at `now`.
-    #[cfg(test)]
-    pub(crate) fn available(&mut self, now: Instant) -> u64 {
-        self.refill(now);
-        self.tokens
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_nanos();
-        self.last = self.last.max(now);
-        if self.tokens >= self.capacity {
-            self.fraction = 0;
-            return;
-        }
-        let accrued = elapsed
-            .saturating_mul(u128::from(self.rate))
-            .saturating_add(self.fraction);
-        let whole = accrued / NANOS_PER_SEC;
-        let room = u128::from(self.capacity - self.tokens);
-        if whole >= room {
-            self.tokens = self.capacity;
-            self.fraction = 0;
-        } else {
-            // whole < room <= u64::MAX.
-            self.tokens += whole as u64;
-            self.fraction = accrued % NANOS_PER_SEC;
-        }
-    }
-
-    /// Takes `amount` tokens if the bucket holds that many at `now`.
-    pub(crate) fn try_take(&mut self, amount: u64, now: Instant) -> bool {
-        self.refill(now);
-        if self.tokens >= amount {
-            self.tokens -= amount;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// How long after `now` the bucket will hold `amount` tokens (capped at its capacity).
-    pub(crate) fn time_until(&mut self, amount: u64, now: Instant) -> Duration {
-        self.refill(now);
-        let amount = amount.min(self.capacity);
-        if self.tokens >= amount {
-            return Duration::ZERO;
-        }
-        let missing = u128::from(amount - self.tokens) * NANOS_PER_SEC;
-        let missing = missing.saturating_sub(self.fraction);
-        let rate = u128::from(self.rate);
-        let nanos = missing.div_ceil(rate);
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-    }
 }
 
 /// A virtio entropy device fed from `getrandom(2)`, rate-limited.
@@ -292,24 +202,6 @@ impl VirtioDevice for RngDevice {
     fn is_active(&self) -> bool {
         self.worker.is_some()
     }
-}
-
-/// A monotonic timerfd whose reads never block (a re-armed timer may have lost the
-/// expiration that made epoll report it).
-fn nonblocking_timer() -> io::Result<TimerFd> {
-    let timer = TimerFd::new().map_err(io::Error::from)?;
-    let fd = timer.as_raw_fd();
-    // SAFETY: `fd` is a valid descriptor owned by `timer` for the duration of both calls;
-    // F_GETFL/F_SETFL only read and change its status flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(timer)
 }
 
 /// Fills `buf` from the host kernel's CSPRNG (blocking only before the host pool is

@@ -83,6 +83,7 @@ pub fn blk_requests(data: &[u8]) {
         queue_event: event(),
         interrupt: Arc::new(Interrupt::new(event())),
         disk,
+        throttle: None,
         health: Health::default(),
         log: LogLimiter::default(),
     };

@@ -37,6 +37,7 @@ fn worker_for(mem: &GuestMemoryMmap<()>, device: &BlockDevice, queue: Queue) -> 
         queue_event: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
         interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"))),
         disk: device.disk.clone(),
+        throttle: None,
         health: Health::default(),
         log: LogLimiter::default(),
     }
@@ -45,7 +46,7 @@ fn worker_for(mem: &GuestMemoryMmap<()>, device: &BlockDevice, queue: Queue) -> 
 /// Processes the queue and returns (used len, status byte) of the chain at `head`, which
 /// must be the `pos`-th completion.
 fn complete(worker: &mut BlockWorker, driver: &QueueDriver<'_>, pos: u16, head: u16) -> (u32, u8) {
-    assert!(worker.process_queue());
+    assert!(worker.process_queue(Instant::now()));
     assert_eq!(driver.used_idx(), pos + 1);
     let (used_head, len) = driver.used_entry(pos);
     assert_eq!(used_head, head);
@@ -272,7 +273,7 @@ fn malformed_chains_get_errors_not_panics() {
     // No writable byte for the status: returned with nothing written.
     let head = driver.add_chain(&[(16, false), (512, false)]);
     driver.write_readable(head, &header(VIRTIO_BLK_T_IN, 0));
-    assert!(worker.process_queue());
+    assert!(worker.process_queue(Instant::now()));
     assert_eq!(driver.used_entry(0), (head, 0));
 
     // Header too short.
@@ -291,13 +292,13 @@ fn malformed_chains_get_errors_not_panics() {
         (0xffff_f000, 512, true),
         (0x2000, 1, true),
     ]);
-    assert!(worker.process_queue());
+    assert!(worker.process_queue(Instant::now()));
     assert_eq!(driver.used_entry(3), (head, 0));
 
     // Readable after writable.
     let head = driver.add_chain(&[(16, false), (1, true), (512, false)]);
     driver.write_readable(head, &header(VIRTIO_BLK_T_IN, 0));
-    assert!(worker.process_queue());
+    assert!(worker.process_queue(Instant::now()));
     assert_eq!(driver.used_entry(4), (head, 0));
 
     // The queue still works afterwards.
@@ -473,7 +474,7 @@ fn qcow2_segments_bounce_in_bounded_chunks() {
         (data_at, data.len() as u32, true),
         (status_at, 1, true),
     ]);
-    assert!(worker.process_queue());
+    assert!(worker.process_queue(Instant::now()));
     assert_eq!(driver.used_entry(0).0, head);
     assert_eq!(
         mem.read_obj::<u8>(GuestAddress(status_at)).expect("status"),
@@ -500,7 +501,7 @@ fn qcow2_segments_bounce_in_bounded_chunks() {
         (16 << 20, segment, false),
         (status_at, 1, true),
     ]);
-    assert!(big_worker.process_queue());
+    assert!(big_worker.process_queue(Instant::now()));
     assert_eq!(big_driver.used_entry(0).0, head);
     let status: u8 = big_mem.read_obj(GuestAddress(status_at)).expect("status");
     assert_eq!(status, OK);
@@ -599,4 +600,71 @@ fn a_corrupted_avail_index_asks_the_driver_for_a_reset() {
     assert_eq!(driver.used_idx(), 0);
     device.reset();
     assert!(!device.is_active());
+}
+
+fn read_request(driver: &mut QueueDriver<'_>, sector: u64) -> u16 {
+    let head = driver.add_chain(&[(16, false), (512, true), (1, true)]);
+    driver.write_readable(head, &header(VIRTIO_BLK_T_IN, sector));
+    head
+}
+
+#[test]
+fn a_byte_limit_leaves_requests_in_the_ring_until_the_bucket_refills() {
+    let img = image(8);
+    let device = BlockDevice::new(img.path(), false, "d").expect("device");
+    let mem = test_memory();
+    let mut driver = QueueDriver::new(&mem, 16);
+    let mut worker = worker_for(&mem, &device, driver.queue());
+    let t0 = Instant::now();
+    let limit = RateLimit {
+        bytes_per_second: std::num::NonZeroU64::new(1024),
+        ops_per_second: None,
+    };
+    worker.throttle = Some(Throttle {
+        limiter: RateLimiter::new(limit, t0).expect("limited"),
+        alarm: Alarm::new().expect("alarm"),
+    });
+    let heads: Vec<u16> = (0..3)
+        .map(|sector| read_request(&mut driver, sector))
+        .collect();
+    // The burst (one second's worth) serves two 512-byte reads; the third waits.
+    assert!(worker.process_queue(t0));
+    assert_eq!(driver.used_idx(), 2);
+    assert!(!worker.process_queue(t0 + std::time::Duration::from_millis(250)));
+    assert_eq!(driver.used_idx(), 2);
+    assert!(worker.process_queue(t0 + std::time::Duration::from_millis(500)));
+    assert_eq!(driver.used_idx(), 3);
+    assert_eq!(driver.read_writable(heads[2], 512), pattern(2 * 512, 512));
+}
+
+#[test]
+fn an_ops_limit_is_served_by_the_alarm_without_more_notifications() {
+    let img = image(8);
+    let mut device = BlockDevice::new(img.path(), false, "d").expect("device");
+    device.set_rate_limit(RateLimit {
+        bytes_per_second: None,
+        ops_per_second: std::num::NonZeroU64::new(4),
+    });
+    let mem = test_memory();
+    let mut driver = QueueDriver::new(&mem, 32);
+    let notify = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")));
+    let queue = DeviceQueue {
+        index: 0,
+        queue: driver.queue(),
+        event: notify.try_clone().expect("clone"),
+    };
+    device
+        .activate(mem.clone(), interrupt, vec![queue])
+        .expect("activate");
+    let started = Instant::now();
+    for sector in 0..6 {
+        read_request(&mut driver, sector);
+    }
+    notify.write(1).expect("notify");
+    driver.wait_used(6);
+    // Four in the burst, then one every 250 ms: at least 500 ms for the last two.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(450));
+    device.reset();
+    assert_eq!(device.rate_limit().ops_per_second.map(|n| n.get()), Some(4));
 }

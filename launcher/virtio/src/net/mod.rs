@@ -9,10 +9,11 @@ pub(crate) mod fuzzing;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -25,6 +26,7 @@ use crate::device::{
 use crate::interrupt::Interrupt;
 use crate::log_limit::{guest_warn, LogLimiter};
 use crate::queue_pass::{check_avail, Health, Pass, CHAINS_PER_PASS};
+use crate::rate_limit::{Alarm, RateLimit, RateLimiter};
 use crate::worker::{drain_event, EpollContext, EventHandler, EventToken, Worker};
 
 use tap::Tap;
@@ -144,7 +146,28 @@ pub struct NetDevice {
     acked_features: u64,
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 2],
+    rate_limit: RateLimit,
+    /// Each direction's buckets while the device is inactive (kept across resets).
+    limiters: Limiters,
     worker: Option<Worker<NetWorker>>,
+}
+
+/// The buckets of the two directions: RX (tap to guest) and TX (guest to tap) are limited
+/// separately, each to the device's [`RateLimit`].
+#[derive(Debug, Clone, Default)]
+struct Limiters {
+    rx: Option<RateLimiter>,
+    tx: Option<RateLimiter>,
+}
+
+impl Limiters {
+    fn new(limit: RateLimit) -> Self {
+        let now = Instant::now();
+        Self {
+            rx: RateLimiter::new(limit, now),
+            tx: RateLimiter::new(limit, now),
+        }
+    }
 }
 
 impl std::fmt::Debug for NetDevice {
@@ -152,6 +175,7 @@ impl std::fmt::Debug for NetDevice {
         f.debug_struct("NetDevice")
             .field("tap", &self.tap.name())
             .field("mac", &format_mac(&self.mac))
+            .field("rate_limit", &self.rate_limit)
             .field("active", &self.worker.is_some())
             .finish()
     }
@@ -173,8 +197,24 @@ impl NetDevice {
             acked_features: 0,
             config,
             queue_sizes: [QUEUE_SIZE; 2],
+            rate_limit: RateLimit::default(),
+            limiters: Limiters::default(),
             worker: None,
         })
+    }
+
+    /// Limits the bytes and frames per second moved in each direction (the guest's sends
+    /// and its receives are limited separately), from the next activation on; the buckets
+    /// start full.
+    pub fn set_rate_limit(&mut self, limit: RateLimit) {
+        tracing::info!(tap = self.tap.name(), ?limit, "virtio-net rate limit");
+        self.rate_limit = limit;
+        self.limiters = Limiters::new(limit);
+    }
+
+    /// The configured rate limit (per direction).
+    pub fn rate_limit(&self) -> RateLimit {
+        self.rate_limit
     }
 
     /// Name of the tap interface (as the kernel reported it).
@@ -261,11 +301,26 @@ impl VirtioDevice for NetDevice {
             });
         };
         debug_assert_eq!((rx.index, tx.index), (RX_QUEUE, TX_QUEUE));
-        let handler = NetWorker::new(mem, rx, tx, self.tap.clone(), interrupt);
+        let mut handler = NetWorker::new(mem, rx, tx, self.tap.clone(), interrupt);
+        let limiters = std::mem::take(&mut self.limiters);
+        if limiters.rx.is_some() || limiters.tx.is_some() {
+            let alarm = Alarm::new().map_err(|source| ActivateError::Backend {
+                device: KIND,
+                source,
+            })?;
+            handler.throttle = Some(NetThrottle {
+                rx: limiters.rx,
+                tx: limiters.tx,
+                alarm,
+            });
+        }
         let name = format!("{KIND}-{}", self.tap.name());
-        let worker = Worker::spawn(&name, handler).map_err(|source| ActivateError::Worker {
-            device: KIND,
-            source,
+        let worker = Worker::spawn(&name, handler).map_err(|source| {
+            self.limiters = Limiters::new(self.rate_limit);
+            ActivateError::Worker {
+                device: KIND,
+                source,
+            }
         })?;
         self.worker = Some(worker);
         Ok(())
@@ -273,7 +328,17 @@ impl VirtioDevice for NetDevice {
 
     fn reset(&mut self) {
         if let Some(worker) = self.worker.take() {
-            worker.stop();
+            // The buckets stay as drained as they were; full ones only after a panic.
+            self.limiters = match worker.stop() {
+                Some(handler) => handler
+                    .throttle
+                    .map(|throttle| Limiters {
+                        rx: throttle.rx,
+                        tx: throttle.tx,
+                    })
+                    .unwrap_or_default(),
+                None => Limiters::new(self.rate_limit),
+            };
         }
         self.acked_features = 0;
     }
@@ -289,6 +354,8 @@ enum NetToken {
     RxQueue,
     TxQueue,
     Tap,
+    /// The rate-limit alarm: a held RX frame or throttled TX chains may now move.
+    Throttle,
 }
 
 impl EventToken for NetToken {
@@ -297,6 +364,7 @@ impl EventToken for NetToken {
             NetToken::RxQueue => 0,
             NetToken::TxQueue => 1,
             NetToken::Tap => 2,
+            NetToken::Throttle => 3,
         }
     }
 
@@ -305,6 +373,7 @@ impl EventToken for NetToken {
             0 => Some(NetToken::RxQueue),
             1 => Some(NetToken::TxQueue),
             2 => Some(NetToken::Tap),
+            3 => Some(NetToken::Throttle),
             _ => None,
         }
     }
@@ -323,8 +392,37 @@ struct NetWorker {
     tx_frame: Vec<u8>,
     /// A readable tap is waiting for the guest to post RX buffers.
     rx_waiting: bool,
+    /// Length of a frame read from the tap into `rx_frame` that the RX limit held back.
+    rx_held: Option<usize>,
+    throttle: Option<NetThrottle>,
     health: Health,
     log: LogLimiter,
+}
+
+/// A rate-limited net worker's buckets (per direction) and its wake-up.
+struct NetThrottle {
+    rx: Option<RateLimiter>,
+    tx: Option<RateLimiter>,
+    alarm: Alarm,
+}
+
+impl NetThrottle {
+    /// Admits a frame of `len` bytes in one direction, or arms the alarm for when it would
+    /// be admitted and refuses it.
+    fn admit(&mut self, tx: bool, len: usize, now: Instant) -> bool {
+        let limiter = if tx { &mut self.tx } else { &mut self.rx };
+        let Some(limiter) = limiter else {
+            return true;
+        };
+        match limiter.admit(len as u64, now) {
+            Ok(()) => true,
+            Err(wait) => {
+                tracing::trace!(tx, len, ?wait, "virtio-net throttled");
+                self.alarm.ring_after(wait, now);
+                false
+            }
+        }
+    }
 }
 
 impl NetWorker {
@@ -346,6 +444,8 @@ impl NetWorker {
             rx_frame: vec![0; MAX_FRAME_LEN],
             tx_frame: vec![0; MAX_FRAME_LEN],
             rx_waiting: false,
+            rx_held: None,
+            throttle: None,
             health: Health::default(),
             log: LogLimiter::default(),
         }
@@ -394,7 +494,11 @@ impl NetWorker {
                 self.rx_waiting = true;
                 break;
             }
-            let len = match self.tap.read_frame(&mut self.rx_frame) {
+            let read = match self.rx_held.take() {
+                Some(len) => Ok(len),
+                None => self.tap.read_frame(&mut self.rx_frame),
+            };
+            let len = match read {
                 Ok(len) => len,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     self.rx_waiting = false;
@@ -411,6 +515,14 @@ impl NetWorker {
                     break;
                 }
             };
+            if let Some(throttle) = &mut self.throttle {
+                if !throttle.admit(false, len, Instant::now()) {
+                    // Hold the frame; the alarm brings the worker back for it (the tap
+                    // is edge-triggered and would not report it again).
+                    self.rx_held = Some(len);
+                    break;
+                }
+            }
             let Some(chain) = self.rx.pop_descriptor_chain(&self.mem) else {
                 tracing::error!("rx buffer vanished; frame dropped");
                 break;
@@ -457,18 +569,25 @@ impl NetWorker {
             &self.interrupt,
         ) {
             let head = chain.head_index();
-            let result = ChainBuffers::parse(chain)
+            let frame = ChainBuffers::parse(chain)
                 .map_err(NetError::from)
-                .and_then(|buffers| tx_frame_from_chain(&self.mem, &buffers, &mut self.tx_frame))
-                .and_then(|len| {
-                    self.tap
-                        .write_frame(&self.tx_frame[..len])
-                        .map_err(|source| NetError::TapIo {
-                            name: self.tap.name().to_string(),
-                            op: "write",
-                            source,
-                        })
-                });
+                .and_then(|buffers| tx_frame_from_chain(&self.mem, &buffers, &mut self.tx_frame));
+            if let (Ok(len), Some(throttle)) = (&frame, &mut self.throttle) {
+                if !throttle.admit(true, *len, Instant::now()) {
+                    // Leave it (and the chains behind it) in the available ring.
+                    self.tx.go_to_previous_position();
+                    return used_any;
+                }
+            }
+            let result = frame.and_then(|len| {
+                self.tap
+                    .write_frame(&self.tx_frame[..len])
+                    .map_err(|source| NetError::TapIo {
+                        name: self.tap.name().to_string(),
+                        op: "write",
+                        source,
+                    })
+            });
             if let Err(err) = result {
                 guest_warn!(self.log, "bad-tx-frame", %err, "tx frame dropped");
             }
@@ -488,6 +607,9 @@ impl EventHandler for NetWorker {
     fn register(&mut self, ctx: &EpollContext<'_, NetToken>) -> io::Result<()> {
         ctx.add(&self.rx_event, NetToken::RxQueue, EventSet::IN)?;
         ctx.add(&self.tx_event, NetToken::TxQueue, EventSet::IN)?;
+        if let Some(throttle) = &self.throttle {
+            ctx.add(&throttle.alarm, NetToken::Throttle, EventSet::IN)?;
+        }
         // Edge-triggered: after an edge we read until the tap is empty or the guest runs out
         // of buffers; in the latter case the RX queue notification resumes reading.
         ctx.add(
@@ -519,6 +641,13 @@ impl EventHandler for NetWorker {
                     tracing::warn!(?events, "tap reported an error condition");
                 }
                 self.process_rx()
+            }
+            NetToken::Throttle => {
+                if let Some(throttle) = &mut self.throttle {
+                    throttle.alarm.acknowledge();
+                }
+                let received = self.process_rx();
+                self.process_tx() || received
             }
         };
         if used {

@@ -401,3 +401,89 @@ fn tap_rx_waits_for_guest_buffers_then_delivers() {
     device.reset();
     assert!(!device.is_active());
 }
+
+#[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun"]
+fn tap_frames_are_limited_per_direction_and_held_ones_move_on_the_alarm() {
+    let mut device = test_device();
+    device.set_rate_limit(RateLimit {
+        bytes_per_second: None,
+        ops_per_second: std::num::NonZeroU64::new(4),
+    });
+    let host = PacketSocket::bind(device.tap_name());
+    let mem = test_memory();
+    let mut rx_driver = QueueDriver::new_at(&mem, 0, 32);
+    let mut tx_driver = QueueDriver::new_at(&mem, DRIVER_SPAN, 32);
+    let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")));
+    let rx_notify = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let tx_notify = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    device
+        .activate(
+            mem.clone(),
+            interrupt,
+            vec![
+                DeviceQueue {
+                    index: 0,
+                    queue: rx_driver.queue(),
+                    event: rx_notify.try_clone().expect("clone"),
+                },
+                DeviceQueue {
+                    index: 1,
+                    queue: tx_driver.queue(),
+                    event: tx_notify.try_clone().expect("clone"),
+                },
+            ],
+        )
+        .expect("activate");
+
+    // TX: six frames and one notification; four go at once, the alarm sends the rest.
+    let started = Instant::now();
+    for n in 0..6 {
+        let mut chain = vec![0u8; VNET_HDR_LEN];
+        chain.extend(ethernet_frame(
+            [0xff; 6],
+            GUEST_MAC,
+            format!("tx-limited {n}").as_bytes(),
+        ));
+        let head = tx_driver.add_chain(&[(chain.len() as u32, false)]);
+        tx_driver.write_readable(head, &chain);
+    }
+    tx_notify.write(1).expect("notify");
+    for n in 0..6 {
+        host.recv_marked(format!("tx-limited {n}").as_bytes());
+    }
+    tx_driver.wait_used(6);
+    assert!(started.elapsed() >= Duration::from_millis(450));
+
+    // RX, limited separately: six frames from the host, buffers for all of them.
+    for _ in 0..8 {
+        rx_driver.add_chain(&[(1526, true)]);
+    }
+    rx_notify.write(1).expect("notify");
+    let started = Instant::now();
+    for n in 0..6 {
+        host.send(&ethernet_frame(
+            GUEST_MAC,
+            [2, 0, 0, 0, 0, 7],
+            format!("rx-limited {n}").as_bytes(),
+        ));
+    }
+    wait_until("six rx frames", || rx_driver.used_idx() >= 6);
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    let delivered: Vec<Vec<u8>> = (0..6)
+        .map(|pos| {
+            let (head, len) = rx_driver.used_entry(pos);
+            rx_driver.read_writable(head, len as usize)[VNET_HDR_LEN..].to_vec()
+        })
+        .collect();
+    for n in 0..6 {
+        let marker = format!("rx-limited {n}");
+        assert!(
+            delivered
+                .iter()
+                .any(|frame| frame[14..].starts_with(marker.as_bytes())),
+            "{marker} delivered"
+        );
+    }
+    device.reset();
+}
