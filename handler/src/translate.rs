@@ -23,10 +23,12 @@
 use std::path::{Component, Path, PathBuf};
 
 use ironvisor_crds::quantity;
-use ironvisor_crds::v1alpha1::{KernelBoot, KernelBootContainer, VirtualMachineInstanceSpec};
+use ironvisor_crds::v1alpha1::{
+    DeviceRateLimit, KernelBoot, KernelBootContainer, VirtualMachineInstanceSpec,
+};
 use ironvisor_launcher_api::config::{
     ClockConfig, ConsoleConfig, CpuTopologyConfig, DiskConfig, FirmwareConfig, FirmwareKind,
-    KernelConfig, LaunchConfig, NetConfig, RngConfig, SystemIdentity,
+    KernelConfig, LaunchConfig, NetConfig, RateLimitConfig, RngConfig, SystemIdentity,
 };
 
 use crate::records::VmKey;
@@ -98,6 +100,14 @@ pub enum TranslateError {
         /// The configured path.
         path: PathBuf,
     },
+    /// A `rateLimit.bytesPerSecond` is not a quantity of bytes.
+    #[error("VM {vm}: rateLimit.bytesPerSecond {value:?} is not a quantity of bytes")]
+    RateLimit {
+        /// The VM.
+        vm: String,
+        /// The quantity as written.
+        value: String,
+    },
     /// Guest memory is missing or not a valid quantity.
     #[error("VM {vm}: spec.template.spec.domain.memory.guest: {reason}")]
     Memory {
@@ -126,6 +136,7 @@ impl TranslateError {
             Self::NoBootDisk { .. } => "NoBootDisk",
             Self::Memory { .. } => "InvalidMemory",
             Self::Clock { .. } => "InvalidClock",
+            Self::RateLimit { .. } => "InvalidRateLimit",
         }
     }
 }
@@ -376,6 +387,30 @@ fn clock(key: &VmKey, spec: &VirtualMachineInstanceSpec) -> Result<ClockConfig, 
     Ok(ClockConfig { rtc_offset_seconds })
 }
 
+/// The launcher's rate limit of a disk's or an interface's `rateLimit` (validated on
+/// admission; a byte rate that is not a quantity of bytes is refused here too).
+fn rate_limit(
+    key: &VmKey,
+    limit: Option<&DeviceRateLimit>,
+) -> Result<Option<RateLimitConfig>, TranslateError> {
+    let Some(limit) = limit else {
+        return Ok(None);
+    };
+    let rates =
+        ironvisor_crds::validate::rates(limit).ok_or_else(|| TranslateError::RateLimit {
+            vm: key.to_string(),
+            value: limit
+                .bytes_per_second
+                .as_ref()
+                .map(|q| q.0.clone())
+                .unwrap_or_default(),
+        })?;
+    Ok(Some(RateLimitConfig {
+        bytes_per_second: rates.bytes_per_second,
+        ops_per_second: rates.ops_per_second,
+    }))
+}
+
 /// The launcher configuration of `spec` (the VM's template) with `plan`.
 pub fn launch_config(
     key: &VmKey,
@@ -424,6 +459,21 @@ pub fn launch_config(
     let grace = spec
         .termination_grace_period_seconds
         .unwrap_or(ironvisor_crds::defaults::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS);
+    let mut disks = plan.disks;
+    for disk in &mut disks {
+        let limit = spec.domain.devices.disks.iter().find(|d| d.name == disk.id);
+        disk.rate_limit = rate_limit(key, limit.and_then(|d| d.rate_limit.as_ref()))?;
+    }
+    let mut nets = plan.nets;
+    for net in &mut nets {
+        let limit = spec
+            .domain
+            .devices
+            .interfaces
+            .iter()
+            .find(|i| i.name == net.id);
+        net.rate_limit = rate_limit(key, limit.and_then(|i| i.rate_limit.as_ref()))?;
+    }
     Ok(LaunchConfig {
         name: key.name.clone(),
         vcpus: spec.vcpus(),
@@ -431,8 +481,8 @@ pub fn launch_config(
         memory_mib: bytes.div_ceil(MIB),
         kernel,
         firmware,
-        disks: plan.disks,
-        nets: plan.nets,
+        disks,
+        nets,
         console: ConsoleConfig {
             socket: Some(plan.console_socket),
             ring_bytes: CONSOLE_RING_BYTES,
@@ -609,9 +659,33 @@ mod tests {
             format: Default::default(),
             read_only: false,
             serial: None,
+            rate_limit: None,
         };
-        let config =
-            launch_config(&key, &spec(None), plan(vec![disk("root"), disk("data")])).unwrap();
+        let mut limited = spec(None);
+        limited.domain.devices.disks = vec![
+            ironvisor_crds::v1alpha1::Disk {
+                name: "root".into(),
+                ..Default::default()
+            },
+            ironvisor_crds::v1alpha1::Disk {
+                name: "data".into(),
+                rate_limit: Some(DeviceRateLimit {
+                    bytes_per_second: Some(Quantity("2Mi".into())),
+                    ops_per_second: Some(100),
+                }),
+                ..Default::default()
+            },
+        ];
+        let config = launch_config(&key, &limited, plan(vec![disk("root"), disk("data")])).unwrap();
+        // Each disk gets its own rateLimit, by name.
+        assert_eq!(config.disks[0].rate_limit, None);
+        assert_eq!(
+            config.disks[1].rate_limit,
+            Some(RateLimitConfig {
+                bytes_per_second: Some(2 << 20),
+                ops_per_second: Some(100),
+            })
+        );
         assert_eq!(config.kernel, None);
         assert_eq!(
             config.firmware,

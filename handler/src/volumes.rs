@@ -172,6 +172,7 @@ pub fn disk_config(disk: PreparedDisk) -> DiskConfig {
         format: image_format(disk.format),
         read_only: disk.read_only,
         serial: disk.serial,
+        rate_limit: None,
     }
 }
 

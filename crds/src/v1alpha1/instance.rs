@@ -222,7 +222,28 @@ pub struct Disk {
     /// Boot priority (1 is first); unique among disks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_order: Option<u32>,
+    /// Most bytes and requests per second the guest gets served from this disk (an
+    /// Ironvisor extension; unlimited when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<DeviceRateLimit>,
 }
+
+/// A device's rate limit: token buckets refilled every second, each holding one second's
+/// worth as its burst. On an interface it applies to each direction separately.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeviceRateLimit {
+    /// Bytes per second, as a quantity (`10Mi` is 10 MiB/s): a disk request's data, or a
+    /// NIC's whole frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<Quantity>,
+    /// Operations per second: disk requests, or frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_per_second: Option<u64>,
+}
+
+// A quantity compares as the text it was written as, which is an equivalence.
+impl Eq for DeviceRateLimit {}
 
 /// Bus a disk is attached to. Ironvisor's microVM only has virtio.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +326,10 @@ pub struct Interface {
     /// NIC model: `virtio` (the only one the microVM has).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Most bytes and frames per second in each direction (an Ironvisor extension;
+    /// unlimited when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<DeviceRateLimit>,
 }
 
 /// A port forwarded to the guest through the masquerade binding.

@@ -276,6 +276,20 @@ pub enum ValidationError {
         /// Where it is first used.
         first: String,
     },
+    /// A rate limit sets neither rate.
+    #[error(
+        "{path}: sets neither bytesPerSecond nor opsPerSecond; leave rateLimit out for no limit"
+    )]
+    RateLimitEmpty {
+        /// Field path.
+        path: String,
+    },
+    /// A rate of zero would stall the device for good.
+    #[error("{path}: must be at least 1 per second (0 would stall the device for good)")]
+    RateLimitZero {
+        /// Field path.
+        path: String,
+    },
     /// A disk serial number is malformed.
     #[error("{path}: serial {value:?} must be 1 to 20 characters of letters, digits, '-', '_', '.', '+'")]
     InvalidSerial {
@@ -615,6 +629,8 @@ impl ValidationError {
             | Self::BootOrderZero { path }
             | Self::DuplicateBootOrder { path, .. }
             | Self::InvalidSerial { path, .. }
+            | Self::RateLimitEmpty { path }
+            | Self::RateLimitZero { path }
             | Self::InvalidImage { path, .. }
             | Self::CloudInitUserDataConflict { path }
             | Self::CloudInitEmpty { path }

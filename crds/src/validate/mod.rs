@@ -13,8 +13,10 @@ mod error;
 mod firmware;
 mod formats;
 mod sizing;
+pub use rate_limits::{rates, Rates};
 pub use sizing::{instancetype, preference};
 mod interface_ports;
+mod rate_limits;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -478,6 +480,9 @@ fn disks(spec: &VirtualMachineInstanceSpec, root: &FieldPath, errors: &mut Vec<V
                 });
             }
         }
+        if let Some(limit) = &disk.rate_limit {
+            rate_limits::check(limit, &path.child("rateLimit"), errors);
+        }
         if let Some(serial) = disk.serial.as_ref().filter(|s| !formats::serial(s)) {
             errors.push(ValidationError::InvalidSerial {
                 path: path.child("serial").into(),
@@ -654,6 +659,9 @@ fn interfaces(
     let mut macs: HashMap<[u8; 6], FieldPath> = HashMap::new();
     for (index, interface) in interfaces.iter().enumerate() {
         let path = list.index(index);
+        if let Some(limit) = &interface.rate_limit {
+            rate_limits::check(limit, &path.child("rateLimit"), errors);
+        }
         if interface.masquerade.is_some() && interface.bridge.is_some() {
             errors.push(ValidationError::InterfaceBindingCount {
                 path: path.clone().into(),

@@ -165,6 +165,7 @@ pub fn prepare(
                     format: volumes::image_format(file.format),
                     read_only: request.read_only,
                     serial: request.serial,
+                    rate_limit: None,
                 }));
             }
             VolumeSource::EmptyDisk { .. } | VolumeSource::CloudInitNoCloud { .. } => {
@@ -278,6 +279,7 @@ fn cluster_files_disk(
         format: ironvisor_launcher_api::config::ImageFormat::Raw,
         read_only: true,
         serial: request.serial.clone(),
+        rate_limit: None,
     })
 }
 
@@ -300,6 +302,7 @@ fn claim_device(dirs: PodVolumes<'_>, request: &VolumeRequest) -> Result<DiskCon
         format: ironvisor_launcher_api::config::ImageFormat::Raw,
         read_only: request.read_only,
         serial: request.serial.clone(),
+        rate_limit: None,
     })
 }
 

@@ -133,6 +133,7 @@ pub fn await_wiring(
         id: network.interface.clone(),
         tap: network.tap.clone(),
         mac: Some(network.mac_string()),
+        rate_limit: None,
     })
 }
 

@@ -581,6 +581,7 @@ fn try_prepare_and_spawn(
             id: n.interface.clone(),
             tap: n.tap.clone(),
             mac: Some(n.mac_string()),
+            rate_limit: None,
         })
         .collect();
 

@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cpulist;
 
+mod rate_limit;
+pub use rate_limit::RateLimitConfig;
+
 mod rng;
 pub use rng::{RngConfig, DEFAULT_RNG_BYTES_PER_SECOND, MAX_RNG_BYTES_PER_SECOND};
 
@@ -143,6 +146,9 @@ pub struct DiskConfig {
     /// Serial number reported by VIRTIO_BLK_T_GET_ID (at most 20 bytes); defaults to the id.
     #[serde(default)]
     pub serial: Option<String>,
+    /// Bytes and requests per second the guest gets served; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// One virtio-net device over a tap device.
@@ -156,6 +162,9 @@ pub struct NetConfig {
     /// Guest MAC, "52:54:00:12:34:56"; generated from the VM name and id when absent.
     #[serde(default)]
     pub mac: Option<String>,
+    /// Bytes and frames per second in each direction; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// Serial console exposure.
@@ -537,6 +546,9 @@ impl LaunchConfig {
                     }
                 }
             }
+            if let Some(limit) = &disk.rate_limit {
+                limit.check(&format!("disks[{i}].rate_limit"), issues);
+            }
             match &disk.serial {
                 Some(serial) if serial.len() > MAX_DISK_SERIAL_BYTES => issues.push(
                     format!("disks[{i}].serial"),
@@ -572,6 +584,9 @@ impl LaunchConfig {
                     &field,
                     format!("{:?} is also the tap of nets[{first}]", net.tap),
                 );
+            }
+            if let Some(limit) = &net.rate_limit {
+                limit.check(&format!("nets[{i}].rate_limit"), issues);
             }
             let mac = match &net.mac {
                 Some(text) => match parse_mac(text) {

@@ -21,6 +21,9 @@
 //! 1.3.4), rate-limited by QEMU to the configured bytes per second (`<rate bytes=N
 //! period='1000'/>`, period in milliseconds), the rate the KVM launcher enforces.
 //!
+//! A disk's rate limit is libvirt's `<iotune>` (`total_bytes_sec`, `total_iops_sec`);
+//! a NIC's is refused (the KVM launcher's virtio-net enforces it).
+//!
 //! NICs are not libvirt `<interface>`s: libvirtd opens those in its own network namespace.
 //! Each NIC is a `-netdev dgram` + `virtio-net-pci` pair passed through with
 //! `<qemu:commandline>` ([`crate::qemu_args`]), talking to the launcher's frame relay
@@ -32,8 +35,8 @@ use std::path::{Path, PathBuf};
 
 use ironvisor_arch::topology::CpuTopology;
 use ironvisor_launcher::config::{
-    format_mac, Boot, ConfigError, FirmwareKind, ImageFormat, LaunchConfig, SYSTEM_MANUFACTURER,
-    SYSTEM_PRODUCT_NAME, SYSTEM_VERSION,
+    format_mac, Boot, ConfigError, FirmwareKind, ImageFormat, LaunchConfig, RateLimitConfig,
+    SYSTEM_MANUFACTURER, SYSTEM_PRODUCT_NAME, SYSTEM_VERSION,
 };
 use ironvisor_launcher_api::control::DeviceStatus;
 
@@ -89,6 +92,17 @@ pub enum DomainError {
         /// The I/O error.
         #[source]
         source: io::Error,
+    },
+    /// NIC rate limits are enforced by the KVM launcher's virtio-net only.
+    #[error(
+        "nets[{index}].rate_limit ({id}): the emulation backend cannot limit a NIC's rate; \
+         run the VM under the KVM launcher or drop the interface's rateLimit"
+    )]
+    NicRateLimit {
+        /// Position of the NIC.
+        index: usize,
+        /// Its id.
+        id: String,
     },
 }
 
@@ -146,6 +160,8 @@ pub struct PlannedDisk {
     pub target: String,
     /// The path is a host block device (a Block-mode volume), given to QEMU as one.
     pub block_device: bool,
+    /// Most bytes and requests per second (libvirt `<iotune>`); `None`: unlimited.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// One NIC as the domain sees it.
@@ -306,6 +322,18 @@ impl DomainPlan {
                 read_only: disk.read_only,
                 serial: disk.serial.clone().unwrap_or_else(|| disk.id.clone()),
                 target: disk_target(index),
+                rate_limit: disk.rate_limit,
+            });
+        }
+        if let Some((index, net)) = config
+            .nets
+            .iter()
+            .enumerate()
+            .find(|(_, net)| net.rate_limit.is_some())
+        {
+            return Err(DomainError::NicRateLimit {
+                index,
+                id: net.id.clone(),
             });
         }
         let nets = config
@@ -684,6 +712,16 @@ impl DomainPlan {
         line(x, 3, &format!("<serial>{}</serial>", escape(&disk.serial)));
         if disk.read_only {
             line(x, 3, "<readonly/>");
+        }
+        if let Some(limit) = &disk.rate_limit {
+            line(x, 3, "<iotune>");
+            if let Some(bytes) = limit.bytes_per_second {
+                line(x, 4, &format!("<total_bytes_sec>{bytes}</total_bytes_sec>"));
+            }
+            if let Some(ops) = limit.ops_per_second {
+                line(x, 4, &format!("<total_iops_sec>{ops}</total_iops_sec>"));
+            }
+            line(x, 3, "</iotune>");
         }
         if self.boots_from(index) {
             line(x, 3, "<boot order='1'/>");

@@ -2,6 +2,7 @@
 //! management) on the port I/O bus and one virtio-mmio transport per configured disk, NIC,
 //! agent channel and entropy device on the MMIO bus, and wires their interrupts (KVM irqfds) and queue notifications (KVM ioeventfds).
 
+use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
 use ironvisor_arch::acpi::MmioDeviceInfo;
@@ -13,7 +14,7 @@ use ironvisor_arch::layout::{
 use ironvisor_launcher_api::control::DeviceStatus;
 use ironvisor_virtio::DiskFormat;
 use ironvisor_virtio::{
-    BlockDevice, ConsoleDevice, MmioTransport, NetDevice, RngDevice, VirtioDevice,
+    BlockDevice, ConsoleDevice, MmioTransport, NetDevice, RateLimit, RngDevice, VirtioDevice,
 };
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -25,7 +26,7 @@ use super::legacy::cmos::{self, Cmos};
 use super::legacy::i8042::I8042;
 use super::legacy::irq::IrqLine;
 use super::legacy::serial::SerialDevice;
-use crate::config::{ImageFormat, LaunchConfig};
+use crate::config::{ImageFormat, LaunchConfig, RateLimitConfig};
 use crate::GuestMemory;
 
 /// Offset of the QueueNotify register in a virtio-mmio window.
@@ -178,12 +179,17 @@ pub fn create_devices(
             ImageFormat::Raw => DiskFormat::Raw,
             ImageFormat::Qcow2 => DiskFormat::Qcow2,
         };
-        let device = BlockDevice::with_format(&disk.path, format, disk.read_only, &serial_number)
-            .map_err(|source| DeviceError::Block {
-            id: disk.id.clone(),
-            path: disk.path.display().to_string(),
-            source,
-        })?;
+        let mut device =
+            BlockDevice::with_format(&disk.path, format, disk.read_only, &serial_number).map_err(
+                |source| DeviceError::Block {
+                    id: disk.id.clone(),
+                    path: disk.path.display().to_string(),
+                    source,
+                },
+            )?;
+        if let Some(limit) = &disk.rate_limit {
+            device.set_rate_limit(virtio_rate_limit(limit));
+        }
         manager.add_virtio(&format!("disk {}", disk.id), Box::new(device))?;
         manager.status.push(DeviceStatus {
             kind: "virtio-blk".into(),
@@ -196,11 +202,14 @@ pub fn create_devices(
 
     for net in &config.nets {
         let mac = config.mac_for(net);
-        let device = NetDevice::new(&net.tap, mac).map_err(|source| DeviceError::Net {
+        let mut device = NetDevice::new(&net.tap, mac).map_err(|source| DeviceError::Net {
             id: net.id.clone(),
             tap: net.tap.clone(),
             source,
         })?;
+        if let Some(limit) = &net.rate_limit {
+            device.set_rate_limit(virtio_rate_limit(limit));
+        }
         manager.add_virtio(&format!("network interface {}", net.id), Box::new(device))?;
         manager.status.push(DeviceStatus {
             kind: "virtio-net".into(),
@@ -331,5 +340,14 @@ impl Manager<'_> {
             gsi,
         });
         Ok(())
+    }
+}
+
+/// The device-side rate limit of a validated configuration (rates of 0 were refused; one
+/// would read as unlimited here).
+fn virtio_rate_limit(limit: &RateLimitConfig) -> RateLimit {
+    RateLimit {
+        bytes_per_second: limit.bytes_per_second.and_then(NonZeroU64::new),
+        ops_per_second: limit.ops_per_second.and_then(NonZeroU64::new),
     }
 }

@@ -177,6 +177,7 @@ mod tests {
             format: Default::default(),
             read_only: false,
             serial: None,
+            rate_limit: None,
         }
     }
 

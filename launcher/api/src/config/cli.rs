@@ -71,11 +71,17 @@ fn required<'a>(
     })
 }
 
-/// Parses a `--disk` value: `id=ID,path=PATH[,ro=on|off][,serial=S][,format=raw|qcow2]` (a bare `ro` means
-/// `ro=on`). Paths cannot contain ','.
+/// Parses a `--disk` value:
+/// `id=ID,path=PATH[,ro=on|off][,serial=S][,format=raw|qcow2][,bps=N][,ops=N]` (a bare
+/// `ro` means `ro=on`; `bps` and `ops` limit bytes and requests per second). Paths cannot
+/// contain ','.
 pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, ConfigError> {
     const FLAG: &str = "disk";
-    let mut pairs = split_spec(FLAG, spec, &["id", "path", "ro", "serial", "format"])?;
+    let mut pairs = split_spec(
+        FLAG,
+        spec,
+        &["id", "path", "ro", "serial", "format", "bps", "ops"],
+    )?;
     let id = required(FLAG, spec, &mut pairs, "id")?.to_string();
     let path = PathBuf::from(required(FLAG, spec, &mut pairs, "path")?);
     let read_only = match pairs.remove("ro") {
@@ -102,19 +108,50 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, ConfigError> {
             })
         }
     };
+    let rate_limit = rate_limit_of(FLAG, spec, &mut pairs)?;
     Ok(DiskConfig {
         id,
         path,
         format,
         read_only,
         serial,
+        rate_limit,
     })
 }
 
-/// Parses a `--net` value: `id=ID,tap=TAP[,mac=MAC]`. The MAC is checked for syntax here.
+/// The `bps=N` and `ops=N` of a spec, as a rate limit (none when both are absent).
+fn rate_limit_of(
+    flag: &'static str,
+    spec: &str,
+    pairs: &mut HashMap<&str, Option<&str>>,
+) -> Result<Option<RateLimitConfig>, ConfigError> {
+    let mut rate = |key: &str| -> Result<Option<u64>, ConfigError> {
+        optional(flag, spec, pairs, key)?
+            .map(|text| {
+                text.parse::<u64>().map_err(|_| ConfigError::BadSpec {
+                    flag,
+                    value: spec.to_string(),
+                    message: format!("{key}={text} is not a whole number per second"),
+                })
+            })
+            .transpose()
+    };
+    let bytes_per_second = rate("bps")?;
+    let ops_per_second = rate("ops")?;
+    Ok(
+        (bytes_per_second.is_some() || ops_per_second.is_some()).then_some(RateLimitConfig {
+            bytes_per_second,
+            ops_per_second,
+        }),
+    )
+}
+
+/// Parses a `--net` value: `id=ID,tap=TAP[,mac=MAC][,bps=N][,ops=N]` (`bps` and `ops`
+/// limit bytes and frames per second in each direction). The MAC is checked for syntax
+/// here.
 pub fn parse_net_spec(spec: &str) -> Result<NetConfig, ConfigError> {
     const FLAG: &str = "net";
-    let mut pairs = split_spec(FLAG, spec, &["id", "tap", "mac"])?;
+    let mut pairs = split_spec(FLAG, spec, &["id", "tap", "mac", "bps", "ops"])?;
     let id = required(FLAG, spec, &mut pairs, "id")?.to_string();
     let tap = required(FLAG, spec, &mut pairs, "tap")?.to_string();
     let mac = optional(FLAG, spec, &mut pairs, "mac")?;
@@ -125,10 +162,12 @@ pub fn parse_net_spec(spec: &str) -> Result<NetConfig, ConfigError> {
             message: e.to_string(),
         })?;
     }
+    let rate_limit = rate_limit_of(FLAG, spec, &mut pairs)?;
     Ok(NetConfig {
         id,
         tap,
         mac: mac.map(str::to_string),
+        rate_limit,
     })
 }
 
@@ -297,10 +336,10 @@ pub struct LaunchArgs {
     #[arg(long)]
     pub memory_mib: Option<u64>,
     /// A virtio-blk disk; repeat for more.
-    #[arg(long = "disk", value_name = "id=ID,path=PATH[,ro=on][,serial=S]", value_parser = disk_arg)]
+    #[arg(long = "disk", value_name = "id=ID,path=PATH[,ro=on][,serial=S][,format=F][,bps=N][,ops=N]", value_parser = disk_arg)]
     pub disks: Vec<DiskConfig>,
     /// A virtio-net device on a tap; repeat for more.
-    #[arg(long = "net", value_name = "id=ID,tap=TAP[,mac=MAC]", value_parser = net_arg)]
+    #[arg(long = "net", value_name = "id=ID,tap=TAP[,mac=MAC][,bps=N][,ops=N]", value_parser = net_arg)]
     pub nets: Vec<NetConfig>,
     /// Unix socket where serial console clients attach.
     #[arg(long, value_name = "PATH")]

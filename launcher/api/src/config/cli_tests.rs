@@ -16,6 +16,7 @@ fn disk_spec_parses() {
             format: ImageFormat::Raw,
             read_only: false,
             serial: None,
+            rate_limit: None,
         }
     );
     assert_eq!(
@@ -26,6 +27,7 @@ fn disk_spec_parses() {
             format: ImageFormat::Raw,
             read_only: true,
             serial: Some("SN1".into()),
+            rate_limit: None,
         }
     );
     for (spec, ro) in [
@@ -77,6 +79,7 @@ fn net_spec_parses() {
             id: "net0".into(),
             tap: "tap0".into(),
             mac: None,
+            rate_limit: None,
         }
     );
     assert_eq!(
@@ -165,6 +168,7 @@ fn flags_build_a_config() {
                 format: ImageFormat::Raw,
                 read_only: false,
                 serial: None,
+                rate_limit: None,
             },
             DiskConfig {
                 id: "data".into(),
@@ -172,12 +176,14 @@ fn flags_build_a_config() {
                 format: ImageFormat::Raw,
                 read_only: true,
                 serial: Some("D1".into()),
+                rate_limit: None,
             },
         ],
         nets: vec![NetConfig {
             id: "net0".into(),
             tap: "tap0".into(),
             mac: Some("52:54:00:00:00:01".into()),
+            rate_limit: None,
         }],
         console: ConsoleConfig {
             socket: Some("/run/c.sock".into()),
@@ -403,5 +409,31 @@ fn a_config_without_topology_or_clock_has_flat_cores_and_utc() {
     assert!(
         !json.contains("cpu_topology") && !json.contains("clock"),
         "{json}"
+    );
+}
+
+#[test]
+fn disk_and_net_specs_take_rate_limits() {
+    let disk = parse_disk_spec("id=d,path=/d.img,bps=1048576,ops=200").unwrap();
+    assert_eq!(
+        disk.rate_limit,
+        Some(RateLimitConfig {
+            bytes_per_second: Some(1 << 20),
+            ops_per_second: Some(200),
+        })
+    );
+    let net = parse_net_spec("id=net0,tap=tap0,bps=262144").unwrap();
+    assert_eq!(
+        net.rate_limit,
+        Some(RateLimitConfig {
+            bytes_per_second: Some(262_144),
+            ops_per_second: None,
+        })
+    );
+    assert_eq!(parse_net_spec("id=net0,tap=tap0").unwrap().rate_limit, None);
+    let err = parse_disk_spec("id=d,path=/d.img,bps=1M").unwrap_err();
+    assert!(
+        err.to_string().contains("bps=1M is not a whole number"),
+        "{err}"
     );
 }

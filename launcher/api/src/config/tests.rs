@@ -44,11 +44,13 @@ impl Fixture {
                 format: ImageFormat::Raw,
                 read_only: false,
                 serial: None,
+                rate_limit: None,
             }],
             nets: vec![NetConfig {
                 id: "net0".into(),
                 tap: "tap-vm1-0".into(),
                 mac: None,
+                rate_limit: None,
             }],
             console: ConsoleConfig {
                 socket: Some(dir.path().join("console.sock")),
@@ -496,6 +498,7 @@ fn tap_names_fit_ifnamsiz_and_are_unique() {
         id: "net1".into(),
         tap: "tap0".into(),
         mac: None,
+        rate_limit: None,
     });
     assert_one_issue(&fx.config, "nets[1].tap", &["nets[0]"]);
 }
@@ -518,6 +521,7 @@ fn macs_must_parse_be_unicast_and_unique() {
         id: "net1".into(),
         tap: "tap1".into(),
         mac: Some("52:54:00:00:00:01".into()),
+        rate_limit: None,
     });
     assert_one_issue(&fx.config, "nets[1].mac", &["52:54:00:00:00:01", "nets[0]"]);
 }
@@ -557,6 +561,7 @@ fn at_most_19_virtio_devices() {
                 format: ImageFormat::Raw,
                 read_only: true,
                 serial: None,
+                rate_limit: None,
             });
         }
     };
@@ -655,6 +660,7 @@ fn mac_for_uses_the_configured_mac() {
         id: "net0".into(),
         tap: "tap0".into(),
         mac: Some("02:00:00:00:00:07".into()),
+        rate_limit: None,
     };
     assert_eq!(fx.config.mac_for(&net), [2, 0, 0, 0, 0, 7]);
 }

@@ -3,7 +3,7 @@
 use super::*;
 use ironvisor_launcher::config::{
     ClockConfig, ConsoleConfig, CpuTopologyConfig, DiskConfig, FirmwareConfig, KernelConfig,
-    NetConfig, RngConfig, SystemIdentity,
+    NetConfig, RateLimitConfig, RngConfig, SystemIdentity,
 };
 
 struct Fixture {
@@ -38,6 +38,7 @@ fn fixture() -> Fixture {
                 format: ImageFormat::Raw,
                 read_only: false,
                 serial: None,
+                rate_limit: None,
             },
             DiskConfig {
                 id: "data".into(),
@@ -45,6 +46,10 @@ fn fixture() -> Fixture {
                 format: ImageFormat::Qcow2,
                 read_only: true,
                 serial: Some("SN-'7'".into()),
+                rate_limit: Some(RateLimitConfig {
+                    bytes_per_second: Some(4 << 20),
+                    ops_per_second: Some(200),
+                }),
             },
         ],
         nets: vec![
@@ -52,11 +57,13 @@ fn fixture() -> Fixture {
                 id: "net0".into(),
                 tap: "tap-web1".into(),
                 mac: Some("52:54:00:aa:bb:cc".into()),
+                rate_limit: None,
             },
             NetConfig {
                 id: "net1".into(),
                 tap: "tap-web1b".into(),
                 mac: None,
+                rate_limit: None,
             },
         ],
         console: ConsoleConfig::default(),
@@ -299,6 +306,11 @@ fn xml_has_virtio_pci_disks_nics_and_the_serial_socket() {
     }
     assert_eq!(child(disks[1], "driver").attribute("type"), Some("qcow2"));
     assert_eq!(text(disks[1], "serial"), "SN-'7'");
+    // The second disk's rate limit is libvirt's iotune; the first has none.
+    assert!(!disks[0].children().any(|n| n.has_tag_name("iotune")));
+    let iotune = child(disks[1], "iotune");
+    assert_eq!(text(iotune, "total_bytes_sec"), (4u64 << 20).to_string());
+    assert_eq!(text(iotune, "total_iops_sec"), "200");
 
     // NICs are not libvirt interfaces (libvirtd would look the tap up in its own
     // network namespace); see xml_passes_nics_through_to_qemu.
@@ -656,4 +668,23 @@ fn a_block_device_disk_is_a_block_disk_with_a_dev_source() {
     let source = child(disks[1], "source");
     assert_eq!(source.attribute("dev"), plan.disks[1].path.to_str());
     assert_eq!(source.attribute("file"), None);
+}
+
+#[test]
+fn a_nic_rate_limit_is_refused_naming_the_nic() {
+    let fx = fixture();
+    let mut config = fx.config.clone();
+    config.nets[1].rate_limit = Some(RateLimitConfig {
+        bytes_per_second: Some(1 << 20),
+        ops_per_second: None,
+    });
+    let err = DomainPlan::from_config(&config, fx.dir.path(), 4242).unwrap_err();
+    assert!(
+        matches!(err, DomainError::NicRateLimit { index: 1, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("nets[1].rate_limit (net1)"),
+        "{err}"
+    );
 }
