@@ -56,12 +56,12 @@ pub enum Command {
 }
 
 /// The whole `main` of a launcher binary: the guardian if asked for, else logging, the
-/// arguments (`C`, split by `parts` into the subcommand and the launch flags), `ctl` or
-/// `launch`, and the exit code or error report.
-pub fn run_main<C: clap::Parser>(
+/// arguments (`C`, split by `parts` into the subcommand and the launch flags `L`), `ctl`
+/// or `launch`, and the exit code or error report.
+pub fn run_main<C: clap::Parser, L>(
     program: &str,
-    parts: fn(C) -> (Option<Command>, crate::config::LaunchArgs),
-    launch: fn(crate::config::LaunchArgs) -> anyhow::Result<u8>,
+    parts: fn(C) -> (Option<Command>, L),
+    launch: fn(L) -> anyhow::Result<u8>,
 ) -> ExitCode {
     // The socket guardian (a hidden subcommand): no logging, no clap, no runtime.
     if let Some(code) = guardian_requested() {

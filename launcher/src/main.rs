@@ -7,6 +7,7 @@ use clap::Parser;
 use ironvisor_launcher::cli::{self, Command};
 use ironvisor_launcher::config::LaunchArgs;
 use ironvisor_launcher::host::HostCaps;
+use ironvisor_launcher::privileges::RunAs;
 use ironvisor_launcher::vmm::KvmBackend;
 
 #[derive(Parser)]
@@ -26,6 +27,10 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     launch: LaunchArgs,
+    /// Become this unprivileged user (and group; the same number when absent), with no
+    /// capabilities, once the VM is built and before any vCPU runs (needs root to start).
+    #[arg(long, value_name = "UID[:GID]")]
+    run_as: Option<RunAs>,
 }
 
 fn main() -> ExitCode {
@@ -33,12 +38,12 @@ fn main() -> ExitCode {
     ironvisor_launcher::seccomp::prepare_process();
     cli::run_main(
         "ironvisor-launcher",
-        |args: Cli| (args.command, args.launch),
+        |args: Cli| (args.command, (args.launch, args.run_as)),
         run_launch,
     )
 }
 
-fn run_launch(args: LaunchArgs) -> anyhow::Result<u8> {
+fn run_launch((args, run_as): (LaunchArgs, Option<RunAs>)) -> anyhow::Result<u8> {
     let print_only = args.print_config;
     let config = args.into_config()?;
     if print_only {
@@ -51,6 +56,7 @@ fn run_launch(args: LaunchArgs) -> anyhow::Result<u8> {
     ironvisor_launcher::boot_trace::mark("config_checked");
     let backend = KvmBackend {
         kvm_path: host.kvm_device.clone(),
+        run_as,
     };
     cli::run_to_exit(config, backend)
 }

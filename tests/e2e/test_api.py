@@ -11,6 +11,8 @@ from tests.e2e.vmtest import E2ERunner
 pytestmark = [pytest.mark.nested, pytest.mark.launcher]
 
 MAC = "52:54:00:ab:cd:ef"
+#: The unprivileged user and group the launcher becomes (--run-as).
+RUN_AS = "4242:4243"
 
 
 def _find(obj: object, want: str) -> list[object]:
@@ -28,7 +30,7 @@ def _find(obj: object, want: str) -> list[object]:
 
 
 def test_status_pause_resume_shutdown(runner: E2ERunner, launcher: Path) -> None:
-    facts = runner.run("api", params={"MAC": MAC})
+    facts = runner.run("api", params={"MAC": MAC, "RUN_AS": RUN_AS})
     assert facts.result.rc == 0, facts.result.failure
     l1f = facts.l1
     assert "ready" not in l1f, "the guest never printed its counter"
@@ -48,6 +50,11 @@ def test_status_pause_resume_shutdown(runner: E2ERunner, launcher: Path) -> None
         f"{l1f['threads_seccomp_filtered']} of {l1f['threads_total']} launcher threads "
         "run under a seccomp filter")
 
+    # --run-as: every thread switched all its ids and holds no capability.
+    assert l1f["threads_unprivileged"] == l1f["threads_total"], (
+        f"{l1f['threads_unprivileged']} of {l1f['threads_total']} launcher threads run as "
+        f"{RUN_AS} with no capability")
+
     assert l1f["pause_rc"] == "0"
     assert int(l1f["paused_growth"]) == 0, "the console kept printing while paused"
     paused = facts.status_json("paused")
@@ -62,3 +69,7 @@ def test_status_pause_resume_shutdown(runner: E2ERunner, launcher: Path) -> None
     assert l1f["shutdown_rc"] == "0"
     assert "IRONVISOR-GUEST-GRACEFUL-SHUTDOWN" in facts.console()
     assert l1f["vm_rc"] == "5"
+    # The socket root bound in root's directory outlived the dropped launcher's own
+    # clean-up; its socket guardian (still root) removed it.
+    assert l1f["api_socket_owner"] == "0"
+    assert l1f["api_socket_after"] == "absent"

@@ -207,10 +207,15 @@ impl Drop for SocketFile {
     fn drop(&mut self) {
         match std::fs::symlink_metadata(&self.path) {
             Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
-                if let Err(e) = std::fs::remove_file(&self.path) {
-                    warn!(socket = %self.path.display(), error = %e, "cannot remove API socket");
-                } else {
-                    debug!(socket = %self.path.display(), "API socket removed");
+                match std::fs::remove_file(&self.path) {
+                    Ok(()) => debug!(socket = %self.path.display(), "API socket removed"),
+                    // A launcher that dropped root (--run-as): its socket guardian removes it.
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                        debug!(socket = %self.path.display(), "API socket left to the socket guardian");
+                    }
+                    Err(e) => {
+                        warn!(socket = %self.path.display(), error = %e, "cannot remove API socket")
+                    }
                 }
             }
             Ok(_) => warn!(

@@ -11,7 +11,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::hub::{ConsoleHub, Overflow};
 
@@ -302,8 +302,14 @@ impl Drop for SocketFile {
     fn drop(&mut self) {
         match std::fs::symlink_metadata(&self.path) {
             Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
-                if let Err(err) = std::fs::remove_file(&self.path) {
-                    if err.kind() != io::ErrorKind::NotFound {
+                match std::fs::remove_file(&self.path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    // A launcher that dropped root (--run-as): its socket guardian removes it.
+                    Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+                        debug!(path = %self.path.display(), "console socket left to the socket guardian");
+                    }
+                    Err(err) => {
                         warn!(path = %self.path.display(), error = %err, "cannot remove console socket");
                     }
                 }

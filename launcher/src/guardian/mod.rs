@@ -31,6 +31,7 @@ use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -92,6 +93,8 @@ pub enum GuardianError {
 pub struct Guardian {
     child: Child,
     pipe: Option<File>,
+    /// Every socket reported, to tell at exit whether the launcher removed them all.
+    watched: Mutex<Vec<WatchedSocket>>,
 }
 
 impl Guardian {
@@ -133,6 +136,7 @@ impl Guardian {
         Ok(Self {
             child,
             pipe: Some(File::from(write)),
+            watched: Mutex::new(Vec::new()),
         })
     }
 
@@ -151,7 +155,7 @@ impl Guardian {
         };
         let absolute = std::path::absolute(path).map_err(identify)?;
         let socket = WatchedSocket::at(&absolute).map_err(identify)?;
-        let line = Message::Watch(socket).encode();
+        let line = Message::Watch(socket.clone()).encode();
         let report = |source| GuardianError::Report {
             path: path.to_path_buf(),
             source,
@@ -161,14 +165,29 @@ impl Guardian {
             .as_ref()
             .ok_or_else(|| report(io::ErrorKind::BrokenPipe.into()))?;
         pipe.write_all(&line).map_err(report)?;
+        self.watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(socket);
         debug!("socket reported to the guardian");
         Ok(())
     }
 
     /// For a normal exit, once the launcher has removed its sockets itself: tells the
-    /// guardian to exit without touching anything and reaps it.
+    /// guardian to exit without touching anything and reaps it. A launcher that dropped
+    /// root may not remove its sockets from a directory root owns: when one of them is
+    /// still there, the guardian (still root) removes it instead, as after a kill.
     pub fn release(mut self) {
-        self.finish(true);
+        let left = self
+            .watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(WatchedSocket::is_unchanged);
+        if left {
+            debug!("a socket is still there: the guardian removes it");
+        }
+        self.finish(!left);
     }
 
     fn finish(&mut self, release: bool) {

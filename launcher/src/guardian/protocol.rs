@@ -70,6 +70,14 @@ impl WatchedSocket {
         })
     }
 
+    /// Whether the socket file is still the very file the launcher created (same device
+    /// and inode, still a socket).
+    pub fn is_unchanged(&self) -> bool {
+        std::fs::symlink_metadata(&self.path).is_ok_and(|meta| {
+            meta.file_type().is_socket() && meta.dev() == self.dev && meta.ino() == self.ino
+        })
+    }
+
     /// Removes the socket file if it is still the very file the launcher created (same
     /// device and inode, still a socket).
     pub fn remove_if_unchanged(&self) -> io::Result<Cleanup> {
@@ -238,10 +246,13 @@ mod tests {
             // The filesystem reused the inode number; make the identities differ.
             stale.ino = stale.ino.wrapping_add(1);
         }
+        assert!(!stale.is_unchanged());
         assert_eq!(stale.remove_if_unchanged().unwrap(), Cleanup::Replaced);
         assert!(path.exists());
         let current = WatchedSocket::at(&path).unwrap();
+        assert!(current.is_unchanged());
         assert_eq!(current.remove_if_unchanged().unwrap(), Cleanup::Removed);
+        assert!(!current.is_unchanged());
         assert_eq!(current.remove_if_unchanged().unwrap(), Cleanup::AlreadyGone);
     }
 

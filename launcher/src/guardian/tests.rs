@@ -55,8 +55,10 @@ fn act_role_if_asked() {
     }
 }
 
-/// What a launcher does with its guardian, then waits for orders on stdin: `release`
-/// (a normal exit, sockets left as they are) or end of file (exit without releasing).
+/// What a launcher does with its guardian, then waits for orders on stdin: `release` (a
+/// normal exit: the sockets removed, then the guardian released), `release-kept` (a
+/// launcher that dropped root and could not remove them releases it) or end of file
+/// (exit without releasing).
 fn launcher_helper(dir: &Path, test: &str) -> ! {
     let listeners: Vec<UnixListener> = SOCKETS
         .iter()
@@ -77,10 +79,15 @@ fn launcher_helper(dir: &Path, test: &str) -> ! {
     let mut order = String::new();
     let _ = BufReader::new(std::io::stdin()).read_line(&mut order);
     drop(listeners);
-    if order.trim() == "release" {
-        guardian.release();
-    } else {
-        drop(guardian);
+    match order.trim() {
+        "release" => {
+            for name in SOCKETS {
+                std::fs::remove_file(dir.join(name)).unwrap();
+            }
+            guardian.release();
+        }
+        "release-kept" => guardian.release(),
+        _ => drop(guardian),
     }
     std::process::exit(0);
 }
@@ -216,8 +223,8 @@ fn a_replaced_socket_is_left_alone() {
 }
 
 #[test]
-fn release_makes_the_guardian_exit_without_touching_files() {
-    let mut launcher = Launcher::start("release_makes_the_guardian_exit_without_touching_files");
+fn release_after_a_clean_exit_makes_the_guardian_exit() {
+    let mut launcher = Launcher::start("release_after_a_clean_exit_makes_the_guardian_exit");
     let started = Instant::now();
     let mut stdin = launcher.stdin.take().unwrap();
     stdin.write_all(b"release\n").unwrap();
@@ -226,9 +233,22 @@ fn release_makes_the_guardian_exit_without_touching_files() {
     // The helper reaped its guardian before exiting.
     assert!(!launcher.guardian_proc("stat").exists());
     assert!(started.elapsed() < Duration::from_secs(2));
-    // Released: the sockets the helper left behind are its own business.
     for name in SOCKETS {
-        assert!(launcher.path(name).exists());
+        assert!(!launcher.path(name).exists());
+    }
+}
+
+#[test]
+fn sockets_a_released_launcher_could_not_remove_are_removed_by_the_guardian() {
+    let mut launcher =
+        Launcher::start("sockets_a_released_launcher_could_not_remove_are_removed_by_the_guardian");
+    let mut stdin = launcher.stdin.take().unwrap();
+    stdin.write_all(b"release-kept\n").unwrap();
+    let status = launcher.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!launcher.guardian_proc("stat").exists());
+    for name in SOCKETS {
+        assert!(!launcher.path(name).exists(), "{name} left behind");
     }
 }
 

@@ -37,6 +37,7 @@ use self::vcpu::{IoBuses, VcpuError, VcpuSet};
 use self::vm::VmError;
 use crate::config::LaunchConfig;
 use crate::instance::{Backend, PreparedInstance};
+use crate::privileges::{self, PrivilegeError, RunAs};
 use crate::seccomp::{self, SeccompLevel};
 use crate::GuestMemory;
 
@@ -66,6 +67,8 @@ pub enum VmmError {
     Affinity(#[from] AffinityError),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
 }
 
 /// A fully built VM whose vCPUs have not started yet.
@@ -76,6 +79,8 @@ pub struct PreparedVm {
     devices: Devices,
     vcpus: Vec<VcpuFd>,
     pinning: VcpuPinning,
+    /// The user to become before the first vCPU runs (`None`: stay as started).
+    run_as: Option<RunAs>,
     vm: VmFd,
     _kvm: Kvm,
     _mem: GuestMemory,
@@ -130,15 +135,18 @@ pub fn build(
         devices,
         vcpus,
         pinning,
+        run_as: None,
         vm: vm_fd,
         _kvm: kvm,
         _mem: mem,
     })
 }
 
-/// The KVM microVMM backend, on the KVM device at `kvm_path`.
+/// The KVM microVMM backend, on the KVM device at `kvm_path`; with `run_as`, the launcher
+/// becomes that user once the VM is built, before any vCPU runs.
 pub struct KvmBackend {
     pub kvm_path: PathBuf,
+    pub run_as: Option<RunAs>,
 }
 
 impl Backend for KvmBackend {
@@ -151,7 +159,9 @@ impl Backend for KvmBackend {
         console: &ConsoleHub,
         events: &EventSender,
     ) -> Result<PreparedVm, VmmError> {
-        build(config, &self.kvm_path, console, events)
+        let mut prepared = build(config, &self.kvm_path, console, events)?;
+        prepared.run_as = self.run_as;
+        Ok(prepared)
     }
 }
 
@@ -169,7 +179,11 @@ impl PreparedInstance for PreparedVm {
             ..
         } = self.devices;
         let buses = Arc::new(IoBuses { pio, mmio });
-        // Every thread confined before a vCPU thread exists (see `crate::seccomp`).
+        // Root is dropped and every thread confined before a vCPU thread exists (see
+        // `crate::privileges` and `crate::seccomp`).
+        if let Some(run_as) = self.run_as {
+            privileges::drop_privileges(run_as)?;
+        }
         let seccomp_level = SeccompLevel::from_env()?;
         seccomp::install_process(seccomp_level)?;
         seccomp::confine_device_workers(seccomp_level);

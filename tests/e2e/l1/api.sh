@@ -1,4 +1,5 @@
-# gRPC API: status, pause (the console goes silent), resume (it talks again), shutdown.
+# gRPC API: status, pause (the console goes silent), resume (it talks again), shutdown;
+# the launcher runs as $RUN_AS (--run-as) from before its first vCPU on.
 . /e2e/common.sh
 . /e2e/params
 mkdir -p /run/iv
@@ -16,7 +17,7 @@ console_bytes() {
 	wc -c </tmp/api.console
 }
 vm_start api /tmp/api "iv.run=counter" --vcpus 2 --memory-mib 256 \
-	--net "id=net0,tap=ivtap2,mac=$MAC" --api-socket "$api"
+	--net "id=net0,tap=ivtap2,mac=$MAC" --api-socket "$api" --run-as "$RUN_AS"
 wait_for /tmp/api.console "GUEST-COUNTER 3" 180 || fact ready no
 status running
 # Every launcher thread (vmm, vCPUs, device workers) runs under a seccomp filter.
@@ -28,6 +29,19 @@ for task in /proc/"$VM_PID"/task/*; do
 done
 fact threads_total "$total"
 fact threads_seccomp_filtered "$filtered"
+# ... as the --run-as user, every id of it, with no capability.
+uid=${RUN_AS%%:*} gid=${RUN_AS#*:}
+switched=0
+for task in /proc/"$VM_PID"/task/*; do
+	ids=$(awk -v u="$uid" -v g="$gid" '
+		/^Uid:/ { ok += ($2 == u && $3 == u && $4 == u && $5 == u) }
+		/^Gid:/ { ok += ($2 == g && $3 == g && $4 == g && $5 == g) }
+		/^Cap(Inh|Prm|Eff|Amb):/ { ok += ($2 == "0000000000000000") }
+		END { print ok }' "$task/status")
+	[ "$ids" = 6 ] && switched=$((switched + 1))
+done
+fact threads_unprivileged "$switched"
+fact api_socket_owner "$(stat -c %u "$api")"
 ctl pause
 fact pause_rc $?
 sleep 0.5
@@ -47,3 +61,6 @@ fact shutdown_rc $?
 vm_wait 120
 show /tmp/api
 fact vm_rc "$VM_RC"
+# The launcher could not remove its socket from root's /run/iv; its guardian did.
+sleep 1
+fact api_socket_after "$([ -e "$api" ] && echo present || echo absent)"
