@@ -234,6 +234,9 @@ pub struct SpawnRequest<'a> {
     pub netns: Option<&'a Path>,
     /// The VM's cgroups.
     pub cgroups: &'a [PathBuf],
+    /// The user (and group, the same number) the launcher becomes before its guest runs
+    /// (`--run-as`); `None`: it stays root.
+    pub run_as: Option<u32>,
 }
 
 /// Starts the monitor, which starts the launcher with `--config <launcher.json>`. The
@@ -280,10 +283,11 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<ProcessIdentity, LauncherErro
         .arg("--")
         .arg(request.launcher_exe)
         .arg("--config")
-        .arg(&paths.config_file)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err);
+        .arg(&paths.config_file);
+    if let Some(id) = request.run_as {
+        command.arg("--run-as").arg(format!("{id}:{id}"));
+    }
+    command.stdin(Stdio::null()).stdout(log).stderr(log_err);
     let mut child = command.spawn().map_err(|source| LauncherError::Spawn {
         vm: vm.clone(),
         exe: request.monitor_exe.to_path_buf(),
@@ -480,6 +484,7 @@ mod tests {
             launcher_exe: Path::new("/nonexistent/launcher"),
             netns: None,
             cgroups: &[],
+            run_as: None,
         })
         .unwrap_err();
         assert!(

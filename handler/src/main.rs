@@ -112,6 +112,12 @@ struct ServeArgs {
     /// Refuse changes when the data directory has less free space than this.
     #[arg(long, hide = true, default_value_t = ironvisor_handler::store::DEFAULT_MIN_FREE_BYTES)]
     store_min_free_bytes: u64,
+    /// First user id of the KVM launchers' users: each launcher becomes its own user
+    /// (this plus a hash of its instance, within 2^20) before its guest runs; 0 keeps
+    /// them root.
+    #[arg(long, default_value_t = ironvisor_handler::config::DEFAULT_LAUNCHER_UID_BASE,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(ironvisor_handler::config::MAX_LAUNCHER_UID_BASE)))]
+    launcher_uid_base: u32,
 }
 
 #[derive(Args)]
@@ -216,6 +222,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         monitor_exe,
         resync: Duration::from_millis(args.resync_ms.max(50)),
         store_min_free_bytes: args.store_min_free_bytes,
+        launcher_uid_base: (args.launcher_uid_base != 0).then_some(args.launcher_uid_base),
         data_dir: args.data_dir,
     };
     let runtime = match async_runtime("serve") {

@@ -150,6 +150,13 @@ def test_apply_runs_on_the_kvm_launcher(facts: Facts) -> None:
     modes = [t.rsplit("=", 1) for t in f["launcher_thread_seccomp"].split()]
     assert modes and all(mode == "2" for _, mode in modes), f["launcher_thread_seccomp"]
     assert "vcpu0" in {name for name, _ in modes}, f["launcher_thread_seccomp"]
+    # The node agent runs each KVM launcher as its own unprivileged user (uid = gid, from
+    # 1800000000 on) with no capability.
+    identities = {t.rsplit("=", 1)[1] for t in f["launcher_thread_identity"].split()}
+    assert len(identities) == 1, f["launcher_thread_identity"]
+    uid, gid, caps = identities.pop().split(":")
+    assert uid == gid and int(uid) >= 1_800_000_000, f["launcher_thread_identity"]
+    assert int(caps, 16) == 0, f["launcher_thread_identity"]
 
 
 def test_console_shows_the_boot_and_takes_input(facts: Facts) -> None:

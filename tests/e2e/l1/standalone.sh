@@ -235,6 +235,18 @@ thread_seccomp() {
 	done | sed 's/ $//'
 }
 fact launcher_thread_seccomp "$(thread_seccomp "$PID1")"
+# ... as the launcher's own unprivileged user (the node agent's --run-as), every id of
+# it, with no capability: "comm=uid:gid:capeff".
+thread_identity() {
+	for t in /proc/$1/task/*; do
+		awk -v comm="$(cat $t/comm 2>/dev/null)" '
+			/^Uid:/ { uid = ($2 == $3 && $3 == $4 && $4 == $5) ? $2 : "mixed" }
+			/^Gid:/ { gid = ($2 == $3 && $3 == $4 && $4 == $5) ? $2 : "mixed" }
+			/^CapEff:/ { cap = $2 }
+			END { printf "%s=%s:%s:%s ", comm, uid, gid, cap }' $t/status 2>/dev/null
+	done | sed 's/ $//'
+}
+fact launcher_thread_identity "$(thread_identity "$PID1")"
 fact dedicated_event "$($VIRTCTL describe $VM | grep -o 'vCPUs pinned to dedicated host CPUs [0-9,-]*' | tail -n 1)"
 fact netns_list "$($IP netns list | awk '{ print $1 }' | tr '\n' ' ' | sed 's/ $//')"
 
