@@ -647,16 +647,7 @@ fn an_ops_limit_is_served_by_the_alarm_without_more_notifications() {
     });
     let mem = test_memory();
     let mut driver = QueueDriver::new(&mem, 32);
-    let notify = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-    let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")));
-    let queue = DeviceQueue {
-        index: 0,
-        queue: driver.queue(),
-        event: notify.try_clone().expect("clone"),
-    };
-    device
-        .activate(mem.clone(), interrupt, vec![queue])
-        .expect("activate");
+    let (notify, _interrupt) = activate_on(&mut device, &mem, &driver);
     let started = Instant::now();
     for sector in 0..6 {
         read_request(&mut driver, sector);

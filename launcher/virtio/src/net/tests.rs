@@ -242,6 +242,34 @@ fn sync_worker(
     (worker, interrupt)
 }
 
+/// Activates `device` with a worker thread on both drivers' queues; returns the RX and
+/// TX notification events.
+fn activate_threaded(
+    device: &mut NetDevice,
+    mem: &GuestMemoryMmap<()>,
+    interrupt: Arc<Interrupt>,
+    (rx_driver, tx_driver): (&QueueDriver<'_>, &QueueDriver<'_>),
+) -> (EventFd, EventFd) {
+    let rx_notify = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let tx_notify = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let queue = |index, driver: &QueueDriver<'_>, notify: &EventFd| DeviceQueue {
+        index,
+        queue: driver.queue(),
+        event: notify.try_clone().expect("clone"),
+    };
+    device
+        .activate(
+            mem.clone(),
+            interrupt,
+            vec![
+                queue(RX_QUEUE, rx_driver, &rx_notify),
+                queue(TX_QUEUE, tx_driver, &tx_notify),
+            ],
+        )
+        .expect("activate");
+    (rx_notify, tx_notify)
+}
+
 #[test]
 #[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun"]
 fn tap_device_identity_and_config() {
@@ -338,26 +366,12 @@ fn tap_rx_waits_for_guest_buffers_then_delivers() {
     let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
     let irq_probe = irq.try_clone().expect("clone");
     let interrupt = Arc::new(Interrupt::new(irq));
-    let rx_notify = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-    let tx_notify = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-    device
-        .activate(
-            mem.clone(),
-            interrupt.clone(),
-            vec![
-                DeviceQueue {
-                    index: 0,
-                    queue: rx_driver.queue(),
-                    event: rx_notify.try_clone().expect("clone"),
-                },
-                DeviceQueue {
-                    index: 1,
-                    queue: tx_driver.queue(),
-                    event: tx_notify.try_clone().expect("clone"),
-                },
-            ],
-        )
-        .expect("activate");
+    let (rx_notify, tx_notify) = activate_threaded(
+        &mut device,
+        &mem,
+        interrupt.clone(),
+        (&rx_driver, &tx_driver),
+    );
 
     // A frame arrives before the guest posted any buffer: it waits in the tap.
     let frame = ethernet_frame(GUEST_MAC, [2, 0, 0, 0, 0, 7], b"rx-marker early frame");
@@ -415,26 +429,8 @@ fn tap_frames_are_limited_per_direction_and_held_ones_move_on_the_alarm() {
     let mut rx_driver = QueueDriver::new_at(&mem, 0, 32);
     let mut tx_driver = QueueDriver::new_at(&mem, DRIVER_SPAN, 32);
     let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")));
-    let rx_notify = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-    let tx_notify = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-    device
-        .activate(
-            mem.clone(),
-            interrupt,
-            vec![
-                DeviceQueue {
-                    index: 0,
-                    queue: rx_driver.queue(),
-                    event: rx_notify.try_clone().expect("clone"),
-                },
-                DeviceQueue {
-                    index: 1,
-                    queue: tx_driver.queue(),
-                    event: tx_notify.try_clone().expect("clone"),
-                },
-            ],
-        )
-        .expect("activate");
+    let (rx_notify, tx_notify) =
+        activate_threaded(&mut device, &mem, interrupt, (&rx_driver, &tx_driver));
 
     // TX: six frames and one notification; four go at once, the alarm sends the rest.
     let started = Instant::now();
