@@ -302,12 +302,13 @@ impl VirtioDevice for NetDevice {
         };
         debug_assert_eq!((rx.index, tx.index), (RX_QUEUE, TX_QUEUE));
         let mut handler = NetWorker::new(mem, rx, tx, self.tap.clone(), interrupt);
-        let limiters = std::mem::take(&mut self.limiters);
-        if limiters.rx.is_some() || limiters.tx.is_some() {
+        if self.limiters.rx.is_some() || self.limiters.tx.is_some() {
+            // The alarm first: when it cannot be made, the buckets stay with the device.
             let alarm = Alarm::new().map_err(|source| ActivateError::Backend {
                 device: KIND,
                 source,
             })?;
+            let limiters = std::mem::take(&mut self.limiters);
             handler.throttle = Some(NetThrottle {
                 rx: limiters.rx,
                 tx: limiters.tx,
