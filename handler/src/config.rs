@@ -105,6 +105,9 @@ pub struct DaemonConfig {
     /// First user id of the KVM launchers' own users (see [`launcher_identity`]); `None`:
     /// KVM launchers keep running as root.
     pub launcher_uid_base: Option<u32>,
+    /// Whether each KVM launcher jails itself once its VM is built (an empty root in a
+    /// mount namespace of its own, `ironvisor-launcher --jail`).
+    pub launcher_jail: bool,
 }
 
 /// Default first user id of the KVM launchers' users: far above login users and the

@@ -237,6 +237,8 @@ pub struct SpawnRequest<'a> {
     /// The user (and group, the same number) the launcher becomes before its guest runs
     /// (`--run-as`); `None`: it stays root.
     pub run_as: Option<u32>,
+    /// Whether the launcher jails itself once its VM is built (`--jail`).
+    pub jail: bool,
 }
 
 /// Starts the monitor, which starts the launcher with `--config <launcher.json>`. The
@@ -286,6 +288,9 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<ProcessIdentity, LauncherErro
         .arg(&paths.config_file);
     if let Some(id) = request.run_as {
         command.arg("--run-as").arg(format!("{id}:{id}"));
+    }
+    if request.jail {
+        command.arg("--jail");
     }
     command.stdin(Stdio::null()).stdout(log).stderr(log_err);
     let mut child = command.spawn().map_err(|source| LauncherError::Spawn {
@@ -485,6 +490,7 @@ mod tests {
             netns: None,
             cgroups: &[],
             run_as: None,
+            jail: false,
         })
         .unwrap_err();
         assert!(

@@ -118,6 +118,10 @@ struct ServeArgs {
     #[arg(long, default_value_t = ironvisor_handler::config::DEFAULT_LAUNCHER_UID_BASE,
           value_parser = clap::value_parser!(u32).range(0..=i64::from(ironvisor_handler::config::MAX_LAUNCHER_UID_BASE)))]
     launcher_uid_base: u32,
+    /// Whether each KVM launcher jails itself once its VM is built: an empty, read-only
+    /// root in a mount namespace of its own, keeping only the files it has open.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    launcher_jail: bool,
 }
 
 #[derive(Args)]
@@ -223,6 +227,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         resync: Duration::from_millis(args.resync_ms.max(50)),
         store_min_free_bytes: args.store_min_free_bytes,
         launcher_uid_base: (args.launcher_uid_base != 0).then_some(args.launcher_uid_base),
+        launcher_jail: args.launcher_jail,
         data_dir: args.data_dir,
     };
     let runtime = match async_runtime("serve") {

@@ -104,13 +104,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// before any thread exists: it starts the socket guardian first.
 pub fn run_to_exit<B: Backend>(config: LaunchConfig, backend: B) -> anyhow::Result<u8> {
     let guardian = spawn_guardian(&config);
+    backend.before_threads()?;
+    let hides_socket_paths = backend.hides_socket_paths();
     let runtime = runtime()?;
     let result = runtime.block_on(run_vm_guarded(config, backend, guardian.as_ref()));
-    // Every socket is removed once the runtime is gone (served or not): the guardian has
-    // nothing left to do.
+    // Every socket the launcher can see is removed once the runtime is gone (served or
+    // not); a jailed launcher sees none, so its guardian removes them.
     drop(runtime);
-    if let Some(guardian) = guardian {
-        guardian.release();
+    match guardian {
+        Some(guardian) if hides_socket_paths => guardian.hand_over(),
+        Some(guardian) => guardian.release(),
+        None => {}
     }
     Ok(result?.code() as u8)
 }

@@ -32,6 +32,18 @@ pub trait Backend {
         console: &ConsoleHub,
         events: &EventSender,
     ) -> Result<Self::Prepared, Self::Error>;
+
+    /// Process-wide set-up every later thread must inherit (the jail's mount namespace):
+    /// runs once, after the socket guardian started and before the launcher's first thread.
+    fn before_threads(&self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// Whether the running VM's launcher can no longer see its sockets' paths (jailed), so
+    /// it cannot tell whether they are still there: its socket guardian removes them.
+    fn hides_socket_paths(&self) -> bool {
+        false
+    }
 }
 
 /// A built VM, ready to start.

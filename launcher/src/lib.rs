@@ -26,6 +26,7 @@ pub mod cli;
 pub mod guardian;
 pub mod host;
 pub mod instance;
+pub mod jail;
 pub mod privileges;
 pub mod seccomp;
 pub mod sockets;

@@ -31,6 +31,17 @@ struct Cli {
     /// capabilities, once the VM is built and before any vCPU runs (needs root to start).
     #[arg(long, value_name = "UID[:GID]")]
     run_as: Option<RunAs>,
+    /// Once the VM is built and before any vCPU runs, confine the launcher to an empty,
+    /// read-only root in a mount namespace of its own: it keeps only the files it has open
+    /// (needs root to start).
+    #[arg(long)]
+    jail: bool,
+}
+
+/// How the KVM launcher confines itself once its VM is built.
+struct Confinement {
+    run_as: Option<RunAs>,
+    jail: bool,
 }
 
 fn main() -> ExitCode {
@@ -38,12 +49,18 @@ fn main() -> ExitCode {
     ironvisor_launcher::seccomp::prepare_process();
     cli::run_main(
         "ironvisor-launcher",
-        |args: Cli| (args.command, (args.launch, args.run_as)),
+        |args: Cli| {
+            let confinement = Confinement {
+                run_as: args.run_as,
+                jail: args.jail,
+            };
+            (args.command, (args.launch, confinement))
+        },
         run_launch,
     )
 }
 
-fn run_launch((args, run_as): (LaunchArgs, Option<RunAs>)) -> anyhow::Result<u8> {
+fn run_launch((args, confinement): (LaunchArgs, Confinement)) -> anyhow::Result<u8> {
     let print_only = args.print_config;
     let config = args.into_config()?;
     if print_only {
@@ -56,7 +73,8 @@ fn run_launch((args, run_as): (LaunchArgs, Option<RunAs>)) -> anyhow::Result<u8>
     ironvisor_launcher::boot_trace::mark("config_checked");
     let backend = KvmBackend {
         kvm_path: host.kvm_device.clone(),
-        run_as,
+        run_as: confinement.run_as,
+        jail: confinement.jail,
     };
     cli::run_to_exit(config, backend)
 }

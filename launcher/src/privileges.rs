@@ -11,7 +11,9 @@
 //! could regain any.
 
 use std::fmt;
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::str::FromStr;
 
 use nix::unistd::{Gid, Uid};
@@ -53,6 +55,13 @@ pub enum PrivilegeError {
         #[source]
         source: nix::Error,
     },
+    /// The status file to check the switch with cannot be opened.
+    #[error("cannot open /proc/self/status to check the switch of user: {source}")]
+    Status {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// After the switch the process still holds a capability or another id.
     #[error("after switching to {run_as}: {what}")]
     Verify {
@@ -91,10 +100,38 @@ impl FromStr for RunAs {
     }
 }
 
+/// The launcher's `/proc/self/status`, opened while the launcher can still see it (a jailed
+/// launcher has no `/proc`); read again after the switch.
+#[derive(Debug)]
+pub struct ProcessStatus(File);
+
+impl ProcessStatus {
+    /// Opens the calling process's status file.
+    pub fn open() -> Result<Self, PrivilegeError> {
+        File::open("/proc/self/status")
+            .map(Self)
+            .map_err(|source| PrivilegeError::Status { source })
+    }
+
+    /// The status as it is now (procfs generates it on every read from offset 0).
+    fn read(&self) -> io::Result<String> {
+        let mut text = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = self.0.read_at(&mut chunk, text.len() as u64)?;
+            if read == 0 {
+                break;
+            }
+            text.extend_from_slice(&chunk[..read]);
+        }
+        Ok(String::from_utf8_lossy(&text).into_owned())
+    }
+}
+
 /// Becomes `run_as` for good: no supplementary groups, every group and user id switched,
-/// then checks that no capability is left.
-#[tracing::instrument(level = "info", fields(uid = run_as.uid, gid = run_as.gid))]
-pub fn drop_privileges(run_as: RunAs) -> Result<(), PrivilegeError> {
+/// then checks in `status` that no capability is left.
+#[tracing::instrument(level = "info", skip(status), fields(uid = run_as.uid, gid = run_as.gid))]
+pub fn drop_privileges(run_as: RunAs, status: &ProcessStatus) -> Result<(), PrivilegeError> {
     let switch = |call: &'static str, result: nix::Result<()>| {
         result.map_err(|source| PrivilegeError::Switch {
             run_as,
@@ -107,15 +144,16 @@ pub fn drop_privileges(run_as: RunAs) -> Result<(), PrivilegeError> {
     switch("setgroups", nix::unistd::setgroups(&[]))?;
     switch("setresgid", nix::unistd::setresgid(gid, gid, gid))?;
     switch("setresuid", nix::unistd::setresuid(uid, uid, uid))?;
-    verify(run_as)?;
+    verify(run_as, status)?;
     tracing::info!("running as an unprivileged user, no capabilities");
     Ok(())
 }
 
 /// Checks the process status: every id is the target's and the capability sets are empty.
-fn verify(run_as: RunAs) -> Result<(), PrivilegeError> {
+fn verify(run_as: RunAs, status: &ProcessStatus) -> Result<(), PrivilegeError> {
     let fail = |what: String| PrivilegeError::Verify { run_as, what };
-    let status = std::fs::read_to_string("/proc/self/status")
+    let status = status
+        .read()
         .map_err(|err: io::Error| fail(format!("cannot read /proc/self/status: {err}")))?;
     let problems = status_problems(&status, run_as);
     if problems.is_empty() {
@@ -188,6 +226,16 @@ mod tests {
         Gid:\t4243\t4243\t4243\t4243\nGroups:\t\nCapInh:\t0000000000000000\n\
         CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\n\
         CapAmb:\t0000000000000000\n";
+
+    #[test]
+    fn the_status_file_reads_the_current_status_each_time() {
+        let status = ProcessStatus::open().unwrap();
+        let first = status.read().unwrap();
+        assert!(first.contains("\nUid:"), "{first}");
+        assert!(first.contains("\nCapEff:"), "{first}");
+        let second = status.read().unwrap();
+        assert!(second.starts_with("Name:"), "{second}");
+    }
 
     #[test]
     fn a_fully_switched_status_has_no_problem() {

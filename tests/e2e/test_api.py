@@ -55,6 +55,10 @@ def test_status_pause_resume_shutdown(runner: E2ERunner, launcher: Path) -> None
         f"{l1f['threads_unprivileged']} of {l1f['threads_total']} launcher threads run as "
         f"{RUN_AS} with no capability")
 
+    # --jail: the launcher sees no host file, in a mount namespace of its own.
+    assert l1f["launcher_own_mount_ns"] == "yes"
+    assert l1f["launcher_root_entries"] == "0", "the jailed launcher's root is not empty"
+
     assert l1f["pause_rc"] == "0"
     assert int(l1f["paused_growth"]) == 0, "the console kept printing while paused"
     paused = facts.status_json("paused")

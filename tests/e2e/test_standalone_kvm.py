@@ -157,6 +157,9 @@ def test_apply_runs_on_the_kvm_launcher(facts: Facts) -> None:
     uid, gid, caps = identities.pop().split(":")
     assert uid == gid and int(uid) >= 1_800_000_000, f["launcher_thread_identity"]
     assert int(caps, 16) == 0, f["launcher_thread_identity"]
+    # ... and jails it: a mount namespace of its own whose root is an empty directory.
+    assert f["launcher_own_mount_ns"] == "yes"
+    assert f["launcher_root_entries"] == "0", "the jailed launcher's root is not empty"
 
 
 def test_console_shows_the_boot_and_takes_input(facts: Facts) -> None:

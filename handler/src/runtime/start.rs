@@ -610,7 +610,8 @@ fn try_prepare_and_spawn(
         launcher_exe: ctx.config.launcher_for(backend),
         netns: network.as_ref().map(|n| n.netns_path.as_path()),
         cgroups,
-        // Only the KVM launcher drops root; the emulation launcher talks to libvirtd.
+        // Only the KVM launcher drops root and jails itself; the emulation launcher talks to
+        // libvirtd.
         run_as: match backend {
             BackendKind::Kvm => ctx
                 .config
@@ -618,6 +619,7 @@ fn try_prepare_and_spawn(
                 .map(|base| crate::config::launcher_identity(base, uid)),
             BackendKind::QemuTcg => None,
         },
+        jail: backend == BackendKind::Kvm && ctx.config.launcher_jail,
     })
     .map_err(|e| fail("LauncherStartFailed")(&e))?;
     info!(vm = %key, uid, pid = monitor.pid, "instance started");

@@ -190,6 +190,14 @@ impl Guardian {
         self.finish(!left);
     }
 
+    /// For a launcher that cannot see its sockets' paths any more (jailed): the guardian
+    /// removes each watched socket that is still the very file the launcher bound, as
+    /// after a kill, and is reaped.
+    pub fn hand_over(mut self) {
+        debug!("the launcher cannot see its sockets: the guardian removes them");
+        self.finish(false);
+    }
+
     fn finish(&mut self, release: bool) {
         let Some(mut pipe) = self.pipe.take() else {
             return;

@@ -57,8 +57,9 @@ fn act_role_if_asked() {
 
 /// What a launcher does with its guardian, then waits for orders on stdin: `release` (a
 /// normal exit: the sockets removed, then the guardian released), `release-kept` (a
-/// launcher that dropped root and could not remove them releases it) or end of file
-/// (exit without releasing).
+/// launcher that dropped root and could not remove them releases it), `hand-over` (a
+/// jailed launcher, which cannot see its sockets, hands them over) or end of file (exit
+/// without releasing).
 fn launcher_helper(dir: &Path, test: &str) -> ! {
     let listeners: Vec<UnixListener> = SOCKETS
         .iter()
@@ -87,6 +88,7 @@ fn launcher_helper(dir: &Path, test: &str) -> ! {
             guardian.release();
         }
         "release-kept" => guardian.release(),
+        "hand-over" => guardian.hand_over(),
         _ => drop(guardian),
     }
     std::process::exit(0);
@@ -244,6 +246,20 @@ fn sockets_a_released_launcher_could_not_remove_are_removed_by_the_guardian() {
         Launcher::start("sockets_a_released_launcher_could_not_remove_are_removed_by_the_guardian");
     let mut stdin = launcher.stdin.take().unwrap();
     stdin.write_all(b"release-kept\n").unwrap();
+    let status = launcher.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!launcher.guardian_proc("stat").exists());
+    for name in SOCKETS {
+        assert!(!launcher.path(name).exists(), "{name} left behind");
+    }
+}
+
+#[test]
+fn sockets_a_jailed_launcher_hands_over_are_removed_by_the_guardian() {
+    let mut launcher =
+        Launcher::start("sockets_a_jailed_launcher_hands_over_are_removed_by_the_guardian");
+    let mut stdin = launcher.stdin.take().unwrap();
+    stdin.write_all(b"hand-over\n").unwrap();
     let status = launcher.child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(!launcher.guardian_proc("stat").exists());

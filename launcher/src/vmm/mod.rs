@@ -37,6 +37,7 @@ use self::vcpu::{IoBuses, VcpuError, VcpuSet};
 use self::vm::VmError;
 use crate::config::LaunchConfig;
 use crate::instance::{Backend, PreparedInstance};
+use crate::jail;
 use crate::privileges::{self, PrivilegeError, RunAs};
 use crate::seccomp::{self, SeccompLevel};
 use crate::GuestMemory;
@@ -69,6 +70,8 @@ pub enum VmmError {
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error(transparent)]
     Privileges(#[from] PrivilegeError),
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
 }
 
 /// A fully built VM whose vCPUs have not started yet.
@@ -81,6 +84,8 @@ pub struct PreparedVm {
     pinning: VcpuPinning,
     /// The user to become before the first vCPU runs (`None`: stay as started).
     run_as: Option<RunAs>,
+    /// Whether to seal the jail before the first vCPU runs (see [`crate::jail`]).
+    jail: bool,
     vm: VmFd,
     _kvm: Kvm,
     _mem: GuestMemory,
@@ -136,17 +141,20 @@ pub fn build(
         vcpus,
         pinning,
         run_as: None,
+        jail: false,
         vm: vm_fd,
         _kvm: kvm,
         _mem: mem,
     })
 }
 
-/// The KVM microVMM backend, on the KVM device at `kvm_path`; with `run_as`, the launcher
-/// becomes that user once the VM is built, before any vCPU runs.
+/// The KVM microVMM backend, on the KVM device at `kvm_path`. Once the VM is built and
+/// before any vCPU runs, with `jail` the launcher confines itself to an empty root (see
+/// [`crate::jail`]), and with `run_as` it becomes that user.
 pub struct KvmBackend {
     pub kvm_path: PathBuf,
     pub run_as: Option<RunAs>,
+    pub jail: bool,
 }
 
 impl Backend for KvmBackend {
@@ -161,7 +169,19 @@ impl Backend for KvmBackend {
     ) -> Result<PreparedVm, VmmError> {
         let mut prepared = build(config, &self.kvm_path, console, events)?;
         prepared.run_as = self.run_as;
+        prepared.jail = self.jail;
         Ok(prepared)
+    }
+
+    fn before_threads(&self) -> Result<(), VmmError> {
+        if self.jail {
+            jail::enter_own_mount_namespace()?;
+        }
+        Ok(())
+    }
+
+    fn hides_socket_paths(&self) -> bool {
+        self.jail
     }
 }
 
@@ -179,10 +199,18 @@ impl PreparedInstance for PreparedVm {
             ..
         } = self.devices;
         let buses = Arc::new(IoBuses { pio, mmio });
-        // Root is dropped and every thread confined before a vCPU thread exists (see
-        // `crate::privileges` and `crate::seccomp`).
-        if let Some(run_as) = self.run_as {
-            privileges::drop_privileges(run_as)?;
+        // The launcher is jailed, root dropped and every thread confined before a vCPU
+        // thread exists (see `crate::jail`, `crate::privileges` and `crate::seccomp`). The
+        // status file that proves the switch is opened while /proc is still visible.
+        let process_status = self
+            .run_as
+            .map(|_| privileges::ProcessStatus::open())
+            .transpose()?;
+        if self.jail {
+            jail::seal()?;
+        }
+        if let (Some(run_as), Some(process_status)) = (self.run_as, process_status) {
+            privileges::drop_privileges(run_as, &process_status)?;
         }
         let seccomp_level = SeccompLevel::from_env()?;
         seccomp::install_process(seccomp_level)?;

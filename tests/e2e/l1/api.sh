@@ -1,5 +1,6 @@
 # gRPC API: status, pause (the console goes silent), resume (it talks again), shutdown;
-# the launcher runs as $RUN_AS (--run-as) from before its first vCPU on.
+# the launcher runs as $RUN_AS (--run-as), jailed in an empty root (--jail), from before
+# its first vCPU on.
 . /e2e/common.sh
 . /e2e/params
 mkdir -p /run/iv
@@ -17,7 +18,7 @@ console_bytes() {
 	wc -c </tmp/api.console
 }
 vm_start api /tmp/api "iv.run=counter" --vcpus 2 --memory-mib 256 \
-	--net "id=net0,tap=ivtap2,mac=$MAC" --api-socket "$api" --run-as "$RUN_AS"
+	--net "id=net0,tap=ivtap2,mac=$MAC" --api-socket "$api" --run-as "$RUN_AS" --jail
 wait_for /tmp/api.console "GUEST-COUNTER 3" 180 || fact ready no
 status running
 # Every launcher thread (vmm, vCPUs, device workers) runs under a seccomp filter.
@@ -42,6 +43,9 @@ for task in /proc/"$VM_PID"/task/*; do
 done
 fact threads_unprivileged "$switched"
 fact api_socket_owner "$(stat -c %u "$api")"
+# ... jailed: a mount namespace of its own whose root is empty.
+fact launcher_root_entries "$(ls -A /proc/"$VM_PID"/root | wc -l)"
+fact launcher_own_mount_ns "$([ "$(readlink /proc/"$VM_PID"/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" ] && echo yes || echo no)"
 ctl pause
 fact pause_rc $?
 sleep 0.5

@@ -247,6 +247,9 @@ thread_identity() {
 	done | sed 's/ $//'
 }
 fact launcher_thread_identity "$(thread_identity "$PID1")"
+# ... jailed (the node agent's --jail): its own mount namespace, an empty root.
+fact launcher_root_entries "$(ls -A /proc/"$PID1"/root | wc -l)"
+fact launcher_own_mount_ns "$([ "$(readlink /proc/"$PID1"/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" ] && echo yes || echo no)"
 fact dedicated_event "$($VIRTCTL describe $VM | grep -o 'vCPUs pinned to dedicated host CPUs [0-9,-]*' | tail -n 1)"
 fact netns_list "$($IP netns list | awk '{ print $1 }' | tr '\n' ' ' | sed 's/ $//')"
 
