@@ -384,6 +384,8 @@ pub struct BlockDevice {
     /// The buckets while the device is inactive (kept across resets, so that resetting
     /// the device does not buy a new burst).
     limiter: Option<RateLimiter>,
+    /// The budget of the guest-triggered log lines of the configuration space.
+    config_log: LogLimiter,
     worker: Option<Worker<BlockWorker>>,
 }
 
@@ -488,6 +490,7 @@ impl BlockDevice {
             queue_sizes: [QUEUE_SIZE],
             rate_limit: RateLimit::default(),
             limiter: None,
+            config_log: LogLimiter::default(),
             worker: None,
         })
     }
@@ -552,7 +555,9 @@ impl VirtioDevice for BlockDevice {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::warn!(
+        guest_warn!(
+            self.config_log,
+            "config-write",
             path = %self.disk.path.display(),
             offset,
             len = data.len(),

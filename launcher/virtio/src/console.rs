@@ -104,6 +104,8 @@ pub struct ConsoleDevice {
     acked_features: u64,
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 2],
+    /// The budget of the guest-triggered log lines of the configuration space.
+    config_log: LogLimiter,
     worker: Option<Worker<ConsoleWorker>>,
 }
 
@@ -160,6 +162,7 @@ impl ConsoleDevice {
             acked_features: 0,
             config,
             queue_sizes: [QUEUE_SIZE; 2],
+            config_log: LogLimiter::default(),
             worker: None,
         })
     }
@@ -217,7 +220,9 @@ impl VirtioDevice for ConsoleDevice {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // emerg_wr exists only with VIRTIO_CONSOLE_F_EMERG_WRITE, which we do not offer.
-        tracing::warn!(
+        guest_warn!(
+            self.config_log,
+            "config-write",
             path = %self.path.display(),
             offset,
             len = data.len(),

@@ -33,7 +33,7 @@ mod chain;
 mod console;
 mod device;
 mod interrupt;
-mod log_limit;
+pub mod log_limit;
 mod net;
 mod queue_pass;
 mod rate_limit;

@@ -66,6 +66,8 @@ pub struct RngDevice {
     avail_features: u64,
     acked_features: u64,
     queue_sizes: [u16; 1],
+    /// The budget of the guest-triggered log lines of the configuration space.
+    config_log: LogLimiter,
     worker: Option<Worker<RngWorker>>,
 }
 
@@ -90,6 +92,7 @@ impl RngDevice {
             avail_features: COMMON_FEATURES,
             acked_features: 0,
             queue_sizes: [QUEUE_SIZE],
+            config_log: LogLimiter::default(),
             worker: None,
         })
     }
@@ -132,7 +135,9 @@ impl VirtioDevice for RngDevice {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::warn!(
+        guest_warn!(
+            self.config_log,
+            "config-write",
             offset,
             len = data.len(),
             "write to the (empty) virtio-rng configuration, ignored"

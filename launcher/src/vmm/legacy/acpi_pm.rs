@@ -8,6 +8,7 @@ use ironvisor_arch::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
     ACPI_SLEEP_STATUS_PORT,
 };
+use ironvisor_virtio::log_limit::LogLimiter;
 
 use crate::vmm::bus::BusDevice;
 use crate::vmm::events::{EventSender, VmEvent};
@@ -26,11 +27,16 @@ const WAKE_STATUS: u8 = 1 << 7;
 
 pub struct AcpiPowerManagement {
     events: EventSender,
+    /// The budget of the guest-triggered log lines (a guest can loop on a bad sleep type).
+    log: LogLimiter,
 }
 
 impl AcpiPowerManagement {
     pub fn new(events: EventSender) -> Self {
-        Self { events }
+        Self {
+            events,
+            log: LogLimiter::default(),
+        }
     }
 }
 
@@ -52,8 +58,12 @@ impl BusDevice for AcpiPowerManagement {
                 if sleep_type == ACPI_S5_SLEEP_TYPE {
                     tracing::info!("guest requested ACPI soft-off (S5)");
                     self.events.send(VmEvent::GuestPoweroff);
-                } else {
-                    tracing::warn!(sleep_type, "guest requested an unsupported sleep state");
+                } else if let Some(suppressed) = self.log.admit("sleep-state") {
+                    tracing::warn!(
+                        sleep_type,
+                        suppressed,
+                        "guest requested an unsupported sleep state"
+                    );
                 }
             }
             RESET_OFFSET if value == ACPI_RESET_VALUE => {

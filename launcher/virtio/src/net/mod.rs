@@ -149,6 +149,8 @@ pub struct NetDevice {
     rate_limit: RateLimit,
     /// Each direction's buckets while the device is inactive (kept across resets).
     limiters: Limiters,
+    /// The budget of the guest-triggered log lines of the configuration space.
+    config_log: LogLimiter,
     worker: Option<Worker<NetWorker>>,
 }
 
@@ -199,6 +201,7 @@ impl NetDevice {
             queue_sizes: [QUEUE_SIZE; 2],
             rate_limit: RateLimit::default(),
             limiters: Limiters::default(),
+            config_log: LogLimiter::default(),
             worker: None,
         })
     }
@@ -274,7 +277,9 @@ impl VirtioDevice for NetDevice {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // The MAC is writable only for legacy drivers without VIRTIO_NET_F_CTRL_MAC_ADDR.
-        tracing::warn!(
+        guest_warn!(
+            self.config_log,
+            "config-write",
             tap = self.tap.name(),
             offset,
             len = data.len(),
