@@ -35,6 +35,7 @@ use crate::libvirt::{self, LibvirtError, RawEvent};
 use crate::monitor;
 use crate::relay::{NicRelay, RelayError, RelaySocket};
 use crate::tap::{TapError, TapGuard};
+use ironvisor_virtio::RateLimit;
 
 /// What `status` reports as the backend.
 pub const BACKEND_NAME: &str = "qemu-tcg";
@@ -225,7 +226,10 @@ impl Backend for QemuBackend {
 
         for (index, (net, socket)) in plan.nets.iter().zip(relay_sockets).enumerate() {
             let tap = owned.tap_file(index, &net.id)?;
-            let relay = socket.start(tap, &net.qemu_socket)?;
+            let limit = net.rate_limit.map_or_else(RateLimit::default, |limit| {
+                RateLimit::new(limit.bytes_per_second, limit.ops_per_second)
+            });
+            let relay = socket.start(tap, &net.qemu_socket, limit)?;
             lock(&owned.relays).push(relay);
         }
 

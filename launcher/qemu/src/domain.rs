@@ -22,7 +22,8 @@
 //! period='1000'/>`, period in milliseconds), the rate the KVM launcher enforces.
 //!
 //! A disk's rate limit is libvirt's `<iotune>` (`total_bytes_sec`, `total_iops_sec`);
-//! a NIC's is refused (the KVM launcher's virtio-net enforces it).
+//! a NIC's is applied by the launcher's own frame relay (see [`crate::relay`]), with the
+//! same token buckets as the KVM launcher's virtio-net.
 //!
 //! NICs are not libvirt `<interface>`s: libvirtd opens those in its own network namespace.
 //! Each NIC is a `-netdev dgram` + `virtio-net-pci` pair passed through with
@@ -92,17 +93,6 @@ pub enum DomainError {
         /// The I/O error.
         #[source]
         source: io::Error,
-    },
-    /// NIC rate limits are enforced by the KVM launcher's virtio-net only.
-    #[error(
-        "nets[{index}].rate_limit ({id}): the emulation backend cannot limit a NIC's rate; \
-         run the VM under the KVM launcher or drop the interface's rateLimit"
-    )]
-    NicRateLimit {
-        /// Position of the NIC.
-        index: usize,
-        /// Its id.
-        id: String,
     },
 }
 
@@ -177,6 +167,9 @@ pub struct PlannedNet {
     pub relay_socket: PathBuf,
     /// QEMU's socket (its `local.path`), which QEMU binds at start-up.
     pub qemu_socket: PathBuf,
+    /// Most bytes and frames per second in each direction, applied by the launcher's frame
+    /// relay; `None`: unlimited.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// Host entropy source of the guest's virtio-rng device under QEMU.
@@ -325,17 +318,6 @@ impl DomainPlan {
                 rate_limit: disk.rate_limit,
             });
         }
-        if let Some((index, net)) = config
-            .nets
-            .iter()
-            .enumerate()
-            .find(|(_, net)| net.rate_limit.is_some())
-        {
-            return Err(DomainError::NicRateLimit {
-                index,
-                id: net.id.clone(),
-            });
-        }
         let nets = config
             .nets
             .iter()
@@ -348,6 +330,7 @@ impl DomainPlan {
                     mac: format_mac(&config.mac_for(net)),
                     relay_socket,
                     qemu_socket,
+                    rate_limit: net.rate_limit,
                 }
             })
             .collect();

@@ -23,7 +23,10 @@
 //! only accepts datagrams from its peer — and starts the thread. The thread polls the
 //! tap, the socket and a stop channel; frames toward QEMU wait (back-pressure onto the
 //! tap's queue) while QEMU's receive queue is full, frames toward the guest that the tap
-//! cannot take are dropped, as a NIC would. [`NicRelay::stop`] ends the thread and
+//! cannot take are dropped, as a NIC would. A NIC with a rate limit has it applied to each
+//! direction separately (the same token buckets as the KVM launcher's virtio-net): a frame
+//! over the limit is held, and nothing more is read from its side, until the bucket
+//! allows it. [`NicRelay::stop`] ends the thread and
 //! removes both socket files. Both sockets live in the launcher's private runtime
 //! directory (QEMU runs as root, see `setup-libvirt.sh`).
 
@@ -35,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ironvisor_virtio::{RateLimit, RateLimiter};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -44,6 +48,8 @@ pub const MAX_FRAME_BYTES: usize = 65_535 + 14 + 4;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames moved per direction before polling again (fairness between directions).
 const BATCH: usize = 64;
+/// Shortest wait for a throttled frame, so a nearly full bucket does not spin.
+const MIN_THROTTLE_WAIT: Duration = Duration::from_millis(1);
 
 /// Why a NIC relay could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -125,8 +131,13 @@ impl RelaySocket {
     }
 
     /// Connects to QEMU's socket at `qemu_path` and starts relaying frames to and from
-    /// `tap` (an open descriptor of the NIC's tap).
-    pub fn start(mut self, tap: File, qemu_path: &Path) -> Result<NicRelay, RelayError> {
+    /// `tap` (an open descriptor of the NIC's tap), each direction within `limit`.
+    pub fn start(
+        mut self,
+        tap: File,
+        qemu_path: &Path,
+        limit: RateLimit,
+    ) -> Result<NicRelay, RelayError> {
         let nic = self.nic.clone();
         let setup = |what| {
             let nic = nic.clone();
@@ -138,7 +149,7 @@ impl RelaySocket {
         // From here this value no longer owns the socket file; the relay (or, on error,
         // the runtime directory's removal) does.
         let path = self.path.clone();
-        let result = Self::spawn(&nic, &self.tap, socket, tap, qemu_path);
+        let result = Self::spawn(&nic, &self.tap, socket, tap, qemu_path, limit);
         match result {
             Ok((stop, thread)) => {
                 tracing::debug!(nic = %nic, qemu = %qemu_path.display(), "frame relay started");
@@ -162,6 +173,7 @@ impl RelaySocket {
         socket: UnixDatagram,
         tap: File,
         qemu_path: &Path,
+        limit: RateLimit,
     ) -> Result<(UnixDatagram, JoinHandle<RelayStats>), RelayError> {
         let setup = |what| {
             let nic = nic.to_string();
@@ -177,11 +189,14 @@ impl RelaySocket {
             .map_err(setup("non-blocking socket"))?;
         set_nonblocking(&tap).map_err(setup("non-blocking tap"))?;
         let (stop_tx, stop_rx) = UnixDatagram::pair().map_err(setup("stop channel"))?;
+        let now = Instant::now();
         let pump = Pump {
             tap,
             socket,
             stop: stop_rx,
             stats: RelayStats::default(),
+            to_guest_limit: RateLimiter::new(limit, now),
+            from_guest_limit: RateLimiter::new(limit, now),
         };
         let span = tracing::info_span!("nic_relay", nic = %nic, tap = %tap_name);
         let thread = std::thread::Builder::new()
@@ -260,12 +275,15 @@ impl Drop for NicRelay {
     }
 }
 
-/// The thread's state: the two ends, the stop channel and the counters.
+/// The thread's state: the two ends, the stop channel, the counters and each direction's
+/// rate limit (`None`: unlimited).
 struct Pump {
     tap: File,
     socket: UnixDatagram,
     stop: UnixDatagram,
     stats: RelayStats,
+    to_guest_limit: Option<RateLimiter>,
+    from_guest_limit: Option<RateLimiter>,
 }
 
 /// What one poll reported.
@@ -285,15 +303,51 @@ enum Step {
     Stop,
 }
 
+/// A frame toward the guest that was read from the tap and not sent yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ToGuest {
+    /// Over the rate limit until `until`.
+    Throttled { len: usize, until: Instant },
+    /// Admitted; QEMU's queue is full (sent on POLLOUT).
+    Blocked { len: usize },
+}
+
+/// A frame from the guest over the rate limit until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Throttled {
+    len: usize,
+    until: Instant,
+}
+
+/// The frames a round works on: the buffer of each direction and the frame it holds.
+struct Frames {
+    to_qemu: Vec<u8>,
+    to_tap: Vec<u8>,
+    to_guest: Option<ToGuest>,
+    from_guest: Option<Throttled>,
+}
+
+/// Takes a frame of `len` bytes from `limit` at `now`, or says until when it must wait.
+fn admit(limit: &mut Option<RateLimiter>, len: usize, now: Instant) -> Result<(), Instant> {
+    match limit {
+        None => Ok(()),
+        Some(limiter) => limiter
+            .admit(len as u64, now)
+            .map_err(|wait| now + wait.max(MIN_THROTTLE_WAIT)),
+    }
+}
+
 impl Pump {
     fn run(mut self) -> RelayStats {
-        let mut to_qemu = vec![0u8; MAX_FRAME_BYTES];
-        // One byte more than a frame, to notice (and drop) oversized datagrams.
-        let mut to_tap = vec![0u8; MAX_FRAME_BYTES + 1];
-        // Length of a frame read from the tap that QEMU could not take yet.
-        let mut pending: Option<usize> = None;
+        let mut frames = Frames {
+            to_qemu: vec![0u8; MAX_FRAME_BYTES],
+            // One byte more than a frame, to notice (and drop) oversized datagrams.
+            to_tap: vec![0u8; MAX_FRAME_BYTES + 1],
+            to_guest: None,
+            from_guest: None,
+        };
         loop {
-            match self.round(&mut to_qemu, &mut to_tap, &mut pending) {
+            match self.round(&mut frames) {
                 Ok(Step::Continue) => {}
                 Ok(Step::Stop) => break,
                 Err(err) => {
@@ -305,36 +359,39 @@ impl Pump {
         self.stats
     }
 
-    fn round(
-        &mut self,
-        to_qemu: &mut [u8],
-        to_tap: &mut [u8],
-        pending: &mut Option<usize>,
-    ) -> io::Result<Step> {
-        let (tap_events, sock_events) = match pending {
-            None => (PollFlags::POLLIN, PollFlags::POLLIN),
-            Some(_) => (PollFlags::empty(), PollFlags::POLLIN | PollFlags::POLLOUT),
+    fn round(&mut self, frames: &mut Frames) -> io::Result<Step> {
+        // A side whose frame is held is not read; a blocked frame waits for POLLOUT; a
+        // throttled one for its time.
+        let tap_events = match frames.to_guest {
+            None => PollFlags::POLLIN,
+            Some(_) => PollFlags::empty(),
         };
-        let ready = self.wait(tap_events, sock_events)?;
+        let mut sock_events = PollFlags::empty();
+        if frames.from_guest.is_none() {
+            sock_events |= PollFlags::POLLIN;
+        }
+        if matches!(frames.to_guest, Some(ToGuest::Blocked { .. })) {
+            sock_events |= PollFlags::POLLOUT;
+        }
+        let to_guest_until = match frames.to_guest {
+            Some(ToGuest::Throttled { until, .. }) => Some(until),
+            _ => None,
+        };
+        let deadline = [to_guest_until, frames.from_guest.map(|held| held.until)]
+            .into_iter()
+            .flatten()
+            .min();
+        let ready = self.wait(tap_events, sock_events, deadline)?;
         if ready.stop {
             return Ok(Step::Stop);
         }
         if ready.tap_broken {
             return Err(io::Error::other("the tap reported an error or hang-up"));
         }
-        let (tap_in, sock_in, sock_out) = (ready.tap_in, ready.sock_in, ready.sock_out);
-        if let (Some(len), true) = (*pending, sock_out) {
-            if self.send_to_qemu(&to_qemu[..len])? {
-                *pending = None;
-            }
-        }
-        if tap_in && pending.is_none() {
-            *pending = self.tap_to_qemu(to_qemu)?;
-        }
-        if sock_in {
-            self.qemu_to_tap(to_tap)?;
-        }
-        if pending.is_none() && ready.sock_err {
+        let now = Instant::now();
+        self.serve_to_guest(frames, &ready, now)?;
+        self.serve_from_guest(frames, &ready, now)?;
+        if !matches!(frames.to_guest, Some(ToGuest::Blocked { .. })) && ready.sock_err {
             // Report (and so clear) a pending socket error; polling again would spin.
             if let Some(err) = self.socket.take_error()? {
                 self.drop_frame("socket error", &err);
@@ -343,14 +400,83 @@ impl Pump {
         Ok(Step::Continue)
     }
 
-    /// Polls the stop channel, the tap and the socket for the given events.
-    fn wait(&self, tap_events: PollFlags, sock_events: PollFlags) -> io::Result<Ready> {
+    /// Toward the guest: a throttled frame whose time came is admitted (or waits again),
+    /// an admitted one goes to QEMU when it has room, then new frames from the tap.
+    fn serve_to_guest(
+        &mut self,
+        frames: &mut Frames,
+        ready: &Ready,
+        now: Instant,
+    ) -> io::Result<()> {
+        let mut admitted_now = false;
+        if let Some(ToGuest::Throttled { len, until }) = frames.to_guest {
+            if until <= now {
+                frames.to_guest = Some(match admit(&mut self.to_guest_limit, len, now) {
+                    Ok(()) => {
+                        admitted_now = true;
+                        ToGuest::Blocked { len }
+                    }
+                    Err(until) => ToGuest::Throttled { len, until },
+                });
+            }
+        }
+        if let Some(ToGuest::Blocked { len }) = frames.to_guest {
+            if (ready.sock_out || admitted_now) && self.send_to_qemu(&frames.to_qemu[..len])? {
+                frames.to_guest = None;
+            }
+        }
+        if ready.tap_in && frames.to_guest.is_none() {
+            frames.to_guest = self.tap_to_qemu(&mut frames.to_qemu)?;
+        }
+        Ok(())
+    }
+
+    /// From the guest: a throttled frame whose time came goes to the tap (or waits again),
+    /// then new frames from QEMU.
+    fn serve_from_guest(
+        &mut self,
+        frames: &mut Frames,
+        ready: &Ready,
+        now: Instant,
+    ) -> io::Result<()> {
+        if let Some(Throttled { len, until }) = frames.from_guest {
+            if until <= now {
+                match admit(&mut self.from_guest_limit, len, now) {
+                    Ok(()) => {
+                        frames.from_guest = None;
+                        self.write_to_tap(&frames.to_tap[..len])?;
+                    }
+                    Err(until) => frames.from_guest = Some(Throttled { len, until }),
+                }
+            }
+        }
+        if ready.sock_in && frames.from_guest.is_none() {
+            frames.from_guest = self.qemu_to_tap(&mut frames.to_tap)?;
+        }
+        Ok(())
+    }
+
+    /// Polls the stop channel, the tap and the socket for the given events, until
+    /// `deadline` at the latest.
+    fn wait(
+        &self,
+        tap_events: PollFlags,
+        sock_events: PollFlags,
+        deadline: Option<Instant>,
+    ) -> io::Result<Ready> {
         let mut fds = [
             PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.tap.as_fd(), tap_events),
             PollFd::new(self.socket.as_fd(), sock_events),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = deadline.map_or(PollTimeout::NONE, |deadline| {
+            let millis = deadline
+                .saturating_duration_since(Instant::now())
+                .as_nanos()
+                .div_ceil(1_000_000);
+            PollTimeout::from(u16::try_from(millis).unwrap_or(u16::MAX))
+        });
+        match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => return Ok(Ready::default()),
             Err(err) => return Err(err.into()),
@@ -367,9 +493,9 @@ impl Pump {
         })
     }
 
-    /// Moves up to [`BATCH`] frames from the tap to QEMU; returns the length of a frame
-    /// that has to wait for room in QEMU's queue.
-    fn tap_to_qemu(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    /// Moves up to [`BATCH`] frames from the tap to QEMU; returns a frame that has to wait
+    /// for the rate limit or for room in QEMU's queue.
+    fn tap_to_qemu(&mut self, buf: &mut [u8]) -> io::Result<Option<ToGuest>> {
         for _ in 0..BATCH {
             let len = match self.tap.read(buf) {
                 Ok(len) => len,
@@ -380,8 +506,11 @@ impl Pump {
             if len == 0 {
                 continue;
             }
+            if let Err(until) = admit(&mut self.to_guest_limit, len, Instant::now()) {
+                return Ok(Some(ToGuest::Throttled { len, until }));
+            }
             if !self.send_to_qemu(&buf[..len])? {
-                return Ok(Some(len));
+                return Ok(Some(ToGuest::Blocked { len }));
             }
         }
         Ok(None)
@@ -407,14 +536,15 @@ impl Pump {
         }
     }
 
-    /// Moves up to [`BATCH`] frames from QEMU to the tap.
-    fn qemu_to_tap(&mut self, buf: &mut [u8]) -> io::Result<()> {
+    /// Moves up to [`BATCH`] frames from QEMU to the tap; returns a frame that has to wait
+    /// for the rate limit.
+    fn qemu_to_tap(&mut self, buf: &mut [u8]) -> io::Result<Option<Throttled>> {
         for _ in 0..BATCH {
             let len = match self.socket.recv(buf) {
                 Ok(len) => len,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) if peer_gone(&err) => return Ok(()),
+                Err(err) if peer_gone(&err) => return Ok(None),
                 Err(err) => return Err(err),
             };
             if len == 0 {
@@ -427,26 +557,34 @@ impl Pump {
                 );
                 continue;
             }
-            loop {
-                match self.tap.write(&buf[..len]) {
-                    Ok(_) => {
-                        self.stats.from_guest += 1;
-                        break;
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    // The interface is down or its queue is full: a NIC drops the frame.
-                    Err(err)
-                        if err.kind() == io::ErrorKind::WouldBlock
-                            || err.raw_os_error() == Some(libc::EIO) =>
-                    {
-                        self.drop_frame("the tap cannot take the frame", &err);
-                        break;
-                    }
-                    Err(err) => return Err(err),
+            if let Err(until) = admit(&mut self.from_guest_limit, len, Instant::now()) {
+                return Ok(Some(Throttled { len, until }));
+            }
+            self.write_to_tap(&buf[..len])?;
+        }
+        Ok(None)
+    }
+
+    /// Writes one frame to the tap; a tap that cannot take it drops it, as a NIC would.
+    fn write_to_tap(&mut self, frame: &[u8]) -> io::Result<()> {
+        loop {
+            match self.tap.write(frame) {
+                Ok(_) => {
+                    self.stats.from_guest += 1;
+                    return Ok(());
                 }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                // The interface is down or its queue is full: a NIC drops the frame.
+                Err(err)
+                    if err.kind() == io::ErrorKind::WouldBlock
+                        || err.raw_os_error() == Some(libc::EIO) =>
+                {
+                    self.drop_frame("the tap cannot take the frame", &err);
+                    return Ok(());
+                }
+                Err(err) => return Err(err),
             }
         }
-        Ok(())
     }
 
     fn drop_frame(&mut self, why: &'static str, err: &io::Error) {
@@ -525,7 +663,9 @@ mod tests {
         qemu.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let (tap, wire) = fake_tap();
         wire.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut relay = relay_socket.start(tap, &qemu_path).unwrap();
+        let mut relay = relay_socket
+            .start(tap, &qemu_path, RateLimit::default())
+            .unwrap();
 
         // Host side → guest: one datagram per frame, sizes preserved up to the maximum.
         let big = vec![0xabu8; MAX_FRAME_BYTES];
@@ -564,7 +704,9 @@ mod tests {
         let relay_socket = RelaySocket::bind("net0", "tap0", &ours).unwrap();
         let (_qemu, qemu_path) = qemu_end(dir.path());
         let (tap, _wire) = fake_tap();
-        let _relay = relay_socket.start(tap, &qemu_path).unwrap();
+        let _relay = relay_socket
+            .start(tap, &qemu_path, RateLimit::default())
+            .unwrap();
         let stranger = UnixDatagram::unbound().unwrap();
         assert!(stranger.send_to(b"spoof", &ours).is_err());
     }
@@ -576,7 +718,9 @@ mod tests {
         let relay_socket = RelaySocket::bind("net0", "tap0", &ours).unwrap();
         let (qemu, qemu_path) = qemu_end(dir.path());
         let (tap, wire) = fake_tap();
-        let mut relay = relay_socket.start(tap, &qemu_path).unwrap();
+        let mut relay = relay_socket
+            .start(tap, &qemu_path, RateLimit::default())
+            .unwrap();
         // Far more than a unix datagram queue holds (max_dgram_qlen, 10 by default).
         let count = 200u32;
         let writer = std::thread::spawn(move || {
@@ -597,6 +741,73 @@ mod tests {
         assert_eq!((stats.to_guest, stats.dropped), (u64::from(count), 0));
     }
 
+    /// The least time `frames` frames take through a bucket of `per_second` that starts
+    /// full (a 10 % margin for the timers).
+    fn least_time(frames: u64, per_second: u64) -> Duration {
+        Duration::from_secs_f64((frames - per_second) as f64 / per_second as f64 * 0.9)
+    }
+
+    #[test]
+    fn frames_toward_the_guest_keep_to_the_byte_rate_and_none_are_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("nic0.sock");
+        let relay_socket = RelaySocket::bind("net0", "tap0", &ours).unwrap();
+        let (qemu, qemu_path) = qemu_end(dir.path());
+        let (tap, wire) = fake_tap();
+        // 8 frames of 1 KiB a second; 16 frames.
+        let limit = RateLimit::new(Some(8 * 1024), None);
+        let mut relay = relay_socket.start(tap, &qemu_path, limit).unwrap();
+        let count = 16u64;
+        let start = Instant::now();
+        let writer = std::thread::spawn(move || {
+            for i in 0..count {
+                let mut frame = vec![0u8; 1024];
+                frame[..8].copy_from_slice(&i.to_be_bytes());
+                wire.send(&frame).unwrap();
+            }
+            wire
+        });
+        qemu.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for i in 0..count {
+            let mut buf = [0u8; 2048];
+            let n = qemu.recv(&mut buf).unwrap();
+            assert_eq!((n, &buf[..8]), (1024, &i.to_be_bytes()[..]), "frame {i} in order");
+        }
+        let elapsed = start.elapsed();
+        let _wire = writer.join().unwrap();
+        assert!(elapsed >= least_time(count, 8), "{count} KiB in {elapsed:?}");
+        let stats = relay.stop().unwrap();
+        assert_eq!((stats.to_guest, stats.dropped), (count, 0));
+    }
+
+    #[test]
+    fn frames_from_the_guest_keep_to_the_frame_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("nic0.sock");
+        let relay_socket = RelaySocket::bind("net0", "tap0", &ours).unwrap();
+        let (qemu, qemu_path) = qemu_end(dir.path());
+        qemu.connect(&ours).unwrap();
+        let (tap, wire) = fake_tap();
+        // 10 frames a second (a burst the stand-in tap's queue holds); 20 frames.
+        let limit = RateLimit::new(None, Some(10));
+        let mut relay = relay_socket.start(tap, &qemu_path, limit).unwrap();
+        let count = 20u64;
+        let start = Instant::now();
+        for i in 0..count {
+            qemu.send(&i.to_be_bytes()).unwrap();
+        }
+        wire.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for i in 0..count {
+            let mut buf = [0u8; 16];
+            let n = wire.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &i.to_be_bytes(), "frame {i} in order");
+        }
+        let elapsed = start.elapsed();
+        assert!(elapsed >= least_time(count, 10), "{count} frames in {elapsed:?}");
+        let stats = relay.stop().unwrap();
+        assert_eq!((stats.from_guest, stats.dropped), (count, 0));
+    }
+
     #[test]
     fn frames_before_qemu_listens_are_dropped_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
@@ -604,7 +815,9 @@ mod tests {
         let relay_socket = RelaySocket::bind("net0", "tap0", &ours).unwrap();
         let (qemu, qemu_path) = qemu_end(dir.path());
         let (tap, wire) = fake_tap();
-        let mut relay = relay_socket.start(tap, &qemu_path).unwrap();
+        let mut relay = relay_socket
+            .start(tap, &qemu_path, RateLimit::default())
+            .unwrap();
         // QEMU goes away: frames toward it are dropped, the relay keeps running.
         drop(qemu);
         wire.send(b"lost").unwrap();

@@ -2,7 +2,6 @@
 //! management) on the port I/O bus and one virtio-mmio transport per configured disk, NIC,
 //! agent channel and entropy device on the MMIO bus, and wires their interrupts (KVM irqfds) and queue notifications (KVM ioeventfds).
 
-use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
 use ironvisor_arch::acpi::MmioDeviceInfo;
@@ -26,7 +25,7 @@ use super::legacy::cmos::{self, Cmos};
 use super::legacy::i8042::I8042;
 use super::legacy::irq::IrqLine;
 use super::legacy::serial::SerialDevice;
-use crate::config::{ImageFormat, LaunchConfig, RateLimitConfig};
+use crate::config::{ImageFormat, LaunchConfig};
 use crate::GuestMemory;
 
 /// Offset of the QueueNotify register in a virtio-mmio window.
@@ -188,7 +187,7 @@ pub fn create_devices(
                 },
             )?;
         if let Some(limit) = &disk.rate_limit {
-            device.set_rate_limit(virtio_rate_limit(limit));
+            device.set_rate_limit(RateLimit::new(limit.bytes_per_second, limit.ops_per_second));
         }
         manager.add_virtio(&format!("disk {}", disk.id), Box::new(device))?;
         manager.status.push(DeviceStatus {
@@ -208,7 +207,7 @@ pub fn create_devices(
             source,
         })?;
         if let Some(limit) = &net.rate_limit {
-            device.set_rate_limit(virtio_rate_limit(limit));
+            device.set_rate_limit(RateLimit::new(limit.bytes_per_second, limit.ops_per_second));
         }
         manager.add_virtio(&format!("network interface {}", net.id), Box::new(device))?;
         manager.status.push(DeviceStatus {
@@ -340,14 +339,5 @@ impl Manager<'_> {
             gsi,
         });
         Ok(())
-    }
-}
-
-/// The device-side rate limit of a validated configuration (rates of 0 were refused; one
-/// would read as unlimited here).
-fn virtio_rate_limit(limit: &RateLimitConfig) -> RateLimit {
-    RateLimit {
-        bytes_per_second: limit.bytes_per_second.and_then(NonZeroU64::new),
-        ops_per_second: limit.ops_per_second.and_then(NonZeroU64::new),
     }
 }

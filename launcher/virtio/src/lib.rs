@@ -57,7 +57,7 @@ pub use device::{
 };
 pub use interrupt::{Interrupt, VIRTIO_INT_CONFIG, VIRTIO_INT_VRING};
 pub use net::{NetDevice, NetError, VNET_HDR_LEN};
-pub use rate_limit::RateLimit;
+pub use rate_limit::{RateLimit, RateLimiter};
 pub use rng::{RngDevice, RngError};
 pub use transport::{
     MmioTransport, TransportError, MMIO_MAGIC_VALUE, MMIO_VENDOR_ID, MMIO_VERSION,

@@ -29,6 +29,15 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    /// A limit of `bytes_per_second` and `ops_per_second`; `None` or 0 leaves that
+    /// dimension unlimited.
+    pub fn new(bytes_per_second: Option<u64>, ops_per_second: Option<u64>) -> Self {
+        Self {
+            bytes_per_second: bytes_per_second.and_then(NonZeroU64::new),
+            ops_per_second: ops_per_second.and_then(NonZeroU64::new),
+        }
+    }
+
     /// Whether either dimension is limited.
     pub fn is_limited(&self) -> bool {
         self.bytes_per_second.is_some() || self.ops_per_second.is_some()
@@ -124,14 +133,14 @@ impl TokenBucket {
 
 /// The buckets of one [`RateLimit`].
 #[derive(Debug, Clone)]
-pub(crate) struct RateLimiter {
+pub struct RateLimiter {
     bytes: Option<TokenBucket>,
     ops: Option<TokenBucket>,
 }
 
 impl RateLimiter {
     /// Full buckets for `limit`; `None` when nothing is limited.
-    pub(crate) fn new(limit: RateLimit, now: Instant) -> Option<Self> {
+    pub fn new(limit: RateLimit, now: Instant) -> Option<Self> {
         limit.is_limited().then(|| Self {
             bytes: limit
                 .bytes_per_second
@@ -143,7 +152,7 @@ impl RateLimiter {
     /// Admits one operation of `bytes` bytes at `now`, taking its tokens, or says how long
     /// until it would be admitted (taking nothing). An operation larger than the byte burst
     /// costs a full bucket, so it is admitted once the bucket is full.
-    pub(crate) fn admit(&mut self, bytes: u64, now: Instant) -> Result<(), Duration> {
+    pub fn admit(&mut self, bytes: u64, now: Instant) -> Result<(), Duration> {
         let byte_cost = self.bytes.as_ref().map_or(0, |b| bytes.min(b.capacity()));
         let byte_wait = self
             .bytes

@@ -671,20 +671,15 @@ fn a_block_device_disk_is_a_block_disk_with_a_dev_source() {
 }
 
 #[test]
-fn a_nic_rate_limit_is_refused_naming_the_nic() {
+fn a_nic_rate_limit_goes_to_its_relay() {
     let fx = fixture();
     let mut config = fx.config.clone();
-    config.nets[1].rate_limit = Some(RateLimitConfig {
+    let limit = RateLimitConfig {
         bytes_per_second: Some(1 << 20),
         ops_per_second: None,
-    });
-    let err = DomainPlan::from_config(&config, fx.dir.path(), 4242).unwrap_err();
-    assert!(
-        matches!(err, DomainError::NicRateLimit { index: 1, .. }),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("nets[1].rate_limit (net1)"),
-        "{err}"
-    );
+    };
+    config.nets[1].rate_limit = Some(limit);
+    let plan = DomainPlan::from_config(&config, fx.dir.path(), 4242).unwrap();
+    assert_eq!(plan.nets[0].rate_limit, None);
+    assert_eq!(plan.nets[1].rate_limit, Some(limit));
 }
