@@ -767,15 +767,23 @@ mod tests {
             }
             wire
         });
-        qemu.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        qemu.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         for i in 0..count {
             let mut buf = [0u8; 2048];
             let n = qemu.recv(&mut buf).unwrap();
-            assert_eq!((n, &buf[..8]), (1024, &i.to_be_bytes()[..]), "frame {i} in order");
+            assert_eq!(
+                (n, &buf[..8]),
+                (1024, &i.to_be_bytes()[..]),
+                "frame {i} in order"
+            );
         }
         let elapsed = start.elapsed();
         let _wire = writer.join().unwrap();
-        assert!(elapsed >= least_time(count, 8), "{count} KiB in {elapsed:?}");
+        assert!(
+            elapsed >= least_time(count, 8),
+            "{count} KiB in {elapsed:?}"
+        );
         let stats = relay.stop().unwrap();
         assert_eq!((stats.to_guest, stats.dropped), (count, 0));
     }
@@ -796,14 +804,18 @@ mod tests {
         for i in 0..count {
             qemu.send(&i.to_be_bytes()).unwrap();
         }
-        wire.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        wire.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         for i in 0..count {
             let mut buf = [0u8; 16];
             let n = wire.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], &i.to_be_bytes(), "frame {i} in order");
         }
         let elapsed = start.elapsed();
-        assert!(elapsed >= least_time(count, 10), "{count} frames in {elapsed:?}");
+        assert!(
+            elapsed >= least_time(count, 10),
+            "{count} frames in {elapsed:?}"
+        );
         let stats = relay.stop().unwrap();
         assert_eq!((stats.from_guest, stats.dropped), (count, 0));
     }

@@ -139,6 +139,22 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// A full byte bucket of `rate` bytes per second and no operation limit.
+    pub(crate) fn bytes(rate: NonZeroU64, now: Instant) -> Self {
+        Self {
+            bytes: Some(TokenBucket::new(rate, now)),
+            ops: None,
+        }
+    }
+
+    /// Bytes the byte bucket holds at `now` (0 without one).
+    #[cfg(test)]
+    pub(crate) fn available_bytes(&mut self, now: Instant) -> u64 {
+        self.bytes
+            .as_mut()
+            .map_or(0, |bucket| bucket.available(now))
+    }
+
     /// Full buckets for `limit`; `None` when nothing is limited.
     pub fn new(limit: RateLimit, now: Instant) -> Option<Self> {
         limit.is_limited().then(|| Self {

@@ -7,10 +7,11 @@
 //! tokens per second holding at most one second's worth (the burst). A request is served
 //! whole (or, when it is larger than the burst, with a full bucket's worth) once the bucket
 //! holds enough tokens for it; until then it stays in the available ring, and so do the
-//! requests behind it. The worker then arms a one-shot timerfd for the moment the bucket
-//! will hold enough, and serves the queue again when it fires (a guest notification in the
-//! meantime also re-checks the bucket). The bucket survives driver resets, so resetting the
-//! device does not refill it.
+//! requests behind it. The worker then sets its rate-limit [`Alarm`] for the moment the
+//! bucket will hold enough, and serves the queue again when it rings (a guest notification
+//! in the meantime also re-checks the bucket): the same [`RateLimiter`] and alarm as
+//! virtio-blk and virtio-net. The bucket survives driver resets, so resetting the device
+//! does not refill it.
 
 use std::io;
 use std::num::NonZeroU64;
@@ -22,7 +23,6 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::timerfd::TimerFd;
 
 use crate::chain::{ChainBuffers, ChainError};
 use crate::device::{
@@ -32,7 +32,7 @@ use crate::device::{
 use crate::interrupt::Interrupt;
 use crate::log_limit::{guest_warn, LogLimiter};
 use crate::queue_pass::{Health, Pass};
-use crate::rate_limit::{nonblocking_timer, TokenBucket, MIN_WAIT};
+use crate::rate_limit::{Alarm, RateLimiter};
 use crate::worker::{drain_event, EpollContext, EventHandler, EventToken, Worker};
 
 /// Size of the request queue.
@@ -50,9 +50,6 @@ pub enum RngError {
     /// The host kernel refused to hand out random bytes.
     #[error("getrandom failed: {0}")]
     Entropy(#[source] io::Error),
-    /// The rate-limit timer could not be created or armed.
-    #[error("virtio-rng rate-limit timer: {0}")]
-    Timer(#[source] io::Error),
     /// The descriptor chain is malformed.
     #[error("malformed chain: {0}")]
     Chain(#[from] ChainError),
@@ -62,7 +59,7 @@ pub enum RngError {
 pub struct RngDevice {
     bytes_per_second: NonZeroU64,
     /// The bucket while the device is inactive (kept across resets).
-    bucket: Option<TokenBucket>,
+    limiter: Option<RateLimiter>,
     avail_features: u64,
     acked_features: u64,
     queue_sizes: [u16; 1],
@@ -88,7 +85,7 @@ impl RngDevice {
         tracing::info!(bytes_per_second, "virtio-rng created");
         Ok(Self {
             bytes_per_second: rate,
-            bucket: Some(TokenBucket::new(rate, Instant::now())),
+            limiter: Some(RateLimiter::bytes(rate, Instant::now())),
             avail_features: COMMON_FEATURES,
             acked_features: 0,
             queue_sizes: [QUEUE_SIZE],
@@ -161,22 +158,23 @@ impl VirtioDevice for RngDevice {
                 actual: 0,
             });
         };
-        let timer = nonblocking_timer().map_err(|source| ActivateError::Backend {
+        let alarm = Alarm::new().map_err(|source| ActivateError::Backend {
             device: KIND,
             source,
         })?;
         // No bucket only after a worker panicked: start over with a full one.
-        let bucket = self
-            .bucket
+        let limiter = self
+            .limiter
             .take()
-            .unwrap_or_else(|| TokenBucket::new(self.bytes_per_second, Instant::now()));
+            .unwrap_or_else(|| RateLimiter::bytes(self.bytes_per_second, Instant::now()));
         let handler = RngWorker {
             mem,
             queue: queue.queue,
             queue_event: queue.event,
             interrupt,
-            timer,
-            bucket,
+            alarm,
+            limiter,
+            burst: self.bytes_per_second.get(),
             scratch: Vec::new(),
             health: Health::default(),
             log: LogLimiter::default(),
@@ -185,7 +183,7 @@ impl VirtioDevice for RngDevice {
             Ok(worker) => worker,
             Err(source) => {
                 // The bucket went down with the handler; start over with a full one.
-                self.bucket = Some(TokenBucket::new(self.bytes_per_second, Instant::now()));
+                self.limiter = Some(RateLimiter::bytes(self.bytes_per_second, Instant::now()));
                 return Err(ActivateError::Worker {
                     device: KIND,
                     source,
@@ -199,7 +197,7 @@ impl VirtioDevice for RngDevice {
     fn reset(&mut self) {
         if let Some(worker) = self.worker.take() {
             // The bucket stays as drained as it was: a reset must not buy a new burst.
-            self.bucket = worker.stop().map(|handler| handler.bucket);
+            self.limiter = worker.stop().map(|handler| handler.limiter);
         }
         self.acked_features = 0;
     }
@@ -255,14 +253,16 @@ impl EventToken for RngToken {
     }
 }
 
-/// The worker side: the request queue, the bucket and its refill timer.
+/// The worker side: the request queue, the bucket and its alarm.
 struct RngWorker {
     mem: GuestMemoryMmap<()>,
     queue: Queue,
     queue_event: EventFd,
     interrupt: Arc<Interrupt>,
-    timer: TimerFd,
-    bucket: TokenBucket,
+    alarm: Alarm,
+    limiter: RateLimiter,
+    /// The bucket's capacity: the most one request gets.
+    burst: u64,
     /// Reused host buffer for `getrandom` (grows up to [`CHUNK`] bytes).
     scratch: Vec<u8>,
     health: Health,
@@ -283,7 +283,7 @@ impl EventHandler for RngWorker {
 
     fn register(&mut self, ctx: &EpollContext<'_, RngToken>) -> io::Result<()> {
         ctx.add(&self.queue_event, RngToken::Queue, EventSet::IN)?;
-        ctx.add(&self.timer, RngToken::Timer, EventSet::IN)
+        ctx.add(&self.alarm, RngToken::Timer, EventSet::IN)
     }
 
     fn handle_event(&mut self, _: &EpollContext<'_, RngToken>, token: RngToken, _: EventSet) {
@@ -291,18 +291,13 @@ impl EventHandler for RngWorker {
         let _entered = span.enter();
         match token {
             RngToken::Queue => drain_event(&self.queue_event),
-            RngToken::Timer => {
-                if let Err(err) = self.timer.wait() {
-                    if err.errno() != libc::EAGAIN {
-                        tracing::warn!(%err, "cannot read the virtio-rng timer");
-                    }
-                }
-            }
+            RngToken::Timer => self.alarm.acknowledge(),
         }
         if self.health.is_broken() {
             return;
         }
-        let (used, outcome) = self.process_queue(Instant::now());
+        let now = Instant::now();
+        let (used, outcome) = self.process_queue(now);
         if used {
             if let Err(err) = self.interrupt.signal_used_queue() {
                 tracing::error!(%err, "cannot raise the used-buffer interrupt");
@@ -310,10 +305,7 @@ impl EventHandler for RngWorker {
         }
         if let Outcome::Throttled(wait) = outcome {
             tracing::trace!(?wait, "virtio-rng throttled");
-            if let Err(source) = self.timer.reset(wait.max(MIN_WAIT), None) {
-                let err = RngError::Timer(source.into());
-                tracing::error!(%err, "requests wait for the next notification");
-            }
+            self.alarm.ring_after(wait, now);
         }
     }
 
@@ -340,11 +332,10 @@ impl RngWorker {
                 Ok(buffers) => {
                     let wanted = buffers.writable_len() as u64;
                     // A request larger than the burst gets a full bucket's worth.
-                    let grant = wanted.min(self.bucket.capacity());
-                    if !self.bucket.try_take(grant, now) {
+                    let grant = wanted.min(self.burst);
+                    if let Err(wait) = self.limiter.admit(grant, now) {
                         // Leave it (and everything behind it) in the available ring.
                         self.queue.go_to_previous_position();
-                        let wait = self.bucket.time_until(grant, now);
                         return (used_any, Outcome::Throttled(wait));
                     }
                     self.serve(&buffers, grant)

@@ -4,6 +4,10 @@ fn nz(rate: u64) -> Option<NonZeroU64> {
     NonZeroU64::new(rate)
 }
 
+fn rate(per_second: u64) -> NonZeroU64 {
+    NonZeroU64::new(per_second).expect("nonzero rate")
+}
+
 #[test]
 fn an_unlimited_rate_needs_no_limiter() {
     assert!(RateLimiter::new(RateLimit::default(), Instant::now()).is_none());
@@ -91,4 +95,66 @@ fn an_alarm_keeps_the_earlier_of_two_deadlines_and_rings() {
     assert_eq!(alarm.deadline, None);
     // A read with no expiration pending does not block.
     alarm.acknowledge();
+}
+
+#[test]
+fn token_bucket_caps_bytes_per_period() {
+    let t0 = Instant::now();
+    let mut bucket = TokenBucket::new(rate(1000), t0);
+    assert_eq!(bucket.capacity(), 1000);
+    // The burst: one second's worth, then nothing.
+    assert!(bucket.try_take(600, t0));
+    assert!(!bucket.try_take(401, t0));
+    assert!(bucket.try_take(400, t0));
+    assert!(!bucket.try_take(1, t0));
+    assert_eq!(bucket.time_until(1, t0), Duration::from_millis(1));
+    assert_eq!(bucket.time_until(250, t0), Duration::from_millis(250));
+    // More than the capacity is never needed: a full bucket is the most one waits for.
+    assert_eq!(bucket.time_until(5000, t0), Duration::from_secs(1));
+
+    // Half a second refills half the rate.
+    let t1 = t0 + Duration::from_millis(500);
+    assert_eq!(bucket.available(t1), 500);
+    assert!(!bucket.try_take(501, t1));
+    assert!(bucket.try_take(500, t1));
+
+    // Over any stretch of time, at most burst + rate * time bytes leave the bucket, even
+    // when drawn in tiny steps (fractions of a token are carried, not lost or invented).
+    let mut bucket = TokenBucket::new(rate(1000), t0);
+    let mut taken = 0u64;
+    for step in 0..=3000u64 {
+        let now = t0 + Duration::from_micros(step * 1000);
+        while bucket.try_take(7, now) {
+            taken += 7;
+        }
+    }
+    // 3 s at 1000 B/s plus the 1000-byte burst, minus what is left in 7-byte units.
+    assert!((4000 - 7..=4000).contains(&taken), "{taken}");
+
+    // Idle time does not bank more than the burst.
+    let mut bucket = TokenBucket::new(rate(1000), t0);
+    assert!(bucket.try_take(1000, t0));
+    assert_eq!(bucket.available(t0 + Duration::from_secs(60)), 1000);
+    // A clock that appears to go backwards takes nothing and gives nothing.
+    assert_eq!(bucket.available(t0), 1000);
+}
+
+#[test]
+fn token_bucket_carries_fractions_at_low_rates() {
+    let t0 = Instant::now();
+    let mut bucket = TokenBucket::new(rate(3), t0);
+    assert!(bucket.try_take(3, t0));
+    // 3 B/s: one token every 333.33 ms, refilled in 100 ms steps.
+    let mut now = t0;
+    for _ in 0..3 {
+        now += Duration::from_millis(100);
+        assert_eq!(bucket.available(now), 0);
+    }
+    now += Duration::from_millis(100);
+    assert_eq!(bucket.available(now), 1);
+    let wait = bucket.time_until(2, now);
+    assert!(
+        wait > Duration::from_millis(266) && wait <= Duration::from_millis(267),
+        "{wait:?}"
+    );
 }

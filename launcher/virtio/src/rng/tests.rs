@@ -44,8 +44,9 @@ fn manual_worker(mem: &GuestMemoryMmap<()>, driver: &QueueDriver<'_>, rate: u64)
         queue: driver.queue(),
         queue_event: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
         interrupt,
-        timer: nonblocking_timer().expect("timer"),
-        bucket: TokenBucket::new(nz(rate), Instant::now()),
+        alarm: Alarm::new().expect("alarm"),
+        limiter: RateLimiter::bytes(nz(rate), Instant::now()),
+        burst: rate,
         scratch: Vec::new(),
         health: crate::queue_pass::Health::default(),
         log: crate::log_limit::LogLimiter::default(),
@@ -73,68 +74,6 @@ fn fill_random_fills_large_buffers() {
     // 200 KiB of zeros from a CSPRNG would be astronomically unlikely.
     assert!(buf.iter().any(|&b| b != 0));
     assert!(buf[3 * CHUNK..].iter().any(|&b| b != 0));
-}
-
-#[test]
-fn token_bucket_caps_bytes_per_period() {
-    let t0 = Instant::now();
-    let mut bucket = TokenBucket::new(nz(1000), t0);
-    assert_eq!(bucket.capacity(), 1000);
-    // The burst: one second's worth, then nothing.
-    assert!(bucket.try_take(600, t0));
-    assert!(!bucket.try_take(401, t0));
-    assert!(bucket.try_take(400, t0));
-    assert!(!bucket.try_take(1, t0));
-    assert_eq!(bucket.time_until(1, t0), Duration::from_millis(1));
-    assert_eq!(bucket.time_until(250, t0), Duration::from_millis(250));
-    // More than the capacity is never needed: a full bucket is the most one waits for.
-    assert_eq!(bucket.time_until(5000, t0), Duration::from_secs(1));
-
-    // Half a second refills half the rate.
-    let t1 = t0 + Duration::from_millis(500);
-    assert_eq!(bucket.available(t1), 500);
-    assert!(!bucket.try_take(501, t1));
-    assert!(bucket.try_take(500, t1));
-
-    // Over any stretch of time, at most burst + rate * time bytes leave the bucket, even
-    // when drawn in tiny steps (fractions of a token are carried, not lost or invented).
-    let mut bucket = TokenBucket::new(nz(1000), t0);
-    let mut taken = 0u64;
-    for step in 0..=3000u64 {
-        let now = t0 + Duration::from_micros(step * 1000);
-        while bucket.try_take(7, now) {
-            taken += 7;
-        }
-    }
-    // 3 s at 1000 B/s plus the 1000-byte burst, minus what is left in 7-byte units.
-    assert!((4000 - 7..=4000).contains(&taken), "{taken}");
-
-    // Idle time does not bank more than the burst.
-    let mut bucket = TokenBucket::new(nz(1000), t0);
-    assert!(bucket.try_take(1000, t0));
-    assert_eq!(bucket.available(t0 + Duration::from_secs(60)), 1000);
-    // A clock that appears to go backwards takes nothing and gives nothing.
-    assert_eq!(bucket.available(t0), 1000);
-}
-
-#[test]
-fn token_bucket_carries_fractions_at_low_rates() {
-    let t0 = Instant::now();
-    let mut bucket = TokenBucket::new(nz(3), t0);
-    assert!(bucket.try_take(3, t0));
-    // 3 B/s: one token every 333.33 ms, refilled in 100 ms steps.
-    let mut now = t0;
-    for _ in 0..3 {
-        now += Duration::from_millis(100);
-        assert_eq!(bucket.available(now), 0);
-    }
-    now += Duration::from_millis(100);
-    assert_eq!(bucket.available(now), 1);
-    let wait = bucket.time_until(2, now);
-    assert!(
-        wait > Duration::from_millis(266) && wait <= Duration::from_millis(267),
-        "{wait:?}"
-    );
 }
 
 #[test]
@@ -183,7 +122,7 @@ fn read_only_buffers_are_not_written() {
     let bad = driver.add_chain(&[(8, true), (8, false)]);
     // A buffer outside guest memory is returned empty too.
     let outside = driver.add_raw_chain(&[(0xffff_0000, 64, true)]);
-    let before = worker.bucket.available(Instant::now());
+    let before = worker.limiter.available_bytes(Instant::now());
 
     let (used, outcome) = worker.process_queue(Instant::now());
     assert!(used);
@@ -203,7 +142,7 @@ fn read_only_buffers_are_not_written() {
         assert_eq!(back, pattern, "chain {head}");
     }
     // Only the 64 written bytes were charged.
-    assert!(before - worker.bucket.available(Instant::now()) <= 64);
+    assert!(before - worker.limiter.available_bytes(Instant::now()) <= 64);
 }
 
 /// Guest address of the first buffer of chain `head`, read back from the descriptor
@@ -222,7 +161,7 @@ fn the_limiter_holds_requests_until_tokens_refill() {
     let mut driver = QueueDriver::new(&mem, 16);
     let mut worker = manual_worker(&mem, &driver, 1000);
     let t0 = Instant::now();
-    worker.bucket = TokenBucket::new(nz(1000), t0);
+    worker.limiter = RateLimiter::bytes(nz(1000), t0);
     let heads: Vec<u16> = (0..4).map(|_| driver.add_chain(&[(400, true)])).collect();
 
     // The burst covers two requests; the third waits for 200 more tokens.
@@ -342,11 +281,11 @@ fn activate_and_reset() {
     assert_eq!(device.acked_features(), 0);
     // Resetting an inactive device is a no-op.
     device.reset();
-    let bucket = device
-        .bucket
+    let limiter = device
+        .limiter
         .as_mut()
         .expect("bucket kept across the reset");
-    assert!(bucket.available(Instant::now()) < 4096);
+    assert!(limiter.available_bytes(Instant::now()) < 4096);
 
     // A fresh driver after the reset: the device serves again.
     let mut driver = QueueDriver::new(&mem, 16);
