@@ -13,11 +13,11 @@ from tests.e2e.vmtest import E2ERunner
 
 pytestmark = pytest.mark.nested
 
-#: Notifications of the storm, and writes of the configuration flood (each a busybox
-#: devmem write in the guest).
+#: Notifications of the storm, writes of the configuration flood and of the status flood
+#: (each a busybox devmem write in the guest).
 STORM = 300
 ATTACKS = ["loop", "out_of_range", "huge_length", "next_out_of_queue", "avail_ahead",
-           "storm", "config_flood", "garbage_registers"]
+           "storm", "config_flood", "status_flood", "garbage_registers"]
 #: DEVICE_NEEDS_RESET in the virtio device status (virtio 1.x §2.1.1).
 NEEDS_RESET = 64
 #: ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK: the guest's own set-up worked.

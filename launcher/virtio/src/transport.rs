@@ -475,7 +475,9 @@ impl MmioTransport {
             match self.check_features() {
                 Ok(()) => self.device.ack_features(self.driver_features),
                 Err(reason) => {
-                    tracing::warn!(
+                    guest_warn!(
+                        self.log,
+                        "features-refused",
                         features = self.driver_features,
                         reason,
                         "FEATURES_OK refused"
@@ -486,10 +488,21 @@ impl MmioTransport {
         }
         if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
             if new & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
-                tracing::warn!("DRIVER_OK without FEATURES_OK, ignored");
+                guest_warn!(
+                    self.log,
+                    "driver-ok-early",
+                    "DRIVER_OK without FEATURES_OK, ignored"
+                );
                 new &= !VIRTIO_CONFIG_S_DRIVER_OK;
             } else if let Err(err) = self.activate() {
-                tracing::error!(%err, "device activation failed; it needs a reset");
+                if let Some(suppressed) = self.log.admit("activation") {
+                    tracing::error!(
+                        cause = "activation",
+                        suppressed,
+                        %err,
+                        "device activation failed; it needs a reset"
+                    );
+                }
                 new |= VIRTIO_CONFIG_S_NEEDS_RESET;
                 self.status = new;
                 if let Err(err) = self.interrupt.signal_config_change() {
@@ -499,7 +512,11 @@ impl MmioTransport {
             }
         }
         if added & VIRTIO_CONFIG_S_FAILED != 0 {
-            tracing::warn!("driver gave up on the device (FAILED)");
+            guest_warn!(
+                self.log,
+                "driver-failed",
+                "driver gave up on the device (FAILED)"
+            );
         }
         tracing::debug!(status = new, "device status");
         self.status = new;

@@ -122,6 +122,19 @@ attack_config_flood() {
 		i=$((i + 1))
 	done
 }
+# Status changes a driver must not make, over and over: features without VERSION_1
+# (refused), DRIVER_OK without FEATURES_OK, FAILED, reset.
+attack_status_flood() {
+	i=0
+	while [ $i -lt $((STORM / 5)) ]; do
+		reg $STATUS 0
+		reg $STATUS 3
+		reg $STATUS 11
+		reg $STATUS 7
+		reg $STATUS 131
+		i=$((i + 1))
+	done
+}
 # Random values in every register and the first words of the configuration space.
 attack_garbage_registers() {
 	off=0
@@ -143,7 +156,7 @@ fact unbound yes
 echo "HOSTILE-ATTACKS-BEGIN"
 
 for name in loop out_of_range huge_length next_out_of_queue avail_ahead storm config_flood \
-	garbage_registers; do
+	status_flood garbage_registers; do
 	attack "$name"
 done
 reg $STATUS 0
