@@ -1,7 +1,9 @@
-# A hostile guest: takes its second disk (vdb) away from the virtio-mmio driver and drives
-# the device itself through /dev/mem, with rings in the BIOS hole below 1 MiB (the only
-# guest memory /dev/mem may write). Each attack starts from a device reset; after each,
-# the device status is recorded. At the end the driver takes the disk back and reads it.
+# A hostile guest: takes its second disk (vdb) and its NIC (eth0) away from the
+# virtio-mmio driver and drives each device itself through /dev/mem, with rings in the
+# BIOS hole below 1 MiB (the only guest memory /dev/mem may write): the disk's request
+# queue, the NIC's transmit queue. Each attack starts from a device reset; after each, the
+# device status is recorded. At the end the driver takes both back: the disk is read, and
+# the NIC pings L1.
 . /scenarios/lib.sh
 set -u
 
@@ -10,8 +12,9 @@ STATUS=0x70 DRV_FEAT=0x20 DRV_FEAT_SEL=0x24 QUEUE_SEL=0x30 QUEUE_NUM=0x38
 QUEUE_READY=0x44 QUEUE_NOTIFY=0x50 DESC_LO=0x80 DESC_HI=0x84 AVAIL_LO=0x90 AVAIL_HI=0x94
 USED_LO=0xa0 USED_HI=0xa4
 NEEDS_RESET=64
-# The rings and buffers: reserved guest memory between the EBDA and the ACPI tables.
-DESC=0xa0000 AVAIL=0xa1000 USED=0xa2000 DATA=0xa3000
+# The rings and buffers: reserved guest memory between the EBDA and the ACPI tables. A
+# second ring (the NIC's receive queue, left empty) lives above the first.
+DESC=0xa0000 AVAIL=0xa1000 USED=0xa2000 DATA=0xa3000 IDLE_RING=0xa4000
 NEXT=1 WRITE=2
 
 w32() { devmem "$1" 32 "$2"; }
@@ -26,18 +29,32 @@ desc() {
 	w32 $((at + 8)) "$4"
 	w32 $((at + 12)) $(($5 | ($6 << 16)))
 }
-# publish AVAIL_IDX HEAD: the head in the first ring slot, then the index.
+# publish AVAIL_IDX HEAD: the head in the first ring slot, then the index, then notify.
 publish() {
 	w32 $((AVAIL + 4)) "$2"
 	w32 "$AVAIL" $(($1 << 16))
-	reg $QUEUE_NOTIFY 0
+	reg $QUEUE_NOTIFY "$QUEUE"
 }
 
-# A driver's whole initialisation of queue 0 (8 entries) with VIRTIO_F_VERSION_1 only.
+# ring QUEUE DESC AVAIL USED: queue QUEUE (8 entries) on those rings, empty.
+ring() {
+	w32 "$3" 0
+	w32 "$4" 0
+	reg $QUEUE_SEL "$1"
+	reg $QUEUE_NUM 8
+	reg $DESC_LO "$2"
+	reg $DESC_HI 0
+	reg $AVAIL_LO "$3"
+	reg $AVAIL_HI 0
+	reg $USED_LO "$4"
+	reg $USED_HI 0
+	reg $QUEUE_READY 1
+}
+
+# A driver's whole initialisation with VIRTIO_F_VERSION_1 only: the attacked queue
+# ($QUEUE) on the first rings, any other queue ($QUEUES in all) on an empty one.
 setup_queue() {
 	reg $STATUS 0
-	w32 "$AVAIL" 0
-	w32 "$USED" 0
 	reg $STATUS 1
 	reg $STATUS 3
 	reg $DRV_FEAT_SEL 1
@@ -45,25 +62,25 @@ setup_queue() {
 	reg $DRV_FEAT_SEL 0
 	reg $DRV_FEAT 0
 	reg $STATUS 11
-	reg $QUEUE_SEL 0
-	reg $QUEUE_NUM 8
-	reg $DESC_LO $DESC
-	reg $DESC_HI 0
-	reg $AVAIL_LO $AVAIL
-	reg $AVAIL_HI 0
-	reg $USED_LO $USED
-	reg $USED_HI 0
-	reg $QUEUE_READY 1
+	q=0
+	while [ $q -lt "$QUEUES" ]; do
+		if [ $q = "$QUEUE" ]; then
+			ring $q $DESC $AVAIL $USED
+		else
+			ring $q $IDLE_RING $((IDLE_RING + 0x200)) $((IDLE_RING + 0x400))
+		fi
+		q=$((q + 1))
+	done
 	reg $STATUS 15
 }
 
 # attack NAME: runs attack_NAME on a freshly set-up device; records the status after it.
 attack() {
 	setup_queue
-	fact "ready_before_$1" "$(status)"
+	fact "${DEV}_ready_before_$1" "$(status)"
 	"attack_$1"
 	sleep 1
-	fact "status_after_$1" "$(status)"
+	fact "${DEV}_status_after_$1" "$(status)"
 }
 
 # A blk read request whose header is fine: type IN, sector 0.
@@ -109,7 +126,7 @@ attack_avail_ahead() {
 attack_storm() {
 	i=0
 	while [ $i -lt "$STORM" ]; do
-		reg $QUEUE_NOTIFY 0
+		reg $QUEUE_NOTIFY "$QUEUE"
 		i=$((i + 1))
 	done
 }
@@ -144,35 +161,60 @@ attack_garbage_registers() {
 	done
 }
 
-command -v devmem >/dev/null || { fact error no_devmem; exit 0; }
-device=$(readlink -f /sys/block/vdb/device) || { fact error no_vdb; exit 0; }
-platform=$(basename "$(dirname "$device")")
-BASE=$(printf '%d' "0x$(grep -m 1 " : $platform\$" /proc/iomem | tr -d ' ' | cut -d- -f1)")
-STORM=$(iv_param iv.storm)
-fact platform_device "$platform"
-fact mmio_base "$(printf '0x%x' "$BASE")"
-echo "$platform" >/sys/bus/platform/drivers/virtio-mmio/unbind || { fact error unbind; exit 0; }
-fact unbound yes
-echo "HOSTILE-ATTACKS-BEGIN"
+# platform_of SYSFS_DEVICE_LINK: the virtio-mmio platform device behind a block or net
+# device ("LNRO0005:01").
+platform_of() {
+	basename "$(dirname "$(readlink -f "$1")")"
+}
 
-for name in loop out_of_range huge_length next_out_of_queue avail_ahead storm config_flood \
-	status_flood garbage_registers; do
-	attack "$name"
-done
-reg $STATUS 0
-fact status_after_reset "$(status)"
+# attack_device LABEL PLATFORM QUEUE QUEUES: takes the device from its driver and runs
+# every attack on its queue QUEUE.
+attack_device() {
+	DEV=$1 QUEUE=$3 QUEUES=$4
+	BASE=$(printf '%d' "0x$(grep -m 1 " : $2\$" /proc/iomem | tr -d ' ' | cut -d- -f1)")
+	fact "${DEV}_platform_device" "$2"
+	fact "${DEV}_mmio_base" "$(printf '0x%x' "$BASE")"
+	echo "$2" >/sys/bus/platform/drivers/virtio-mmio/unbind || { fact error "unbind_$DEV"; exit 0; }
+	fact "${DEV}_unbound" yes
+	for name in loop out_of_range huge_length next_out_of_queue avail_ahead storm \
+		config_flood status_flood garbage_registers; do
+		attack "$name"
+	done
+	reg $STATUS 0
+	fact "${DEV}_status_after_reset" "$(status)"
+}
+
+command -v devmem >/dev/null || { fact error no_devmem; exit 0; }
+[ -e /sys/block/vdb/device ] || { fact error no_vdb; exit 0; }
+[ -e /sys/class/net/eth0/device ] || { fact error no_eth0; exit 0; }
+blk=$(platform_of /sys/block/vdb/device)
+net=$(platform_of /sys/class/net/eth0/device)
+STORM=$(iv_param iv.storm)
+echo "HOSTILE-ATTACKS-BEGIN"
+# The disk's request queue (its only one); the NIC's transmit queue (receive is 0).
+attack_device blk "$blk" 0 1
+attack_device net "$net" 1 2
 echo "HOSTILE-ATTACKS-END"
 # Time for L1 to look at the launcher before this guest ends.
 sleep 3
 
-# The driver takes the device back and reads the disk.
-echo "$platform" >/sys/bus/platform/drivers/virtio-mmio/bind
-fact rebind_rc $?
+# The driver takes both devices back: the disk is read, the NIC reaches L1.
+echo "$blk" >/sys/bus/platform/drivers/virtio-mmio/bind
+fact blk_rebind_rc $?
+echo "$net" >/sys/bus/platform/drivers/virtio-mmio/bind
+fact net_rebind_rc $?
 i=0
-while [ ! -b /dev/vdb ] && [ $i -lt 50 ]; do
+while { [ ! -b /dev/vdb ] || [ ! -e /sys/class/net/eth0 ]; } && [ $i -lt 50 ]; do
 	sleep 0.2
 	i=$((i + 1))
 done
 dd if=/dev/vdb of=/tmp/vdb.head bs=4096 count=1 iflag=direct 2>/dev/null
 fact vdb_read_rc $?
 fact vdb_magic "$(head -c 8 /tmp/vdb.head)"
+ip addr add 172.30.0.2/24 dev eth0
+ip link set eth0 up
+ok=no
+for i in 1 2 3 4 5; do
+	if ping -c 1 -W 2 172.30.0.1 >/dev/null 2>&1; then ok=yes; break; fi
+done
+fact ping_after_rebind "$ok"

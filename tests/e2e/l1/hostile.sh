@@ -1,5 +1,5 @@
 # A hostile guest beside a bystander: the bystander VM counts on its console; the hostile
-# VM drives its second disk's virtio device with garbage (guest/hostile.sh). L1 samples
+# VM drives its second disk's and its NIC's virtio devices with garbage (guest/hostile.sh). L1 samples
 # the hostile launcher's memory while it does, and checks the bystander kept counting.
 . /e2e/common.sh
 . /e2e/params
@@ -11,13 +11,17 @@ hwm_kib() { sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$1/status"; }
 dd if=/dev/zero of=/tmp/root.img bs=1048576 count=0 seek=8 2>/dev/null || fail "no root.img"
 dd if=/dev/zero of=/tmp/victim.img bs=1048576 count=0 seek=8 2>/dev/null || fail "no victim.img"
 printf 'HOSTILE!' | dd of=/tmp/victim.img conv=notrunc 2>/dev/null
+$IP tuntap add dev tap0 mode tap || fail "ip tuntap add tap0 failed"
+$IP addr add 172.30.0.1/24 dev tap0 || fail "ip addr add failed"
+$IP link set tap0 up || fail "ip link set tap0 up failed"
 
 vm_start bystander /tmp/bystander "iv.run=counter" --vcpus 1 --memory-mib 128
 BYSTANDER=$VM_PID
 wait_for /tmp/bystander.console "GUEST-COUNTER 3" 180 || fact bystander_ready no
 
 vm_start hostile /tmp/hostile "iv.run=hostile iv.storm=$STORM" --vcpus 1 --memory-mib 256 \
-	--disk "id=root,path=/tmp/root.img" --disk "id=victim,path=/tmp/victim.img"
+	--disk "id=root,path=/tmp/root.img" --disk "id=victim,path=/tmp/victim.img" \
+	--net "id=net0,tap=tap0,mac=52:54:00:12:34:58"
 HOSTILE=$VM_PID
 wait_for /tmp/hostile.console HOSTILE-ATTACKS-BEGIN 180 || fact hostile_ready no
 fact hostile_rss_before_kib "$(rss_kib "$HOSTILE")"
