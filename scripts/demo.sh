@@ -63,8 +63,10 @@ say "system packages and Python tools"
 scripts/install-deps.sh
 
 say "building the node agent, both launchers and virtctl (release)"
-cargo build --release --locked -p ironvisor-handler -p ironvisor-launcher \
-	-p ironvisor-launcher-qemu -p ironvisor-virtctl
+cargo build --release --locked -p ironvisor-handler -p ironvisor-launcher-qemu \
+	-p ironvisor-virtctl
+# The KVM launcher as shipped: statically linked.
+kvm_launcher=$(scripts/build-launcher.sh | tail -n 1)
 
 say "guest images from Debian packages, laid out as the node's image catalogue"
 python3 -m images.catalog "$data_dir/images"
@@ -81,7 +83,7 @@ else
 	say "starting the node daemon (log: $log_file)"
 	mkdir -p "$data_dir"
 	setsid "$bin/ironvisor-handler" serve --data-dir "$data_dir" --socket "$IRONVISOR_SOCKET" \
-		>>"$log_file" 2>&1 </dev/null &
+		--launcher "$kvm_launcher" >>"$log_file" 2>&1 </dev/null &
 	echo $! >"$pid_file"
 	for _ in $(seq 100); do
 		[ -S "$IRONVISOR_SOCKET" ] && "$virtctl" get >/dev/null 2>&1 && break

@@ -68,6 +68,8 @@ scripts/fuzz.sh smoke 5 2>&1 | tee "$logs/fuzz-smoke.log"
 log "release binaries"
 cargo build --release --locked -p ironvisor-launcher -p ironvisor-bootbench \
   -p ironvisor-handler -p ironvisor-launcher-qemu -p ironvisor-virtctl -p ironvisor-controller
+# The KVM launcher as shipped, statically linked (the nested-KVM tests run this one).
+scripts/build-launcher.sh
 
 log "end-to-end tests (pytest: nested KVM under QEMU TCG, software emulation on the host)"
 python3 -m pytest -v -rs -p no:cacheprovider tests/ --ignore=tests/cluster 2>&1 | tee "$logs/pytest-e2e.log"

@@ -10,7 +10,7 @@ from images.build import BuildError, Images, build
 def pytest_configure(config: pytest.Config) -> None:
     """Register the suite's markers."""
     config.addinivalue_line("markers", "nested: boots an L1 VM under QEMU TCG (slow, needs qemu-system-x86)")
-    config.addinivalue_line("markers", "launcher: needs target/release/ironvisor-launcher")
+    config.addinivalue_line("markers", "launcher: needs the static launcher (scripts/build-launcher.sh)")
     config.addinivalue_line("markers", "tcg: boots the guest directly under QEMU TCG (a few seconds)")
     config.addinivalue_line("markers", "cluster: runs against the real single-node Kubernetes of scripts/cluster.sh")
 

@@ -30,13 +30,12 @@ from images.build import BuildError, build
 from images.common import REPO_ROOT
 from tests.bench.boot_report import (BenchError, Stat, format_pio, format_table, parse_pio,
                                      parse_results, summarise)
+from tests.e2e.vmtest import LAUNCHER, LAUNCHER_BUILD_HINT
 from tests.nested import l1
 
 __all__ = ["BenchError", "Stat", "format_table", "parse_results", "summarise", "main"]
 
 BENCH_L1 = Path(__file__).resolve().parent / "l1-boot.sh"
-LAUNCHER = Path(os.environ.get("IRONVISOR_LAUNCHER",
-                               REPO_ROOT / "target" / "release" / "ironvisor-launcher"))
 MEM_MIB = 256
 CMDLINE = "console=ttyS0 reboot=k panic=1 quiet iv.bench"
 QEMU_FIRMWARE = ["bios-microvm.bin", "pvh.bin", "linuxboot_dma.bin"]
@@ -93,8 +92,7 @@ def run_bench(runs: int, vmms: list[str], peers: dict[str, Path], warmup: int, s
     files: list[tuple[Path, str]] = [(images.vmlinux, "/guest/vmlinux"), (images.initrd, "/guest/initrd")]
     if "launcher" in vmms:
         if not LAUNCHER.is_file():
-            raise BenchError(f"{LAUNCHER} is missing: cargo build --release -p ironvisor-launcher "
-                             "(or use --only qemu)")
+            raise BenchError(f"{LAUNCHER} is missing: {LAUNCHER_BUILD_HINT} (or use --only qemu)")
         bins.append(LAUNCHER)
     if "qemu" in vmms:
         bins.append(l1.qemu_binary())

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from images.build import Images
-from tests.e2e.vmtest import LAUNCHER, E2ERunner, guest_initrd_with_scenarios
+from tests.e2e.vmtest import (LAUNCHER, LAUNCHER_BUILD_HINT, E2ERunner,
+                              guest_initrd_with_scenarios)
 from tests.nested import l1
 
 #: Set IRONVISOR_E2E_VMM=qemu to run the scenarios with QEMU standing in for the launcher
@@ -40,8 +41,7 @@ def launcher() -> Path:
     if VMM != "launcher":
         pytest.skip(f"IRONVISOR_E2E_VMM={VMM}: this test needs the launcher itself")
     if not LAUNCHER.is_file():
-        pytest.skip(f"{LAUNCHER} is missing: build it with "
-                    "'cargo build --release -p ironvisor-launcher'")
+        pytest.skip(f"{LAUNCHER} is missing: {LAUNCHER_BUILD_HINT}")
     return LAUNCHER
 
 
@@ -49,8 +49,7 @@ def launcher() -> Path:
 def runner(images: Images, guest_initrd: Path, l1_base: l1.L1Base, e2e_work: Path) -> E2ERunner:
     """Runs L1 scripts with the launcher (or QEMU with IRONVISOR_E2E_VMM=qemu)."""
     if VMM == "launcher" and not LAUNCHER.is_file():
-        pytest.skip(f"{LAUNCHER} is missing: build it with "
-                    "'cargo build --release -p ironvisor-launcher'")
+        pytest.skip(f"{LAUNCHER} is missing: {LAUNCHER_BUILD_HINT}")
     if VMM not in ("launcher", "qemu"):
         pytest.fail(f"IRONVISOR_E2E_VMM must be 'launcher' or 'qemu', not {VMM!r}")
     return E2ERunner(images, guest_initrd, l1_base, e2e_work, vmm=VMM)

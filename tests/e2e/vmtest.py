@@ -27,10 +27,14 @@ E2E_DIR = Path(__file__).resolve().parent
 GUEST_SCENARIOS = E2E_DIR / "guest"
 L1_SCRIPTS = E2E_DIR / "l1"
 
-#: The launcher under test (built by ``cargo build --release -p ironvisor-launcher``);
-#: IRONVISOR_LAUNCHER=PATH tests another build (e.g. a debug one).
-LAUNCHER = Path(os.environ.get("IRONVISOR_LAUNCHER",
-                               REPO_ROOT / "target" / "release" / "ironvisor-launcher"))
+#: The launcher under test, as shipped: statically linked, built by
+#: ``scripts/build-launcher.sh``; IRONVISOR_LAUNCHER=PATH tests another build (e.g. a debug
+#: or dynamically linked one).
+LAUNCHER = Path(os.environ.get(
+    "IRONVISOR_LAUNCHER",
+    REPO_ROOT / "target" / "x86_64-unknown-linux-gnu" / "release" / "ironvisor-launcher"))
+#: How to build it.
+LAUNCHER_BUILD_HINT = "build it with 'scripts/build-launcher.sh'"
 
 #: Host programs the L1 scripts call (iproute2 for tuntap, debugfs to read disk images).
 L1_TOOLS = [Path("/usr/sbin/ip"), Path("/usr/sbin/debugfs")]
