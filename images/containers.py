@@ -49,6 +49,8 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 #: Compressed base layers unused for this long are removed from the cache.
 LAYER_CACHE_DAYS = 14
 NODE_BINARIES = ("ironvisor-launcher", "ironvisor-launcher-qemu", "ironvisor-handler")
+#: The node binary built statically (scripts/build-launcher.sh builds the same).
+STATIC_LAUNCHER = "ironvisor-launcher"
 
 #: libvirt's QEMU driver inside a launcher pod (/etc/libvirt/qemu.conf). As on the
 #: host (launcher/qemu/setup-libvirt.sh): QEMU runs as the container's root, libvirt
@@ -105,11 +107,18 @@ class Inputs:
 
     @functools.cached_property
     def node_binaries(self) -> dict[str, Path]:
-        """The dynamically linked node binaries (workspace target/release)."""
+        """The node binaries: the KVM launcher statically linked, as it ships; the node
+        agent and the emulation launcher (which links libvirt) from target/release."""
+        dynamic = [name for name in NODE_BINARIES if name != STATIC_LAUNCHER]
         try:
-            return cargo.build_release(list(NODE_BINARIES), list(NODE_BINARIES))
+            binaries = cargo.build_release(dynamic, dynamic)
+            binaries[STATIC_LAUNCHER] = self.static(STATIC_LAUNCHER, STATIC_LAUNCHER)
         except cargo.CargoError as exc:
             raise ContainersError(f"node binaries: {exc}") from exc
+        if elf.elf_interpreter(binaries[STATIC_LAUNCHER]) is not None:
+            raise ContainersError(f"{binaries[STATIC_LAUNCHER]} is dynamically linked "
+                                  "(crt-static ignored?)")
+        return binaries
 
     def static(self, package: str, binary: str) -> Path:
         """A static binary from cache/cargo-static."""
