@@ -240,12 +240,12 @@ fn release_after_a_clean_exit_makes_the_guardian_exit() {
     }
 }
 
-#[test]
-fn sockets_a_released_launcher_could_not_remove_are_removed_by_the_guardian() {
-    let mut launcher =
-        Launcher::start("sockets_a_released_launcher_could_not_remove_are_removed_by_the_guardian");
+/// The helper launcher of `test` exits after `order` with its sockets still there; the
+/// guardian must have removed them and exited.
+fn sockets_left_by_the_launcher_are_removed_by_the_guardian(test: &str, order: &[u8]) {
+    let mut launcher = Launcher::start(test);
     let mut stdin = launcher.stdin.take().unwrap();
-    stdin.write_all(b"release-kept\n").unwrap();
+    stdin.write_all(order).unwrap();
     let status = launcher.child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(!launcher.guardian_proc("stat").exists());
@@ -255,17 +255,19 @@ fn sockets_a_released_launcher_could_not_remove_are_removed_by_the_guardian() {
 }
 
 #[test]
+fn sockets_a_released_launcher_could_not_remove_are_removed_by_the_guardian() {
+    sockets_left_by_the_launcher_are_removed_by_the_guardian(
+        "sockets_a_released_launcher_could_not_remove_are_removed_by_the_guardian",
+        b"release-kept\n",
+    );
+}
+
+#[test]
 fn sockets_a_jailed_launcher_hands_over_are_removed_by_the_guardian() {
-    let mut launcher =
-        Launcher::start("sockets_a_jailed_launcher_hands_over_are_removed_by_the_guardian");
-    let mut stdin = launcher.stdin.take().unwrap();
-    stdin.write_all(b"hand-over\n").unwrap();
-    let status = launcher.child.wait().unwrap();
-    assert!(status.success(), "{status}");
-    assert!(!launcher.guardian_proc("stat").exists());
-    for name in SOCKETS {
-        assert!(!launcher.path(name).exists(), "{name} left behind");
-    }
+    sockets_left_by_the_launcher_are_removed_by_the_guardian(
+        "sockets_a_jailed_launcher_hands_over_are_removed_by_the_guardian",
+        b"hand-over\n",
+    );
 }
 
 #[test]

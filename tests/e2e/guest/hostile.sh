@@ -211,10 +211,4 @@ done
 dd if=/dev/vdb of=/tmp/vdb.head bs=4096 count=1 iflag=direct 2>/dev/null
 fact vdb_read_rc $?
 fact vdb_magic "$(head -c 8 /tmp/vdb.head)"
-ip addr add 172.30.0.2/24 dev eth0
-ip link set eth0 up
-ok=no
-for i in 1 2 3 4 5; do
-	if ping -c 1 -W 2 172.30.0.1 >/dev/null 2>&1; then ok=yes; break; fi
-done
-fact ping_after_rebind "$ok"
+fact ping_after_rebind "$(ping_l1)"

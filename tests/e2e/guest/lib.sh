@@ -14,3 +14,17 @@ iv_param() {
 fact() {
 	echo "GUEST-FACT $1=$2"
 }
+
+# ping_l1: gives eth0 172.30.0.2/24 and pings L1 at 172.30.0.1 (up to 5 tries); prints
+# yes or no.
+ping_l1() {
+	ip addr add 172.30.0.2/24 dev eth0
+	ip link set eth0 up
+	for _ in 1 2 3 4 5; do
+		if ping -c 1 -W 2 172.30.0.1 >/dev/null 2>&1; then
+			echo yes
+			return
+		fi
+	done
+	echo no
+}

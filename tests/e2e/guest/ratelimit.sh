@@ -18,13 +18,7 @@ blocks=$(iv_param iv.blocks)
 read_disk vda "$blocks"
 read_disk vdb "$blocks"
 
-ip addr add 172.30.0.2/24 dev eth0
-ip link set eth0 up
-ok=no
-for i in 1 2 3 4 5; do
-	if ping -c 1 -W 2 172.30.0.1 >/dev/null 2>&1; then ok=yes; break; fi
-done
-fact ping "$ok"
+fact ping "$(ping_l1)"
 
 # busybox nc ends at the end of its standard input: hold a FIFO open so that it never
 # comes, and the download ends when L1 closes the connection.
