@@ -29,14 +29,19 @@ class CargoError(RuntimeError):
 
 
 def _cargo(args: list[str], what: str, env: dict[str, str] | None = None) -> str:
-    cmd = ["nice", "-n", "10", "cargo", *args]
+    return _run(["cargo", *args], what, env)
+
+
+def _run(program: list[str], what: str, env: dict[str, str] | None = None) -> str:
+    """Runs ``program`` at low priority in the workspace; its standard output."""
+    cmd = ["nice", "-n", "10", *program]
     try:
         done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
                               env={**os.environ, **(env or {})}, check=False)
     except FileNotFoundError as exc:
-        raise CargoError(f"{what}: cargo is not on PATH") from exc
+        raise CargoError(f"{what}: {program[0]} is not on PATH") from exc
     if done.returncode != 0:
-        raise CargoError(f"{what}: `{' '.join(cmd[3:])}` in {REPO_ROOT} exited "
+        raise CargoError(f"{what}: `{' '.join(program)}` in {REPO_ROOT} exited "
                          f"{done.returncode}:\n{done.stderr.strip()[-3000:]}")
     return done.stdout
 
@@ -71,6 +76,20 @@ def build_static(packages: list[str], binaries: list[str], target_dir: Path) -> 
     _cargo([*_build_args(packages), "--target", STATIC_TARGET, "--target-dir", str(target_dir)],
            f"building {', '.join(packages)} statically", env)
     return _existing(target_dir / STATIC_TARGET / "release", binaries)
+
+
+def build_launcher(target_dir: Path) -> Path:
+    """The KVM launcher as it ships, built by ``scripts/build-launcher.sh`` (its profile and
+    link flags in one place) into ``target_dir``; stripped. Its path."""
+    log.info("scripts/build-launcher.sh into %s", target_dir)
+    out = _run([str(REPO_ROOT / "scripts" / "build-launcher.sh")], "building the launcher",
+               {"CARGO_TARGET_DIR": str(target_dir), "CARGO_PROFILE_LAUNCHER_STRIP": "symbols"})
+    lines = out.strip().splitlines()
+    binary = Path(lines[-1]) if lines else None
+    if binary is None or not binary.is_file():
+        raise CargoError("scripts/build-launcher.sh succeeded but printed no binary "
+                         f"({out.strip()[-300:]!r})")
+    return binary
 
 
 def _existing(directory: Path, binaries: list[str]) -> dict[str, Path]:

@@ -49,7 +49,7 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 #: Compressed base layers unused for this long are removed from the cache.
 LAYER_CACHE_DAYS = 14
 NODE_BINARIES = ("ironvisor-launcher", "ironvisor-launcher-qemu", "ironvisor-handler")
-#: The node binary built statically (scripts/build-launcher.sh builds the same).
+#: The node binary built statically, by scripts/build-launcher.sh.
 STATIC_LAUNCHER = "ironvisor-launcher"
 
 #: libvirt's QEMU driver inside a launcher pod (/etc/libvirt/qemu.conf). As on the
@@ -112,7 +112,7 @@ class Inputs:
         dynamic = [name for name in NODE_BINARIES if name != STATIC_LAUNCHER]
         try:
             binaries = cargo.build_release(dynamic, dynamic)
-            binaries[STATIC_LAUNCHER] = self.static(STATIC_LAUNCHER, STATIC_LAUNCHER)
+            binaries[STATIC_LAUNCHER] = cargo.build_launcher(self.cache / "cargo-static")
         except cargo.CargoError as exc:
             raise ContainersError(f"node binaries: {exc}") from exc
         if elf.elf_interpreter(binaries[STATIC_LAUNCHER]) is not None:

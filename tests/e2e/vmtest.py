@@ -32,7 +32,7 @@ L1_SCRIPTS = E2E_DIR / "l1"
 #: or dynamically linked one).
 LAUNCHER = Path(os.environ.get(
     "IRONVISOR_LAUNCHER",
-    REPO_ROOT / "target" / "x86_64-unknown-linux-gnu" / "release" / "ironvisor-launcher"))
+    REPO_ROOT / "target" / "x86_64-unknown-linux-gnu" / "launcher" / "ironvisor-launcher"))
 #: How to build it.
 LAUNCHER_BUILD_HINT = "build it with 'scripts/build-launcher.sh'"
 
