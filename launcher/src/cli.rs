@@ -96,6 +96,7 @@ pub fn init_tracing() {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_stack_size(ironvisor_virtio::THREAD_STACK_BYTES)
         .enable_all()
         .build()?)
 }

@@ -23,6 +23,11 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::hub::{ConsoleHub, Overflow};
 
+/// Stack of the thread that copies console input (a 1 KiB buffer, no recursion). Well
+/// under 2 MiB: a stack of exactly 2 MiB that starts on a 2 MiB boundary is backed by a
+/// transparent huge page, 2 MiB resident for a few KiB used.
+const INPUT_THREAD_STACK_BYTES: usize = 256 << 10;
+
 /// Ctrl-]: typed on stdin, it asks the launcher to detach instead of reaching the guest.
 pub const ESCAPE_BYTE: u8 = 0x1d;
 
@@ -171,6 +176,7 @@ impl ConsoleHub {
             let escape = Arc::clone(&escape);
             std::thread::Builder::new()
                 .name("console-stdin".to_string())
+                .stack_size(INPUT_THREAD_STACK_BYTES)
                 .spawn(move || {
                     let _span = info_span!("console_stdin").entered();
                     copy_input(&hub, &input, &wake_read, &stop, &escape);

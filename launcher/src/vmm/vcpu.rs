@@ -337,6 +337,7 @@ impl VcpuSet {
                 .spawn_pinned(index, || {
                     std::thread::Builder::new()
                         .name(format!("vcpu{index}"))
+                        .stack_size(ironvisor_virtio::THREAD_STACK_BYTES)
                         .spawn(body)
                 })?
                 .map_err(|source| VcpuError::Spawn { index, source })?;

@@ -62,4 +62,4 @@ pub use rng::{RngDevice, RngError};
 pub use transport::{
     MmioTransport, TransportError, MMIO_MAGIC_VALUE, MMIO_VENDOR_ID, MMIO_VERSION,
 };
-pub use worker::{set_thread_init, ThreadInit, WorkerError};
+pub use worker::{set_thread_init, ThreadInit, WorkerError, THREAD_STACK_BYTES};
