@@ -103,7 +103,7 @@ class Node:
     def _remove_cgroup_parents(self) -> None:
         """The daemon removes each VM's cgroup but not the parent it was given: remove the
         parents left empty (a parent still in use by another daemon stays)."""
-        for parent in Path("/sys/fs/cgroup").glob(f"*/{self.cgroup_parent}"):
+        for parent in _cgroup_candidates(self.cgroup_parent):
             try:
                 parent.rmdir()
             except OSError:
@@ -298,3 +298,21 @@ def host_leftovers(node: Node) -> dict[str, list[str]]:
         "vm_dirs": vm_dirs,
         "instance_dirs": [str(p) for p in node.instance_dirs()],
     }
+
+
+def _cgroup_candidates(name: str) -> set[Path]:
+    """Where the daemon (our child, so in our cgroups) made its parent cgroup `name`: at the
+    top of each v1 hierarchy, and below our own cgroup in it (a hierarchy in which this
+    process is not at the root, e.g. memory under a supervisor's group)."""
+    root = Path("/sys/fs/cgroup")
+    found = set(root.glob(f"*/{name}"))
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        for mount in {controllers, *controllers.split(",")} - {""}:
+            found.add(root / mount / path.lstrip("/") / name)
+    return found
+
