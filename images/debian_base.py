@@ -52,10 +52,19 @@ EXCLUDED_PATHS = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*",
 #: ...except the copyright files, which the licences ask to ship.
 INCLUDED_PATHS = ("/usr/share/doc/*/copyright",)
 
+#: The launcher pods' user and group (``ironvisor_crds::cluster::LAUNCHER_UID``): libvirt's
+#: per-user daemons need it in /etc/passwd. Its home is the pod's ``libvirt`` emptyDir.
+LAUNCHER_UID = 107
+LAUNCHER_HOME = "/var/run/ironvisor/libvirt"
+
 #: The users and groups libvirt's QEMU driver expects (the Debian packages that create
-#: them, libvirt-daemon-system and udev, are not installed).
+#: them, libvirt-daemon-system and udev, are not installed), and the launcher user.
 USERS_HOOK = (
     "set -e; "
+    f"getent group ironvisor >/dev/null || groupadd --system --gid {LAUNCHER_UID} ironvisor; "
+    f"getent passwd ironvisor >/dev/null || useradd --system --uid {LAUNCHER_UID} "
+    f"--gid {LAUNCHER_UID} --no-create-home --home-dir {LAUNCHER_HOME} "
+    "--shell /usr/sbin/nologin ironvisor; "
     "getent group kvm >/dev/null || groupadd --system kvm; "
     "getent group libvirt >/dev/null || groupadd --system libvirt; "
     "getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu; "

@@ -185,6 +185,8 @@ generate_pki() {
 # put FILE: writes stdin to FILE, atomically and only when it changes (kube-proxy exits
 # when its configuration file is written to, containerd reloads its CNI folder on every
 # write).
+# put FILE: writes stdin to FILE when it differs; a file changed is added to CHANGED.
+CHANGED=()
 put() {
 	local file=$1
 	cat >"$file.tmp"
@@ -192,6 +194,7 @@ put() {
 		rm -f "$file.tmp"
 	else
 		mv -f "$file.tmp" "$file"
+		CHANGED+=("$file")
 	fi
 }
 
@@ -219,6 +222,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   restrict_oom_score_adj = true
   # Pod network namespaces under our own state dir, not /var/run/netns.
   netns_mounts_under_state_dir = true
+  # Devices (device plugins' /dev/kvm and /dev/net/tun, Block claims) belong to the
+  # container's runAsUser/runAsGroup, so a launcher pod that is not root can open them.
+  device_ownership_from_security_context = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -573,6 +579,10 @@ cmd_up() {
 	"$HERE/cluster/build.sh"
 	generate_pki
 	write_configs
+	if [[ " ${CHANGED[*]-} " == *" $CONTAINERD_CONFIG "* ]] && running containerd; then
+		log "containerd's configuration changed: restarting containerd (its containers keep running)"
+		stop containerd
+	fi
 	prepare_host
 	for name in "${COMPONENTS[@]}"; do
 		[ "$name" = kubelet ] && ! running kubelet && since=$(date -u +%FT%TZ)

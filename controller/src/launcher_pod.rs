@@ -10,12 +10,15 @@
 //! | `/var/run/ironvisor/container-disks/<volume>/` | emptyDir | init container `volume-<volume>`: the containerDisk image's `/disk` |
 //! | `/var/run/ironvisor/kernel/{kernel,initrd}` | emptyDir | init container `kernel-boot` |
 //! | `/var/run/ironvisor/sockets/` | emptyDir | the launcher's API and console sockets |
+//! | `/var/run/ironvisor/libvirt/` | emptyDir | `HOME` and `XDG_RUNTIME_DIR` of the compute container: a per-user libvirt's state |
 //! | `/var/run/ironvisor/config-volumes/<volume>/` | configMap, secret, projected, downward API | the kubelet ([`crate::config_volumes`]) |
 //! | `/var/run/ironvisor/claims/<volume>/`, `/var/run/ironvisor/claim-devices/<volume>` | persistentVolumeClaim (Filesystem, Block) | the claim's CSI driver ([`crate::claims`]) |
 //!
 //! Images are copied out by running them as init containers with the launcher image's
 //! static busybox (KubeVirt's containerDisk convention: a disk image is an OCI image with
 //! one file under `/disk/`); nothing is read from a host path.
+//!
+//! Who the containers run as: [`crate::pod_security`].
 
 use std::collections::BTreeMap;
 
@@ -23,14 +26,16 @@ use ironvisor_crds::pod_claims::PodClaim;
 use ironvisor_crds::quantity;
 use ironvisor_crds::v1alpha1::{HardwareIsolation, VirtualMachineInstance};
 use k8s_openapi::api::core::v1::{
-    Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, ExecAction,
-    ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements, SecurityContext, Volume,
+    Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar,
+    ExecAction, ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements, Volume,
     VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use serde_json::json;
+
+use crate::pod_security::LauncherIdentity;
 
 pub use ironvisor_crds::cluster::KVM_RESOURCE;
 use ironvisor_crds::cluster::{
@@ -46,6 +51,8 @@ const BUSYBOX: &str = "/var/run/ironvisor/tools/busybox";
 const CONTAINER_DISKS_DIR: &str = "/var/run/ironvisor/container-disks";
 const KERNEL_DIR: &str = "/var/run/ironvisor/kernel";
 const SOCKETS_DIR: &str = "/var/run/ironvisor/sockets";
+/// The compute container's home: libvirt's per-user state (software emulation).
+const LIBVIRT_HOME: &str = "/var/run/ironvisor/libvirt";
 /// Seconds the launcher gets beyond the guest's grace period to hard-stop and clean up.
 const LAUNCHER_EXTRA_GRACE_SECONDS: i64 = 15;
 
@@ -132,10 +139,12 @@ pub fn launcher_pod(
         empty_dir("container-disks"),
         empty_dir("kernel"),
         empty_dir("sockets"),
+        empty_dir("libvirt"),
     ];
     let config = crate::config_volumes::config_volumes(spec);
     volumes.extend(config.volumes);
     let host_disks = crate::host_disks::host_disks(spec, settings.host_disk_root.as_deref())?;
+    let identity = LauncherIdentity::for_pod(!host_disks.volumes.is_empty());
     volumes.extend(host_disks.volumes);
     let claim_mounts = crate::claims::claim_mounts(spec, claims);
     volumes.extend(claim_mounts.volumes);
@@ -187,6 +196,31 @@ pub fn launcher_pod(
     labels.insert(LABEL_CREATED_BY.into(), uid.clone());
     labels.insert(LABEL_VMI_NAME.into(), truncate_label_value(&name));
 
+    let mut compute = compute_container(
+        settings,
+        guest_bytes,
+        spec.vcpus(),
+        spec.dedicated_cpu_placement(),
+        !spec.domain.devices.interfaces.is_empty(),
+    );
+    compute.volume_mounts.get_or_insert_with(Vec::new).extend(
+        config
+            .mounts
+            .into_iter()
+            .chain(host_disks.mounts)
+            .chain(claim_mounts.mounts),
+    );
+    if !claim_mounts.devices.is_empty() {
+        compute.volume_devices = Some(claim_mounts.devices);
+    }
+    compute
+        .command
+        .get_or_insert_with(Vec::new)
+        .extend(claim_mounts.args);
+    for container in init_containers.iter_mut().chain([&mut compute]) {
+        container.security_context = Some(identity.container_context());
+    }
+
     let pod = Pod {
         metadata: ObjectMeta {
             name: Some(launcher_pod_name(&name, &uid)),
@@ -201,31 +235,9 @@ pub fn launcher_pod(
         },
         spec: Some(PodSpec {
             init_containers: Some(init_containers),
-            containers: vec![{
-                let mut compute = compute_container(
-                    settings,
-                    guest_bytes,
-                    spec.vcpus(),
-                    spec.dedicated_cpu_placement(),
-                    !spec.domain.devices.interfaces.is_empty(),
-                );
-                compute.volume_mounts.get_or_insert_with(Vec::new).extend(
-                    config
-                        .mounts
-                        .into_iter()
-                        .chain(host_disks.mounts)
-                        .chain(claim_mounts.mounts),
-                );
-                if !claim_mounts.devices.is_empty() {
-                    compute.volume_devices = Some(claim_mounts.devices);
-                }
-                compute
-                    .command
-                    .get_or_insert_with(Vec::new)
-                    .extend(claim_mounts.args);
-                compute
-            }],
+            containers: vec![compute],
             volumes: Some(volumes),
+            security_context: Some(identity.pod_context()),
             restart_policy: Some("Never".into()),
             automount_service_account_token: Some(false),
             service_account_name: config.service_account,
@@ -317,6 +329,14 @@ fn downward_vmi_volume() -> Volume {
     }
 }
 
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
 fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
@@ -356,14 +376,6 @@ fn guaranteed_copier_resources() -> ResourceRequirements {
     }
 }
 
-fn restricted_security_context() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        privileged: Some(false),
-        ..SecurityContext::default()
-    }
-}
-
 fn tools_container(settings: &LauncherPodSettings) -> Container {
     Container {
         name: "tools".into(),
@@ -372,7 +384,6 @@ fn tools_container(settings: &LauncherPodSettings) -> Container {
         command: Some(vec!["cp".into(), "/bin/busybox".into(), BUSYBOX.into()]),
         volume_mounts: Some(vec![mount("tools", TOOLS_DIR, false)]),
         resources: Some(copier_resources()),
-        security_context: Some(restricted_security_context()),
         ..Container::default()
     }
 }
@@ -399,7 +410,6 @@ fn container_disk_copier(volume: &str, image: &str, settings: &LauncherPodSettin
             mount("container-disks", CONTAINER_DISKS_DIR, false),
         ]),
         resources: Some(copier_resources()),
-        security_context: Some(restricted_security_context()),
         ..Container::default()
     }
 }
@@ -431,7 +441,6 @@ fn kernel_copier(
             mount("kernel", KERNEL_DIR, false),
         ]),
         resources: Some(copier_resources()),
-        security_context: Some(restricted_security_context()),
         ..Container::default()
     }
 }
@@ -526,10 +535,16 @@ fn compute_container(
             mount("container-disks", CONTAINER_DISKS_DIR, false),
             mount("kernel", KERNEL_DIR, true),
             mount("sockets", SOCKETS_DIR, false),
+            mount("libvirt", LIBVIRT_HOME, false),
+        ]),
+        // A per-user libvirt (software emulation as the launcher user) keeps its sockets,
+        // configuration and logs under these.
+        env: Some(vec![
+            env("HOME", LIBVIRT_HOME),
+            env("XDG_RUNTIME_DIR", &format!("{LIBVIRT_HOME}/run")),
         ]),
         termination_message_path: Some("/dev/termination-log".into()),
         termination_message_policy: Some("File".into()),
-        security_context: Some(restricted_security_context()),
         ..Container::default()
     }
 }
@@ -713,7 +728,25 @@ mod tests {
             let context = container.security_context.as_ref().unwrap();
             assert_eq!(context.privileged, Some(false), "{}", container.name);
             assert_eq!(context.allow_privilege_escalation, Some(false));
+            let dropped = context
+                .capabilities
+                .as_ref()
+                .unwrap()
+                .drop
+                .as_ref()
+                .unwrap();
+            assert_eq!(dropped, &["ALL"], "{}", container.name);
         }
+        let pod_context = spec.security_context.as_ref().unwrap();
+        assert_eq!(pod_context.run_as_non_root, Some(true));
+        assert_eq!(
+            pod_context.run_as_user,
+            Some(i64::from(ironvisor_crds::cluster::LAUNCHER_UID))
+        );
+        assert_eq!(
+            ironvisor_crds::cluster::compute_uid(spec),
+            Some(ironvisor_crds::cluster::LAUNCHER_UID)
+        );
         assert!(spec.host_network.is_none() && spec.host_pid.is_none());
         assert!(spec
             .volumes
@@ -854,6 +887,13 @@ mod tests {
         assert!(mounts
             .iter()
             .any(|m| m.mount_path == "/var/run/ironvisor/host-disks/data"));
+        // The node's directory is root's: this pod's containers run as root.
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(ironvisor_crds::cluster::compute_uid(spec), None);
+        assert_eq!(
+            compute(&pod).security_context.as_ref().unwrap().privileged,
+            Some(false)
+        );
         let mut elsewhere = vmi.clone();
         elsewhere.spec.volumes.last_mut().unwrap().host_disk =
             Some(ironvisor_crds::v1alpha1::HostDisk {

@@ -19,6 +19,7 @@ pub mod http;
 pub mod launcher_pod;
 pub mod leader;
 pub mod metrics;
+pub mod pod_security;
 pub mod run;
 pub mod vm_controller;
 pub mod vm_sizing;

@@ -68,6 +68,25 @@ pub const NODE_LINK_SECRET: &str = "ironvisor-handler-certs";
 /// Label of the node agent's pods (the api-server finds the agent of a node by it).
 pub const HANDLER_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "ironvisor-handler");
 
+/// The UID and GID of the launcher pods' processes: the `ironvisor` user of the launcher
+/// image (KubeVirt's non-root `virt-launcher` uses the same number).
+pub const LAUNCHER_UID: u32 = 107;
+
+/// The UID a launcher pod's `compute` container runs as: its own `runAsUser`, else the
+/// pod's; `None` when that is root or unset (the image's user, root).
+pub fn compute_uid(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<u32> {
+    let container = spec
+        .containers
+        .iter()
+        .find(|c| c.name == COMPUTE_CONTAINER)?;
+    let uid = container
+        .security_context
+        .as_ref()
+        .and_then(|c| c.run_as_user)
+        .or_else(|| spec.security_context.as_ref().and_then(|c| c.run_as_user))?;
+    u32::try_from(uid).ok().filter(|uid| *uid != 0)
+}
+
 /// Launcher pod name of an instance: `virt-launcher-<vmi>-<5 chars of its UID>`.
 ///
 /// Deterministic, so a create retried after a crash (or from a stale cache) finds the
@@ -87,6 +106,34 @@ pub fn launcher_pod_name(vmi_name: &str, vmi_uid: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSecurityContext, PodSpec, SecurityContext};
+
+    #[test]
+    fn the_compute_uid_comes_from_the_container_then_the_pod() {
+        let mut spec = PodSpec {
+            containers: vec![Container {
+                name: COMPUTE_CONTAINER.into(),
+                ..Container::default()
+            }],
+            security_context: Some(PodSecurityContext {
+                run_as_user: Some(107),
+                ..PodSecurityContext::default()
+            }),
+            ..PodSpec::default()
+        };
+        assert_eq!(compute_uid(&spec), Some(107));
+        spec.containers[0].security_context = Some(SecurityContext {
+            run_as_user: Some(0),
+            ..SecurityContext::default()
+        });
+        assert_eq!(compute_uid(&spec), None);
+        spec.containers[0].name = "other".into();
+        assert_eq!(compute_uid(&spec), None);
+        spec.containers[0].name = COMPUTE_CONTAINER.into();
+        spec.security_context = None;
+        spec.containers[0].security_context = None;
+        assert_eq!(compute_uid(&spec), None);
+    }
 
     #[test]
     fn launcher_pod_names_are_deterministic_and_bounded() {

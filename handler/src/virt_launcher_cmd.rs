@@ -64,9 +64,10 @@ pub struct VirtLauncherArgs {
     /// Where to write the termination message (ignored when not writable).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_TERMINATION_LOG)]
     termination_log: PathBuf,
-    /// The libvirtd socket (software emulation).
-    #[arg(long, hide = true, value_name = "PATH", default_value = libvirt::DEFAULT_SOCKET)]
-    libvirt_socket: PathBuf,
+    /// The libvirtd socket (software emulation) [default: the system libvirtd's as root,
+    /// else the per-user one's under XDG_RUNTIME_DIR].
+    #[arg(long, hide = true, value_name = "PATH")]
+    libvirt_socket: Option<PathBuf>,
     /// Seconds to wait for libvirtd to answer after starting it.
     #[arg(long, hide = true, default_value_t = libvirt::DEFAULT_TIMEOUT.as_secs())]
     libvirt_timeout_secs: u64,
@@ -101,7 +102,7 @@ pub fn run(args: VirtLauncherArgs) -> ExitCode {
         launcher_qemu,
         backend: args.backend,
         termination_log: args.termination_log,
-        libvirt: LibvirtSetup::new(
+        libvirt: LibvirtSetup::for_current_user(
             args.libvirt_socket,
             Duration::from_secs(args.libvirt_timeout_secs),
         ),

@@ -3,7 +3,9 @@ kube-apiserver, Ironvisor's api-server (the `portforward` subresource) and the n
 which connects to the guest inside the launcher pod's network namespace. Over standard
 input and output (`--stdio`, what `virtctl ssh` uses as ssh's ProxyCommand) and on a local
 listening port; a closed guest port and a user without the right are refused clearly.
-The test's namespace enforces the Pod Security "baseline" level."""
+The test's namespace enforces the Pod Security "restricted" level, and the launcher pod's
+processes (virt-launcher, libvirt, the launcher, QEMU) are checked to be its unprivileged
+user with no capability."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import pytest
 
 from tests.cluster.kube import Kubectl, wait_for
 from tests.cluster.test_apiserver import console_of, user_kubeconfig, virtctl
-from tests.cluster.test_vm_lifecycle import EXAMPLE, vmi_running
+from tests.cluster.test_vm_lifecycle import EXAMPLE, launcher_pod, vmi_running
 from tests.cluster.test_vm_network import guest_dhcp, guest_shell
 from tests.standalone.node import VIRTCTL
 
@@ -30,6 +32,29 @@ def virtctl_env(k: Kubectl) -> dict[str, str]:
     return env
 
 
+#: The launcher pods' user (ironvisor_crds::cluster::LAUNCHER_UID).
+LAUNCHER_UID = 107
+
+
+def pod_processes(pod_uid: str) -> dict[int, dict[str, str]]:
+    """The node's processes in the pod's cgroups: pid -> name, Uid and CapEff lines."""
+    found: dict[int, dict[str, str]] = {}
+    marks = (f"pod{pod_uid}", f"pod{pod_uid.replace('-', '_')}")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cgroups = (entry / "cgroup").read_text()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if not any(mark in cgroups for mark in marks):
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        found[int(entry.name)] = {key: fields[key].strip() for key in ("Name", "Uid", "CapEff")}
+    return found
+
+
 def listen_once(console, port: int, greeting: str, got: str) -> None:
     """A one-connection TCP server in the guest: sends `greeting`, keeps what it gets."""
     console.run(f"(echo {greeting} | nc -l -p {port} > {got}) & sleep 1", "IV-LISTEN")
@@ -38,15 +63,24 @@ def listen_once(console, port: int, greeting: str, got: str) -> None:
 def test_port_forward_reaches_a_guest_port(ironvisor: Kubectl, namespace: str,
                                            tmp_path: Path) -> None:
     k, ns = ironvisor, namespace
-    # The launcher pod meets the Pod Security "baseline" level: admitted where it is
-    # enforced (not privileged, no host namespaces or paths, devices from device plugins).
-    k.run("label", "namespace", ns, "pod-security.kubernetes.io/enforce=baseline",
+    # The launcher pod meets the Pod Security "restricted" level: admitted where it is
+    # enforced (non-root, no capability, RuntimeDefault seccomp, no privilege escalation,
+    # no host namespaces or paths, devices from device plugins).
+    k.run("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted",
           "pod-security.kubernetes.io/enforce-version=latest")
     k.apply(EXAMPLE, ns)
-    vmi_running(k, ns)
-    restricted = k.run("label", "--dry-run=server", "--overwrite", "namespace", ns,
-                       "pod-security.kubernetes.io/enforce=restricted")
-    print(f"\nwhat keeps the launcher pod from 'restricted': {restricted.stderr.strip()}")
+    vmi = vmi_running(k, ns)
+    pod = launcher_pod(k, ns, vmi)
+    processes = pod_processes(pod["metadata"]["uid"])
+    names = sorted({p["Name"] for p in processes.values()})
+    print(f"\nlauncher pod processes: {names}")
+    # QEMU (the guest) and everything around it run as the launcher user, capability-less.
+    assert any(name.startswith("qemu-system") for name in names), names
+    for pid, process in processes.items():
+        if process["Name"] == "pause":
+            continue
+        assert process["Uid"].split() == [str(LAUNCHER_UID)] * 4, (pid, process)
+        assert int(process["CapEff"], 16) == 0, (pid, process)
     console = console_of(k, ns, "small")
     try:
         guest_shell(console)

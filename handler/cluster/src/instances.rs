@@ -175,7 +175,17 @@ async fn reconcile(
         .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok());
 
     let mut pending = false;
-    let wired = match wire_network(&ctx, &vmi, &object, &uid, &pod_uid, pod_ip).await {
+    // The tap is made the compute container's user's, who opens it.
+    let tap_owner = pod
+        .spec
+        .as_ref()
+        .and_then(ironvisor_crds::cluster::compute_uid);
+    let launcher_pod = LauncherPod {
+        uid: &pod_uid,
+        ip: pod_ip,
+        tap_owner,
+    };
+    let wired = match wire_network(&ctx, &vmi, &object, &uid, &launcher_pod).await {
         Ok(wired) => wired,
         Err(error) => {
             // Said on the instance too: its launcher waits for the wiring meanwhile.
@@ -248,13 +258,21 @@ enum NetworkOutcome {
     Wired(VirtualMachineInstanceNetworkInterface),
 }
 
+/// What the wiring needs to know of the launcher pod.
+struct LauncherPod<'a> {
+    uid: &'a str,
+    /// Its IP, once the kubelet reports it.
+    ip: Option<std::net::Ipv4Addr>,
+    /// Its compute container's user, when not root.
+    tap_owner: Option<u32>,
+}
+
 async fn wire_network(
     ctx: &InstanceContext,
     vmi: &VirtualMachineInstance,
     object: &str,
     uid: &str,
-    pod_uid: &str,
-    pod_ip: Option<std::net::Ipv4Addr>,
+    pod: &LauncherPod<'_>,
 ) -> Result<NetworkOutcome, InstanceError> {
     // Defaulted as the controller does for the pod, so both see the same interfaces.
     let mut spec = vmi.spec.clone();
@@ -266,14 +284,15 @@ async fn wire_network(
         object: object.to_string(),
         source: PodNetworkError::Request(e),
     })?;
-    let Some(request) = request else {
+    let Some(mut request) = request else {
         return Ok(NetworkOutcome::NoInterface);
     };
-    let Some(pod_ip) = pod_ip else {
+    request.tap_owner = pod.tap_owner;
+    let Some(pod_ip) = pod.ip else {
         return Ok(NetworkOutcome::NotYet);
     };
     let settings = ctx.network.clone();
-    let pod_uid = pod_uid.to_string();
+    let pod_uid = pod.uid.to_string();
     let wiring = tokio::task::spawn_blocking(move || {
         pod_network::ensure_wired(&settings, &request, &pod_uid, pod_ip)
     })

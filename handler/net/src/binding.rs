@@ -101,7 +101,7 @@ pub(crate) fn link_info(netns: &str, ifname: &'static str) -> Result<LinkInfo, B
 
 /// Brings up loopback, creates the in-namespace bridge and the persistent tap enslaved to
 /// it, all with the pod interface's MTU. Returns that MTU.
-fn bridge_and_tap(netns: &str) -> Result<LinkInfo, BindingError> {
+fn bridge_and_tap(netns: &str, tap_owner: Option<u32>) -> Result<LinkInfo, BindingError> {
     step(
         netns,
         "bringing up loopback",
@@ -114,11 +114,13 @@ fn bridge_and_tap(netns: &str) -> Result<LinkInfo, BindingError> {
         "creating the VM bridge",
         netns::ip(netns).args(["link", "add", BRIDGE_IFNAME, "mtu", &mtu, "type", "bridge"]),
     )?;
-    step(
-        netns,
-        "creating the tap",
-        netns::ip(netns).args(["tuntap", "add", "dev", TAP_IFNAME, "mode", "tap"]),
-    )?;
+    let mut create_tap = netns::ip(netns).args(["tuntap", "add", "dev", TAP_IFNAME, "mode", "tap"]);
+    if let Some(uid) = tap_owner {
+        // Its user and group may attach to it without CAP_NET_ADMIN.
+        let id = uid.to_string();
+        create_tap = create_tap.args(["user", id.as_str(), "group", id.as_str()]);
+    }
+    step(netns, "creating the tap", create_tap)?;
     step(
         netns,
         "attaching the tap to the VM bridge",
@@ -142,8 +144,9 @@ fn bridge_and_tap(netns: &str) -> Result<LinkInfo, BindingError> {
 pub(crate) fn setup_masquerade(
     netns: &str,
     ports: &[ForwardedPort],
+    tap_owner: Option<u32>,
 ) -> Result<LinkInfo, BindingError> {
-    let info = bridge_and_tap(netns)?;
+    let info = bridge_and_tap(netns, tap_owner)?;
     let gateway = format!("{MASQUERADE_GATEWAY}/{MASQUERADE_PREFIX_LEN}");
     step(
         netns,
@@ -172,8 +175,8 @@ pub(crate) fn setup_masquerade(
 
 /// Bridge binding: eth0 loses its address and joins `k6t-eth0` with the tap, so the guest
 /// is on the pod network itself; the bridge gets a link-local address for the DHCP server.
-pub(crate) fn setup_bridge(netns: &str) -> Result<LinkInfo, BindingError> {
-    let info = bridge_and_tap(netns)?;
+pub(crate) fn setup_bridge(netns: &str, tap_owner: Option<u32>) -> Result<LinkInfo, BindingError> {
+    let info = bridge_and_tap(netns, tap_owner)?;
     step(
         netns,
         "removing the pod address from eth0",

@@ -202,6 +202,10 @@ pub struct VmNetworkRequest {
     /// Masquerade only: the ports forwarded to the guest (none: every port).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ForwardedPort>,
+    /// The user that opens the tap, when it is not root: the tap is made its, so that it
+    /// needs no `CAP_NET_ADMIN` (a launcher pod running as the launcher user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap_owner: Option<u32>,
 }
 
 impl VmNetworkRequest {
@@ -376,6 +380,7 @@ mod tests {
             binding: Binding::Masquerade,
             mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
             ports: Vec::new(),
+            tap_owner: None,
         }
     }
 

@@ -541,13 +541,13 @@ pub(crate) fn bind_and_serve(
     };
     let (link, guest_ip, gateway, guest_net) = match req.binding {
         Binding::Masquerade => (
-            binding::setup_masquerade(&ns, &req.ports).map_err(binding_err)?,
+            binding::setup_masquerade(&ns, &req.ports, req.tap_owner).map_err(binding_err)?,
             MASQUERADE_GUEST,
             MASQUERADE_GATEWAY,
             MASQUERADE_SUBNET,
         ),
         Binding::Bridge => {
-            let link = binding::setup_bridge(&ns).map_err(binding_err)?;
+            let link = binding::setup_bridge(&ns, req.tap_owner).map_err(binding_err)?;
             forget_pod_neighbour(neighbours, attachment.address);
             (link, attachment.address, attachment.gateway, pod_net)
         }

@@ -102,6 +102,7 @@ pub fn request_for(
         binding,
         mac,
         ports,
+        tap_owner: None,
     }))
 }
 

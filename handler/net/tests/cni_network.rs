@@ -126,6 +126,7 @@ impl Fixture {
             binding,
             mac,
             ports: Vec::new(),
+            tap_owner: None,
         }
     }
 

@@ -10,7 +10,8 @@
 //!    directories and the run directory ([`disks`]);
 //! 4. write `<run-dir>/launcher.json` (console on `console.sock` *and* stdout, API on
 //!    `api.sock`, graceful timeout = `terminationGracePeriodSeconds`);
-//! 5. for emulation, start libvirt in the container if it is not running ([`libvirt`]);
+//! 5. for emulation, start libvirt in the container if it is not running ([`libvirt`]:
+//!    the system daemons as root, the per-user ones as the launcher user);
 //! 6. run the launcher as a child ([`supervise`]), forward SIGTERM, reap every child;
 //! 7. write `<run-dir>/status.json` and the termination message ([`termination`]) and
 //!    exit with the launcher's exit code.
@@ -259,7 +260,12 @@ fn supervised(
         };
         return Ok((message, 5));
     }
-    let ended = supervise::run_launcher(signals, &prepared.launcher, &prepared.config_file)?;
+    let ended = supervise::run_launcher(
+        signals,
+        &prepared.launcher,
+        &prepared.config_file,
+        &[(libvirt::URI_ENV, config.libvirt.uri.as_str())],
+    )?;
     let status_file = config.run_dir.join(STATUS_FILE);
     if let Ok(json) = serde_json::to_vec(&ended.outcome) {
         if let Err(error) = write_atomic(&status_file, &json) {

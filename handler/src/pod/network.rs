@@ -151,6 +151,7 @@ mod tests {
             binding: Binding::Masquerade,
             mac: [0x52, 0x54, 0, 0, 0, 1],
             ports: Vec::new(),
+            tap_owner: None,
         }
     }
 

@@ -147,11 +147,13 @@ pub fn run_launcher(
     signals: Signals,
     program: &Path,
     config: &Path,
+    envs: &[(&str, &str)],
 ) -> Result<Ended, SuperviseError> {
     let mut command = Command::new(program);
     let mut child = with_signals_unblocked(&mut command)
         .arg("--config")
         .arg(config)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
