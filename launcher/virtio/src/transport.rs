@@ -24,6 +24,12 @@ pub const MMIO_VENDOR_ID: u32 = 0x4e4f_5249;
 
 /// Offset of the device configuration space.
 const CONFIG_SPACE: u64 = regs::VIRTIO_MMIO_CONFIG as u64;
+/// The device status bits a driver sets (virtio 1.x §2.1).
+const DRIVER_STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+    | VIRTIO_CONFIG_S_DRIVER
+    | VIRTIO_CONFIG_S_DRIVER_OK
+    | VIRTIO_CONFIG_S_FEATURES_OK
+    | VIRTIO_CONFIG_S_FAILED;
 
 /// Why a transport could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -461,6 +467,19 @@ impl MmioTransport {
             return;
         }
         let old = self.status;
+        // Bits 8-31 are reserved and DEVICE_NEEDS_RESET is the device's to set: only the
+        // driver's five bits are taken (a driver writing back what it read keeps the
+        // device's NEEDS_RESET as it was).
+        let foreign = value & !(DRIVER_STATUS_BITS | VIRTIO_CONFIG_S_NEEDS_RESET);
+        if foreign != 0 {
+            guest_warn!(
+                self.log,
+                "status-reserved",
+                bits = foreign,
+                "driver set reserved device status bits, ignored"
+            );
+        }
+        let value = (value & DRIVER_STATUS_BITS) | (old & VIRTIO_CONFIG_S_NEEDS_RESET);
         if value & old != old {
             guest_warn!(
                 self.log,

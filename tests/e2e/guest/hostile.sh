@@ -1,9 +1,11 @@
-# A hostile guest: takes its second disk (vdb) and its NIC (eth0) away from the
-# virtio-mmio driver and drives each device itself through /dev/mem, with rings in the
-# BIOS hole below 1 MiB (the only guest memory /dev/mem may write): the disk's request
-# queue, the NIC's transmit queue. Each attack starts from a device reset; after each, the
-# device status is recorded. At the end the driver takes both back: the disk is read, and
-# the NIC pings L1.
+# A hostile guest: takes its second disk (vdb), its NIC (eth0), its entropy device and its
+# virtio-console away from the virtio-mmio driver and drives each device itself through
+# /dev/mem, with rings in the BIOS hole below 1 MiB (the only guest memory /dev/mem may
+# write): the disk's request queue, the NIC's transmit and receive queues (L1 sends the NIC
+# frames meanwhile), the entropy device's request queue, the console's transmit and
+# receive queues. Each attack starts from a device reset; after each, the device status is
+# recorded. At the end the driver takes every device back: the disk is read, the NIC pings
+# L1, the entropy device serves bytes.
 . /scenarios/lib.sh
 set -u
 
@@ -167,17 +169,35 @@ platform_of() {
 	basename "$(dirname "$(readlink -f "$1")")"
 }
 
-# attack_device LABEL PLATFORM QUEUE QUEUES: takes the device from its driver and runs
-# every attack on its queue QUEUE.
-attack_device() {
-	DEV=$1 QUEUE=$3 QUEUES=$4
+# platform_of_driver DRIVER: the virtio-mmio platform device the virtio driver DRIVER
+# (virtio_rng, virtio_console) is bound to; empty when it is bound to none.
+platform_of_driver() {
+	for dev in /sys/bus/virtio/drivers/"$1"/virtio*; do
+		[ -e "$dev" ] && platform_of "$dev" && return
+	done
+}
+
+# take_device LABEL PLATFORM: takes the device from its driver; its registers are at BASE.
+take_device() {
 	BASE=$(printf '%d' "0x$(grep -m 1 " : $2\$" /proc/iomem | tr -d ' ' | cut -d- -f1)")
-	fact "${DEV}_platform_device" "$2"
-	fact "${DEV}_mmio_base" "$(printf '0x%x' "$BASE")"
-	echo "$2" >/sys/bus/platform/drivers/virtio-mmio/unbind || { fact error "unbind_$DEV"; exit 0; }
-	fact "${DEV}_unbound" yes
-	for name in loop out_of_range huge_length next_out_of_queue avail_ahead storm \
-		config_flood status_flood garbage_registers; do
+	fact "${1}_platform_device" "$2"
+	fact "${1}_mmio_base" "$(printf '0x%x' "$BASE")"
+	echo "$2" >/sys/bus/platform/drivers/virtio-mmio/unbind || { fact error "unbind_$1"; exit 0; }
+	fact "${1}_unbound" yes
+}
+
+# The attacks on a queue, and those on the device as a whole (run once per device).
+QUEUE_ATTACKS="loop out_of_range huge_length next_out_of_queue avail_ahead storm"
+DEVICE_ATTACKS="config_flood status_flood garbage_registers"
+
+# attack_queue LABEL QUEUE QUEUES [DEVICE_TOO]: every queue attack on queue QUEUE of the
+# device at BASE (which has QUEUES queues), with DEVICE_TOO the device attacks as well,
+# then a reset; facts are named after LABEL.
+attack_queue() {
+	DEV=$1 QUEUE=$2 QUEUES=$3
+	names=$QUEUE_ATTACKS
+	[ -n "${4:-}" ] && names="$names $DEVICE_ATTACKS"
+	for name in $names; do
 		attack "$name"
 	done
 	reg $STATUS 0
@@ -189,11 +209,28 @@ command -v devmem >/dev/null || { fact error no_devmem; exit 0; }
 [ -e /sys/class/net/eth0/device ] || { fact error no_eth0; exit 0; }
 blk=$(platform_of /sys/block/vdb/device)
 net=$(platform_of /sys/class/net/eth0/device)
+rng=$(platform_of_driver virtio_rng)
+console=$(platform_of_driver virtio_console)
+[ -n "$rng" ] || { fact error no_rng; exit 0; }
+[ -n "$console" ] || { fact error no_virtio_console; exit 0; }
 STORM=$(iv_param iv.storm)
 echo "HOSTILE-ATTACKS-BEGIN"
-# The disk's request queue (its only one); the NIC's transmit queue (receive is 0).
-attack_device blk "$blk" 0 1
-attack_device net "$net" 1 2
+# The disk's request queue (its only one).
+take_device blk "$blk"
+attack_queue blk 0 1 device
+# The NIC's transmit queue, then its receive queue while L1 sends it frames.
+take_device net "$net"
+attack_queue net 1 2 device
+echo "HOSTILE-RX-BEGIN"
+attack_queue netrx 0 2
+echo "HOSTILE-RX-END"
+# The entropy device's request queue (its only one).
+take_device rng "$rng"
+attack_queue rng 0 1 device
+# The console port's transmit queue, then its receive queue (no multiport: two queues).
+take_device console "$console"
+attack_queue console 1 2 device
+attack_queue consolerx 0 2
 echo "HOSTILE-ATTACKS-END"
 # Time for L1 to look at the launcher before this guest ends.
 sleep 3
@@ -203,6 +240,10 @@ echo "$blk" >/sys/bus/platform/drivers/virtio-mmio/bind
 fact blk_rebind_rc $?
 echo "$net" >/sys/bus/platform/drivers/virtio-mmio/bind
 fact net_rebind_rc $?
+echo "$rng" >/sys/bus/platform/drivers/virtio-mmio/bind
+fact rng_rebind_rc $?
+echo "$console" >/sys/bus/platform/drivers/virtio-mmio/bind
+fact console_rebind_rc $?
 i=0
 while { [ ! -b /dev/vdb ] || [ ! -e /sys/class/net/eth0 ]; } && [ $i -lt 50 ]; do
 	sleep 0.2
@@ -212,3 +253,10 @@ dd if=/dev/vdb of=/tmp/vdb.head bs=4096 count=1 iflag=direct 2>/dev/null
 fact vdb_read_rc $?
 fact vdb_magic "$(head -c 8 /tmp/vdb.head)"
 fact ping_after_rebind "$(ping_l1)"
+i=0
+while [ ! -e /dev/hwrng ] && [ $i -lt 50 ]; do
+	sleep 0.2
+	i=$((i + 1))
+done
+fact rng_current_after_rebind "$(cat /sys/class/misc/hw_random/rng_current)"
+fact rng_bytes_after_rebind "$(head -c 64 /dev/hwrng | wc -c | tr -d ' ')"

@@ -1,6 +1,8 @@
 # A hostile guest beside a bystander: the bystander VM counts on its console; the hostile
-# VM drives its second disk's and its NIC's virtio devices with garbage (guest/hostile.sh). L1 samples
-# the hostile launcher's memory while it does, and checks the bystander kept counting.
+# VM drives its second disk's, its NIC's, its entropy device's and its console's virtio
+# devices with garbage (guest/hostile.sh). L1 samples the hostile launcher's memory while
+# it does, sends the NIC frames while its receive queue is attacked, and checks the
+# bystander kept counting.
 . /e2e/common.sh
 . /e2e/params
 
@@ -21,17 +23,37 @@ wait_for /tmp/bystander.console "GUEST-COUNTER 3" 180 || fact bystander_ready no
 
 vm_start hostile /tmp/hostile "iv.run=hostile iv.storm=$STORM" --vcpus 1 --memory-mib 256 \
 	--disk "id=root,path=/tmp/root.img" --disk "id=victim,path=/tmp/victim.img" \
-	--net "id=net0,tap=tap0,mac=52:54:00:12:34:58"
+	--net "id=net0,tap=tap0,mac=52:54:00:12:34:58" \
+	--rng-bytes-per-second 1048576 --agent-socket /tmp/hostile.agent
 HOSTILE=$VM_PID
 wait_for /tmp/hostile.console HOSTILE-ATTACKS-BEGIN 180 || fact hostile_ready no
 fact hostile_rss_before_kib "$(rss_kib "$HOSTILE")"
 before=$(counter_lines)
 peak=0
+tap_tx() { cat /sys/class/net/tap0/statistics/tx_packets; }
+PINGER=""
 while ! grep -q HOSTILE-ATTACKS-END /tmp/hostile.console && kill -0 "$HOSTILE" 2>/dev/null; do
 	rss=$(rss_kib "$HOSTILE")
 	[ -n "$rss" ] && [ "$rss" -gt "$peak" ] && peak=$rss
+	# Frames toward the guest (ARP requests for an address nobody answers) while its
+	# receive queue is attacked.
+	if [ -z "$PINGER" ] && grep -q HOSTILE-RX-BEGIN /tmp/hostile.console; then
+		frames_before=$(tap_tx)
+		(while :; do ping -c 1 -W 1 172.30.0.2 >/dev/null 2>&1; done) &
+		PINGER=$!
+	fi
+	if [ -n "$PINGER" ] && [ "$PINGER" != done ] && grep -q HOSTILE-RX-END /tmp/hostile.console; then
+		kill "$PINGER"
+		wait "$PINGER" 2>/dev/null
+		PINGER=done
+		fact rx_frames_offered $(($(tap_tx) - frames_before))
+	fi
 	usleep 500000
 done
+if [ -n "$PINGER" ] && [ "$PINGER" != done ]; then
+	kill "$PINGER"
+	wait "$PINGER" 2>/dev/null
+fi
 fact hostile_alive_after_attacks "$(kill -0 "$HOSTILE" 2>/dev/null && echo yes || echo no)"
 fact hostile_rss_peak_kib "$peak"
 fact hostile_hwm_kib "$(hwm_kib "$HOSTILE")"

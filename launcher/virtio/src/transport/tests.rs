@@ -253,6 +253,25 @@ fn status_bits_cannot_be_cleared_and_driver_ok_needs_features_ok() {
 }
 
 #[test]
+fn reserved_and_device_status_bits_written_by_the_driver_are_dropped() {
+    let (device, _log) = FakeDevice::new(&[16]);
+    let mut t = MmioTransport::new(test_memory(), Box::new(device), irq()).expect("transport");
+    // A hostile guest's random word: the driver's bits count, the rest does not.
+    write32(&mut t, regs::VIRTIO_MMIO_STATUS, 0x6791_ff00 | ACK | DRIVER);
+    assert_eq!(read32(&mut t, regs::VIRTIO_MMIO_STATUS), ACK | DRIVER);
+    // DEVICE_NEEDS_RESET is the device's to set.
+    write32(
+        &mut t,
+        regs::VIRTIO_MMIO_STATUS,
+        ACK | DRIVER | VIRTIO_CONFIG_S_NEEDS_RESET,
+    );
+    assert_eq!(read32(&mut t, regs::VIRTIO_MMIO_STATUS), ACK | DRIVER);
+    // Nothing of the driver's in it: nothing changes (only 0 resets).
+    write32(&mut t, regs::VIRTIO_MMIO_STATUS, 0x100);
+    assert_eq!(read32(&mut t, regs::VIRTIO_MMIO_STATUS), ACK | DRIVER);
+}
+
+#[test]
 fn queue_configuration_and_activation() {
     let mem = test_memory();
     let (device, log) = FakeDevice::new(&[16, 32]);
