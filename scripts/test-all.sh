@@ -83,10 +83,10 @@ cargo build --release --locked -p ironvisor-launcher -p ironvisor-bootbench \
 scripts/build-launcher.sh
 
 log "end-to-end tests (pytest: nested KVM under QEMU TCG, software emulation on the host)"
-python3 -m pytest -v -rs -p no:cacheprovider tests/ --ignore=tests/cluster 2>&1 | tee "$logs/pytest-e2e.log"
+python3 -m pytest -v -rs --durations=15 -p no:cacheprovider tests/ --ignore=tests/cluster 2>&1 | tee "$logs/pytest-e2e.log"
 
 # Separately, so the cluster's control plane does not load the machine during the
 # nested-KVM tests; the session brings the cluster up (building it once per machine) and
 # down again.
 log "cluster mode (pytest: real Kubernetes from scripts/cluster.sh, Ironvisor from deploy/)"
-python3 -m pytest -v -rs -p no:cacheprovider tests/cluster 2>&1 | tee "$logs/pytest-cluster.log"
+python3 -m pytest -v -rs --durations=15 -p no:cacheprovider tests/cluster 2>&1 | tee "$logs/pytest-cluster.log"
