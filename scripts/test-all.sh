@@ -77,8 +77,10 @@ log "fuzzing smoke (scripts/fuzz.sh: each target 5 s)"
 scripts/fuzz.sh smoke 5 2>&1 | tee "$logs/fuzz-smoke.log"
 
 log "release binaries"
-cargo build --release --locked -p ironvisor-launcher -p ironvisor-bootbench \
-  -p ironvisor-handler -p ironvisor-launcher-qemu -p ironvisor-virtctl -p ironvisor-controller
+# What the end-to-end tests run (the cluster's images build their own static binaries;
+# the boot benchmark builds ironvisor-bootbench when it runs).
+cargo build --release --locked -p ironvisor-launcher -p ironvisor-handler \
+  -p ironvisor-launcher-qemu -p ironvisor-virtctl
 # The KVM launcher as shipped, statically linked (the nested-KVM tests run this one).
 scripts/build-launcher.sh
 
