@@ -24,7 +24,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, PodSecurityContext, SeccompProfile, SecurityContext,
 };
 
-/// The launcher user's UID and GID.
+/// The launcher user's UID and GID, as the Kubernetes API types them (a `u32` always fits
+/// an `i64`; `i64::from` is not usable in a constant).
 pub const LAUNCHER_UID: i64 = ironvisor_crds::cluster::LAUNCHER_UID as i64;
 
 /// Whether a pod's containers run as the launcher user or as root.
