@@ -220,6 +220,8 @@ struct Prepared {
     vm: String,
     launcher: PathBuf,
     config_file: PathBuf,
+    /// Added to the launcher's environment (the emulation launcher's libvirt URI).
+    envs: Vec<(&'static str, String)>,
 }
 
 /// Runs `virt-launcher`; returns the container's exit code.
@@ -260,12 +262,12 @@ fn supervised(
         };
         return Ok((message, 5));
     }
-    let ended = supervise::run_launcher(
-        signals,
-        &prepared.launcher,
-        &prepared.config_file,
-        &[(libvirt::URI_ENV, config.libvirt.uri.as_str())],
-    )?;
+    let envs: Vec<(&str, &str)> = prepared
+        .envs
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let ended = supervise::run_launcher(signals, &prepared.launcher, &prepared.config_file, &envs)?;
     let status_file = config.run_dir.join(STATUS_FILE);
     if let Ok(json) = serde_json::to_vec(&ended.outcome) {
         if let Err(error) = write_atomic(&status_file, &json) {
@@ -374,8 +376,10 @@ fn prepare(config: &VirtLauncherConfig, span: &tracing::Span) -> Result<Prepared
     if !crate::launcher_proc::is_executable(&launcher) {
         return Err(PodError::MissingLauncher(launcher));
     }
+    let mut envs = Vec::new();
     if selection.kind == BackendKind::QemuTcg {
         config.libvirt.ensure_running()?;
+        envs.push((libvirt::URI_ENV, config.libvirt.uri.clone()));
     }
     info!(
         backend = selection.kind.as_str(),
@@ -386,6 +390,7 @@ fn prepare(config: &VirtLauncherConfig, span: &tracing::Span) -> Result<Prepared
         vm,
         launcher,
         config_file,
+        envs,
     })
 }
 
