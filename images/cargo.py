@@ -80,16 +80,22 @@ def build_static(packages: list[str], binaries: list[str], target_dir: Path) -> 
 
 def build_launcher(target_dir: Path) -> Path:
     """The KVM launcher as it ships, built by ``scripts/build-launcher.sh`` (its profile and
-    link flags in one place) into ``target_dir``; stripped. Its path."""
-    log.info("scripts/build-launcher.sh into %s", target_dir)
-    out = _run([str(REPO_ROOT / "scripts" / "build-launcher.sh")], "building the launcher",
-               {"CARGO_TARGET_DIR": str(target_dir), "CARGO_PROFILE_LAUNCHER_STRIP": "symbols"})
+    link flags in one place) in the workspace's own target directory, where the test
+    command's build of the same binary already is, then copied into ``target_dir`` and
+    stripped there. The stripped copy's path."""
+    log.info("scripts/build-launcher.sh")
+    out = _run([str(REPO_ROOT / "scripts" / "build-launcher.sh")], "building the launcher")
     lines = out.strip().splitlines()
-    binary = Path(lines[-1]) if lines else None
-    if binary is None or not binary.is_file():
+    built = Path(lines[-1]) if lines else None
+    if built is None or not built.is_file():
         raise CargoError("scripts/build-launcher.sh succeeded but printed no binary "
                          f"({out.strip()[-300:]!r})")
-    return binary
+    target_dir.mkdir(parents=True, exist_ok=True)
+    stripped = target_dir / "ironvisor-launcher.stripped"
+    partial = stripped.with_suffix(".partial")
+    _run(["strip", "--strip-all", "-o", str(partial), str(built)], "stripping the launcher")
+    partial.replace(stripped)
+    return stripped
 
 
 def _existing(directory: Path, binaries: list[str]) -> dict[str, Path]:

@@ -20,6 +20,7 @@ packages=(
   # cluster mode: offline container images (images/containers.py); the test cluster's
   # own packages (containerd, runc, iptables, ...) are installed by scripts/cluster.sh
   mmdebstrap
+  binutils                            # strip: the KVM launcher's copy in the node image
   # virtctl ssh runs the local OpenSSH client (and the tests make keys with ssh-keygen)
   openssh-client
   # tests
