@@ -445,6 +445,36 @@ fn kernel_copier(
     }
 }
 
+/// How often the kubelet asks whether the guest runs yet.
+const STARTUP_PROBE_PERIOD_SECONDS: i32 = 1;
+/// How long a launcher may take to get its guest running before the kubelet gives up on
+/// it: beyond the launcher's own bound on waiting for its network (five minutes).
+const STARTUP_PROBE_FAILURES: i32 = 600;
+
+/// The compute container is started (and, having no readiness probe, ready) once its
+/// launcher answers and the guest runs. A startup probe is checked every second until then
+/// and never again: a readiness probe would exec a process in every launcher pod for as
+/// long as it runs, and its first success would wait for its period after the start.
+/// Afterwards the container lives as long as its launcher (`virt-launcher` supervises it and
+/// exits with it), so the pod's status tells the rest.
+fn startup_probe() -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "ironvisor-handler".into(),
+                "virt-launcher-ready".into(),
+                "--run-dir".into(),
+                SOCKETS_DIR.into(),
+            ]),
+        }),
+        initial_delay_seconds: Some(0),
+        period_seconds: Some(STARTUP_PROBE_PERIOD_SECONDS),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(STARTUP_PROBE_FAILURES),
+        ..Probe::default()
+    }
+}
+
 fn compute_container(
     settings: &LauncherPodSettings,
     guest_bytes: u64,
@@ -515,21 +545,7 @@ fn compute_container(
             limits: Some(limits),
             ..ResourceRequirements::default()
         }),
-        readiness_probe: Some(Probe {
-            exec: Some(ExecAction {
-                command: Some(vec![
-                    "ironvisor-handler".into(),
-                    "virt-launcher-ready".into(),
-                    "--run-dir".into(),
-                    SOCKETS_DIR.into(),
-                ]),
-            }),
-            initial_delay_seconds: Some(1),
-            period_seconds: Some(2),
-            timeout_seconds: Some(2),
-            failure_threshold: Some(1),
-            ..Probe::default()
-        }),
+        startup_probe: Some(startup_probe()),
         volume_mounts: Some(vec![
             mount("vmi", VMI_DIR, true),
             mount("container-disks", CONTAINER_DISKS_DIR, false),
@@ -682,6 +698,21 @@ mod tests {
         }
         let selector = spec.node_selector.as_ref().unwrap();
         assert_eq!(selector[NODE_LABEL_CPU_MANAGER], "true");
+    }
+
+    #[test]
+    fn the_guest_running_is_checked_until_it_first_runs_and_never_after() {
+        let pod = launcher_pod(&vmi(), &settings(), &[]).unwrap();
+        let compute = compute(&pod);
+        assert!(compute.readiness_probe.is_none());
+        assert!(compute.liveness_probe.is_none());
+        let probe = compute.startup_probe.as_ref().unwrap();
+        let command = probe.exec.as_ref().unwrap().command.as_ref().unwrap();
+        assert_eq!(command[..2], ["ironvisor-handler", "virt-launcher-ready"]);
+        assert_eq!(probe.period_seconds, Some(1));
+        // Longer than the launcher waits for its network (300 s) before it gives up itself.
+        let bound = probe.period_seconds.unwrap() * probe.failure_threshold.unwrap();
+        assert!(bound > 300, "{bound}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `ironvisor-handler virt-launcher-ready`: the `compute` container's exec readiness
+//! `ironvisor-handler virt-launcher-ready`: the `compute` container's exec startup
 //! probe. Ready means the launcher's API socket answers a `Status` call and the guest
 //! runs; everything is bounded well under a second.
 
