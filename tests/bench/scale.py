@@ -7,8 +7,11 @@ processes. What is measured is Ironvisor's controller and the control plane, not
 
 Prints per run: time from the first create until every VMI is Running (its launcher pod
 Running and ready, as KWOK reports it), peak RSS of the leading controller (VmHWM),
-API server requests per VM (all clients, from apiserver_request_total) and how each
-grows between runs. Needs the cluster up with Ironvisor deployed.
+API server requests per VM (all clients, from apiserver_request_total), where the time
+went (when half and all of the instances passed each step, from the objects' timestamps,
+and each step's latency) and how each grows between runs. Running is counted from one
+watch, so the benchmark adds no load that grows with N. Needs the cluster up with
+Ironvisor deployed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import re
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.bench.density import percentile, stamp
 from tests.cluster.kube import Kubectl, KubectlError, cluster_env
 
 KWOK_VERSION = "v0.8.0"
@@ -103,6 +108,11 @@ class Api:
         except urllib.error.HTTPError as error:
             raise BenchError(f"{method} {path}: {error.code} {error.read()[:300]!r}") from error
 
+    def stream(self, path: str):
+        """An open response to read line by line (a watch); no read timeout."""
+        request = urllib.request.Request(self.server + path)
+        return urllib.request.urlopen(request, context=self.context, timeout=None)
+
     def list_all(self, path: str) -> list[dict]:
         items, token = [], ""
         while True:
@@ -118,6 +128,85 @@ class Api:
             text = response.read().decode()
         return sum(int(float(m.group(1))) for m in
                    re.finditer(r"^apiserver_request_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
+
+
+class RunningWatch:
+    """The names of one collection's objects whose phase is Running, kept by one watch of
+    the API server. Polling with lists instead would read every instance every few seconds,
+    a load that grows with N by itself: at 10,000 the benchmark would mostly measure its
+    own polling."""
+
+    #: Seconds the server keeps one watch open; the next resumes where it ended.
+    WATCH_SECONDS = 300
+
+    def __init__(self, api: Api, path: str) -> None:
+        self.api, self.path = api, path
+        self.running: set[str] = set()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.version = self._relist()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.running)
+
+    def close(self) -> None:
+        self.stopped.set()
+
+    def _relist(self) -> str:
+        page = self.api.call("GET", f"{self.path}?limit=500")
+        version = page["metadata"]["resourceVersion"]
+        items = page.get("items", [])
+        token = page["metadata"].get("continue", "")
+        while token:
+            page = self.api.call("GET", f"{self.path}?limit=500&continue={token}")
+            items += page.get("items", [])
+            token = page["metadata"].get("continue", "")
+        with self.lock:
+            self.running = {i["metadata"]["name"] for i in items
+                            if (i.get("status") or {}).get("phase") == "Running"}
+        return version
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            query = (f"?watch=1&allowWatchBookmarks=true&resourceVersion={self.version}"
+                     f"&timeoutSeconds={self.WATCH_SECONDS}")
+            try:
+                with self.api.stream(self.path + query) as response:
+                    for line in response:
+                        if self.stopped.is_set():
+                            return
+                        self._apply(json.loads(line))
+            except _Expired:
+                self.version = self._relist()
+            except (OSError, ValueError, BenchError) as error:
+                print(f"scale: the instance watch broke ({error}); watching again",
+                      file=sys.stderr, flush=True)
+                time.sleep(1)
+
+    def _apply(self, event: dict) -> None:
+        obj = event.get("object") or {}
+        if event.get("type") == "ERROR":
+            if obj.get("code") == 410:
+                raise _Expired()
+            raise ValueError(f"watch error: {obj.get('message')}")
+        meta = obj.get("metadata") or {}
+        self.version = meta.get("resourceVersion", self.version)
+        if event.get("type") == "BOOKMARK":
+            return
+        name = meta.get("name", "")
+        with self.lock:
+            if event.get("type") != "DELETED" and \
+                    (obj.get("status") or {}).get("phase") == "Running":
+                self.running.add(name)
+            else:
+                self.running.discard(name)
+
+
+class _Expired(Exception):
+    """The watch's resource version is too old (410): list again."""
 
 
 def controller_hwm_kib() -> dict[int, int]:
@@ -167,6 +256,65 @@ def vmi(name: str) -> dict:
     }
 
 
+#: The points every instance passes on its way to Running, from the objects' own
+#: timestamps (whole seconds): who moves it to the next one is named in STAGES.
+POINTS = ("VMI created", "pod created", "pod scheduled", "pod ready", "VMI Running")
+STAGES = ("controller: VMI -> pod", "scheduler: pod -> scheduled",
+          "KWOK: scheduled -> ready", "controller: pod ready -> Running")
+
+
+def condition_time(obj: dict, type_: str) -> float | None:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == type_ and condition.get("status") == "True":
+            return stamp(condition.get("lastTransitionTime"))
+    return None
+
+
+def points_of(vmi: dict, pod: dict) -> list[float] | None:
+    """Epoch seconds at which one instance passed each of POINTS, or None if one is missing."""
+    running = next((t.get("phaseTransitionTimestamp")
+                    for t in (vmi.get("status") or {}).get("phaseTransitionTimestamps") or []
+                    if t.get("phase") == "Running"), None)
+    points = [stamp(vmi["metadata"].get("creationTimestamp")),
+              stamp(pod["metadata"].get("creationTimestamp")),
+              condition_time(pod, "PodScheduled"), condition_time(pod, "Ready"), stamp(running)]
+    return None if any(p is None for p in points) else points
+
+
+def stage_report(api: Api, namespace: str, started_wall: float) -> list[str]:
+    """Where the time to all Running went: for each point, when (seconds after the first
+    create) half and all of the instances had passed it, and each stage's p50/p95/max.
+    A stage whose "all" grows faster than the others between runs is the one that does
+    not scale."""
+    base = f"/namespaces/{namespace}"
+    vmis = {v["metadata"]["name"]: v for v in
+            api.list_all(f"/apis/ironvisor.io/v1alpha1{base}/virtualmachineinstances")}
+    rows = []
+    for pod in api.list_all(f"/api/v1{base}/pods"):
+        vmi = vmis.get((pod["metadata"].get("labels") or {}).get("ironvisor.io/vmi", ""))
+        points = points_of(vmi, pod) if vmi else None
+        if points:
+            rows.append(points)
+    return stage_lines(rows, len(vmis), started_wall)
+
+
+def stage_lines(rows: list[list[float]], instances: int, started_wall: float) -> list[str]:
+    """The report of `stage_report` from each instance's POINTS (epoch seconds)."""
+    if not rows:
+        return ["  no instance had every timestamp"]
+    lines = [f"  where it went ({len(rows)} of {instances} instances with every timestamp; "
+             "seconds after the first create, whole-second API timestamps):"]
+    for i, point in enumerate(POINTS):
+        passed = [r[i] - started_wall for r in rows]
+        lines.append(f"    {point:<14} half by {percentile(passed, 50):7.0f}   "
+                     f"all by {max(passed):7.0f}")
+    for i, stage in enumerate(STAGES):
+        took = [r[i + 1] - r[i] for r in rows]
+        lines.append(f"    {stage:<34} p50 {percentile(took, 50):6.0f}  "
+                     f"p95 {percentile(took, 95):6.0f}  max {max(took):6.0f}")
+    return lines
+
+
 def wait_namespace_gone(api: Api, namespace: str, timeout: float) -> float | None:
     """Seconds until ``namespace`` (and so every VMI and pod in it) is gone; ``None`` after
     ``timeout``. The next run, or the cluster's shutdown, should not inherit thousands of
@@ -190,22 +338,25 @@ def run_once(api: Api, vms: int, concurrency: int, timeout: float) -> dict[str, 
     path = f"/apis/ironvisor.io/v1alpha1/namespaces/{namespace}/virtualmachineinstances"
     hwm_before = controller_hwm_kib()
     requests_before = api.request_count()
+    watch = RunningWatch(api, path)
     started = time.monotonic()
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(lambda i: api.call("POST", path, vmi(f"scale-{i:05d}")), range(vms)))
-    created = time.monotonic() - started
-    running = 0
-    while time.monotonic() - started < timeout:
-        items = api.list_all(path)
-        running = sum(1 for i in items if (i.get("status") or {}).get("phase") == "Running")
-        if running >= vms:
-            break
-        time.sleep(3)
-    elapsed = time.monotonic() - started
+    started_wall = time.time()
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda i: api.call("POST", path, vmi(f"scale-{i:05d}")), range(vms)))
+        created = time.monotonic() - started
+        running = watch.count()
+        while running < vms and time.monotonic() - started < timeout:
+            time.sleep(0.5)
+            running = watch.count()
+        elapsed = time.monotonic() - started
+    finally:
+        watch.close()
     requests = api.request_count() - requests_before
     hwm = controller_hwm_kib()
     if running < vms:
         raise BenchError(f"{running} of {vms} VMIs Running after {timeout:.0f} s")
+    stages = stage_report(api, namespace, started_wall)
     deleting = time.monotonic()
     api.call("DELETE", f"/api/v1/namespaces/{namespace}")
     deleted_s = wait_namespace_gone(api, namespace, timeout)
@@ -215,6 +366,7 @@ def run_once(api: Api, vms: int, concurrency: int, timeout: float) -> dict[str, 
         "requests_per_vm": requests / vms,
         "controller_peak_mib": max(hwm.values(), default=0) / 1024,
         "controller_peak_before_mib": max(hwm_before.values(), default=0) / 1024,
+        "stages": stages,
     }
 
 
@@ -257,6 +409,7 @@ def main() -> int:
                   f"{r['controller_peak_mib']:.0f} MiB; {r['requests_per_vm']:.1f} API requests "
                   f"per VM (all clients); namespace gone {r['namespace_deleted_s']:.0f} s after "
                   "its deletion", flush=True)
+            print("\n".join(r["stages"]), flush=True)
     except BenchError as error:
         print(f"scale benchmark: {error}", file=sys.stderr)
         return 1

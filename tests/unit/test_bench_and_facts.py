@@ -150,3 +150,33 @@ def test_params_are_shell_quoted(tmp_path: Path) -> None:
     path = tmp_path / "params"
     write_params(path, {"A": "it's $HOME", "B": "plain"})
     assert path.read_text() == "A='it'\"'\"'s $HOME'\nB=plain\n"
+
+
+def test_scale_stages_come_from_the_objects_timestamps() -> None:
+    from tests.bench.scale import points_of, stage_lines
+
+    vmi = {"metadata": {"creationTimestamp": "2026-12-06T10:00:00Z"},
+           "status": {"phase": "Running", "phaseTransitionTimestamps": [
+               {"phase": "Pending", "phaseTransitionTimestamp": "2026-12-06T10:00:01Z"},
+               {"phase": "Running", "phaseTransitionTimestamp": "2026-12-06T10:00:09Z"}]}}
+    pod = {"metadata": {"creationTimestamp": "2026-12-06T10:00:01Z"},
+           "status": {"conditions": [
+               {"type": "PodScheduled", "status": "True",
+                "lastTransitionTime": "2026-12-06T10:00:04Z"},
+               {"type": "Ready", "status": "True",
+                "lastTransitionTime": "2026-12-06T10:00:08Z"}]}}
+    points = points_of(vmi, pod)
+    assert points is not None
+    assert [b - a for a, b in zip(points, points[1:])] == [1, 3, 4, 1]
+    # A pod not ready yet has no Ready time: that instance is left out, not counted as 0.
+    pod["status"]["conditions"][1]["status"] = "False"
+    assert points_of(vmi, pod) is None
+
+    rows = [[p + offset for p in points] for offset in (0, 10, 20)]
+    lines = stage_lines(rows, 4, points[0])
+    assert "3 of 4 instances" in lines[0]
+    running = next(line for line in lines if "VMI Running" in line).split()
+    assert (running[-4], running[-1]) == ("19", "29")
+    scheduler = next(line for line in lines if line.strip().startswith("scheduler"))
+    assert scheduler.split()[-1] == "3"
+    assert stage_lines([], 5, 0.0) == ["  no instance had every timestamp"]
