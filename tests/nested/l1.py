@@ -87,6 +87,12 @@ class L1Spec:
     smp: int = 2
     #: Wall-clock limit for the whole L1 run, in seconds.
     timeout_s: float = 900.0
+    #: Longest a run may print nothing on its console, in seconds, before it is taken for
+    #: hung and killed. L1 and every scenario print as they go (the slowest scenario, a
+    #: Debian disk booting in nested KVM, is never quiet for a minute); an L1 or L2 frozen
+    #: by the emulated platform prints nothing again, and waiting out the whole timeout
+    #: for it cost a CI run 15 minutes.
+    silence_limit_s: float = 300.0
     #: Console log file; a fresh one under .cache/nested/logs when None.
     log_path: Path | None = None
     #: Copy the console to this stream as it arrives (None: silent).
@@ -379,6 +385,8 @@ def _boot(cmd: list[str], spec: L1Spec, log_path: Path) -> L1Result:
     scenario_s: float | None = None
     chunks: list[str] = []
     timed_out = False
+    silent_for: float | None = None
+    last_output = start
     pending = ""
     with open(log_path, "w") as logf:
         logf.write("# " + " ".join(cmd) + "\n")
@@ -400,7 +408,11 @@ def _boot(cmd: list[str], spec: L1Spec, log_path: Path) -> L1Result:
                     break
                 ready, _, _ = select.select([fd], [], [], min(remaining, 1.0))
                 if not ready:
+                    if time.monotonic() - last_output >= spec.silence_limit_s:
+                        silent_for = time.monotonic() - last_output
+                        break
                     continue
+                last_output = time.monotonic()
                 data = os.read(fd, 65536)
                 if not data:
                     break
@@ -434,12 +446,16 @@ def _boot(cmd: list[str], spec: L1Spec, log_path: Path) -> L1Result:
             rc = NO_MARKER_RC
             if timed_out:
                 failure = f"timed out after {spec.timeout_s:.0f} s; QEMU was killed"
+            elif silent_for is not None:
+                failure = (f"no console output for {silent_for:.0f} s (L1 or its guest hung); "
+                           "QEMU was killed")
             elif init_s is None:
                 failure = f"L1 never reached its /init (QEMU exit code {qemu_rc})"
             else:
                 failure = f"L1 stopped without printing NESTED-L1-EXIT (QEMU exit code {qemu_rc})"
         summary = (f"\n# L1 {spec.name}: rc={rc} wall={wall:.1f}s init={_fmt(init_s)} "
-                   f"scenario_start={_fmt(scenario_s)} timed_out={timed_out}"
+                   f"scenario_start={_fmt(scenario_s)} timed_out={timed_out} "
+                   f"hung={silent_for is not None}"
                    + (f" failure: {failure}" if failure else "") + "\n")
         logf.write(summary)
     return L1Result(rc, output, log_path, wall, init_s, scenario_s, timed_out, qemu_rc, failure)

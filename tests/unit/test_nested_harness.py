@@ -53,6 +53,19 @@ def test_timeout_kills_qemu_and_reports(tmp_path: Path) -> None:
     assert result.failure is not None and "timed out after 1 s" in result.failure
 
 
+def test_a_silent_run_is_taken_for_hung_and_killed_before_its_timeout(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "", timeout_s=30.0)
+    spec.silence_limit_s = 1.0
+    # Output keeps the run alive; only the silence after the last line ends it.
+    script = "echo NESTED-L1-INIT; sleep 0.6; echo one; sleep 0.6; echo two; exec sleep 30"
+    result = l1._boot(["sh", "-c", script], spec, tmp_path / "c.log")
+    assert not result.timed_out and result.rc == l1.NO_MARKER_RC
+    assert "two" in result.output
+    assert 2 <= result.wall_s < 10
+    assert result.failure is not None and "no console output for 1 s" in result.failure
+    assert "hung=True" in (tmp_path / "c.log").read_text()
+
+
 def test_missing_marker_is_a_failure(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "")
     result = l1._boot(["sh", "-c", "echo kernel panic; exit 1"], spec, tmp_path / "c.log")
