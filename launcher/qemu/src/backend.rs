@@ -147,12 +147,15 @@ pub struct QemuBackend {
 impl QemuBackend {
     /// A backend with the URI from `IRONVISOR_LIBVIRT_URI` (default `qemu:///system`) and
     /// the runtime directory from `IRONVISOR_QEMU_RUNTIME_DIR` (default
-    /// `$TMPDIR/ironvisor-qemu`).
+    /// `$TMPDIR/ironvisor-qemu` for root, `$TMPDIR/ironvisor-qemu-<uid>` for any other
+    /// user).
     pub fn from_env(emulation_reason: Option<String>) -> Self {
         let runtime_base = std::env::var_os(RUNTIME_DIR_ENV)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
-            .unwrap_or_else(|| std::env::temp_dir().join("ironvisor-qemu"));
+            .unwrap_or_else(|| {
+                std::env::temp_dir().join(default_runtime_base_name(nix::unistd::geteuid()))
+            });
         Self {
             uri: libvirt::uri_from_env(),
             runtime_base,
@@ -578,6 +581,35 @@ struct RuntimeDir {
     path: PathBuf,
 }
 
+/// The default runtime base's name for the user `uid`: one directory per user, so that a
+/// base root made first (mode 0755) does not lock every other user's launcher out, and no
+/// user's launcher works in a directory another user controls.
+fn default_runtime_base_name(uid: nix::unistd::Uid) -> String {
+    if uid.is_root() {
+        "ironvisor-qemu".into()
+    } else {
+        format!("ironvisor-qemu-{uid}")
+    }
+}
+
+/// Refuses a runtime base that belongs to another user: whoever owns it could replace
+/// the sockets QEMU and the launcher exchange the console and the NICs' frames through.
+fn check_base_owner(base: &Path, uid: nix::unistd::Uid) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::symlink_metadata(base)?.uid();
+    if owner == uid.as_raw() {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "the base directory {} belongs to uid {owner}, not to this launcher's uid {uid}; \
+             set {RUNTIME_DIR_ENV} to a directory of this user's",
+            base.display()
+        ),
+    ))
+}
+
 impl RuntimeDir {
     fn create(path: &Path) -> Result<Self, QemuError> {
         let err = |source| QemuError::RuntimeDir {
@@ -586,6 +618,7 @@ impl RuntimeDir {
         };
         if let Some(base) = path.parent() {
             std::fs::create_dir_all(base).map_err(err)?;
+            check_base_owner(base, nix::unistd::geteuid()).map_err(err)?;
             sweep_stale_runtime_dirs(base);
         }
         // A directory of the same pid is a leftover of a dead launcher.
@@ -790,6 +823,32 @@ mod tests {
                 "{libvirt:?} {ours:?}"
             );
         }
+    }
+
+    #[test]
+    fn each_user_has_a_runtime_base_of_its_own() {
+        use nix::unistd::Uid;
+        assert_eq!(
+            default_runtime_base_name(Uid::from_raw(0)),
+            "ironvisor-qemu"
+        );
+        assert_eq!(
+            default_runtime_base_name(Uid::from_raw(107)),
+            "ironvisor-qemu-107"
+        );
+    }
+
+    #[test]
+    fn a_runtime_base_of_another_user_is_refused_with_both_uids() {
+        let base = tempfile::tempdir().unwrap();
+        let me = nix::unistd::geteuid();
+        check_base_owner(base.path(), me).unwrap();
+        let other = nix::unistd::Uid::from_raw(me.as_raw() + 4242);
+        let error = check_base_owner(base.path(), other).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
+        let message = error.to_string();
+        assert!(message.contains(&format!("uid {me}")), "{message}");
+        assert!(message.contains(RUNTIME_DIR_ENV), "{message}");
     }
 
     #[test]
