@@ -114,13 +114,18 @@ class Api:
         return urllib.request.urlopen(request, context=self.context, timeout=None)
 
     def list_all(self, path: str) -> list[dict]:
-        items, token = [], ""
+        return self.list_versioned(path)[0]
+
+    def list_versioned(self, path: str) -> tuple[list[dict], str]:
+        """Every item, page by page, and the list's resource version (to watch from)."""
+        items, token, version = [], "", ""
         while True:
             page = self.call("GET", f"{path}?limit=1000" + (f"&continue={token}" if token else ""))
             items += page.get("items", [])
+            version = version or page.get("metadata", {}).get("resourceVersion", "")
             token = page.get("metadata", {}).get("continue", "")
             if not token:
-                return items
+                return items, version
 
     def request_count(self) -> int:
         request = urllib.request.Request(self.server + "/metrics")
@@ -156,14 +161,7 @@ class RunningWatch:
         self.stopped.set()
 
     def _relist(self) -> str:
-        page = self.api.call("GET", f"{self.path}?limit=500")
-        version = page["metadata"]["resourceVersion"]
-        items = page.get("items", [])
-        token = page["metadata"].get("continue", "")
-        while token:
-            page = self.api.call("GET", f"{self.path}?limit=500&continue={token}")
-            items += page.get("items", [])
-            token = page["metadata"].get("continue", "")
+        items, version = self.api.list_versioned(self.path)
         with self.lock:
             self.running = {i["metadata"]["name"] for i in items
                             if (i.get("status") or {}).get("phase") == "Running"}
