@@ -8,6 +8,7 @@
 //!   controller's bookkeeping) is allowed without validation, so that a rule made stricter
 //!   later can never wedge an object's deletion. An instance's `spec` is immutable.
 
+use ironvisor_crds::cluster::{VMI_FINALIZER, VM_FINALIZER};
 use ironvisor_crds::decode::{parse_manifests, DecodeError, Manifest};
 use ironvisor_crds::v1alpha1::{VIRTUAL_MACHINE_INSTANCE_KIND, VIRTUAL_MACHINE_KIND};
 use ironvisor_crds::{compat, defaults, validate, ValidationErrors};
@@ -214,7 +215,9 @@ struct Mutation {
 }
 
 /// The defaults as a JSON patch of `spec`; on create, KubeVirt's finalizers dropped from
-/// `metadata.finalizers` (an export carries them and nothing would remove them).
+/// `metadata.finalizers` (an export carries them and nothing would remove them) and
+/// Ironvisor's own added, so the controller's first reconcile need not write it (a write,
+/// and a reconcile of its echo, per object).
 fn mutate(request: &AdmissionRequest<DynamicObject>) -> Result<Mutation, Rejection> {
     if !matches!(request.operation, Operation::Create | Operation::Update) {
         return Ok(Mutation {
@@ -223,29 +226,48 @@ fn mutate(request: &AdmissionRequest<DynamicObject>) -> Result<Mutation, Rejecti
         });
     }
     let (original, manifest) = decode(object(request)?)?;
-    let defaulted_spec = match manifest {
+    let (defaulted_spec, finalizer) = match manifest {
         Manifest::VirtualMachine(mut vm) => {
             defaults::apply(&mut vm);
-            serde_json::to_value(&vm.spec)
+            (serde_json::to_value(&vm.spec), Some(VM_FINALIZER))
         }
         Manifest::VirtualMachineInstance(mut vmi) => {
             defaults::apply_vmi(&mut vmi);
-            serde_json::to_value(&vmi.spec)
+            (serde_json::to_value(&vmi.spec), Some(VMI_FINALIZER))
         }
         // Not registered with the webhook; nothing to default should they come.
-        Manifest::ClusterInstancetype(object) => serde_json::to_value(&object.spec),
-        Manifest::ClusterPreference(object) => serde_json::to_value(&object.spec),
-    }
-    .map_err(|error| Rejection::one("spec", format!("cannot encode the defaults: {error}")))?;
+        Manifest::ClusterInstancetype(object) => (serde_json::to_value(&object.spec), None),
+        Manifest::ClusterPreference(object) => (serde_json::to_value(&object.spec), None),
+    };
+    let defaulted_spec = defaulted_spec
+        .map_err(|error| Rejection::one("spec", format!("cannot encode the defaults: {error}")))?;
     let mut defaulted = original.clone();
     defaulted["spec"] = defaulted_spec;
     let mut warnings = Vec::new();
     if matches!(request.operation, Operation::Create) {
         warnings.extend(drop_kubevirt_finalizers(&mut defaulted));
+        if let Some(finalizer) = finalizer {
+            add_finalizer(&mut defaulted, finalizer);
+        }
     }
     let patch = json_patch::diff(&original, &defaulted);
     debug!(operations = patch.0.len(), "defaults");
     Ok(Mutation { patch, warnings })
+}
+
+/// Adds `finalizer` to `object`'s metadata unless it is there.
+fn add_finalizer(object: &mut Value, finalizer: &str) {
+    let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let finalizers = metadata
+        .entry("finalizers")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Some(list) = finalizers.as_array_mut() {
+        if !list.iter().any(|f| f.as_str() == Some(finalizer)) {
+            list.push(Value::String(finalizer.into()));
+        }
+    }
 }
 
 /// Removes KubeVirt's finalizers from `object`'s metadata; returns a warning per finalizer.
@@ -384,6 +406,16 @@ mod tests {
         })
     }
 
+    /// An instance of `vm_spec`'s template.
+    fn vmi(vm_spec: Value) -> Value {
+        json!({
+            "apiVersion": "ironvisor.io/v1alpha1",
+            "kind": "VirtualMachineInstance",
+            "metadata": {"name": "small", "namespace": "default"},
+            "spec": vm_spec["template"]["spec"],
+        })
+    }
+
     fn small_spec() -> Value {
         json!({
             "runStrategy": "Always",
@@ -421,7 +453,7 @@ mod tests {
     }
 
     #[test]
-    fn a_good_vm_is_admitted_and_defaulted_by_a_patch_of_spec_only() {
+    fn a_good_vm_is_admitted_and_defaulted_by_a_patch_of_spec_and_its_finalizer() {
         let body = request("VirtualMachine", "CREATE", vm(small_spec()), None);
         let validated = answer(Hook::Validate, &body);
         assert!(validated.allowed, "{:?}", validated.result);
@@ -433,7 +465,10 @@ mod tests {
         assert!(!patch.is_empty());
         for operation in &patch {
             let path = operation["path"].as_str().unwrap();
-            assert!(path.starts_with("/spec/"), "{operation}");
+            assert!(
+                path.starts_with("/spec/") || path.starts_with("/metadata/finalizers"),
+                "{operation}"
+            );
         }
         // Applying the patch and defaulting again changes nothing more.
         let mut defaulted = vm(small_spec());
@@ -444,6 +479,41 @@ mod tests {
             &request("VirtualMachine", "CREATE", defaulted, None),
         );
         assert_eq!(again.patch, None);
+    }
+
+    #[test]
+    fn ironvisors_finalizer_is_added_on_create_only_and_once() {
+        for (kind, object, finalizer) in [
+            ("VirtualMachine", vm(small_spec()), VM_FINALIZER),
+            ("VirtualMachineInstance", vmi(small_spec()), VMI_FINALIZER),
+        ] {
+            let mut object = object;
+            let mutated = answer(Hook::Mutate, &request(kind, "CREATE", object.clone(), None));
+            let patch: json_patch::Patch =
+                serde_json::from_slice(&mutated.patch.expect("a patch")).unwrap();
+            json_patch::patch(&mut object, &patch).unwrap();
+            assert_eq!(
+                object["metadata"]["finalizers"],
+                json!([finalizer]),
+                "{kind}"
+            );
+            // Present already: not added twice.
+            let again = answer(Hook::Mutate, &request(kind, "CREATE", object.clone(), None));
+            assert_eq!(again.patch, None, "{kind}");
+        }
+        // An update leaves the finalizers as they are (the controller removes its own).
+        let updated = vm(small_spec());
+        let mutated = answer(
+            Hook::Mutate,
+            &request("VirtualMachine", "UPDATE", updated.clone(), Some(updated)),
+        );
+        if let Some(patch) = mutated.patch {
+            let patch: Vec<Value> = serde_json::from_slice(&patch).unwrap();
+            assert!(
+                patch.iter().all(|op| op["path"] != "/metadata/finalizers"),
+                "{patch:?}"
+            );
+        }
     }
 
     #[test]
@@ -463,7 +533,7 @@ mod tests {
         json_patch::patch(&mut object, &patch).unwrap();
         assert_eq!(
             object["metadata"]["finalizers"],
-            json!(["example.com/keep"])
+            json!(["example.com/keep", VM_FINALIZER])
         );
         let warnings = mutated.warnings.expect("a warning");
         assert_eq!(warnings.len(), 1);
