@@ -1,20 +1,22 @@
-//! What every reconcile shares: the API client, the event recorder, the launcher pod
-//! settings and the metrics; plus the small API helpers both reconcilers use.
+//! What every reconcile shares: the API client, the event queue, the cache of launcher
+//! pods, the launcher pod settings and the metrics; plus the small API helpers both
+//! reconcilers use.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tracing::warn;
 
+use crate::event_queue::{EventQueue, Raised, Reporter};
 use crate::launcher_pod::LauncherPodSettings;
 use crate::metrics::{ControllerKind, Metrics};
+use crate::own_writes::OwnWrites;
 use ironvisor_crds::cluster::FIELD_MANAGER;
 
 /// Why a reconcile failed (the variant name is the error's metric label).
@@ -45,6 +47,14 @@ pub enum ReconcileError {
         object: String,
         /// What is wrong.
         source: ironvisor_crds::instancetype::InstancetypeError,
+    },
+    /// The reconcile did not finish in time; it is cancelled and retried.
+    #[error("{object}: the reconcile took longer than {}s and was cancelled", .after.as_secs())]
+    TimedOut {
+        /// Which object.
+        object: String,
+        /// The limit.
+        after: Duration,
     },
     /// A value could not be serialized for a patch.
     #[error("{object}: cannot serialize the status: {source}")]
@@ -85,6 +95,7 @@ impl ReconcileError {
             Self::Metadata { .. } => "Metadata",
             Self::Instancetype { .. } => "Instancetype",
             Self::Serialize { .. } => "Serialize",
+            Self::TimedOut { .. } => "TimedOut",
         }
     }
 }
@@ -110,8 +121,13 @@ pub fn kube_error<'a>(
 pub struct Context {
     /// The API client.
     pub client: Client,
-    /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
+    /// Publishes Kubernetes Events off the reconcile path.
+    events: EventQueue,
+    /// The launcher pods as last seen by the controller's watch (trimmed to what the
+    /// reconcilers read: metadata, `spec.nodeName`, status).
+    pub launcher_pods: Store<Pod>,
+    /// This controller's writes its caches may not show yet.
+    pub own_writes: OwnWrites,
     /// How launcher pods are built.
     pub pod_settings: LauncherPodSettings,
     /// Counters for `/metrics`.
@@ -120,44 +136,49 @@ pub struct Context {
 
 impl Context {
     /// A context whose events name `instance` (the pod name) as the reporting instance.
+    /// Starts the event workers, so it must be called on the tokio runtime.
     pub fn new(
         client: Client,
+        launcher_pods: Store<Pod>,
         pod_settings: LauncherPodSettings,
         metrics: Arc<Metrics>,
         instance: Option<String>,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
-            instance,
+            instance: instance.unwrap_or_else(|| FIELD_MANAGER.into()),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: EventQueue::start(client.clone(), reporter, metrics.clone()),
+            launcher_pods,
+            own_writes: OwnWrites::default(),
             client,
             pod_settings,
             metrics,
         }
     }
 
-    /// Publishes an event about `object`; a failure is logged, never fatal.
-    pub async fn event(&self, object: &ObjectReference, warning: bool, reason: &str, note: String) {
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+    /// Queues an event about `object` for publishing; never waits, and a failure to
+    /// publish is logged and counted, never fatal.
+    pub fn event(&self, object: &ObjectReference, warning: bool, reason: &str, note: String) {
+        self.events.send(Raised {
+            warning,
             reason: reason.into(),
-            note: Some(note),
             action: reason.into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, object).await {
-            warn!(%error, reason, "could not publish an event");
-        }
+            note,
+            regarding: object.clone(),
+        });
     }
 }
 
-/// Runs one reconcile of `object`, counting it (and its error, if any) in the metrics.
+/// How long one reconcile may take. Each API request has its own timeout too; this bounds
+/// the whole, so one object whose reconcile hangs (on anything) cannot hold one of the
+/// controller's few reconcile slots for good. Reconciles are level-based, so a cancelled
+/// one is simply run again.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs one reconcile of `object`, counting it (and its error, if any) in the metrics;
+/// cancels it after [`RECONCILE_TIMEOUT`].
 pub async fn measured<T>(
     ctx: &Context,
     kind: ControllerKind,
@@ -166,7 +187,13 @@ pub async fn measured<T>(
 ) -> Result<T, ReconcileError> {
     let started = std::time::Instant::now();
     ctx.metrics.reconcile_started(kind, object);
-    let result = reconcile.await;
+    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, reconcile).await {
+        Ok(result) => result,
+        Err(_) => Err(ReconcileError::TimedOut {
+            object: object.to_string(),
+            after: RECONCILE_TIMEOUT,
+        }),
+    };
     ctx.metrics.reconcile_finished(
         kind,
         started.elapsed(),
@@ -189,18 +216,21 @@ pub fn key<K: Resource>(object: &K) -> String {
     )
 }
 
+/// The resource version a write produced (`None` when nothing was written).
+pub type Written = Option<String>;
+
 /// Adds `finalizer` to the object unless present.
 pub async fn ensure_finalizer<K>(
     api: &Api<K>,
     object: &K,
     finalizer: &str,
-) -> Result<(), ReconcileError>
+) -> Result<Written, ReconcileError>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let finalizers = object.finalizers();
     if finalizers.iter().any(|f| f == finalizer) {
-        return Ok(());
+        return Ok(None);
     }
     let mut next = finalizers.to_vec();
     next.push(finalizer.to_string());
@@ -212,13 +242,13 @@ pub async fn remove_finalizer<K>(
     api: &Api<K>,
     object: &K,
     finalizer: &str,
-) -> Result<(), ReconcileError>
+) -> Result<Written, ReconcileError>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let finalizers = object.finalizers();
     if !finalizers.iter().any(|f| f == finalizer) {
-        return Ok(());
+        return Ok(None);
     }
     let next: Vec<String> = finalizers
         .iter()
@@ -235,7 +265,7 @@ async fn set_finalizers<K>(
     object: &K,
     finalizers: Vec<String>,
     action: &'static str,
-) -> Result<(), ReconcileError>
+) -> Result<Written, ReconcileError>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -253,9 +283,9 @@ where
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(written) => Ok(written.resource_version()),
         // Already gone: the finalizer was the last thing holding it.
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
         Err(source) => Err(ReconcileError::Kube {
             action,
             object: key(object),
@@ -265,7 +295,11 @@ where
 }
 
 /// Writes `status` with server-side apply under the controller's field manager.
-pub async fn apply_status<K, S>(api: &Api<K>, object: &K, status: &S) -> Result<(), ReconcileError>
+pub async fn apply_status<K, S>(
+    api: &Api<K>,
+    object: &K,
+    status: &S,
+) -> Result<Written, ReconcileError>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: serde::Serialize,
@@ -279,14 +313,15 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &object.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube_error("writing the status of", &key(object)))?;
-    Ok(())
+    let written = api
+        .patch_status(
+            &object.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_error("writing the status of", &key(object)))?;
+    Ok(written.resource_version())
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@
 //! - [`vmi_controller`]: `VirtualMachineInstance` → one launcher Pod ([`launcher_pod`]),
 //!   instance status from the pod ([`vmi_status`]); the pod's side of configMap, secret,
 //!   serviceAccount and downwardAPI volumes ([`config_volumes`]).
+//! - [`context`]: what reconciles share; [`own_writes`]: this controller's writes its watch
+//!   caches do not show yet (so an echo of its own write does not repeat it);
+//!   [`event_queue`]: Events published off the reconcile path.
 //! - [`leader`]: a Lease so one of several replicas reconciles.
 //! - [`http`] + [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`run`]: wiring it together for the binary.
@@ -14,11 +17,13 @@
 pub mod claims;
 pub mod config_volumes;
 pub mod context;
+pub mod event_queue;
 pub mod host_disks;
 pub mod http;
 pub mod launcher_pod;
 pub mod leader;
 pub mod metrics;
+pub mod own_writes;
 pub mod pod_security;
 pub mod run;
 pub mod vm_controller;

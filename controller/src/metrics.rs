@@ -1,10 +1,11 @@
 //! Controller metrics in the Prometheus text format: reconciles and errors per controller,
-//! the queue depth (objects changed in the API and not reconciled since), whether this
-//! replica leads, and reconcile durations.
+//! the queue depth (objects changed in the API and not reconciled since), reconciles in
+//! flight, whether this replica leads, reconcile durations, and the Events published,
+//! failed and dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -33,6 +34,15 @@ struct Counters {
     errors: BTreeMap<(ControllerKind, &'static str), u64>,
     duration_sum: BTreeMap<ControllerKind, f64>,
     dirty: BTreeMap<ControllerKind, BTreeSet<String>>,
+    in_flight: BTreeMap<ControllerKind, u64>,
+}
+
+/// What became of the Events the reconcilers raised.
+#[derive(Default)]
+struct EventCounts {
+    published: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
 }
 
 /// The controller's metrics; shared by the reconcilers and the HTTP server.
@@ -41,6 +51,7 @@ pub struct Metrics {
     counters: Mutex<Counters>,
     leader: AtomicBool,
     api_reachable: AtomicBool,
+    events: EventCounts,
 }
 
 impl Metrics {
@@ -65,6 +76,7 @@ impl Metrics {
             if let Some(set) = c.dirty.get_mut(&kind) {
                 set.remove(key);
             }
+            *c.in_flight.entry(kind).or_default() += 1;
         });
     }
 
@@ -76,12 +88,29 @@ impl Metrics {
         error: Option<&'static str>,
     ) {
         self.with(|c| {
+            let in_flight = c.in_flight.entry(kind).or_default();
+            *in_flight = in_flight.saturating_sub(1);
             *c.reconciles.entry(kind).or_default() += 1;
             *c.duration_sum.entry(kind).or_default() += took.as_secs_f64();
             if let Some(label) = error {
                 *c.errors.entry((kind, label)).or_default() += 1;
             }
         });
+    }
+
+    /// An Event was published.
+    pub fn event_published(&self) {
+        self.events.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The API server refused or failed an Event.
+    pub fn event_failed(&self) {
+        self.events.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An Event was dropped: its queue was full.
+    pub fn event_dropped(&self) {
+        self.events.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether this replica holds the leader lease.
@@ -132,6 +161,22 @@ impl Metrics {
                 let n = c.dirty.get(&kind).map_or(0, BTreeSet::len);
                 let _ = writeln!(out, "ironvisor_controller_queue_depth{{controller=\"{}\"}} {n}", kind.as_str());
             }
+            let _ = writeln!(out, "# HELP ironvisor_controller_reconciles_in_flight Reconciles running now.");
+            let _ = writeln!(out, "# TYPE ironvisor_controller_reconciles_in_flight gauge");
+            for kind in kinds {
+                let n = c.in_flight.get(&kind).copied().unwrap_or(0);
+                let _ = writeln!(out, "ironvisor_controller_reconciles_in_flight{{controller=\"{}\"}} {n}", kind.as_str());
+            }
+            let _ = writeln!(out, "# HELP ironvisor_controller_events_total Events raised, by outcome.");
+            let _ = writeln!(out, "# TYPE ironvisor_controller_events_total counter");
+            for (outcome, counter) in [
+                ("published", &self.events.published),
+                ("failed", &self.events.failed),
+                ("dropped", &self.events.dropped),
+            ] {
+                let n = counter.load(Ordering::Relaxed);
+                let _ = writeln!(out, "ironvisor_controller_events_total{{outcome=\"{outcome}\"}} {n}");
+            }
             let _ = writeln!(out, "# HELP ironvisor_controller_leader 1 while this replica holds the leader lease.");
             let _ = writeln!(out, "# TYPE ironvisor_controller_leader gauge");
             let _ = writeln!(out, "ironvisor_controller_leader {leader}");
@@ -150,6 +195,10 @@ mod tests {
         m.mark_changed(ControllerKind::VirtualMachine, "default/a".into());
         m.mark_changed(ControllerKind::VirtualMachine, "default/b".into());
         m.reconcile_started(ControllerKind::VirtualMachine, "default/a");
+        m.reconcile_started(ControllerKind::VirtualMachine, "default/c");
+        m.reconcile_started(ControllerKind::VirtualMachine, "default/d");
+        m.event_published();
+        m.event_dropped();
         m.reconcile_finished(
             ControllerKind::VirtualMachine,
             Duration::from_millis(5),
@@ -168,5 +217,11 @@ mod tests {
         assert!(text.contains("ironvisor_controller_reconcile_errors_total{controller=\"virtualmachine\",error=\"Kube\"} 1"));
         assert!(text.contains("ironvisor_controller_queue_depth{controller=\"virtualmachine\"} 1"));
         assert!(text.contains("ironvisor_controller_leader 1"));
+        assert!(text.contains(
+            "ironvisor_controller_reconciles_in_flight{controller=\"virtualmachine\"} 1"
+        ));
+        assert!(text.contains("ironvisor_controller_events_total{outcome=\"published\"} 1"));
+        assert!(text.contains("ironvisor_controller_events_total{outcome=\"dropped\"} 1"));
+        assert!(text.contains("ironvisor_controller_events_total{outcome=\"failed\"} 0"));
     }
 }

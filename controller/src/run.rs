@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
 use ironvisor_crds::v1alpha1::{VirtualMachine, VirtualMachineInstance};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector;
 use kube::runtime::watcher::{self, watcher};
@@ -84,13 +84,15 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     }
     info!("leading: starting the reconcilers");
     metrics.set_leader(true);
+    let (pod_cache, pod_cache_writer) = reflector::store();
     let context = Arc::new(Context::new(
         client.clone(),
+        pod_cache,
         config.pod_settings.clone(),
         metrics.clone(),
         Some(config.identity.clone()),
     ));
-    let controllers = run_controllers(client, context, shutdown.clone());
+    let controllers = run_controllers(client, context, pod_cache_writer, shutdown.clone());
     let result = tokio::select! {
         error = &mut election => Err(RunError::Leadership(error)),
         _ = controllers => Ok(()),
@@ -142,16 +144,30 @@ fn reconcile_config() -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY)
 }
 
+/// What the launcher pod cache keeps of a pod: what [`slim`] keeps, and of its spec only
+/// the node it was bound to (the instance reconciler reads metadata, `spec.nodeName` and
+/// the status; the spec's containers and volumes are most of a launcher pod's size).
+fn trim_launcher_pod(pod: &mut Pod) {
+    slim(pod);
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = PodSpec {
+            node_name: spec.node_name.take(),
+            ..PodSpec::default()
+        };
+    }
+}
+
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 async fn run_controllers(
     client: Client,
     context: Arc<Context>,
+    pod_cache_writer: reflector::store::Writer<Pod>,
     shutdown: futures::future::Shared<impl std::future::Future<Output = ()> + Send + 'static>,
 ) {
     let vms: Api<VirtualMachine> = Api::all(client.clone());
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
-    let pod_metadata: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());
+    let all_pods: Api<Pod> = Api::all(client.clone());
     let launcher_pods =
         watcher::Config::default().labels(&format!("{LABEL_COMPONENT}={COMPONENT_LAUNCHER}"));
 
@@ -197,9 +213,20 @@ async fn run_controllers(
                 vmi_metrics.mark_changed(ControllerKind::VirtualMachineInstance, key(vmi));
             }
         });
-    let owned_pods = watcher(pod_metadata, launcher_pods)
+    // Launcher pods fill the cache the instance reconciler reads instead of asking the
+    // API server on every reconcile, and wake their instance when they change.
+    let pod_watch = watcher(all_pods, launcher_pods).modify(trim_launcher_pod);
+    let watched = context.clone();
+    let owned_pods = reflector::reflector(pod_cache_writer, pod_watch)
         .default_backoff()
-        .touched_objects();
+        .touched_objects()
+        .inspect(move |event| {
+            // The cache has seen this pod now (added, changed or deleted): the record of
+            // having created it no longer stands in for it.
+            if let Ok(pod) = event {
+                watched.own_writes.forget_pod(&key(pod));
+            }
+        });
     let vmi_controller = Controller::for_stream(vmi_stream, vmi_reader)
         .owns_stream(owned_pods)
         .with_config(reconcile_config())
@@ -215,4 +242,69 @@ async fn run_controllers(
             }
         });
     futures::join!(vm_controller, vmi_controller);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmi_status::observe;
+    use ironvisor_crds::v1alpha1::VirtualMachineInstancePhase as Phase;
+    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodCondition, PodStatus};
+    use kube::api::ObjectMeta;
+
+    fn running_launcher_pod() -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("virt-launcher-vm".into()),
+                labels: Some(
+                    [(LABEL_COMPONENT.to_string(), COMPONENT_LAUNCHER.to_string())].into(),
+                ),
+                annotations: Some([(LAST_APPLIED.to_string(), "{}".to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("node-1".into()),
+                containers: vec![Container {
+                    name: "compute".into(),
+                    image: Some("ironvisor/launcher".into()),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: "True".into(),
+                    ..PodCondition::default()
+                }]),
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "compute".into(),
+                    ready: true,
+                    ..ContainerStatus::default()
+                }]),
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_pod_cache_keeps_what_the_instance_status_is_read_from() {
+        let full = running_launcher_pod();
+        let mut trimmed = full.clone();
+        trim_launcher_pod(&mut trimmed);
+
+        let spec = trimmed.spec.as_ref().expect("spec kept");
+        assert!(spec.containers.is_empty(), "containers are dropped");
+        assert_eq!(spec.node_name.as_deref(), Some("node-1"));
+        assert_eq!(trimmed.labels(), full.labels());
+        assert!(trimmed.annotations().get(LAST_APPLIED).is_none());
+        for current in [None, Some(Phase::Scheduled), Some(Phase::Running)] {
+            assert_eq!(
+                observe(current, Some(&trimmed)),
+                observe(current, Some(&full)),
+                "from phase {current:?}"
+            );
+        }
+    }
 }

@@ -125,6 +125,18 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action, R
         object: object.clone(),
         field: "namespace",
     })?;
+    let uid = vm.uid().ok_or_else(|| ReconcileError::Metadata {
+        object: object.clone(),
+        field: "uid",
+    })?;
+    if ctx
+        .own_writes
+        .cache_is_behind(&uid, vm.resource_version().as_deref())
+    {
+        // Woken by the echo of an earlier write; the later one's event reconciles it again.
+        debug!("the cache does not show this controller's last write yet");
+        return Ok(Action::await_change());
+    }
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &namespace);
     let deleting = vm.meta().deletion_timestamp.is_some();
@@ -143,14 +155,14 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action, R
                     "an instance named {} exists and belongs to something else; it is left alone",
                     vm.name_any()
                 ),
-            )
-            .await;
+            );
             None
         }
         None => None,
     };
     if !deleting {
-        ensure_finalizer(&vms, vm, VM_FINALIZER).await?;
+        let written = ensure_finalizer(&vms, vm, VM_FINALIZER).await?;
+        ctx.own_writes.wrote(&uid, written.as_deref());
     }
 
     let now = now();
@@ -178,7 +190,8 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action, R
         now.0.as_second(),
     );
     if vm.status.as_ref() != Some(&status) && !matches!(action, VmAction::RemoveFinalizer) {
-        apply_status(&vms, vm, &status).await?;
+        let written = apply_status(&vms, vm, &status).await?;
+        ctx.own_writes.wrote(&uid, written.as_deref());
     }
     match action {
         VmAction::Nothing => Ok(match view {
@@ -203,6 +216,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action, R
         }
         VmAction::RemoveFinalizer => {
             remove_finalizer(&vms, vm, VM_FINALIZER).await?;
+            ctx.own_writes.forget(&uid);
             Ok(Action::await_change())
         }
     }
@@ -225,8 +239,7 @@ async fn create_instance(
                 true,
                 "InstancetypeNotUsable",
                 error.to_string(),
-            )
-            .await;
+            );
             return Err(error);
         }
         Err(error) => return Err(error),
@@ -239,8 +252,7 @@ async fn create_instance(
                 false,
                 "SuccessfulCreate",
                 format!("Created virtual machine instance {}", created.name_any()),
-            )
-            .await;
+            );
             Ok(())
         }
         // The previous instance is still being deleted, or the cache lagged: look again.
@@ -251,8 +263,7 @@ async fn create_instance(
                 true,
                 "FailedCreate",
                 format!("Creating the instance failed: {source}"),
-            )
-            .await;
+            );
             Err(ReconcileError::Kube {
                 action: "creating the instance of",
                 object: key(vm),
@@ -283,8 +294,7 @@ async fn delete_instance(
                 false,
                 reason,
                 format!("Deleting virtual machine instance {}", vmi.name_any()),
-            )
-            .await;
+            );
             Ok(())
         }
         Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),

@@ -12,13 +12,14 @@ use ironvisor_crds::v1alpha1::{
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
 use crate::claims::read_claims;
 use crate::context::{
     apply_status, ensure_finalizer, key, kube_error, measured, now, remove_finalizer, Context,
-    ReconcileError,
+    ReconcileError, Written,
 };
 use crate::launcher_pod::launcher_pod;
 use crate::metrics::ControllerKind;
@@ -67,6 +68,10 @@ async fn reconcile_inner(
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
     let object = key(vmi);
+    if ctx.launcher_pods.wait_until_ready().await.is_err() {
+        // Only when the pod watch has stopped (shutdown); the API server still answers.
+        debug!("the launcher pod cache is gone");
+    }
     let namespace = vmi.namespace().ok_or_else(|| ReconcileError::Metadata {
         object: object.clone(),
         field: "namespace",
@@ -75,21 +80,34 @@ async fn reconcile_inner(
         object: object.clone(),
         field: "uid",
     })?;
+    if ctx
+        .own_writes
+        .cache_is_behind(&uid, vmi.resource_version().as_deref())
+    {
+        // Woken by the echo of an earlier write of this controller; the later one's event
+        // is on its way and reconciles it again.
+        debug!("the cache does not show this controller's last write yet");
+        return Ok(Action::await_change());
+    }
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let pod_name = launcher_pod_name(&vmi.name_any(), &uid);
-    let pod = pods
-        .get_opt(&pod_name)
+    let current = vmi.status.as_ref().and_then(|s| s.phase);
+    let deleting = vmi.meta().deletion_timestamp.is_some();
+    // A pod missing from the cache may just not have reached it yet. Where its absence
+    // decides something (the instance is deleted, or one that had a pod would be failed
+    // as "gone"), ask the API server; a pending instance creates it (a 409 then reads it).
+    let confirm_absence = deleting || current.is_some_and(|p| p != Phase::Pending && !p.is_final());
+    let pod = launcher_pod_of(ctx, &pods, &namespace, &pod_name, &uid, confirm_absence)
         .await
-        .map_err(kube_error("reading the launcher pod of", &object))?
-        .filter(|p| p.labels().get(LABEL_CREATED_BY) == Some(&uid));
+        .map_err(kube_error("reading the launcher pod of", &object))?;
 
-    if vmi.meta().deletion_timestamp.is_some() {
+    if deleting {
         return finalize(vmi, ctx, &vmis, &pods, pod).await;
     }
-    ensure_finalizer(&vmis, vmi, VMI_FINALIZER).await?;
+    let written = ensure_finalizer(&vmis, vmi, VMI_FINALIZER).await?;
+    ctx.own_writes.wrote(&uid, written.as_deref());
 
-    let current = vmi.status.as_ref().and_then(|s| s.phase);
     let mut pod = pod;
     if pod.is_none() && matches!(current, None | Some(Phase::Pending)) {
         let claims_api: Api<PersistentVolumeClaim> =
@@ -108,7 +126,10 @@ async fn reconcile_inner(
         };
         match launcher_pod(vmi, &ctx.pod_settings, &claims) {
             Ok(desired) => {
-                pod = Some(create_pod(ctx, vmi, &pods, &desired).await?);
+                let created = Arc::new(create_pod(ctx, vmi, &pods, &desired).await?);
+                ctx.own_writes
+                    .created_pod(pod_key(&namespace, &pod_name), created.clone());
+                pod = Some(created);
             }
             Err(error) => {
                 let observation = unplaced(Phase::Failed, error.reason(), error.to_string());
@@ -122,12 +143,51 @@ async fn reconcile_inner(
         // instance knows neither and would wipe them.
         return Ok(Action::await_change());
     }
-    let observation = observe(current, pod.as_ref());
+    let observation = observe(current, pod.as_deref());
     if let Some(node) = &observation.node_name {
-        label_node(vmi, &vmis, node).await?;
+        let written = label_node(vmi, &vmis, node).await?;
+        ctx.own_writes.wrote(&uid, written.as_deref());
     }
     write_status(ctx, vmi, &vmis, &observation).await?;
     Ok(Action::await_change())
+}
+
+/// `namespace/name` of a pod, as the record of created pods keys it.
+pub fn pod_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The instance's launcher pod (the one its UID labels), from the controller's cache, or
+/// as this controller created it while the cache does not show it yet; when neither has
+/// it and `confirm_absence` is set, from the API server.
+async fn launcher_pod_of(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    namespace: &str,
+    pod_name: &str,
+    uid: &str,
+    confirm_absence: bool,
+) -> Result<Option<Arc<Pod>>, kube::Error> {
+    let ours = |pod: &Pod| pod.labels().get(LABEL_CREATED_BY).map(String::as_str) == Some(uid);
+    let cached = ctx
+        .launcher_pods
+        .get(&ObjectRef::new(pod_name).within(namespace))
+        .filter(|pod| ours(pod));
+    if cached.is_some() {
+        return Ok(cached);
+    }
+    if let Some(created) = ctx
+        .own_writes
+        .created_pod_not_cached(&pod_key(namespace, pod_name))
+        .filter(|pod| ours(pod))
+    {
+        return Ok(Some(created));
+    }
+    if !confirm_absence {
+        return Ok(None);
+    }
+    debug!(pod = pod_name, "not in the cache; asking the API server");
+    Ok(pods.get_opt(pod_name).await?.filter(ours).map(Arc::new))
 }
 
 /// An instance that has no pod, in `phase` for `reason`.
@@ -147,19 +207,20 @@ async fn label_node(
     vmi: &VirtualMachineInstance,
     vmis: &Api<VirtualMachineInstance>,
     node: &str,
-) -> Result<(), ReconcileError> {
+) -> Result<Written, ReconcileError> {
     if vmi.labels().get(LABEL_NODE_NAME).map(String::as_str) == Some(node) {
-        return Ok(());
+        return Ok(None);
     }
     let patch = serde_json::json!({"metadata": {"labels": {LABEL_NODE_NAME: node}}});
-    vmis.patch(
-        &vmi.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(kube_error("labelling with its node", &key(vmi)))?;
-    Ok(())
+    let written = vmis
+        .patch(
+            &vmi.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(kube_error("labelling with its node", &key(vmi)))?;
+    Ok(written.resource_version())
 }
 
 async fn create_pod(
@@ -178,11 +239,9 @@ async fn create_pod(
                 false,
                 "SuccessfulCreate",
                 format!("Created launcher pod {name}"),
-            )
-            .await;
+            );
             for mapped in ironvisor_crds::compat::mapped_settings(&vmi.spec) {
-                ctx.event(&vmi.object_ref(&()), true, mapped.reason, mapped.message)
-                    .await;
+                ctx.event(&vmi.object_ref(&()), true, mapped.reason, mapped.message);
             }
             Ok(pod)
         }
@@ -214,7 +273,10 @@ async fn write_status(
     }
     let old_phase = current.and_then(|s| s.phase);
     let old_reason = current.and_then(|s| s.reason.clone());
-    apply_status(vmis, vmi, &next).await?;
+    let written = apply_status(vmis, vmi, &next).await?;
+    if let Some(uid) = vmi.uid() {
+        ctx.own_writes.wrote(&uid, written.as_deref());
+    }
     if old_phase != Some(observation.phase) || old_reason != observation.reason {
         let (warning, reason) = event_reason(observation);
         let mut note = format!("{:?}", observation.phase);
@@ -225,8 +287,7 @@ async fn write_status(
             note.push_str(": ");
             note.push_str(message);
         }
-        ctx.event(&vmi.object_ref(&()), warning, &reason, note)
-            .await;
+        ctx.event(&vmi.object_ref(&()), warning, &reason, note);
     }
     Ok(())
 }
@@ -262,11 +323,14 @@ async fn finalize(
     ctx: &Context,
     vmis: &Api<VirtualMachineInstance>,
     pods: &Api<Pod>,
-    pod: Option<Pod>,
+    pod: Option<Arc<Pod>>,
 ) -> Result<Action, ReconcileError> {
     let object = key(vmi);
     let Some(pod) = pod else {
         remove_finalizer(vmis, vmi, VMI_FINALIZER).await?;
+        if let Some(uid) = vmi.uid() {
+            ctx.own_writes.forget(&uid);
+        }
         return Ok(Action::await_change());
     };
     if pod.meta().deletion_timestamp.is_none() {
@@ -284,8 +348,7 @@ async fn finalize(
                     false,
                     "Stopping",
                     format!("Deleting launcher pod {}", pod.name_any()),
-                )
-                .await;
+                );
             }
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
             Err(source) => {
