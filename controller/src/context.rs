@@ -12,6 +12,7 @@ use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use tracing::debug;
 
 use crate::event_queue::{EventQueue, Raised, Reporter};
 use crate::launcher_pod::LauncherPodSettings;
@@ -202,6 +203,36 @@ pub async fn measured<T>(
     result
 }
 
+/// Namespace and UID of a namespaced object: every reconcile needs both.
+pub fn namespace_and_uid<K: Resource>(object: &K) -> Result<(String, String), ReconcileError> {
+    let missing = |field| ReconcileError::Metadata {
+        object: key(object),
+        field,
+    };
+    let namespace = object
+        .meta()
+        .namespace
+        .clone()
+        .ok_or_else(|| missing("namespace"))?;
+    let uid = object.meta().uid.clone().ok_or_else(|| missing("uid"))?;
+    Ok((namespace, uid))
+}
+
+impl Context {
+    /// Whether the cached `object` (whose UID is `uid`) predates this controller's last
+    /// write to it: the reconcile was woken by the echo of an earlier write, and the later
+    /// write's event is on its way and will reconcile it again.
+    pub fn cached_before_own_write<K: Resource>(&self, object: &K, uid: &str) -> bool {
+        let behind = self
+            .own_writes
+            .cache_is_behind(uid, object.meta().resource_version.as_deref());
+        if behind {
+            debug!("the cache does not show this controller's last write yet");
+        }
+        behind
+    }
+}
+
 /// Now, as a Kubernetes `Time`.
 pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
@@ -327,6 +358,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reconcile_names_the_missing_namespace_or_uid() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use kube::api::ObjectMeta;
+        let object = |namespace: Option<&str>, uid: Option<&str>| ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("vm".into()),
+                namespace: namespace.map(Into::into),
+                uid: uid.map(Into::into),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        };
+        let (namespace, uid) = namespace_and_uid(&object(Some("ns"), Some("u-1"))).unwrap();
+        assert_eq!((namespace.as_str(), uid.as_str()), ("ns", "u-1"));
+        for (namespace, uid, field) in [(None, Some("u-1"), "namespace"), (Some("ns"), None, "uid")]
+        {
+            match namespace_and_uid(&object(namespace, uid)) {
+                Err(ReconcileError::Metadata { field: missing, .. }) => assert_eq!(missing, field),
+                other => panic!("expected a missing {field}, got {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn creates_refused_in_a_terminating_namespace_are_retried_slowly_and_quietly() {

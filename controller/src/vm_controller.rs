@@ -14,8 +14,8 @@ use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
 use crate::context::{
-    apply_status, ensure_finalizer, key, kube_error, measured, now, remove_finalizer, Context,
-    ReconcileError,
+    apply_status, ensure_finalizer, key, kube_error, measured, namespace_and_uid, now,
+    remove_finalizer, Context, ReconcileError,
 };
 use crate::metrics::ControllerKind;
 use crate::vm_sizing::{resolve as resolve_sizing, Sizing};
@@ -121,20 +121,8 @@ fn owned_by(vmi: &VirtualMachineInstance, vm: &VirtualMachine) -> bool {
 #[instrument(skip_all, fields(vm = %key(vm)))]
 async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action, ReconcileError> {
     let object = key(vm);
-    let namespace = vm.namespace().ok_or_else(|| ReconcileError::Metadata {
-        object: object.clone(),
-        field: "namespace",
-    })?;
-    let uid = vm.uid().ok_or_else(|| ReconcileError::Metadata {
-        object: object.clone(),
-        field: "uid",
-    })?;
-    if ctx
-        .own_writes
-        .cache_is_behind(&uid, vm.resource_version().as_deref())
-    {
-        // Woken by the echo of an earlier write; the later one's event reconciles it again.
-        debug!("the cache does not show this controller's last write yet");
+    let (namespace, uid) = namespace_and_uid(vm)?;
+    if ctx.cached_before_own_write(vm, &uid) {
         return Ok(Action::await_change());
     }
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);

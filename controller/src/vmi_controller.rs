@@ -18,8 +18,8 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::claims::read_claims;
 use crate::context::{
-    apply_status, ensure_finalizer, key, kube_error, measured, now, remove_finalizer, Context,
-    ReconcileError, Written,
+    apply_status, ensure_finalizer, key, kube_error, measured, namespace_and_uid, now,
+    remove_finalizer, Context, ReconcileError, Written,
 };
 use crate::launcher_pod::launcher_pod;
 use crate::metrics::ControllerKind;
@@ -72,21 +72,8 @@ async fn reconcile_inner(
         // Only when the pod watch has stopped (shutdown); the API server still answers.
         debug!("the launcher pod cache is gone");
     }
-    let namespace = vmi.namespace().ok_or_else(|| ReconcileError::Metadata {
-        object: object.clone(),
-        field: "namespace",
-    })?;
-    let uid = vmi.uid().ok_or_else(|| ReconcileError::Metadata {
-        object: object.clone(),
-        field: "uid",
-    })?;
-    if ctx
-        .own_writes
-        .cache_is_behind(&uid, vmi.resource_version().as_deref())
-    {
-        // Woken by the echo of an earlier write of this controller; the later one's event
-        // is on its way and reconciles it again.
-        debug!("the cache does not show this controller's last write yet");
+    let (namespace, uid) = namespace_and_uid(vmi)?;
+    if ctx.cached_before_own_write(vmi, &uid) {
         return Ok(Action::await_change());
     }
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &namespace);
