@@ -133,15 +133,10 @@ impl Metrics {
         let leader = u8::from(self.leader.load(Ordering::Relaxed));
         self.with(|c| {
             let mut out = String::new();
-            let kinds = [ControllerKind::VirtualMachine, ControllerKind::VirtualMachineInstance];
-            let _ = writeln!(out, "# HELP ironvisor_controller_reconciles_total Reconciles run.");
-            let _ = writeln!(out, "# TYPE ironvisor_controller_reconciles_total counter");
-            for kind in kinds {
-                let n = c.reconciles.get(&kind).copied().unwrap_or(0);
-                let _ = writeln!(out, "ironvisor_controller_reconciles_total{{controller=\"{}\"}} {n}", kind.as_str());
-            }
-            let _ = writeln!(out, "# HELP ironvisor_controller_reconcile_errors_total Reconciles that failed, by error.");
-            let _ = writeln!(out, "# TYPE ironvisor_controller_reconcile_errors_total counter");
+            per_controller(&mut out, "reconciles_total", "counter", "Reconciles run.", |kind| {
+                c.reconciles.get(&kind).copied().unwrap_or(0).to_string()
+            });
+            header(&mut out, "reconcile_errors_total", "counter", "Reconciles that failed, by error.");
             for ((kind, label), n) in &c.errors {
                 let _ = writeln!(
                     out,
@@ -149,26 +144,16 @@ impl Metrics {
                     kind.as_str()
                 );
             }
-            let _ = writeln!(out, "# HELP ironvisor_controller_reconcile_duration_seconds_sum Time spent reconciling.");
-            let _ = writeln!(out, "# TYPE ironvisor_controller_reconcile_duration_seconds_sum counter");
-            for kind in kinds {
-                let s = c.duration_sum.get(&kind).copied().unwrap_or(0.0);
-                let _ = writeln!(out, "ironvisor_controller_reconcile_duration_seconds_sum{{controller=\"{}\"}} {s:.6}", kind.as_str());
-            }
-            let _ = writeln!(out, "# HELP ironvisor_controller_queue_depth Objects changed in the API and not reconciled since.");
-            let _ = writeln!(out, "# TYPE ironvisor_controller_queue_depth gauge");
-            for kind in kinds {
-                let n = c.dirty.get(&kind).map_or(0, BTreeSet::len);
-                let _ = writeln!(out, "ironvisor_controller_queue_depth{{controller=\"{}\"}} {n}", kind.as_str());
-            }
-            let _ = writeln!(out, "# HELP ironvisor_controller_reconciles_in_flight Reconciles running now.");
-            let _ = writeln!(out, "# TYPE ironvisor_controller_reconciles_in_flight gauge");
-            for kind in kinds {
-                let n = c.in_flight.get(&kind).copied().unwrap_or(0);
-                let _ = writeln!(out, "ironvisor_controller_reconciles_in_flight{{controller=\"{}\"}} {n}", kind.as_str());
-            }
-            let _ = writeln!(out, "# HELP ironvisor_controller_events_total Events raised, by outcome.");
-            let _ = writeln!(out, "# TYPE ironvisor_controller_events_total counter");
+            per_controller(&mut out, "reconcile_duration_seconds_sum", "counter", "Time spent reconciling.", |kind| {
+                format!("{:.6}", c.duration_sum.get(&kind).copied().unwrap_or(0.0))
+            });
+            per_controller(&mut out, "queue_depth", "gauge", "Objects changed in the API and not reconciled since.", |kind| {
+                c.dirty.get(&kind).map_or(0, BTreeSet::len).to_string()
+            });
+            per_controller(&mut out, "reconciles_in_flight", "gauge", "Reconciles running now.", |kind| {
+                c.in_flight.get(&kind).copied().unwrap_or(0).to_string()
+            });
+            header(&mut out, "events_total", "counter", "Events raised, by outcome.");
             for (outcome, counter) in [
                 ("published", &self.events.published),
                 ("failed", &self.events.failed),
@@ -177,11 +162,38 @@ impl Metrics {
                 let n = counter.load(Ordering::Relaxed);
                 let _ = writeln!(out, "ironvisor_controller_events_total{{outcome=\"{outcome}\"}} {n}");
             }
-            let _ = writeln!(out, "# HELP ironvisor_controller_leader 1 while this replica holds the leader lease.");
-            let _ = writeln!(out, "# TYPE ironvisor_controller_leader gauge");
+            header(&mut out, "leader", "gauge", "1 while this replica holds the leader lease.");
             let _ = writeln!(out, "ironvisor_controller_leader {leader}");
             out
         })
+    }
+}
+
+/// `# HELP` and `# TYPE` of the metric `ironvisor_controller_<name>`.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP ironvisor_controller_{name} {help}");
+    let _ = writeln!(out, "# TYPE ironvisor_controller_{name} {kind}");
+}
+
+/// A metric with one sample per reconciler.
+fn per_controller(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(ControllerKind) -> String,
+) {
+    header(out, name, kind, help);
+    for controller in [
+        ControllerKind::VirtualMachine,
+        ControllerKind::VirtualMachineInstance,
+    ] {
+        let _ = writeln!(
+            out,
+            "ironvisor_controller_{name}{{controller=\"{}\"}} {}",
+            controller.as_str(),
+            value(controller)
+        );
     }
 }
 
