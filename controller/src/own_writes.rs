@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::ObjectRef;
 
 /// How long a record is kept at most. The watch delivers an object's change within
 /// seconds; a record this old is of an object whose last event never came (it was
@@ -28,8 +29,8 @@ const PRUNE_ABOVE: usize = 4096;
 struct Records {
     /// Object UID → (when, resource version this controller last wrote).
     versions: HashMap<String, (Instant, u64)>,
-    /// `namespace/name` → (when, the pod as its create returned it).
-    created_pods: HashMap<String, (Instant, Arc<Pod>)>,
+    /// The pod → (when, the pod as its create returned it).
+    created_pods: HashMap<ObjectRef<Pod>, (Instant, Arc<Pod>)>,
 }
 
 /// See the module documentation.
@@ -90,7 +91,7 @@ impl OwnWrites {
     }
 
     /// Records a pod this controller created.
-    pub fn created_pod(&self, key: String, pod: Arc<Pod>) {
+    pub fn created_pod(&self, key: ObjectRef<Pod>, pod: Arc<Pod>) {
         let mut records = self.lock();
         let now = Instant::now();
         records.created_pods.insert(key, (now, pod));
@@ -102,7 +103,7 @@ impl OwnWrites {
     }
 
     /// The pod `key` this controller created and the pod cache does not show yet.
-    pub fn created_pod_not_cached(&self, key: &str) -> Option<Arc<Pod>> {
+    pub fn created_pod_not_cached(&self, key: &ObjectRef<Pod>) -> Option<Arc<Pod>> {
         let mut records = self.lock();
         match records.created_pods.get(key) {
             Some((when, pod)) if when.elapsed() < RECORD_TTL => Some(pod.clone()),
@@ -115,7 +116,7 @@ impl OwnWrites {
     }
 
     /// Forgets the created pod `key` (the cache shows it, or it was deleted).
-    pub fn forget_pod(&self, key: &str) {
+    pub fn forget_pod(&self, key: &ObjectRef<Pod>) {
         self.lock().created_pods.remove(key);
     }
 }
@@ -171,11 +172,24 @@ mod tests {
     #[test]
     fn a_created_pod_stands_in_for_the_cache_until_forgotten() {
         let writes = OwnWrites::default();
-        assert!(writes.created_pod_not_cached("ns/pod").is_none());
-        writes.created_pod("ns/pod".into(), Arc::new(Pod::default()));
-        assert!(writes.created_pod_not_cached("ns/pod").is_some());
-        assert!(writes.created_pod_not_cached("ns/other").is_none());
-        writes.forget_pod("ns/pod");
-        assert!(writes.created_pod_not_cached("ns/pod").is_none());
+        let pod = ObjectRef::<Pod>::new("pod").within("ns");
+        assert!(writes.created_pod_not_cached(&pod).is_none());
+        writes.created_pod(pod.clone(), Arc::new(Pod::default()));
+        assert!(writes.created_pod_not_cached(&pod).is_some());
+        let other = ObjectRef::<Pod>::new("pod").within("other-ns");
+        assert!(writes.created_pod_not_cached(&other).is_none());
+        // The watch names it from the object (with its UID and version): the same key.
+        let watched = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("pod".into()),
+                namespace: Some("ns".into()),
+                uid: Some("u-1".into()),
+                resource_version: Some("9".into()),
+                ..kube::api::ObjectMeta::default()
+            },
+            ..Pod::default()
+        };
+        writes.forget_pod(&ObjectRef::from_obj(&watched));
+        assert!(writes.created_pod_not_cached(&pod).is_none());
     }
 }

@@ -8,7 +8,7 @@ use futures::{FutureExt, StreamExt};
 use ironvisor_crds::v1alpha1::{VirtualMachine, VirtualMachineInstance};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -224,7 +224,7 @@ async fn run_controllers(
             // The cache has seen this pod now (added, changed or deleted): the record of
             // having created it no longer stands in for it.
             if let Ok(pod) = event {
-                watched.own_writes.forget_pod(&key(pod));
+                watched.own_writes.forget_pod(&ObjectRef::from_obj(pod));
             }
         });
     let vmi_controller = Controller::for_stream(vmi_stream, vmi_reader)

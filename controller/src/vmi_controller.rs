@@ -114,8 +114,8 @@ async fn reconcile_inner(
         match launcher_pod(vmi, &ctx.pod_settings, &claims) {
             Ok(desired) => {
                 let created = Arc::new(create_pod(ctx, vmi, &pods, &desired).await?);
-                ctx.own_writes
-                    .created_pod(pod_key(&namespace, &pod_name), created.clone());
+                let reference = ObjectRef::new(&pod_name).within(&namespace);
+                ctx.own_writes.created_pod(reference, created.clone());
                 pod = Some(created);
             }
             Err(error) => {
@@ -139,11 +139,6 @@ async fn reconcile_inner(
     Ok(Action::await_change())
 }
 
-/// `namespace/name` of a pod, as the record of created pods keys it.
-pub fn pod_key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
-}
-
 /// The instance's launcher pod (the one its UID labels), from the controller's cache, or
 /// as this controller created it while the cache does not show it yet; when neither has
 /// it and `confirm_absence` is set, from the API server.
@@ -156,16 +151,14 @@ async fn launcher_pod_of(
     confirm_absence: bool,
 ) -> Result<Option<Arc<Pod>>, kube::Error> {
     let ours = |pod: &Pod| pod.labels().get(LABEL_CREATED_BY).map(String::as_str) == Some(uid);
-    let cached = ctx
-        .launcher_pods
-        .get(&ObjectRef::new(pod_name).within(namespace))
-        .filter(|pod| ours(pod));
+    let reference = ObjectRef::new(pod_name).within(namespace);
+    let cached = ctx.launcher_pods.get(&reference).filter(|pod| ours(pod));
     if cached.is_some() {
         return Ok(cached);
     }
     if let Some(created) = ctx
         .own_writes
-        .created_pod_not_cached(&pod_key(namespace, pod_name))
+        .created_pod_not_cached(&reference)
         .filter(|pod| ours(pod))
     {
         return Ok(Some(created));
