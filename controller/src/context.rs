@@ -247,56 +247,60 @@ pub fn key<K: Resource>(object: &K) -> String {
     )
 }
 
-/// The resource version a write produced (`None` when nothing was written).
-pub type Written = Option<String>;
-
-/// Adds `finalizer` to the object unless present.
+/// Adds `finalizer` to the object unless present; the write goes on record in `writes`.
 pub async fn ensure_finalizer<K>(
+    writes: &OwnWrites,
     api: &Api<K>,
     object: &K,
     finalizer: &str,
-) -> Result<Written, ReconcileError>
+) -> Result<(), ReconcileError>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let finalizers = object.finalizers();
     if finalizers.iter().any(|f| f == finalizer) {
-        return Ok(None);
+        return Ok(());
     }
     let mut next = finalizers.to_vec();
     next.push(finalizer.to_string());
-    set_finalizers(api, object, next, "adding the finalizer to").await
+    set_finalizers(writes, api, object, next, "adding the finalizer to").await
 }
 
-/// Removes `finalizer` from the object.
+/// Removes `finalizer` from the object; `writes` forgets it (it is on its way out).
 pub async fn remove_finalizer<K>(
+    writes: &OwnWrites,
     api: &Api<K>,
     object: &K,
     finalizer: &str,
-) -> Result<Written, ReconcileError>
+) -> Result<(), ReconcileError>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let finalizers = object.finalizers();
     if !finalizers.iter().any(|f| f == finalizer) {
-        return Ok(None);
+        return Ok(());
     }
     let next: Vec<String> = finalizers
         .iter()
         .filter(|f| *f != finalizer)
         .cloned()
         .collect();
-    set_finalizers(api, object, next, "removing the finalizer from").await
+    set_finalizers(writes, api, object, next, "removing the finalizer from").await?;
+    if let Some(uid) = object.uid() {
+        writes.forget(&uid);
+    }
+    Ok(())
 }
 
 /// Replaces the finalizer list with a merge patch that carries the `resourceVersion` read,
 /// so a concurrent change makes the API server answer 409 instead of being overwritten.
 async fn set_finalizers<K>(
+    writes: &OwnWrites,
     api: &Api<K>,
     object: &K,
     finalizers: Vec<String>,
     action: &'static str,
-) -> Result<Written, ReconcileError>
+) -> Result<(), ReconcileError>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -314,9 +318,12 @@ where
         )
         .await
     {
-        Ok(written) => Ok(written.resource_version()),
+        Ok(written) => {
+            writes.wrote_object(&written);
+            Ok(())
+        }
         // Already gone: the finalizer was the last thing holding it.
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(source) => Err(ReconcileError::Kube {
             action,
             object: key(object),
@@ -325,12 +332,14 @@ where
     }
 }
 
-/// Writes `status` with server-side apply under the controller's field manager.
+/// Writes `status` with server-side apply under the controller's field manager; the write
+/// goes on record in `writes`.
 pub async fn apply_status<K, S>(
+    writes: &OwnWrites,
     api: &Api<K>,
     object: &K,
     status: &S,
-) -> Result<Written, ReconcileError>
+) -> Result<(), ReconcileError>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: serde::Serialize,
@@ -352,7 +361,8 @@ where
         )
         .await
         .map_err(kube_error("writing the status of", &key(object)))?;
-    Ok(written.resource_version())
+    writes.wrote_object(&written);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::ObjectRef;
+use kube::Resource;
 
 /// How long a record is kept at most. The watch delivers an object's change within
 /// seconds; a record this old is of an object whose last event never came (it was
@@ -64,6 +65,13 @@ impl OwnWrites {
             records
                 .versions
                 .retain(|_, (when, _)| now.duration_since(*when) < RECORD_TTL);
+        }
+    }
+
+    /// Records `written`, an object as a write of this controller returned it.
+    pub fn wrote_object<K: Resource>(&self, written: &K) {
+        if let Some(uid) = &written.meta().uid {
+            self.wrote(uid, written.meta().resource_version.as_deref());
         }
     }
 

@@ -149,8 +149,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action, R
         None => None,
     };
     if !deleting {
-        let written = ensure_finalizer(&vms, vm, VM_FINALIZER).await?;
-        ctx.own_writes.wrote(&uid, written.as_deref());
+        ensure_finalizer(&ctx.own_writes, &vms, vm, VM_FINALIZER).await?;
     }
 
     let now = now();
@@ -178,8 +177,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action, R
         now.0.as_second(),
     );
     if vm.status.as_ref() != Some(&status) && !matches!(action, VmAction::RemoveFinalizer) {
-        let written = apply_status(&vms, vm, &status).await?;
-        ctx.own_writes.wrote(&uid, written.as_deref());
+        apply_status(&ctx.own_writes, &vms, vm, &status).await?;
     }
     match action {
         VmAction::Nothing => Ok(match view {
@@ -203,8 +201,7 @@ async fn reconcile_inner(vm: &VirtualMachine, ctx: &Context) -> Result<Action, R
             Ok(Action::requeue(Duration::from_secs(wait)))
         }
         VmAction::RemoveFinalizer => {
-            remove_finalizer(&vms, vm, VM_FINALIZER).await?;
-            ctx.own_writes.forget(&uid);
+            remove_finalizer(&ctx.own_writes, &vms, vm, VM_FINALIZER).await?;
             Ok(Action::await_change())
         }
     }

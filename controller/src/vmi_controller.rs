@@ -19,7 +19,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::claims::read_claims;
 use crate::context::{
     apply_status, ensure_finalizer, key, kube_error, measured, namespace_and_uid, now,
-    remove_finalizer, Context, ReconcileError, Written,
+    remove_finalizer, Context, ReconcileError,
 };
 use crate::launcher_pod::launcher_pod;
 use crate::metrics::ControllerKind;
@@ -92,8 +92,7 @@ async fn reconcile_inner(
     if deleting {
         return finalize(vmi, ctx, &vmis, &pods, pod).await;
     }
-    let written = ensure_finalizer(&vmis, vmi, VMI_FINALIZER).await?;
-    ctx.own_writes.wrote(&uid, written.as_deref());
+    ensure_finalizer(&ctx.own_writes, &vmis, vmi, VMI_FINALIZER).await?;
 
     let mut pod = pod;
     if pod.is_none() && matches!(current, None | Some(Phase::Pending)) {
@@ -132,8 +131,7 @@ async fn reconcile_inner(
     }
     let observation = observe(current, pod.as_deref());
     if let Some(node) = &observation.node_name {
-        let written = label_node(vmi, &vmis, node).await?;
-        ctx.own_writes.wrote(&uid, written.as_deref());
+        label_node(ctx, vmi, &vmis, node).await?;
     }
     write_status(ctx, vmi, &vmis, &observation).await?;
     Ok(Action::await_change())
@@ -184,12 +182,13 @@ fn unplaced(phase: Phase, reason: &str, message: String) -> Observation {
 
 /// Labels the instance with its node, so the node's agent can watch just its instances.
 async fn label_node(
+    ctx: &Context,
     vmi: &VirtualMachineInstance,
     vmis: &Api<VirtualMachineInstance>,
     node: &str,
-) -> Result<Written, ReconcileError> {
+) -> Result<(), ReconcileError> {
     if vmi.labels().get(LABEL_NODE_NAME).map(String::as_str) == Some(node) {
-        return Ok(None);
+        return Ok(());
     }
     let patch = serde_json::json!({"metadata": {"labels": {LABEL_NODE_NAME: node}}});
     let written = vmis
@@ -200,7 +199,8 @@ async fn label_node(
         )
         .await
         .map_err(kube_error("labelling with its node", &key(vmi)))?;
-    Ok(written.resource_version())
+    ctx.own_writes.wrote_object(&written);
+    Ok(())
 }
 
 async fn create_pod(
@@ -253,10 +253,7 @@ async fn write_status(
     }
     let old_phase = current.and_then(|s| s.phase);
     let old_reason = current.and_then(|s| s.reason.clone());
-    let written = apply_status(vmis, vmi, &next).await?;
-    if let Some(uid) = vmi.uid() {
-        ctx.own_writes.wrote(&uid, written.as_deref());
-    }
+    apply_status(&ctx.own_writes, vmis, vmi, &next).await?;
     if old_phase != Some(observation.phase) || old_reason != observation.reason {
         let (warning, reason) = event_reason(observation);
         let mut note = format!("{:?}", observation.phase);
@@ -307,10 +304,7 @@ async fn finalize(
 ) -> Result<Action, ReconcileError> {
     let object = key(vmi);
     let Some(pod) = pod else {
-        remove_finalizer(vmis, vmi, VMI_FINALIZER).await?;
-        if let Some(uid) = vmi.uid() {
-            ctx.own_writes.forget(&uid);
-        }
+        remove_finalizer(&ctx.own_writes, vmis, vmi, VMI_FINALIZER).await?;
         return Ok(Action::await_change());
     };
     if pod.meta().deletion_timestamp.is_none() {
