@@ -108,6 +108,7 @@ pub fn run_to_exit<B: Backend>(config: LaunchConfig, backend: B) -> anyhow::Resu
     backend.before_threads()?;
     let hides_socket_paths = backend.hides_socket_paths();
     let runtime = runtime()?;
+    crate::boot_trace::mark("runtime_started");
     let result = runtime.block_on(run_vm_guarded(config, backend, guardian.as_ref()));
     // Every socket the launcher can see is removed once the runtime is gone (served or
     // not); a jailed launcher sees none, so its guardian removes them.

@@ -63,12 +63,14 @@ fn main() -> ExitCode {
 fn run_launch((args, confinement): (LaunchArgs, Confinement)) -> anyhow::Result<u8> {
     let print_only = args.print_config;
     let config = args.into_config()?;
+    ironvisor_launcher::boot_trace::mark("args_parsed");
     if print_only {
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(0);
     }
     let host = HostCaps::probe();
     config.validate(&host.limits())?;
+    ironvisor_launcher::boot_trace::mark("host_probed");
     host.check_hardware_kvm()?;
     ironvisor_launcher::boot_trace::mark("config_checked");
     let backend = KvmBackend {

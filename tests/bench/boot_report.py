@@ -6,7 +6,10 @@ to the guest's init marker), ``overhead_mib`` (Rss minus guest-RAM Rss at the ma
 ``maxrss_mib``, ``kvm.<counter>`` (KVM's exit counters for the VM at the marker, when L1's
 debugfs had them), ``phase.<name>`` (the launcher's start-up phases, ms since spawn) and
 ``mem.<kind>`` (the overhead by kind: the executable's text/rodata/data, libraries, heap,
-stacks and other anonymous memory, KiB).
+stacks and other anonymous memory, KiB), ``guest_entry_ms`` (process start to the first
+entry into the guest, from KVM's ``kvm_entry`` tracepoint: the VMM's own start-up, measured
+alike for every VMM) and ``guest_boot_ms`` (that entry to the marker: the guest's boot on
+the VMM's device models).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from dataclasses import dataclass
 KVM_COUNTERS = ["exits", "io_exits", "mmio_exits", "insn_emulation", "irq_window_exits",
                 "pf_taken"]
 #: The launcher's start-up phases in the order it passes them.
-LAUNCHER_PHASES = ["main", "config_checked", "memory_mapped", "kernel_loaded",
-                   "devices_created", "vcpus_configured", "first_kvm_run"]
+LAUNCHER_PHASES = ["main", "args_parsed", "host_probed", "config_checked", "runtime_started",
+                   "memory_mapped", "vm_created", "kernel_copied", "kernel_loaded", "devices_created",
+                   "vcpus_configured", "first_kvm_run"]
 #: Firecracker's published targets, measured on bare metal (not in a TCG-nested L1).
 FIRECRACKER_ANCHORS = ("Firecracker (published, bare metal): < 125 ms from VMM start to guest "
                        "init, < 5 MiB VMM memory overhead")
@@ -69,6 +73,10 @@ def _metrics_of(r: dict[str, object]) -> dict[str, float]:
     values = {"marker_ms": float(r["marker_ms"]),  # type: ignore[arg-type]
               "overhead_mib": float(r["overhead_kib"]) / 1024,  # type: ignore[arg-type]
               "maxrss_mib": float(r["maxrss_kib"]) / 1024}  # type: ignore[arg-type]
+    entry = r.get("first_guest_entry_ms")
+    if entry is not None:
+        values["guest_entry_ms"] = float(entry)  # type: ignore[arg-type]
+        values["guest_boot_ms"] = values["marker_ms"] - values["guest_entry_ms"]
     kvm = r.get("kvm") or {}
     for name, value in kvm.items():  # type: ignore[union-attr]
         values[f"kvm.{name}"] = float(value)
@@ -126,6 +134,29 @@ def _ratio_lines(summary: dict[str, dict[str, Stat]]) -> list[str]:
     return lines
 
 
+def _split_table(summary: dict[str, dict[str, Stat]]) -> list[str]:
+    vmms = [v for v in _order(summary) if "guest_entry_ms" in summary[v]]
+    if not vmms:
+        return []
+    lines = ["spawn to marker split at the first guest entry (KVM's kvm_entry), ms, "
+             "median [min..max]:",
+             f"{'VMM':17} {'VMM start-up (spawn to entry)':>30} {'guest boot (entry to marker)':>30}"]
+    for vmm in vmms:
+        row = summary[vmm]
+        lines.append(f"{vmm:17} {row['guest_entry_ms'].cell('{:.0f}'):>30} "
+                     f"{row['guest_boot_ms'].cell('{:.0f}'):>30}")
+    mine = summary.get("launcher", {})
+    if "guest_entry_ms" in mine:
+        for vmm in vmms:
+            if vmm == "launcher":
+                continue
+            other = summary[vmm]
+            lines.append(f"launcher - {vmm} (medians): start-up "
+                         f"{mine['guest_entry_ms'].median - other['guest_entry_ms'].median:+.0f} ms, "
+                         f"guest boot {mine['guest_boot_ms'].median - other['guest_boot_ms'].median:+.0f} ms")
+    return lines
+
+
 def _kvm_table(summary: dict[str, dict[str, Stat]]) -> list[str]:
     vmms = [v for v in _order(summary) if any(k.startswith("kvm.") for k in summary[v])]
     if not vmms:
@@ -169,7 +200,8 @@ def format_table(summary: dict[str, dict[str, Stat]], runs: dict[str, int]) -> s
     """The report: boot time, spread and memory per VMM, the launcher's ratios to every
     other VMM, KVM's counters, the launcher's start-up phases, Firecracker's anchors."""
     lines = _main_table(summary, runs) + _ratio_lines(summary)
-    for block in (_memory_table(summary), _kvm_table(summary), _phase_table(summary)):
+    for block in (_split_table(summary), _memory_table(summary), _kvm_table(summary),
+                  _phase_table(summary)):
         if block:
             lines += [""] + block
     lines += ["", FIRECRACKER_ANCHORS,

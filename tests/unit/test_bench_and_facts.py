@@ -16,11 +16,12 @@ from tests.nested import l1
 
 def _line(label: str, run: int, ms: float, overhead_kib: int, maxrss_kib: int,
           kvm: dict[str, int] | None = None, phases: dict[str, float] | None = None,
-          kinds: dict[str, int] | None = None) -> str:
+          kinds: dict[str, int] | None = None, entry_ms: float | None = None) -> str:
     return "BENCH-JSON " + json.dumps({
         "label": label, "run": run, "marker_ms": ms, "rss_kib": 0, "guest_ram_rss_kib": 0,
         "guest_mapping_kib": 0, "overhead_kib": overhead_kib, "maxrss_kib": maxrss_kib,
-        "kvm": kvm, "phases_ms": phases or {}, "overhead_by_kind_kib": kinds or {}, "error": None})
+        "kvm": kvm, "phases_ms": phases or {}, "overhead_by_kind_kib": kinds or {},
+        "first_guest_entry_ms": entry_ms, "error": None})
 
 
 def test_summary_skips_warmup_and_failed_runs() -> None:
@@ -44,6 +45,7 @@ def test_summary_skips_warmup_and_failed_runs() -> None:
     assert "launcher/qemu (medians): boot 0.25, overhead 0.05" in table
     assert "< 125 ms" in table and "< 5 MiB" in table
     assert "KVM exit counters" not in table and "start-up" not in table
+    assert "first guest entry" not in table
     with pytest.raises(BenchError, match="bad bootbench line"):
         parse_results("BENCH-JSON {not json")
 
@@ -78,6 +80,25 @@ def test_peers_counters_and_phases_are_reported() -> None:
     assert mem_block[2].split() == ["launcher", "3000", "1072"]
     assert mem_block[3].split() == ["firecracker", "2000", "-"]
     assert table.index("  main ") < table.index("  first_kvm_run ")
+
+
+def test_boot_is_split_at_the_first_guest_entry() -> None:
+    out = "\n".join([
+        _line("launcher", 1, 2400, 1, 1, entry_ms=400.0),
+        _line("launcher", 2, 2600, 1, 1, entry_ms=420.0),
+        _line("firecracker", 1, 2300, 1, 1, entry_ms=150.0),
+        _line("qemu", 1, 7000, 1, 1),  # no tracefs in that run: no split
+    ])
+    summary = summarise(parse_results(out))
+    assert summary["launcher"]["guest_entry_ms"] == Stat(410, 400, 420)
+    assert summary["launcher"]["guest_boot_ms"] == Stat(2090, 2000, 2180)
+    assert "guest_entry_ms" not in summary["qemu"]
+    table = format_table(summary, {"launcher": 2, "firecracker": 1, "qemu": 1})
+    block = table.split("first guest entry")[1].split("\n\n")[0].splitlines()
+    assert block[2].split() == ["launcher", "410", "[400..420]", "2090", "[2000..2180]"]
+    assert block[3].split() == ["firecracker", "150", "[150..150]", "2150", "[2150..2150]"]
+    assert block[4] == "launcher - firecracker (medians): start-up +260 ms, guest boot -60 ms"
+    assert len(block) == 5
 
 
 def test_peer_arguments_are_checked(tmp_path: Path) -> None:

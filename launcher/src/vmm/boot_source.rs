@@ -166,6 +166,7 @@ fn load_files(
         from: from.to_string(),
         source,
     })?;
+    crate::boot_trace::mark("kernel_copied");
     let initrd = initrd
         .map(|(mut file, from)| {
             boot::load_initrd_for_kernel(mem, &mut file, &kernel)

@@ -106,9 +106,10 @@ pub fn build(
             source,
         }
     })?;
+    boot_trace::mark("memory_mapped");
     let kvm = vm::open_kvm(kvm_path)?;
     let vm_fd = vm::create_vm(&kvm, &mem)?;
-    boot_trace::mark("memory_mapped");
+    boot_trace::mark("vm_created");
 
     let LoadedBoot {
         kernel,

@@ -10,8 +10,11 @@
 //! moment the marker arrives; `maxrss_kib` is ru_maxrss from wait4 once the VMM ended (by
 //! itself when its guest powers off soon after the marker, else killed: `killed`). At the
 //! same moment KVM's exit counters for the VM are read from debugfs (`kvm`), and the
-//! start-up phases the VMM wrote on stderr are turned into ms since the spawn (`phases_ms`).
+//! start-up phases the VMM wrote on stderr are turned into ms since the spawn (`phases_ms`),
+//! and the moment the guest first ran is read from KVM's `kvm_entry` tracepoint
+//! (`first_guest_entry_ms`, the same measure for every VMM).
 
+mod guest_entry;
 mod kvm_stats;
 mod phases;
 mod run;
@@ -59,6 +62,10 @@ struct Args {
     /// KVM's debugfs directory, for the VM's exit counters (none when it does not exist).
     #[arg(long, default_value = "/sys/kernel/debug/kvm")]
     kvm_debugfs: std::path::PathBuf,
+    /// tracefs, for the moment the guest first ran (KVM's `kvm_entry` tracepoint; not
+    /// measured when the event is not there).
+    #[arg(long, default_value = "/sys/kernel/tracing")]
+    tracefs: std::path::PathBuf,
     /// The VMM command line.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -89,6 +96,7 @@ fn main() -> ExitCode {
         guest_mem_mib: args.guest_mem_mib,
         timeout: Duration::from_secs(args.timeout_s),
         kvm_debugfs: args.kvm_debugfs.clone(),
+        tracefs: args.tracefs.clone(),
         exit_grace: Duration::from_millis(args.exit_grace_ms),
     };
     let mut failed = false;

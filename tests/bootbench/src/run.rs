@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{info, info_span, warn};
 
+use crate::guest_entry::{EntryTrace, GuestEntryError};
 use crate::kvm_stats::{self, KvmStatsError};
 use crate::phases;
 use crate::smaps::{self, SmapsError};
@@ -46,6 +47,9 @@ pub enum RunError {
     /// KVM's counters could not be read at marker time.
     #[error("reading KVM's counters at marker time: {0}")]
     KvmStats(#[from] KvmStatsError),
+    /// The guest-entry trace could not be armed or read.
+    #[error("tracing guest entries: {0}")]
+    GuestEntry(#[from] GuestEntryError),
     /// Reaping the killed VMM failed.
     #[error("wait4({pid}) failed: {source}")]
     Wait { pid: u32, source: std::io::Error },
@@ -67,6 +71,9 @@ pub struct RunConfig {
     pub timeout: Duration,
     /// KVM's debugfs directory (`/sys/kernel/debug/kvm`); no counters when it is absent.
     pub kvm_debugfs: PathBuf,
+    /// tracefs (`/sys/kernel/tracing`), for the first guest entry; none when it lacks
+    /// KVM's `kvm_entry` event.
+    pub tracefs: PathBuf,
     /// How long the VMM may take to exit by itself after the marker (the bench guest
     /// powers off right after it) before it is killed.
     pub exit_grace: Duration,
@@ -96,6 +103,9 @@ pub struct Measurement {
     pub kvm: Option<BTreeMap<String, u64>>,
     /// Milliseconds from the spawn to each start-up phase the VMM reported on stderr.
     pub phases_ms: BTreeMap<String, f64>,
+    /// Milliseconds from the spawn to the first entry into the guest (KVM's `kvm_entry`
+    /// tracepoint), when tracefs has it: the VMM's start-up, measured alike for every VMM.
+    pub first_guest_entry_ms: Option<f64>,
 }
 
 enum Event {
@@ -255,6 +265,7 @@ pub fn run_once(cfg: &RunConfig) -> Result<Measurement, RunError> {
     let (program, args) = cfg.command.split_first().ok_or(RunError::EmptyCommand)?;
     let span = info_span!("run", program = %program);
     let _guard = span.enter();
+    let entry_trace = EntryTrace::arm(&cfg.tracefs)?;
     let spawn_ns = phases::monotonic_ns();
     let started = Instant::now();
     let mut child = Command::new(program)
@@ -330,6 +341,12 @@ pub fn run_once(cfg: &RunConfig) -> Result<Measurement, RunError> {
         Ok((marker_ms, usage, kvm)) => {
             let (usage, overhead_by_kind_kib) = usage?;
             let kvm = kvm?;
+            let first_guest_entry_ms = match &entry_trace {
+                Some(trace) => trace
+                    .first_entry_ns()?
+                    .map(|ns| ns.saturating_sub(spawn_ns) as f64 / 1e6),
+                None => None,
+            };
             let phases_ms = phases::relative_ms(spawn_ns, &collected(stderr).phases);
             let m = Measurement {
                 marker_ms,
@@ -342,6 +359,7 @@ pub fn run_once(cfg: &RunConfig) -> Result<Measurement, RunError> {
                 killed,
                 kvm,
                 phases_ms,
+                first_guest_entry_ms,
             };
             info!(?m, "measured");
             Ok(m)
@@ -369,6 +387,7 @@ mod tests {
             guest_mem_mib: 1 << 20,
             timeout: Duration::from_millis(timeout_ms),
             kvm_debugfs: PathBuf::from("/nonexistent/kvm"),
+            tracefs: PathBuf::from("/nonexistent/tracefs"),
             exit_grace: Duration::from_millis(300),
         }
     }
@@ -414,6 +433,7 @@ mod tests {
             guest_mem_mib: 8,
             timeout: Duration::from_secs(30),
             kvm_debugfs: PathBuf::from("/nonexistent/kvm"),
+            tracefs: PathBuf::from("/nonexistent/tracefs"),
             exit_grace: Duration::from_millis(300),
         };
         let m = run_once(&c).unwrap();
@@ -427,6 +447,7 @@ mod tests {
         assert!(mapped > 0.0 && mapped < m.marker_ms, "{m:?}");
         assert_eq!(m.phases_ms.len(), 1, "{m:?}");
         assert!(m.kvm.is_none(), "{m:?}");
+        assert!(m.first_guest_entry_ms.is_none(), "{m:?}");
         assert!(m.killed, "it sleeps past the grace period: {m:?}");
         // The same stand-in ending by itself right after the marker is not killed.
         let mut c = c;
