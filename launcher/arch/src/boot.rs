@@ -19,15 +19,17 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE,
 };
-use linux_loader::loader::elf::PvhBootCapability;
-use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult};
+use linux_loader::loader::{BzImage, KernelLoader, KernelLoaderResult};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::file_copy::{self, FileRange};
 use crate::layout::{
     BZIMAGE_64BIT_ENTRY_OFFSET, CMDLINE_MAX_SIZE, CMDLINE_START, HIGH_RAM_START, MMIO_GAP_START,
     PAGE_SIZE, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START,
 };
 use crate::memory::{highest_ram_below, memory_map, MemoryRange};
+
+mod elf;
 
 /// `boot_flag` value of a valid setup header.
 pub const BOOT_FLAG_MAGIC: u16 = 0xaa55;
@@ -147,6 +149,9 @@ pub enum BootError {
         #[source]
         source: linux_loader::loader::Error,
     },
+    /// Copying the kernel's segments into guest memory failed.
+    #[error("copying the kernel into guest memory: {0}")]
+    CopyKernel(#[source] crate::file_copy::FileCopyError),
     /// I/O on the initrd file failed.
     #[error("reading the initrd: {0}")]
     ReadInitrd(#[source] std::io::Error),
@@ -180,9 +185,9 @@ pub enum BootError {
     WriteInitrd {
         /// Where it was being written.
         addr: u64,
-        /// The guest memory error.
+        /// The copy's error.
         #[source]
-        source: vm_memory::GuestMemoryError,
+        source: crate::file_copy::FileCopyError,
     },
     /// The command line is longer than the kernel or the layout allows.
     #[error("the kernel command line is {len} bytes long; at most {max} bytes are allowed")]
@@ -329,7 +334,7 @@ pub struct InitrdRegion {
 /// ELF: segments at their physical addresses; entry is the PVH note's address when present,
 /// else the ELF entry (64-bit protocol). bzImage: loaded at `code32_start`, entered at the
 /// 64-bit entry point. The caller adds the file's path to the error.
-pub fn load_kernel<M: GuestMemoryBackend>(
+pub fn load_kernel<M: GuestMemoryBackend + Sync>(
     mem: &M,
     kernel: &mut File,
 ) -> Result<LoadedKernel, BootError> {
@@ -346,7 +351,7 @@ pub fn load_kernel<M: GuestMemoryBackend>(
     }
     let head = read_head(kernel, file_len)?;
     let loaded = if head.starts_with(&ELF_MAGIC) {
-        load_elf(mem, kernel, file_len, &head)?
+        elf::load_elf(mem, kernel, file_len, &head)?
     } else if head.get(BZ_HEADER_MAGIC..BZ_HEADER_MAGIC + 4) == Some(&b"HdrS"[..]) {
         load_bzimage(mem, kernel, file_len, &head)?
     } else {
@@ -422,123 +427,6 @@ fn require_ram<M: GuestMemoryBackend>(mem: &M, start: u64, end: u64) -> Result<(
     } else {
         Err(BootError::KernelOutsideMemory { start, end })
     }
-}
-
-fn load_elf<M: GuestMemoryBackend>(
-    mem: &M,
-    kernel: &mut File,
-    file_len: u64,
-    head: &[u8],
-) -> Result<LoadedKernel, BootError> {
-    const FORMAT: &str = "ELF";
-    if (head.len() as u64) < ELF_HEADER_SIZE {
-        return Err(truncated(
-            FORMAT,
-            "the ELF header",
-            ELF_HEADER_SIZE,
-            file_len,
-        ));
-    }
-    if head[4] != ELF_CLASS_64 {
-        return Err(BootError::UnsupportedElf {
-            reason: "not a 64-bit ELF (a 64-bit x86_64 vmlinux is needed)",
-        });
-    }
-    if head[5] != ELF_DATA_LSB {
-        return Err(BootError::UnsupportedElf {
-            reason: "big-endian ELF",
-        });
-    }
-    if le_u16(head, 18) != ELF_MACHINE_X86_64 {
-        return Err(BootError::UnsupportedElf {
-            reason: "the ELF machine is not x86_64",
-        });
-    }
-    let phoff = le_u64(head, 0x20);
-    let phentsize = le_u16(head, 0x36);
-    let phnum = le_u16(head, 0x38);
-    if u64::from(phentsize) != ELF_PHDR_SIZE {
-        return Err(BootError::UnsupportedElf {
-            reason: "unexpected program header entry size",
-        });
-    }
-    if phnum == 0 {
-        return Err(BootError::UnsupportedElf {
-            reason: "no program headers",
-        });
-    }
-    let table_end = phoff.saturating_add(u64::from(phnum) * ELF_PHDR_SIZE);
-    if table_end > file_len {
-        return Err(truncated(
-            FORMAT,
-            "the program header table",
-            table_end,
-            file_len,
-        ));
-    }
-    let table_len = usize::from(phnum) * ELF_PHDR_SIZE as usize;
-    let mut table = vec![0u8; table_len];
-    kernel
-        .seek(SeekFrom::Start(phoff))
-        .and_then(|_| kernel.read_exact(&mut table))
-        .map_err(|source| BootError::ReadKernel {
-            what: "program headers",
-            source,
-        })?;
-    let mut loadable = false;
-    for phdr in table.chunks_exact(ELF_PHDR_SIZE as usize) {
-        let p_type = le_u32(phdr, 0);
-        let offset = le_u64(phdr, 8);
-        let paddr = le_u64(phdr, 24);
-        let filesz = le_u64(phdr, 32);
-        let memsz = le_u64(phdr, 40);
-        if p_type != ELF_PT_LOAD && p_type != ELF_PT_NOTE {
-            continue;
-        }
-        let data_end = offset.saturating_add(filesz);
-        if data_end > file_len {
-            let what = if p_type == ELF_PT_LOAD {
-                "a loadable segment"
-            } else {
-                "a note segment"
-            };
-            return Err(truncated(FORMAT, what, data_end, file_len));
-        }
-        if p_type == ELF_PT_LOAD && filesz > 0 {
-            loadable = true;
-            if paddr < HIGH_RAM_START {
-                return Err(BootError::UnsupportedElf {
-                    reason: "a loadable segment lies below 1 MiB",
-                });
-            }
-            let end = paddr.saturating_add(memsz.max(filesz));
-            require_ram(mem, paddr, end)?;
-        }
-    }
-    if !loadable {
-        return Err(BootError::UnsupportedElf {
-            reason: "no loadable segment",
-        });
-    }
-
-    let result =
-        Elf::load(mem, None, kernel, Some(GuestAddress(HIGH_RAM_START))).map_err(|source| {
-            BootError::Load {
-                format: FORMAT,
-                source,
-            }
-        })?;
-    let entry = match result.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(addr) => KernelEntry::Pvh(addr),
-        PvhBootCapability::PvhEntryNotPresent | PvhBootCapability::PvhEntryIgnored => {
-            KernelEntry::Linux64(result.kernel_load)
-        }
-    };
-    Ok(LoadedKernel {
-        entry,
-        kernel_end: GuestAddress(result.kernel_end),
-        setup_header: None,
-    })
 }
 
 fn load_bzimage<M: GuestMemoryBackend>(
@@ -619,7 +507,7 @@ fn load_bzimage<M: GuestMemoryBackend>(
 ///
 /// This does not know where the kernel is; prefer [`load_initrd_for_kernel`], which also
 /// keeps the initrd clear of the kernel's decompression area and honours `initrd_addr_max`.
-pub fn load_initrd<M: GuestMemoryBackend>(
+pub fn load_initrd<M: GuestMemoryBackend + Sync>(
     mem: &M,
     initrd: &mut File,
 ) -> Result<InitrdRegion, BootError> {
@@ -629,7 +517,7 @@ pub fn load_initrd<M: GuestMemoryBackend>(
 
 /// Loads the initrd as high as possible below the MMIO gap and the kernel's
 /// `initrd_addr_max`, and above everything the kernel uses ([`LoadedKernel::footprint_end`]).
-pub fn load_initrd_for_kernel<M: GuestMemoryBackend>(
+pub fn load_initrd_for_kernel<M: GuestMemoryBackend + Sync>(
     mem: &M,
     initrd: &mut File,
     kernel: &LoadedKernel,
@@ -674,7 +562,7 @@ fn check_initrd_format(initrd: &mut File) -> Result<(), BootError> {
     }
 }
 
-fn place_initrd<M: GuestMemoryBackend>(
+fn place_initrd<M: GuestMemoryBackend + Sync>(
     mem: &M,
     initrd: &mut File,
     floor: u64,
@@ -705,8 +593,12 @@ fn place_initrd<M: GuestMemoryBackend>(
         floor,
         ceiling,
     })?;
-    initrd.rewind().map_err(BootError::ReadInitrd)?;
-    mem.read_exact_volatile_from(GuestAddress(addr), initrd, len)
+    let whole = [FileRange {
+        file_offset: 0,
+        guest_addr: GuestAddress(addr),
+        len,
+    }];
+    file_copy::copy_ranges(mem, initrd, &whole, file_copy::available_threads())
         .map_err(|source| BootError::WriteInitrd { addr, source })?;
     tracing::info!(addr = format_args!("{addr:#x}"), size, "initrd loaded");
     Ok(InitrdRegion {

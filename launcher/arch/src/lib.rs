@@ -21,6 +21,7 @@ pub mod acpi;
 pub mod boot;
 pub mod cpu;
 pub mod cpuid;
+pub mod file_copy;
 pub mod initrd_format;
 pub mod layout;
 pub mod memory;
