@@ -9,6 +9,7 @@ node binaries, which link the system glibc and libvirt) are the workspace's ordi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -67,8 +68,23 @@ def build_release(packages: list[str], binaries: list[str]) -> dict[str, Path]:
     return _existing(REPO_ROOT / "target" / "release", binaries)
 
 
-def build_static(packages: list[str], binaries: list[str], target_dir: Path) -> dict[str, Path]:
-    """The same, statically linked (``+crt-static``), into ``target_dir``; stripped."""
+def checkout_dir(base: Path) -> Path:
+    """``base/checkout-<key>``: a directory of this work tree's own under a cache that
+    every checkout on the machine shares.
+
+    cargo decides whether a binary is fresh from its own sources' fingerprints, but the
+    binary in a shared target directory is the one the last checkout built: with one target
+    directory for two checkouts, a build from the other checkout's older sources was taken
+    as fresh and its binary deployed. The key is the work tree's absolute path, so a rerun
+    in the same checkout (CI's clone is always at the same path) stays warm."""
+    key = hashlib.sha256(str(REPO_ROOT.resolve()).encode()).hexdigest()[:12]
+    return base / f"checkout-{key}"
+
+
+def build_static(packages: list[str], binaries: list[str], base_dir: Path) -> dict[str, Path]:
+    """The same, statically linked (``+crt-static``), into this checkout's target
+    directory under ``base_dir`` (see :func:`checkout_dir`); stripped."""
+    target_dir = checkout_dir(base_dir)
     log.info("cargo build --release (static) %s into %s", " ".join(packages), target_dir)
     flags = os.environ.get("RUSTFLAGS", "")
     env = {"RUSTFLAGS": f"{flags} -C target-feature=+crt-static".strip(),
