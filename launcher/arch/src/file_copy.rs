@@ -186,6 +186,14 @@ mod tests {
         file
     }
 
+    fn range(file_offset: u64, guest_addr: u64, len: usize) -> FileRange {
+        FileRange {
+            file_offset,
+            guest_addr: GuestAddress(guest_addr),
+            len,
+        }
+    }
+
     fn pattern(len: usize) -> Vec<u8> {
         (0..len)
             .map(|i| (i % 253) as u8 ^ (i >> 16) as u8)
@@ -194,18 +202,7 @@ mod tests {
 
     #[test]
     fn ranges_are_cut_into_chunks_in_order() {
-        let ranges = [
-            FileRange {
-                file_offset: 0x100,
-                guest_addr: GuestAddress(0x10_0000),
-                len: CHUNK_BYTES * 2 + 5,
-            },
-            FileRange {
-                file_offset: 0,
-                guest_addr: GuestAddress(0),
-                len: 0,
-            },
-        ];
+        let ranges = [range(0x100, 0x10_0000, CHUNK_BYTES * 2 + 5), range(0, 0, 0)];
         let chunks = chunks_of(&ranges);
         assert_eq!(chunks.len(), 3);
         assert_eq!(chunks[1].file_offset, 0x100 + CHUNK_BYTES as u64);
@@ -221,16 +218,8 @@ mod tests {
         let data = pattern(CHUNK_BYTES * 3 + 12345);
         let file = file_of(&data);
         let ranges = [
-            FileRange {
-                file_offset: 4096,
-                guest_addr: GuestAddress(0x20_0000),
-                len: CHUNK_BYTES * 2 + 7,
-            },
-            FileRange {
-                file_offset: 0,
-                guest_addr: GuestAddress(0x100_0000),
-                len: 4096,
-            },
+            range(4096, 0x20_0000, CHUNK_BYTES * 2 + 7),
+            range(0, 0x100_0000, 4096),
         ];
         for threads in [1, 2, 3, 8] {
             let mem: GuestMemoryMmap<()> =
@@ -254,21 +243,13 @@ mod tests {
         let file = file_of(&pattern(1000));
         let mem: GuestMemoryMmap<()> =
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let short = [FileRange {
-            file_offset: 0,
-            guest_addr: GuestAddress(0x1000),
-            len: 2000,
-        }];
+        let short = [range(0, 0x1000, 2000)];
         let err = copy_ranges(&mem, &file, &short, 2).unwrap_err().to_string();
         assert!(
             err.contains("2000 bytes from file offset 0x0 to guest address 0x1000"),
             "{err}"
         );
-        let outside = [FileRange {
-            file_offset: 0,
-            guest_addr: GuestAddress(2 << 20),
-            len: 10,
-        }];
+        let outside = [range(0, 2 << 20, 10)];
         let err = copy_ranges(&mem, &file, &outside, 1)
             .unwrap_err()
             .to_string();
@@ -282,11 +263,7 @@ mod tests {
         file.seek(std::io::SeekFrom::Start(17)).unwrap();
         let mem: GuestMemoryMmap<()> =
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let ranges = [FileRange {
-            file_offset: 100,
-            guest_addr: GuestAddress(0),
-            len: 8000,
-        }];
+        let ranges = [range(100, 0, 8000)];
         copy_ranges(&mem, &file, &ranges, 1).unwrap();
         assert_eq!(file.stream_position().unwrap(), 17);
     }
