@@ -93,9 +93,12 @@ pub fn copy_ranges<M: GuestMemoryBackend + Sync>(
     })
 }
 
-/// The CPUs this process may run on (1 when unknown).
+/// The CPUs this process may run on (1 when unknown), looked up once: std reads the
+/// affinity mask and the cgroup's CPU quota files for it, and the kernel and the initrd
+/// both ask.
 pub fn available_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// `ranges` cut into pieces of at most [`CHUNK_BYTES`], in order.
