@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.bench.boot import (BenchError, Stat, format_table, parse_peer, parse_results,
-                              report_from_output, summarise)
+                              report_from_output, select_vmms, summarise)
 from tests.bench.boot_report import format_pio, parse_pio
 from tests.e2e.vmtest import Facts, parse_facts, write_params
 from tests.nested import l1
@@ -112,6 +112,20 @@ def test_peer_arguments_are_checked(tmp_path: Path) -> None:
         parse_peer(f"crosvm={exe}")
     with pytest.raises(BenchError, match="not an executable file"):
         parse_peer(f"cloud-hypervisor={tmp_path / 'missing'}")
+
+
+def test_arms_are_selected_and_skipped() -> None:
+    peers = {"firecracker": Path("/fc"), "cloud-hypervisor": Path("/ch")}
+    assert select_vmms(None, [], peers) == ["launcher", "qemu", "firecracker", "cloud-hypervisor"]
+    assert select_vmms(None, ["qemu"], peers) == ["launcher", "firecracker", "cloud-hypervisor"]
+    assert select_vmms(None, [], {}) == ["launcher", "qemu"]
+    assert select_vmms("firecracker", [], peers) == ["firecracker"]
+    with pytest.raises(BenchError, match="do not go together"):
+        select_vmms("launcher", ["qemu"], peers)
+    with pytest.raises(BenchError, match="--skip firecracker: not an arm"):
+        select_vmms(None, ["firecracker"], {})
+    with pytest.raises(BenchError, match="left no VMM"):
+        select_vmms(None, ["launcher", "qemu"], {})
 
 
 def test_port_histogram_is_side_by_side_busiest_first() -> None:
