@@ -14,7 +14,9 @@ start-up phases (see ``tests/bench/boot_report.py``). ``--pio-trace`` adds one t
 per VMM and prints which I/O ports each guest boot exited on, side by side. ``--pin-cpu N``
 runs every VMM (all its threads) on L1 CPU N, the same for all of them. ``--skip qemu``
 leaves an arm out (QEMU's boots are the longest: without them the L1 run is a third
-shorter, and so is its exposure to the emulated platform's freezes).
+shorter, and so is its exposure to the emulated platform's freezes). When the L1 fails
+after every VMM had measured boots, the report of those boots is still printed, under a
+``PARTIAL REPORT`` line, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -129,15 +131,38 @@ def run_bench(runs: int, vmms: list[str], peers: dict[str, Path], warmup: int, s
         spec = l1.L1Spec(script=BENCH_L1, bins=bins, files=files, smp=smp, timeout_s=timeout_s,
                          name="bench-boot", echo=None)
         result = l1.run(spec)
-    if result.rc != 0:
-        raise BenchError(f"the benchmark's L1 run failed: {result.failure} (log {result.log_path})")
-    try:
-        report = report_from_output(result.output, vmms)
-    except BenchError as exc:
-        raise BenchError(f"{exc} (log {result.log_path})") from exc
+    report = report_of_run(result, vmms)
     if pio_trace and "Port I/O exits" not in report:
         report += "\n\nno port histogram: L1 has no kvm_pio tracepoint"
     return report, result
+
+
+class PartialRun(BenchError):
+    """The L1 run failed after every VMM had measured boots: the error, and the report of
+    the boots measured before it failed (``report``)."""
+
+    def __init__(self, message: str, report: str) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def report_of_run(result: l1.L1Result, vmms: list[str]) -> str:
+    """The report of a finished L1 run; :class:`PartialRun` when the L1 failed after every
+    VMM had been measured (an L1 that froze mid-run still leaves its earlier rounds)."""
+    if result.rc != 0:
+        failure = f"the benchmark's L1 run failed: {result.failure} (log {result.log_path})"
+        try:
+            partial = report_from_output(result.output, vmms)
+        except BenchError:
+            raise BenchError(failure) from None
+        measured = len([r for r in parse_results(result.output)
+                        if int(r["run"]) > 0 and not r.get("error")])  # type: ignore[call-overload]
+        raise PartialRun(f"{failure}; the report covers the {measured} measured boots before it",
+                         partial)
+    try:
+        return report_from_output(result.output, vmms)
+    except BenchError as exc:
+        raise BenchError(f"{exc} (log {result.log_path})") from exc
 
 
 def report_from_output(output: str, vmms: list[str] | None = None) -> str:
@@ -197,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         vmms = select_vmms(args.only, args.skip, peers)
         report, result = run_bench(args.runs, vmms, peers, args.warmup, args.smp, args.timeout,
                                    args.pio_trace, args.pin_cpu)
+    except PartialRun as exc:
+        print(f"PARTIAL REPORT: {exc}")
+        print(exc.report)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (BenchError, BuildError, l1.HarnessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

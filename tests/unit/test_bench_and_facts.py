@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.boot import (BenchError, Stat, format_table, parse_peer, parse_results,
-                              report_from_output, select_vmms, summarise)
+from tests.bench.boot import (BenchError, PartialRun, Stat, format_table, parse_peer,
+                              parse_results, report_from_output, report_of_run, select_vmms,
+                              summarise)
 from tests.bench.boot_report import format_pio, parse_pio
 from tests.e2e.vmtest import Facts, parse_facts, write_params
 from tests.nested import l1
@@ -157,6 +158,28 @@ def test_a_report_is_printed_again_from_a_saved_log() -> None:
         report_from_output(log, ["launcher", "qemu"])
     with pytest.raises(BenchError, match="no successful runs for any VMM"):
         report_from_output("L1 froze before anything ran")
+
+
+def _l1_result(output: str, rc: int) -> l1.L1Result:
+    return l1.L1Result(rc=rc, output=output, log_path=Path("/logs/bench.log"), wall_s=1.0,
+                       init_s=1.0, scenario_start_s=1.0, timed_out=False, qemu_returncode=0,
+                       failure=None if rc == 0 else "no console output for 300 s")
+
+
+def test_a_frozen_run_still_reports_the_boots_before_it() -> None:
+    rounds = [_line("launcher", 0, 9999, 1, 1), _line("firecracker", 0, 9999, 1, 1),
+              _line("launcher", 1, 2500, 4 * 1024, 86 * 1024),
+              _line("firecracker", 1, 2400, 6 * 1024, 86 * 1024),
+              _line("launcher", 2, 2600, 4 * 1024, 86 * 1024)]
+    assert "launcher/firecracker" in report_of_run(_l1_result("\n".join(rounds), 0),
+                                                   ["launcher", "firecracker"])
+    with pytest.raises(PartialRun, match="no console output for 300 s.*the 3 measured boots") as err:
+        report_of_run(_l1_result("\n".join(rounds), 124), ["launcher", "firecracker"])
+    assert "launcher/firecracker (medians)" in err.value.report
+    # Frozen before every VMM had a measured boot: no report, only the failure.
+    with pytest.raises(BenchError, match="L1 run failed: no console output") as plain:
+        report_of_run(_l1_result("\n".join(rounds[:3]), 124), ["launcher", "firecracker"])
+    assert not isinstance(plain.value, PartialRun)
 
 
 def test_facts_and_status_blocks() -> None:
