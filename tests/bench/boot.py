@@ -155,14 +155,20 @@ def report_of_run(result: l1.L1Result, vmms: list[str]) -> str:
             partial = report_from_output(result.output, vmms)
         except BenchError:
             raise BenchError(failure) from None
-        measured = len([r for r in parse_results(result.output)
-                        if int(r["run"]) > 0 and not r.get("error")])  # type: ignore[call-overload]
+        measured = sum(measured_counts(parse_results(result.output), vmms).values())
         raise PartialRun(f"{failure}; the report covers the {measured} measured boots before it",
                          partial)
     try:
         return report_from_output(result.output, vmms)
     except BenchError as exc:
         raise BenchError(f"{exc} (log {result.log_path})") from exc
+
+
+def measured_counts(results: list[dict[str, object]], vmms: list[str]) -> dict[str, int]:
+    """Successful measured (not warm-up) boots per VMM."""
+    return {v: sum(1 for r in results
+                   if r["label"] == v and int(r["run"]) > 0 and not r.get("error"))  # type: ignore[call-overload]
+            for v in vmms}
 
 
 def report_from_output(output: str, vmms: list[str] | None = None) -> str:
@@ -176,9 +182,7 @@ def report_from_output(output: str, vmms: list[str] | None = None) -> str:
     if missing or not summary:
         detail = "; ".join(str(r["error"]) for r in errors[:3])
         raise BenchError(f"no successful runs for {', '.join(missing) or 'any VMM'}: {detail}")
-    counts = {v: sum(1 for r in results if r["label"] == v and int(r["run"]) > 0 and not r.get("error"))  # type: ignore[call-overload]
-              for v in vmms}
-    report = format_table(summary, counts)
+    report = format_table(summary, measured_counts(results, vmms))
     if errors:
         report += f"\n{len(errors)} run(s) failed, e.g.: {errors[0]['error']}"
     pio = format_pio(parse_pio(output))
