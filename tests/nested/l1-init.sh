@@ -15,14 +15,21 @@ mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
 echo "NESTED-L1-INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
 
-# The base modules, then the run's extra ones (L1Spec.modules), if any.
+# The base modules, then the run's extra ones (L1Spec.modules), if any, each with the
+# parameters /etc/nested/module-params gives its file name ("kvm-amd npt=0").
 for list in /etc/nested/modules /etc/nested/modules.extra; do
 	[ -f "$list" ] || continue
 	while read -r ko; do
 		[ -n "$ko" ] || continue
-		insmod "$ko" || echo "NESTED-L1-WARNING: insmod $ko failed"
+		file=${ko##*/}
+		params=
+		[ -f /etc/nested/module-params ] &&
+			params=$(sed -n "s/^${file%.ko} //p" /etc/nested/module-params)
+		# shellcheck disable=SC2086 # params is a list of name=value words
+		insmod "$ko" $params || echo "NESTED-L1-WARNING: insmod $ko $params failed"
 	done <"$list"
 done
+echo "NESTED-L1-KVM nested_paging=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)"
 
 # What a Debian system also has: the cgroup v2 hierarchy and /var/run -> /run.
 if [ -d /sys/fs/cgroup ] && grep -q cgroup2 /proc/filesystems; then

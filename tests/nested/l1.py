@@ -56,6 +56,10 @@ L1_INIT = Path(__file__).resolve().parent / "l1-init.sh"
 #: after the base ones.
 EXTRA_MODULES_LIST = "etc/nested/modules.extra"
 
+#: In-archive module parameters, one "<module file name without .ko> <name=value ...>" per
+#: line, given to insmod by /init.
+MODULE_PARAMS = "etc/nested/module-params"
+
 #: The console line carrying the scenario's exit code.
 EXIT_MARKER = re.compile(r"NESTED-L1-EXIT=(\d+)")
 #: Printed by the L1 /init as soon as userspace runs.
@@ -105,6 +109,18 @@ class L1Spec:
     #: their dependencies and loaded by /init after the base ones. Modules this kernel
     #: lacks are skipped; ones already in the base (or built in) are not loaded twice.
     modules: list[str] = field(default_factory=list)
+    #: Whether L1's KVM gives its guests nested paging (``kvm_amd npt``). Off by default:
+    #: TCG's emulation of nested paging corrupts an L2 vCPU now and then when L1 moves its
+    #: thread to the other L1 CPU in mid-run; with L1's KVM on shadow page tables no guest
+    #: faulted, vCPU threads left to L1's scheduler or moved every 200 ms (tests/README.md,
+    #: "Nested KVM and vCPU migration"), so nested tests need not pin vCPUs. Boots are
+    #: ~1.3x slower that way; the boot benchmark turns it on to measure as it always has.
+    nested_paging: bool = False
+
+
+def module_params(spec: L1Spec) -> str:
+    """The per-run module parameters file (see :data:`MODULE_PARAMS`)."""
+    return "" if spec.nested_paging else "kvm-amd npt=0\n"
 
 
 @dataclass
@@ -274,6 +290,7 @@ def build_overlay(spec: L1Spec, out: Path, modules_dir: Path | None = None) -> N
         else:
             raise HarnessError(f"--file {src}:{dst}: {src} does not exist")
     staging.add_file(spec.script, "scenario.sh", 0o755)
+    staging.add_bytes(MODULE_PARAMS, module_params(spec).encode())
     pack(staging.root, out, epoch=source_date_epoch(), compress=spec.compress_overlay)
     shutil.rmtree(staging.root, ignore_errors=True)
 

@@ -38,12 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before QEMU is killed")
     parser.add_argument("--log", type=Path, default=None, help="console log file")
     parser.add_argument("--quiet", action="store_true", help="don't copy the console to stdout")
+    parser.add_argument("--nested-paging", action="store_true",
+                        help="give L2 nested paging (kvm_amd npt=1; off by default, see "
+                             "tests/README.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     spec = l1.L1Spec(script=args.script, bins=args.bin, files=args.file, mem_mib=args.mem,
                      smp=args.smp, timeout_s=args.timeout, log_path=args.log,
-                     echo=None if args.quiet else sys.stdout, name=args.script.stem)
+                     echo=None if args.quiet else sys.stdout, name=args.script.stem,
+                     nested_paging=args.nested_paging)
     try:
         result = l1.run(spec)
     except (l1.HarnessError, BuildError) as exc:

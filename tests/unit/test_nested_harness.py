@@ -115,6 +115,22 @@ def test_overlay_has_programs_libraries_files_and_script(tmp_path: Path) -> None
         assert lib.lstrip("/") in names
 
 
+def _member(archive: Path, name: str) -> str:
+    return subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", name],
+                          input=archive.read_bytes(), capture_output=True,
+                          check=True).stdout.decode()
+
+
+def test_l1_kvm_gets_shadow_paging_unless_nested_paging_is_asked_for(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "true\n")
+    out = tmp_path / "overlay.cpio"
+    l1.build_overlay(spec, out)
+    assert _member(out, l1.MODULE_PARAMS) == "kvm-amd npt=0\n"
+    spec.nested_paging = True
+    l1.build_overlay(spec, out)
+    assert _member(out, l1.MODULE_PARAMS) == ""
+
+
 def test_overlay_errors_name_the_problem(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "")
     spec.files = [(tmp_path / "nope", "/x")]

@@ -23,26 +23,6 @@ fail() {
 	exit 1
 }
 
-# vcpu_pins [launcher flags...]: one --vcpu-affinity per vCPU (from --vcpus, default 1),
-# every vCPU on L1's last CPU. TCG's nested SVM corrupts L2 (triple faults, frozen
-# guests, L1 panics) when L1 migrates a vCPU thread between its CPUs in mid-run, and an
-# L1 whose every CPU runs an L2 vCPU thread stalled (RCU: no timer on CPU 0); with the L2
-# vCPUs pinned to one L1 CPU neither happens (tests/README.md, "Nested KVM and vCPU
-# migration").
-vcpu_pins() {
-	count=1
-	while [ $# -gt 0 ]; do
-		[ "$1" = --vcpus ] && count=$2
-		shift
-	done
-	last=$(($(nproc) - 1))
-	i=0
-	while [ $i -lt "$count" ]; do
-		printf -- '--vcpu-affinity %s=%s ' $i $last
-		i=$((i + 1))
-	done
-}
-
 # vm_start NAME LOGPREFIX CMDLINE_EXTRA [launcher flags...]
 # Starts the VM in the background with the console in LOGPREFIX.console and the VMM's
 # stderr in LOGPREFIX.err; sets VM_PID.
@@ -57,7 +37,7 @@ vm_start() {
 	fi
 	[ -x "$LAUNCHER" ] || fail "no launcher at $LAUNCHER"
 	"$LAUNCHER" --name "$name" --kernel "$KERNEL" --initrd "$INITRD" \
-		--cmdline "$BASE_CMDLINE $extra" --stdio $(vcpu_pins "$@") "$@" \
+		--cmdline "$BASE_CMDLINE $extra" --stdio "$@" \
 		>"$prefix.console" 2>"$prefix.err" </dev/null &
 	VM_PID=$!
 	echo "L1: started $name (pid $VM_PID): $LAUNCHER --name $name ... --cmdline '$BASE_CMDLINE $extra' $*"

@@ -20,8 +20,7 @@ $IP link set tap0 up || fail "ip link set tap0 up failed"
 DNSMASQ_PID=$!
 cp /e2e/id_ed25519 /tmp/id && chmod 600 /tmp/id
 t0=$(now_ms)
-# shellcheck disable=SC2046
-"$LAUNCHER" --name diskboot --vcpus 2 --memory-mib 512 --stdio $(vcpu_pins --vcpus 2) \
+"$LAUNCHER" --name diskboot --vcpus 2 --memory-mib 512 --stdio \
 	--disk id=root,path=/e2e/debian.qcow2,format=qcow2 \
 	--disk id=seed,path=/e2e/seed.img,ro=on \
 	--net "id=net0,tap=tap0,mac=$MAC" \
