@@ -16,12 +16,21 @@ from tests.nested import l1
 from tests.nested.run import _file_arg
 
 
-def _listing(archive: Path) -> list[str]:
+def _archive_bytes(archive: Path) -> bytes:
     data = archive.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    return subprocess.run(["cpio", "-it", "--quiet"], input=data, capture_output=True,
-                          check=True).stdout.decode().split()
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def _listing(archive: Path) -> list[str]:
+    return subprocess.run(["cpio", "-it", "--quiet"], input=_archive_bytes(archive),
+                          capture_output=True, check=True).stdout.decode().split()
+
+
+def _member(archive: Path, name: str) -> str:
+    """The text of one file in a (possibly gzipped) cpio archive."""
+    return subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", name],
+                          input=_archive_bytes(archive), capture_output=True,
+                          check=True).stdout.decode()
 
 
 def _spec(tmp_path: Path, script: str, timeout_s: float = 10.0) -> l1.L1Spec:
@@ -115,12 +124,6 @@ def test_overlay_has_programs_libraries_files_and_script(tmp_path: Path) -> None
         assert lib.lstrip("/") in names
 
 
-def _member(archive: Path, name: str) -> str:
-    return subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", name],
-                          input=archive.read_bytes(), capture_output=True,
-                          check=True).stdout.decode()
-
-
 def test_l1_kvm_gets_shadow_paging_unless_nested_paging_is_asked_for(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "true\n")
     out = tmp_path / "overlay.cpio"
@@ -153,9 +156,7 @@ def test_base_image_has_kvm_modules_in_order(images: Images, tmp_path: Path) -> 
     base = l1.prepare_base(images, cache_dir=tmp_path)
     names = _listing(base.initrd)
     assert "init" in names and "bin/busybox" in names and "dev/console" in names
-    order = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", "etc/nested/modules"],
-                           input=gzip.decompress(base.initrd.read_bytes()),
-                           capture_output=True, check=True).stdout.decode().split()
+    order = _member(base.initrd, "etc/nested/modules").split()
     stems = [Path(p).stem.replace("-", "_") for p in order]
     assert stems.index("irqbypass") < stems.index("kvm") < stems.index("kvm_amd")
     assert "tun" in stems
