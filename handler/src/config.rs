@@ -105,8 +105,10 @@ pub struct DaemonConfig {
     /// First user id of the KVM launchers' own users (see [`launcher_identity`]); `None`:
     /// KVM launchers keep running as root.
     pub launcher_uid_base: Option<u32>,
-    /// Whether each KVM launcher jails itself once its VM is built (an empty root in a
-    /// mount namespace of its own, `ironvisor-launcher --jail`).
+    /// Whether each KVM launcher is jailed: started by its monitor in a mount namespace
+    /// whose root holds only its own files, as its own user (see [`crate::jailer`]). With
+    /// no launcher user (`launcher_uid_base` `None`) it jails itself once its VM is built
+    /// (`ironvisor-launcher --jail`).
     pub launcher_jail: bool,
 }
 

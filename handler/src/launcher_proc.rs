@@ -24,11 +24,14 @@ use tracing::{debug, info, warn};
 use crate::cgroup::{self, CgroupError};
 use crate::config::DaemonConfig;
 use crate::files::{read_json, write_atomic, FileError};
+use crate::jailer::{JailPlan, PLAN_FILE_NAME};
 use crate::procfs::{self, ProcError};
 use crate::records::{ExitOutcome, LauncherRecord, ProcessIdentity, VmKey};
 
 /// Name of the launcher log in the VM's directory (current or last run).
 pub const LOG_FILE_NAME: &str = "launcher.log";
+/// Name of the launcher's socket directory in the instance's runtime directory.
+pub const SOCKET_DIR_NAME: &str = "sockets";
 /// Name of the launcher configuration in the VM's directory.
 pub const CONFIG_FILE_NAME: &str = "launcher.json";
 
@@ -140,6 +143,9 @@ pub enum LauncherError {
 pub struct InstancePaths {
     /// `<run-dir>/vmi/<uid>`.
     pub run_dir: PathBuf,
+    /// `<run-dir>/vmi/<uid>/sockets`: the launcher's sockets, the only part of the runtime
+    /// directory a jailed launcher sees (it must not reach the pid and status files).
+    pub socket_dir: PathBuf,
     /// Control API socket.
     pub api_socket: PathBuf,
     /// Serial console socket.
@@ -159,9 +165,11 @@ impl InstancePaths {
     pub fn new(config: &DaemonConfig, key: &VmKey, uid: &str) -> Self {
         let run_dir = config.vmi_run_dir(uid);
         let vm_dir = config.vm_dir(key);
+        let socket_dir = run_dir.join(SOCKET_DIR_NAME);
         Self {
-            api_socket: run_dir.join("api.sock"),
-            console_socket: run_dir.join("console.sock"),
+            api_socket: socket_dir.join("api.sock"),
+            console_socket: socket_dir.join("console.sock"),
+            socket_dir,
             status_file: run_dir.join("status.json"),
             pid_file: run_dir.join("launcher.pid"),
             log_file: vm_dir.join(LOG_FILE_NAME),
@@ -171,14 +179,16 @@ impl InstancePaths {
     }
 }
 
-/// Creates the instance's runtime directory (mode 0700) and the VM directory, and
-/// starts a fresh log.
+/// Creates the instance's runtime and socket directories (mode 0700) and the VM
+/// directory, and starts a fresh log.
 pub fn prepare_files(key: &VmKey, paths: &InstancePaths) -> Result<(), LauncherError> {
     let vm = key.to_string();
-    for dir in [Some(paths.run_dir.as_path()), paths.config_file.parent()]
-        .into_iter()
-        .flatten()
-    {
+    let dirs = [
+        Some(paths.run_dir.as_path()),
+        Some(paths.socket_dir.as_path()),
+        paths.config_file.parent(),
+    ];
+    for dir in dirs.into_iter().flatten() {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -234,11 +244,25 @@ pub struct SpawnRequest<'a> {
     pub netns: Option<&'a Path>,
     /// The VM's cgroups.
     pub cgroups: &'a [PathBuf],
-    /// The user (and group, the same number) the launcher becomes before its guest runs
-    /// (`--run-as`); `None`: it stays root.
-    pub run_as: Option<u32>,
-    /// Whether the launcher jails itself once its VM is built (`--jail`).
-    pub jail: bool,
+    /// How the launcher is confined.
+    pub confinement: Confinement<'a>,
+}
+
+/// How a launcher is confined.
+#[derive(Debug, Clone, Copy)]
+pub enum Confinement<'a> {
+    /// It stays root (the emulation launcher talks to libvirtd's root-only socket).
+    None,
+    /// It builds its VM as root, then becomes `run_as` (`--run-as`, the user and group of
+    /// that number) and, with `jail`, confines itself to an empty root (`--jail`).
+    SelfConfined {
+        /// The user it becomes; `None`: it stays root.
+        run_as: Option<u32>,
+        /// Whether it jails itself.
+        jail: bool,
+    },
+    /// The monitor starts it in the jail of this plan, as the plan's user: it is never root.
+    Jailed(&'a JailPlan),
 }
 
 /// Starts the monitor, which starts the launcher with `--config <launcher.json>`. The
@@ -281,16 +305,34 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<ProcessIdentity, LauncherErro
     for cgroup in request.cgroups {
         command.arg("--cgroup").arg(cgroup);
     }
+    if let Confinement::Jailed(plan) = request.confinement {
+        let plan_file = paths.run_dir.join(PLAN_FILE_NAME);
+        let json = serde_json::to_vec(plan).unwrap_or_default();
+        write_atomic(&plan_file, &json).map_err(|source| LauncherError::File {
+            vm: vm.clone(),
+            source,
+        })?;
+        command.arg("--jail").arg(plan_file);
+    }
     command
         .arg("--")
         .arg(request.launcher_exe)
         .arg("--config")
         .arg(&paths.config_file);
-    if let Some(id) = request.run_as {
-        command.arg("--run-as").arg(format!("{id}:{id}"));
-    }
-    if request.jail {
-        command.arg("--jail");
+    match request.confinement {
+        Confinement::None => {}
+        Confinement::SelfConfined { run_as, jail } => {
+            if let Some(id) = run_as {
+                command.arg("--run-as").arg(format!("{id}:{id}"));
+            }
+            if jail {
+                command.arg("--jail");
+            }
+        }
+        // The monitor removes its sockets once it has ended.
+        Confinement::Jailed(_) => {
+            command.arg("--no-socket-guardian");
+        }
     }
     command.stdin(Stdio::null()).stdout(log).stderr(log_err);
     let mut child = command.spawn().map_err(|source| LauncherError::Spawn {
@@ -475,6 +517,7 @@ mod tests {
         let key = VmKey::new("default", "vm");
         let paths = InstancePaths {
             run_dir: dir.path().to_path_buf(),
+            socket_dir: dir.path().to_path_buf(),
             api_socket: dir.path().join("a"),
             console_socket: dir.path().join("c"),
             status_file: dir.path().join("s"),
@@ -489,8 +532,7 @@ mod tests {
             launcher_exe: Path::new("/nonexistent/launcher"),
             netns: None,
             cgroups: &[],
-            run_as: None,
-            jail: false,
+            confinement: Confinement::None,
         })
         .unwrap_err();
         assert!(

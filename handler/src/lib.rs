@@ -9,7 +9,8 @@
 //! - [`runtime`]: the reconcile loop: run strategies, starting and stopping instances,
 //!   VM/VMI status and events; [`strategy`] (the decision) and [`status`] are its pure parts.
 //! - [`launcher_proc`]: one launcher per instance, through the [`monitor`] subcommand, in
-//!   the VM's [`cgroup`] and network namespace; re-adoption after a daemon restart.
+//!   the VM's [`cgroup`] and network namespace; re-adoption after a daemon restart;
+//!   [`jailer`]: the jail the monitor starts a KVM launcher in, as its own user.
 //! - [`backend`]: hardware KVM or software emulation, and hardware-isolation refusal.
 //! - [`cpus`]: dedicated host CPUs for `dedicatedCpuPlacement` VMs.
 //! - [`translate`]: VM spec → the launcher's `LaunchConfig`, kernel images.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod cpus;
 pub mod daemon;
 pub mod files;
+pub mod jailer;
 pub mod launcher_proc;
 pub mod log_rotation;
 pub mod monitor;

@@ -118,8 +118,9 @@ struct ServeArgs {
     #[arg(long, default_value_t = ironvisor_handler::config::DEFAULT_LAUNCHER_UID_BASE,
           value_parser = clap::value_parser!(u32).range(0..=i64::from(ironvisor_handler::config::MAX_LAUNCHER_UID_BASE)))]
     launcher_uid_base: u32,
-    /// Whether each KVM launcher jails itself once its VM is built: an empty, read-only
-    /// root in a mount namespace of its own, keeping only the files it has open.
+    /// Whether each KVM launcher is jailed: started by its monitor in a mount namespace of
+    /// its own whose root holds only the VM's files, as its own user (never root). With
+    /// --launcher-uid-base 0 the launcher stays root and jails itself once its VM is built.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     launcher_jail: bool,
 }
@@ -144,6 +145,9 @@ struct MonitorCli {
     /// cgroup to join (repeat for each hierarchy).
     #[arg(long = "cgroup")]
     cgroups: Vec<PathBuf>,
+    /// Start the launcher in the jail this plan (JSON) describes, as its user.
+    #[arg(long, value_name = "PLAN")]
+    jail: Option<PathBuf>,
     /// The launcher command line.
     #[arg(last = true, required = true)]
     argv: Vec<OsString>,
@@ -251,6 +255,7 @@ fn run_monitor(args: MonitorCli) -> ExitCode {
         log_max_bytes: args.log_max_bytes,
         netns: args.netns,
         cgroups: args.cgroups,
+        jail: args.jail,
         argv: args.argv,
     };
     match monitor::run(&args) {

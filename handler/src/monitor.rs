@@ -7,11 +7,13 @@
 //!    dies or is restarted, and no terminal signal reaches it;
 //! 2. moves itself into the VM's cgroups, so everything it starts belongs to the VM;
 //! 3. joins the VM's network namespace (`setns`), where the launcher opens its tap;
-//! 4. starts the launcher with stdin on `/dev/null` and stdout/stderr appended to the log
+//! 4. with `--jail PLAN`, builds the launcher's jail and starts it there as its own
+//!    unprivileged user (see [`crate::jailer`]), so the launcher is never root;
+//! 5. starts the launcher with stdin on `/dev/null` and stdout/stderr appended to the log
 //!    file, and writes its pid and start time to the pid file;
-//! 5. forwards SIGTERM and SIGINT to the launcher (a graceful stop);
-//! 6. keeps the log under a size cap (see `log_rotation`), checked on a `SIGALRM` timer;
-//! 7. when the launcher ends, writes `{"code":N}` or `{"signal":N}` atomically to the
+//! 6. forwards SIGTERM and SIGINT to the launcher (a graceful stop);
+//! 7. keeps the log under a size cap (see `log_rotation`), checked on a `SIGALRM` timer;
+//! 8. when the launcher ends (a jailed one's leftover sockets removed), writes `{"code":N}` or `{"signal":N}` atomically to the
 //!    status file, and exits with the same code (128 + N for a signal).
 //!
 //! The monitor runs no async runtime and creates no threads: it waits with `sigwait`, so
@@ -20,8 +22,8 @@
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use nix::sched::{setns, CloneFlags};
@@ -29,7 +31,8 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
 
 use crate::cgroup;
-use crate::files::{write_atomic, FileError};
+use crate::files::{read_json, write_atomic, FileError};
+use crate::jailer::{self, JailBuildError, JailPlan};
 use crate::log_rotation;
 use crate::procfs;
 use crate::records::{ExitOutcome, ProcessIdentity};
@@ -49,6 +52,8 @@ pub struct MonitorArgs {
     pub netns: Option<PathBuf>,
     /// The cgroups to join.
     pub cgroups: Vec<PathBuf>,
+    /// The jail plan to start the launcher in (see [`crate::jailer`]); `None`: as is.
+    pub jail: Option<PathBuf>,
     /// The launcher's command line.
     pub argv: Vec<OsString>,
 }
@@ -109,6 +114,17 @@ pub enum MonitorError {
     /// The status or pid file could not be written.
     #[error("monitor: {0}")]
     File(#[from] FileError),
+    /// The jail plan is missing or unreadable.
+    #[error("monitor: jail plan {path}: {reason}")]
+    JailPlan {
+        /// The plan file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The jail could not be built.
+    #[error("monitor: {0}")]
+    Jail(#[from] JailBuildError),
 }
 
 /// Runs the monitor; returns its exit code. Errors before the launcher was started are
@@ -126,7 +142,7 @@ pub fn run(args: &MonitorArgs) -> Result<i32, MonitorError> {
             source,
         })?;
     match prepare_and_spawn(args, &log) {
-        Ok(child) => supervise(args, child),
+        Ok((child, plan)) => supervise(args, child, plan.as_ref()),
         Err(error) => {
             let _ = writeln!(log, "ironvisor-handler {error}");
             write_outcome(args, ExitOutcome::Code(1))?;
@@ -135,7 +151,10 @@ pub fn run(args: &MonitorArgs) -> Result<i32, MonitorError> {
     }
 }
 
-fn prepare_and_spawn(args: &MonitorArgs, log: &File) -> Result<Child, MonitorError> {
+fn prepare_and_spawn(
+    args: &MonitorArgs,
+    log: &File,
+) -> Result<(Child, Option<JailPlan>), MonitorError> {
     let program = args.argv.first().ok_or(MonitorError::NoCommand)?;
     cgroup::join(&args.cgroups, std::process::id())?;
     if let Some(path) = &args.netns {
@@ -164,16 +183,59 @@ fn prepare_and_spawn(args: &MonitorArgs, log: &File) -> Result<Child, MonitorErr
         path: args.log_file.clone(),
         source,
     })?;
-    Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(&args.argv[1..])
         .stdin(Stdio::null())
         .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .map_err(|source| MonitorError::Spawn {
+        .stderr(stderr);
+    let Some(plan_file) = &args.jail else {
+        let child = command.spawn().map_err(|source| MonitorError::Spawn {
             program: PathBuf::from(program),
             source,
-        })
+        })?;
+        return Ok((child, None));
+    };
+    let plan = read_plan(plan_file)?;
+    let jail = jailer::build::build(&plan)?;
+    let (root, uid, gid) = (jail.root().to_path_buf(), plan.uid, plan.gid);
+    // SAFETY: the closure runs in the forked child before exec; the monitor is
+    // single-threaded, so no lock is held by a thread that does not exist in the child.
+    // It makes mount and id system calls and writes one line to stderr (the log) on error.
+    unsafe {
+        command.pre_exec(move || {
+            jailer::enter::enter(&root, uid, gid).map_err(|error| {
+                let line = format!("ironvisor-handler monitor: {error}\n");
+                let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
+                io::Error::from(error)
+            })
+        });
+    }
+    let child = command.spawn().map_err(|source| MonitorError::Spawn {
+        program: PathBuf::from(program),
+        source,
+    })?;
+    let (bound, devices) = (jail.bound, jail.devices);
+    let mut log = log;
+    if let Err(error) = jail.release() {
+        let _ = writeln!(log, "ironvisor-handler monitor: {error}");
+    }
+    let _ = writeln!(
+        log,
+        "ironvisor-handler monitor: launcher started jailed as uid {uid} gid {gid}, never root \
+         ({bound} files and directories bound, {devices} device nodes)"
+    );
+    Ok((child, Some(plan)))
+}
+
+fn read_plan(path: &Path) -> Result<JailPlan, MonitorError> {
+    let error = |reason: String| MonitorError::JailPlan {
+        path: path.to_path_buf(),
+        reason,
+    };
+    read_json::<JailPlan>(path)
+        .map_err(|e| error(e.to_string()))?
+        .ok_or_else(|| error("no such file".into()))
 }
 
 /// The signals a launcher's supervisor blocks and handles itself (SIGCHLD to reap, the
@@ -199,7 +261,11 @@ fn monitor_signals() -> SigSet {
     set
 }
 
-fn supervise(args: &MonitorArgs, mut child: Child) -> Result<i32, MonitorError> {
+fn supervise(
+    args: &MonitorArgs,
+    mut child: Child,
+    jail: Option<&JailPlan>,
+) -> Result<i32, MonitorError> {
     let pid = child.id();
     if let Ok(Some(identity)) = procfs::identify(pid as i32) {
         write_pid_file(args, &identity)?;
@@ -228,6 +294,9 @@ fn supervise(args: &MonitorArgs, mut child: Child) -> Result<i32, MonitorError> 
             _ => {}
         }
     };
+    if let Some(plan) = jail {
+        jailer::build::empty_socket_dirs(plan);
+    }
     let outcome = match (status.code(), status.signal()) {
         (Some(code), _) => ExitOutcome::Code(code),
         (None, Some(signal)) => ExitOutcome::Signal(signal),

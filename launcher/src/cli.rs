@@ -104,7 +104,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Runs the VM on `backend` until it ends; returns the launcher's exit code. Call it
 /// before any thread exists: it starts the socket guardian first.
 pub fn run_to_exit<B: Backend>(config: LaunchConfig, backend: B) -> anyhow::Result<u8> {
-    let guardian = spawn_guardian(&config);
+    let guardian = if backend.socket_guardian() {
+        spawn_guardian(&config)
+    } else {
+        None
+    };
     backend.before_threads()?;
     let hides_socket_paths = backend.hides_socket_paths();
     let runtime = runtime()?;

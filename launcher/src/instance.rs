@@ -44,6 +44,11 @@ pub trait Backend {
     fn hides_socket_paths(&self) -> bool {
         false
     }
+
+    /// Whether the launcher starts a socket guardian to remove its sockets if it is killed.
+    fn socket_guardian(&self) -> bool {
+        true
+    }
 }
 
 /// A built VM, ready to start.

@@ -98,16 +98,25 @@ pub fn seal() -> Result<(), JailError> {
         ),
     )?;
     call("chdir to the jail", nix::unistd::chdir(root))?;
+    make_current_directory_the_root()?;
+    tracing::info!("jailed: the launcher's root is an empty read-only directory");
+    Ok(())
+}
+
+/// Makes the current directory (a mount point) the root of the calling process's mount
+/// namespace and detaches the old tree; shared with the node agent's jailer, which starts
+/// the launcher in a jail it built.
+pub fn make_current_directory_the_root() -> Result<(), JailError> {
     // pivot_root(".", "."): the old root ends up mounted on top of the new one, at "/" ...
     match nix::unistd::pivot_root(".", ".") {
-        // ... and detaching it leaves the empty tmpfs as the whole tree.
+        // ... and detaching it leaves the new root as the whole tree.
         Ok(()) => call(
             "detaching the host's tree",
             nix::mount::umount2(".", MntFlags::MNT_DETACH),
         )?,
         // The root is the initial ramfs (a node booted from an initramfs), which cannot be
-        // pivoted away: the jail's tmpfs is moved over it and becomes the root directory
-        // (as switch_root does). The host's tree stays below it, out of reach of a path.
+        // pivoted away: the new root is moved over it and becomes the root directory (as
+        // switch_root does). The host's tree stays below it, out of reach of a path.
         Err(Errno::EINVAL) => {
             tracing::debug!("the root cannot be pivoted (initramfs): moving the jail over it");
             call(
@@ -123,9 +132,7 @@ pub fn seal() -> Result<(), JailError> {
             })
         }
     }
-    call("chdir /", nix::unistd::chdir("/"))?;
-    tracing::info!("jailed: the launcher's root is an empty read-only directory");
-    Ok(())
+    call("chdir /", nix::unistd::chdir("/"))
 }
 
 #[cfg(test)]

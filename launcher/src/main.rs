@@ -36,12 +36,17 @@ struct Cli {
     /// (needs root to start).
     #[arg(long)]
     jail: bool,
+    /// Start no socket guardian: the parent removes the sockets if the launcher is killed
+    /// (the node agent's monitor does, for a launcher it started jailed).
+    #[arg(long)]
+    no_socket_guardian: bool,
 }
 
 /// How the KVM launcher confines itself once its VM is built.
 struct Confinement {
     run_as: Option<RunAs>,
     jail: bool,
+    socket_guardian: bool,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
             let confinement = Confinement {
                 run_as: args.run_as,
                 jail: args.jail,
+                socket_guardian: !args.no_socket_guardian,
             };
             (args.command, (args.launch, confinement))
         },
@@ -68,6 +74,11 @@ fn run_launch((args, confinement): (LaunchArgs, Confinement)) -> anyhow::Result<
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(0);
     }
+    tracing::info!(
+        uid = nix::unistd::getuid().as_raw(),
+        euid = nix::unistd::geteuid().as_raw(),
+        "launcher starting"
+    );
     let host = HostCaps::probe();
     config.validate(&host.limits())?;
     ironvisor_launcher::boot_trace::mark("host_probed");
@@ -77,6 +88,7 @@ fn run_launch((args, confinement): (LaunchArgs, Confinement)) -> anyhow::Result<
         kvm_path: host.kvm_device.clone(),
         run_as: confinement.run_as,
         jail: confinement.jail,
+        socket_guardian: confinement.socket_guardian,
     };
     cli::run_to_exit(config, backend)
 }

@@ -16,7 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use tracing::{info, warn};
 
 use super::{event, new_uid, now_unix_ms, pending_status, Runtime, RuntimeContext, RuntimeError};
-use crate::launcher_proc::{self, InstancePaths, SpawnRequest};
+use crate::jailer;
+use crate::launcher_proc::{self, Confinement, InstancePaths, SpawnRequest};
 use crate::records::{
     BackendKind, EventType, ExitOutcome, LastExit, LauncherPhase, LauncherRecord, ProcessIdentity,
     VmKey,
@@ -574,7 +575,15 @@ fn try_prepare_and_spawn(
     let (disks, ephemeral) = prepare_disks(ctx, key, spec, uid)?;
     rollback.ephemeral_files = ephemeral.clone();
 
-    let network = setup_network(ctx, key, spec, uid, rollback)?;
+    // Only the KVM launcher runs as its own user; the emulation launcher talks to libvirtd.
+    let launcher_user = match backend {
+        BackendKind::Kvm => ctx
+            .config
+            .launcher_uid_base
+            .map(|base| crate::config::launcher_identity(base, uid)),
+        BackendKind::QemuTcg => None,
+    };
+    let network = setup_network(ctx, key, spec, uid, launcher_user, rollback)?;
     let nets = network
         .iter()
         .map(|n| NetConfig {
@@ -603,23 +612,38 @@ fn try_prepare_and_spawn(
     })?;
     launcher_proc::write_config(key, paths, &config).map_err(|e| fail("FailedCreate")(&e))?;
 
+    let launcher_exe = ctx.config.launcher_for(backend);
+    // A KVM launcher with its own user is started jailed by the monitor and is never root;
+    // without a user (`--launcher-uid-base 0`) it stays root and at most jails itself.
+    let jail_plan = match launcher_user {
+        Some(id) if ctx.config.launcher_jail => Some(
+            jailer::plan_for(
+                &config,
+                launcher_exe,
+                &paths.config_file,
+                (id, id),
+                &paths.run_dir.join("jail"),
+            )
+            .map_err(|e| fail("JailFailed")(&format!("VM {key}: {e}")))?,
+        ),
+        _ => None,
+    };
+    let confinement = match (&jail_plan, backend) {
+        (Some(plan), _) => Confinement::Jailed(plan),
+        (None, BackendKind::Kvm) => Confinement::SelfConfined {
+            run_as: launcher_user,
+            jail: ctx.config.launcher_jail,
+        },
+        (None, BackendKind::QemuTcg) => Confinement::None,
+    };
     let monitor = launcher_proc::spawn(&SpawnRequest {
         key,
         paths,
         monitor_exe: &ctx.config.monitor_exe,
-        launcher_exe: ctx.config.launcher_for(backend),
+        launcher_exe,
         netns: network.as_ref().map(|n| n.netns_path.as_path()),
         cgroups,
-        // Only the KVM launcher drops root and jails itself; the emulation launcher talks to
-        // libvirtd.
-        run_as: match backend {
-            BackendKind::Kvm => ctx
-                .config
-                .launcher_uid_base
-                .map(|base| crate::config::launcher_identity(base, uid)),
-            BackendKind::QemuTcg => None,
-        },
-        jail: backend == BackendKind::Kvm && ctx.config.launcher_jail,
+        confinement,
     })
     .map_err(|e| fail("LauncherStartFailed")(&e))?;
     info!(vm = %key, uid, pid = monitor.pid, "instance started");
@@ -674,6 +698,7 @@ fn setup_network(
     key: &VmKey,
     spec: &VirtualMachineInstanceSpec,
     uid: &str,
+    tap_owner: Option<u32>,
     rollback: &mut Rollback,
 ) -> Result<Option<VmNetwork>, StartFailure> {
     let request = ironvisor_net::request_for(&key.to_string(), uid, spec, |interface| {
@@ -683,9 +708,11 @@ fn setup_network(
         reason: e.reason(),
         message: e.to_string(),
     })?;
-    let Some(request) = request else {
+    let Some(mut request) = request else {
         return Ok(None);
     };
+    // The launcher's user attaches to the tap without CAP_NET_ADMIN.
+    request.tap_owner = tap_owner;
     // A network left by an earlier instance (a crash before its teardown) goes first.
     if let Err(error) = ironvisor_net::teardown(&ctx.network, &key.to_string()) {
         warn!(vm = %key, %error, "cannot remove a leftover network");

@@ -156,6 +156,8 @@ pub struct KvmBackend {
     pub kvm_path: PathBuf,
     pub run_as: Option<RunAs>,
     pub jail: bool,
+    /// Whether to start a socket guardian (off when the parent removes the sockets).
+    pub socket_guardian: bool,
 }
 
 impl Backend for KvmBackend {
@@ -183,6 +185,10 @@ impl Backend for KvmBackend {
 
     fn hides_socket_paths(&self) -> bool {
         self.jail
+    }
+
+    fn socket_guardian(&self) -> bool {
+        self.socket_guardian
     }
 }
 
