@@ -157,9 +157,32 @@ def test_apply_runs_on_the_kvm_launcher(facts: Facts) -> None:
     uid, gid, caps = identities.pop().split(":")
     assert uid == gid and int(uid) >= 1_800_000_000, f["launcher_thread_identity"]
     assert int(caps, 16) == 0, f["launcher_thread_identity"]
-    # ... and jails it: a mount namespace of its own whose root is an empty directory.
+    # ... from its first instruction: it was never root (its monitor jailed it and
+    # started it as that user).
+    assert f["launcher_start_ids"] == f"{uid}:{uid}", f.get("launcher_start_ids")
+    assert f["launcher_jailed_line"] == (
+        f"launcher started jailed as uid {uid} gid {uid}, never root"), f["launcher_jailed_line"]
+    # ... in a mount namespace of its own whose root holds only the VM's files at their
+    # host paths, /dev/kvm and /dev/net/tun of its own, and the host facts it probes.
     assert f["launcher_own_mount_ns"] == "yes"
-    assert f["launcher_root_entries"] == "0", "the jailed launcher's root is not empty"
+    top = set(f["launcher_root_top"].split())
+    assert {"dev", "proc", "usr", "var", "run"} <= top, f["launcher_root_top"]
+    assert top <= {"dev", "proc", "sys", "usr", "var", "run", "images"}, f["launcher_root_top"]
+    files = f["launcher_root_files"].split()
+    allowed = [
+        r"\./dev/kvm", r"\./dev/net/tun",
+        r"\./proc/(cpuinfo|meminfo)", r"\./sys/devices/system/cpu/online",
+        r"\./usr/local/bin/ironvisor-launcher",
+        r"\./var/lib/ironvisor/.*\.(json|qcow2|img)", r"\./images/.*",
+        r"\./run/ironvisor/vmi/[0-9a-f-]+/sockets/(api|console)\.sock",
+    ]
+    strays = [p for p in files if not any(re.fullmatch(a, p) for a in allowed)]
+    assert not strays, f"files in the jail that are not the VM's: {strays}"
+    for needed in ("./dev/kvm", "./dev/net/tun", "./usr/local/bin/ironvisor-launcher"):
+        assert needed in files, f["launcher_root_files"]
+    assert any(p.endswith("/launcher.json") for p in files), f["launcher_root_files"]
+    assert any(p.endswith("/sockets/api.sock") for p in files), f["launcher_root_files"]
+    assert f["launcher_kvm_node"] == f"{uid}:{uid}:600", f["launcher_kvm_node"]
 
 
 def test_console_shows_the_boot_and_takes_input(facts: Facts) -> None:

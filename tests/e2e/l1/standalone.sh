@@ -235,8 +235,8 @@ thread_seccomp() {
 	done | sed 's/ $//'
 }
 fact launcher_thread_seccomp "$(thread_seccomp "$PID1")"
-# ... as the launcher's own unprivileged user (the node agent's --run-as), every id of
-# it, with no capability: "comm=uid:gid:capeff".
+# ... as the launcher's own unprivileged user (from the node agent's --launcher-uid-base),
+# every id of it, with no capability: "comm=uid:gid:capeff".
 thread_identity() {
 	for t in /proc/$1/task/*; do
 		awk -v comm="$(cat $t/comm 2>/dev/null)" '
@@ -247,8 +247,15 @@ thread_identity() {
 	done | sed 's/ $//'
 }
 fact launcher_thread_identity "$(thread_identity "$PID1")"
-# ... jailed (the node agent's --jail): its own mount namespace, an empty root.
-fact launcher_root_entries "$(ls -A /proc/"$PID1"/root | wc -l)"
+# ... never root: started jailed by its monitor as that user (its first log line says
+# which user it started as; the monitor says it jailed it).
+LAUNCHER_LOG=$(find "$DATA" -name launcher.log | head -n 1)
+fact launcher_start_ids "$(sed -n 's/.*launcher starting uid=\([0-9]*\) euid=\([0-9]*\).*/\1:\2/p' "$LAUNCHER_LOG" | head -n 1)"
+fact launcher_jailed_line "$(grep -o 'launcher started jailed as uid [0-9]* gid [0-9]*, never root' "$LAUNCHER_LOG" | head -n 1)"
+# ... in its own mount namespace whose root holds only the VM's files at their host paths.
+fact launcher_root_top "$(ls -A /proc/"$PID1"/root | tr '\n' ' ' | sed 's/ $//')"
+fact launcher_root_files "$(cd /proc/"$PID1"/root && find . ! -type d | sort | tr '\n' ' ' | sed 's/ $//')"
+fact launcher_kvm_node "$(stat -c %u:%g:%a /proc/"$PID1"/root/dev/kvm 2>/dev/null)"
 fact launcher_own_mount_ns "$([ "$(readlink /proc/"$PID1"/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" ] && echo yes || echo no)"
 fact dedicated_event "$($VIRTCTL describe $VM | grep -o 'vCPUs pinned to dedicated host CPUs [0-9,-]*' | tail -n 1)"
 fact netns_list "$($IP netns list | awk '{ print $1 }' | tr '\n' ' ' | sed 's/ $//')"
