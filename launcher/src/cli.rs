@@ -82,12 +82,15 @@ pub fn guardian_requested() -> Option<ExitCode> {
         .then(|| ExitCode::from(guardian::run_process()))
 }
 
-/// Logging to stderr, filtered by `IRONVISOR_LOG` (default `info`).
+/// Logging to stderr, filtered by `IRONVISOR_LOG` (default `info`), coloured only on a
+/// terminal.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IRONVISOR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: a log file or a container log gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
