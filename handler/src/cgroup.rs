@@ -81,6 +81,19 @@ pub enum CgroupError {
         /// The processes left.
         pids: Vec<i32>,
     },
+    /// A limit could not be set (for v2: the parent's controllers could not be enabled).
+    #[error("cannot set {file} in cgroup {path}: {source}{hint}")]
+    Limit {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The control file.
+        file: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+        /// What to do about it, when known.
+        hint: &'static str,
+    },
     /// The (empty) cgroup directory could not be removed.
     #[error("cannot remove cgroup {path}: {source}")]
     Remove {
@@ -95,10 +108,40 @@ pub enum CgroupError {
 /// Which cgroup version the host uses, and where VM cgroups go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupLayout {
+    /// Where the hierarchies are mounted.
+    root: PathBuf,
     /// Parent directories of the VM cgroups, one per hierarchy used.
     parents: Vec<PathBuf>,
     /// True for the v2 unified hierarchy.
     unified: bool,
+}
+
+/// The most a VM's processes (its monitor, its launcher and whatever they start) may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupLimits {
+    /// `memory.max` (v2) or `memory.limit_in_bytes` (v1).
+    pub memory_bytes: u64,
+    /// `pids.max`: processes and threads.
+    pub pids: u32,
+}
+
+/// Memory a VM's cgroup allows beyond guest memory: ten times the KVM launcher's largest
+/// measured overhead (6.4 MiB Rss beyond guest memory, tests/README.md), the monitor, and
+/// room for the page cache of its disk I/O, which the kernel reclaims at the limit.
+pub const MEMORY_OVERHEAD_BYTES: u64 = 64 << 20;
+/// Tasks a VM's cgroup allows beyond one per vCPU: the monitor, the socket guardian, the
+/// launcher's main and runtime threads, one worker per device and the short-lived boot
+/// threads (a 1-vCPU VM runs about ten).
+pub const PIDS_OVERHEAD: u32 = 128;
+
+impl CgroupLimits {
+    /// The limits of a VM with `vcpus` vCPUs and `memory_mib` MiB of guest memory.
+    pub fn for_vm(vcpus: u32, memory_mib: u64) -> Self {
+        Self {
+            memory_bytes: (memory_mib << 20).saturating_add(MEMORY_OVERHEAD_BYTES),
+            pids: vcpus.saturating_add(PIDS_OVERHEAD),
+        }
+    }
 }
 
 impl CgroupLayout {
@@ -109,6 +152,7 @@ impl CgroupLayout {
         if root.join("cgroup.controllers").is_file() {
             let base = resolve_parent(root, parent, own_cgroup(self_cgroup, None));
             return Ok(Self {
+                root: root.to_path_buf(),
                 parents: vec![base],
                 unified: true,
             });
@@ -128,6 +172,7 @@ impl CgroupLayout {
             ));
         }
         Ok(Self {
+            root: root.to_path_buf(),
             parents,
             unified: false,
         })
@@ -169,6 +214,72 @@ impl CgroupLayout {
         debug!(vm = %key, ?paths, "cgroups ready");
         Ok(paths)
     }
+
+    /// Holds the VM's (existing) cgroups to `limits`. For v2 the memory and pids
+    /// controllers are first enabled from the root down to the VM's parent.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub fn set_limits(&self, key: &VmKey, limits: CgroupLimits) -> Result<(), CgroupError> {
+        let memory = limits.memory_bytes.to_string();
+        let pids = limits.pids.to_string();
+        if self.unified {
+            for parent in &self.parents {
+                self.enable_controllers(parent)?;
+            }
+            for path in self.paths_for(key) {
+                write_limit(&path, "memory.max", &memory)?;
+                write_limit(&path, "pids.max", &pids)?;
+            }
+        } else {
+            for (hierarchy, path) in V1_HIERARCHIES.iter().zip(self.paths_for(key)) {
+                match *hierarchy {
+                    "memory" => write_limit(&path, "memory.limit_in_bytes", &memory)?,
+                    _ => write_limit(&path, "pids.max", &pids)?,
+                }
+            }
+        }
+        debug!(vm = %key, ?limits, "cgroup limits set");
+        Ok(())
+    }
+
+    /// Enables the memory and pids controllers for the children of every cgroup from the
+    /// root down to `parent` (v2 hands a controller to a child only when its parent has it
+    /// in `cgroup.subtree_control`).
+    fn enable_controllers(&self, parent: &Path) -> Result<(), CgroupError> {
+        let mut dirs: Vec<&Path> = parent
+            .ancestors()
+            .take_while(|dir| dir.starts_with(&self.root))
+            .collect();
+        dirs.reverse();
+        for dir in dirs {
+            let control = dir.join("cgroup.subtree_control");
+            let enabled = std::fs::read_to_string(&control).unwrap_or_default();
+            let has = |name: &str| enabled.split_whitespace().any(|c| c == name);
+            if has("memory") && has("pids") {
+                continue;
+            }
+            std::fs::write(&control, "+memory +pids").map_err(|source| CgroupError::Limit {
+                path: dir.to_path_buf(),
+                file: "cgroup.subtree_control",
+                hint: if source.raw_os_error() == Some(libc::EBUSY) {
+                    " (the cgroup has processes of its own; give the node agent an absolute \
+                     --cgroup-parent outside its own cgroup)"
+                } else {
+                    ""
+                },
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn write_limit(path: &Path, file: &'static str, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path.join(file), value).map_err(|source| CgroupError::Limit {
+        path: path.to_path_buf(),
+        file,
+        source,
+        hint: "",
+    })
 }
 
 /// The agent's own cgroup path in the hierarchy of `controller` (v1), or in the unified
@@ -340,6 +451,43 @@ mod tests {
         assert_eq!(
             layout.paths_for(&VmKey::new("a", "b")),
             vec![root.path().join("user.slice/x/ivtest/a_b")]
+        );
+    }
+
+    #[test]
+    fn limits_go_to_each_hierarchy_and_v2_parents_get_the_controllers() {
+        let limits = CgroupLimits::for_vm(2, 256);
+        assert_eq!(limits.memory_bytes, (256 << 20) + MEMORY_OVERHEAD_BYTES);
+        assert_eq!(limits.pids, 2 + PIDS_OVERHEAD);
+        let key = VmKey::new("default", "web");
+        let read = |path: PathBuf| std::fs::read_to_string(path).unwrap();
+
+        let v1 = tempfile::tempdir().unwrap();
+        for h in V1_HIERARCHIES {
+            std::fs::create_dir_all(v1.path().join(h)).unwrap();
+            std::fs::write(v1.path().join(h).join("cgroup.procs"), "").unwrap();
+        }
+        let layout = CgroupLayout::detect(v1.path(), "/ironvisor", "").unwrap();
+        layout.create(&key).unwrap();
+        layout.set_limits(&key, limits).unwrap();
+        let memory = v1.path().join("memory/ironvisor/default_web/memory.limit_in_bytes");
+        assert_eq!(read(memory), limits.memory_bytes.to_string());
+        let pids = v1.path().join("pids/ironvisor/default_web/pids.max");
+        assert_eq!(read(pids), "130");
+
+        let v2 = tempfile::tempdir().unwrap();
+        std::fs::write(v2.path().join("cgroup.controllers"), "memory pids").unwrap();
+        std::fs::write(v2.path().join("cgroup.subtree_control"), "memory pids").unwrap();
+        let layout = CgroupLayout::detect(v2.path(), "/ironvisor", "").unwrap();
+        let vm = layout.create(&key).unwrap().remove(0);
+        layout.set_limits(&key, limits).unwrap();
+        assert_eq!(read(vm.join("memory.max")), limits.memory_bytes.to_string());
+        assert_eq!(read(vm.join("pids.max")), "130");
+        // The root had both already; the VM's parent gets them.
+        assert_eq!(read(v2.path().join("cgroup.subtree_control")), "memory pids");
+        assert_eq!(
+            read(v2.path().join("ironvisor/cgroup.subtree_control")),
+            "+memory +pids"
         );
     }
 

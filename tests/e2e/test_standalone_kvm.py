@@ -142,6 +142,11 @@ def test_apply_runs_on_the_kvm_launcher(facts: Facts) -> None:
     # In the VM's cgroup (handler --cgroup-parent default /ironvisor) and network namespace.
     assert f["launcher_cgroup"] == "/ironvisor/default_dedicated", f["launcher_cgroup"]
     assert f["launcher_netns"].startswith("iv-") and f["launcher_netns"] == f["netns_list"]
+    # The cgroup holds it to 256 MiB of guest memory plus 64 MiB, and 1 vCPU plus 128 tasks.
+    assert f["cgroup_memory_max"] == str((256 + 64) << 20), f["cgroup_memory_max"]
+    assert f["cgroup_pids_max"] == "129", f["cgroup_pids_max"]
+    assert 0 < int(f["cgroup_memory_current"]) < (256 + 64) << 20, f["cgroup_memory_current"]
+    assert 0 < int(f["cgroup_pids_current"]) <= 129, f["cgroup_pids_current"]
     # dedicatedCpuPlacement: L1 has CPUs 0-1, CPU 0 stays shared, the vCPU gets CPU 1.
     threads = dict(t.split("=", 1) for t in f["launcher_thread_cpus"].split())
     assert threads.get("vcpu0") == "1", f["launcher_thread_cpus"]

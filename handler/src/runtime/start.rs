@@ -611,6 +611,11 @@ fn try_prepare_and_spawn(
         message: e.to_string(),
     })?;
     launcher_proc::write_config(key, paths, &config).map_err(|e| fail("FailedCreate")(&e))?;
+    // The launcher is held to its guest memory and vCPUs plus a bounded overhead.
+    let limits = crate::cgroup::CgroupLimits::for_vm(config.vcpus, config.memory_mib);
+    ctx.cgroups
+        .set_limits(key, limits)
+        .map_err(|e| fail("CgroupFailed")(&format!("VM {key}: {e}")))?;
 
     let launcher_exe = ctx.config.launcher_for(backend);
     // A KVM launcher with its own user is started jailed by the monitor and is never root;

@@ -218,6 +218,12 @@ fact launcher_pid_1 "$PID1"
 fact launcher_exe_1 "$(readlink /proc/$PID1/exe 2>/dev/null)"
 fact launcher_uses_kvm "$(ls -l /proc/$PID1/fd 2>/dev/null | grep -c /dev/kvm)"
 fact launcher_cgroup "$(cut -d: -f3 /proc/$PID1/cgroup 2>/dev/null)"
+# ... which holds it to its guest memory and vCPUs plus a bounded overhead.
+CG=/sys/fs/cgroup$(cut -d: -f3 /proc/$PID1/cgroup 2>/dev/null)
+fact cgroup_memory_max "$(cat $CG/memory.max 2>/dev/null)"
+fact cgroup_pids_max "$(cat $CG/pids.max 2>/dev/null)"
+fact cgroup_memory_current "$(cat $CG/memory.current 2>/dev/null)"
+fact cgroup_pids_current "$(cat $CG/pids.current 2>/dev/null)"
 fact launcher_netns "$($IP netns identify "$PID1" 2>/dev/null)"
 # The CPUs each launcher thread may run on ("vcpu0=1 tokio-runtime-w=0-1 ...").
 thread_cpus() {
