@@ -470,7 +470,9 @@ mod tests {
         let layout = CgroupLayout::detect(v1.path(), "/ironvisor", "").unwrap();
         layout.create(&key).unwrap();
         layout.set_limits(&key, limits).unwrap();
-        let memory = v1.path().join("memory/ironvisor/default_web/memory.limit_in_bytes");
+        let memory = v1
+            .path()
+            .join("memory/ironvisor/default_web/memory.limit_in_bytes");
         assert_eq!(read(memory), limits.memory_bytes.to_string());
         let pids = v1.path().join("pids/ironvisor/default_web/pids.max");
         assert_eq!(read(pids), "130");
@@ -484,7 +486,10 @@ mod tests {
         assert_eq!(read(vm.join("memory.max")), limits.memory_bytes.to_string());
         assert_eq!(read(vm.join("pids.max")), "130");
         // The root had both already; the VM's parent gets them.
-        assert_eq!(read(v2.path().join("cgroup.subtree_control")), "memory pids");
+        assert_eq!(
+            read(v2.path().join("cgroup.subtree_control")),
+            "memory pids"
+        );
         assert_eq!(
             read(v2.path().join("ironvisor/cgroup.subtree_control")),
             "+memory +pids"
