@@ -7,8 +7,8 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use ironvisor_launcher::jail::JailError;
 use nix::mount::{MntFlags, MsFlags};
-use nix::sched::CloneFlags;
 use nix::sys::stat::{Mode, SFlag};
 
 use super::JailPlan;
@@ -118,23 +118,19 @@ impl BuiltJail {
 #[tracing::instrument(level = "info", skip(plan), fields(uid = plan.uid, root = %plan.root.display()))]
 pub fn build(plan: &JailPlan) -> Result<BuiltJail, JailBuildError> {
     let root = plan.root.as_path();
-    step(
-        "unshare(CLONE_NEWNS) for",
-        root,
-        nix::sched::unshare(CloneFlags::CLONE_NEWNS),
-    )?;
-    // Nothing mounted from here on shows on the host.
-    step(
-        "making / private before building",
-        root,
-        nix::mount::mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        ),
-    )?;
+    // A mount namespace of the monitor's own (it must be single-threaded), private: nothing
+    // mounted from here on shows on the host.
+    ironvisor_launcher::jail::enter_own_mount_namespace().map_err(|error| {
+        let source = match error {
+            JailError::Call { source, .. } => io::Error::from(source),
+            other => io::Error::other(other.to_string()),
+        };
+        JailBuildError::Step {
+            what: "entering a mount namespace of the monitor's own for",
+            path: root.to_path_buf(),
+            source,
+        }
+    })?;
     io_step(
         "creating",
         root,
