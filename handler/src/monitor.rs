@@ -13,8 +13,9 @@
 //!    file, and writes its pid and start time to the pid file;
 //! 6. forwards SIGTERM and SIGINT to the launcher (a graceful stop);
 //! 7. keeps the log under a size cap (see `log_rotation`), checked on a `SIGALRM` timer;
-//! 8. when the launcher ends (a jailed one's leftover sockets removed), writes `{"code":N}` or `{"signal":N}` atomically to the
-//!    status file, and exits with the same code (128 + N for a signal).
+//! 8. when the launcher ends, removes the sockets a jailed one left, writes `{"code":N}`
+//!    or `{"signal":N}` atomically to the status file, and exits with the same code
+//!    (128 + N for a signal).
 //!
 //! The monitor runs no async runtime and creates no threads: it waits with `sigwait`, so
 //! it cannot miss the launcher's exit.
