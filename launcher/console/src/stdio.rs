@@ -134,9 +134,14 @@ struct InputThread {
 impl InputThread {
     fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Err(err) = nix::unistd::write(&self.wake, &[1]) {
-            warn!(error = %err, "cannot wake the console stdin thread");
-            return;
+        match nix::unistd::write(&self.wake, &[1]) {
+            // EPIPE: the thread has already ended (stdin reached its end, as /dev/null does
+            // at once) and closed its end of the pipe; it only needs joining.
+            Ok(_) | Err(nix::errno::Errno::EPIPE) => {}
+            Err(err) => {
+                warn!(error = %err, "cannot wake the console stdin thread");
+                return;
+            }
         }
         if self.handle.join().is_err() {
             warn!("console stdin thread panicked");
